@@ -1,0 +1,47 @@
+# The two commands of the README. Each sets itself up on a fresh machine (venv, package, tools).
+#   make app    start the screening app on the bundled model (http://localhost:8501)
+#   make test   run the whole test suite (installs headless Chromium for the browser test)
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# The ImageNet weights live in ../shared/keras beside a checkout of this repository (never committed).
+SHARED_KERAS := $(abspath ../shared/keras)
+export KERAS_HOME ?= $(if $(wildcard $(SHARED_KERAS)/models),$(SHARED_KERAS),$(HOME)/.keras)
+PORT ?= 8501
+
+.PHONY: app test test-fast install browser lint benchmarks
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Python 3.11 is needed (python3.11 or python3 on PATH)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+app: $(STAMP)
+	$(VENV)/bin/pneumoscan app --port $(PORT)
+
+# Debian's Chromium drives the browser test (Playwright's own browser download needs the internet).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "warning: could not install chromium; the browser test will be skipped"
+
+test: $(STAMP) browser
+	$(PY) -m pytest -ra
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -ra -m "not slow and not browser"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/data_report.py
+	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/train_speed.py

@@ -1,0 +1,120 @@
+"""Constants and option dataclasses: the one home of pneumoscan's defaults.
+
+Everything that a run can change is a field of a frozen dataclass here; the CLI builds one from
+its flags and passes it down, so no module reads globals or environment variables deep inside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+#: Class order used everywhere: index 0 is NORMAL, index 1 is PNEUMONIA (the positive class).
+CLASS_NAMES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
+POSITIVE_CLASS = "PNEUMONIA"
+
+#: Square side, in pixels, of the images the models see (the training copy is 224x224).
+DEFAULT_IMAGE_SIZE = 224
+
+#: Largest image we agree to decode, in pixels (width * height). Larger files are refused as a
+#: likely decompression bomb; the biggest real chest X-rays are around 3000 x 3000 = 9 MP.
+MAX_IMAGE_PIXELS = 50_000_000
+#: Smallest side, in pixels, that still holds a readable chest X-ray.
+MIN_IMAGE_SIDE = 32
+
+DISCLAIMER = (
+    "For education and research only. pneumoscan is not a medical device and must not be used "
+    "to diagnose, treat or exclude any disease; every image needs a qualified clinician's reading."
+)
+
+#: The released model shipped with the package repository.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL_PATH = REPO_ROOT / "models" / "pneumoscan-mobilenetv2.keras"
+
+ARCHITECTURES = ("baseline", "regularized", "mobilenetv2")
+
+
+def default_model_path() -> Path:
+    """The bundled model: ``$PNEUMOSCAN_MODEL`` when set, else ``models/pneumoscan-mobilenetv2.keras``."""
+    return Path(os.environ.get("PNEUMOSCAN_MODEL", DEFAULT_MODEL_PATH))
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """How the training folder is cut into train and validation, by patient."""
+
+    val_fraction: float = 0.15
+    seed: int = 1337
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation suited to chest X-rays: small geometric and photometric changes, no flips.
+
+    Vertical flips make anatomically impossible images; horizontal flips move the heart to the
+    right (dextrocardia), so neither is used.
+    """
+
+    rotation_deg: float = 10.0
+    shift: float = 0.08
+    zoom: float = 0.15
+    brightness: float = 0.15
+    contrast: float = 0.3
+    gamma: float = 0.3
+    blur_prob: float = 0.25
+    noise_std: float = 6.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every option of ``pneumoscan train``; written to ``config.json`` in the run folder."""
+
+    arch: str = "mobilenetv2"
+    image_size: int = DEFAULT_IMAGE_SIZE
+    batch_size: int = 32
+    seed: int = 1337
+    val_fraction: float = 0.15
+    imbalance: str = "class_weight"  # or "balanced_sampling" or "none"
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    # Plain CNNs: one phase.
+    epochs: int = 12
+    learning_rate: float = 1e-3
+    # MobileNetV2: phase 1 trains the head on a frozen backbone, phase 2 fine-tunes the top.
+    head_epochs: int = 6
+    head_learning_rate: float = 1e-3
+    finetune_epochs: int = 6
+    finetune_learning_rate: float = 1e-4
+    unfreeze_blocks: int = 3
+    dense_units: int = 128
+    dropout: float = 0.5
+    augmented_views: int = 3
+    target_recall: float = 0.98
+    label_smoothing: float = 0.05
+    distribute: str = "none"  # or "mirrored"
+    limit: int | None = None  # use at most this many training images (tests, smoke runs)
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {ARCHITECTURES}, got {self.arch!r}")
+        if self.imbalance not in ("class_weight", "balanced_sampling", "none"):
+            raise ValueError(f"imbalance must be class_weight, balanced_sampling or none, got {self.imbalance!r}")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        if not 0.5 <= self.target_recall < 1.0:
+            raise ValueError(f"target_recall must be in [0.5, 1), got {self.target_recall}")
+        if self.distribute not in ("none", "mirrored"):
+            raise ValueError(f"distribute must be none or mirrored, got {self.distribute!r}")
+        if self.image_size < MIN_IMAGE_SIDE:
+            raise ValueError(f"image_size must be at least {MIN_IMAGE_SIDE}, got {self.image_size}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        if isinstance(d.get("augment"), dict):
+            d["augment"] = AugmentConfig(**d["augment"])
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

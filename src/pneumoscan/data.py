@@ -1,0 +1,365 @@
+"""Datasets: file discovery, patient ids, patient-level splits, decoding into memory, ``tf.data``.
+
+Layouts accepted (folder names case-insensitive)::
+
+    <root>/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg     a dataset root
+    <split>/{NORMAL,PNEUMONIA}/*.jpeg                     a single split folder
+
+Labels come from the class folder: NORMAL is 0, PNEUMONIA is 1 (:data:`pneumoscan.config.CLASS_NAMES`).
+The patient id comes from the file name (``person123_bacteria_456.jpeg`` -> ``person123``,
+``IM-0115-0001.jpeg`` -> ``IM-0115``, ``NORMAL2-IM-0007-0001.jpeg`` -> ``NORMAL2-IM-0007``, anything
+else -> its stem). Many patients have several images, so validation is always split by patient.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import logging
+import os
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan.config import CLASS_NAMES, AugmentConfig
+from pneumoscan.imaging import IMAGE_SUFFIXES, ImageDecodeError, load_image
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "val", "test")
+_PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
+_IM = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE)
+_SUBTYPE = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One image file of a dataset.
+
+    Attributes
+    ----------
+    path : Path
+    label : int
+        0 for NORMAL, 1 for PNEUMONIA.
+    patient_id : str
+    subtype : str
+        ``"bacteria"``, ``"virus"`` or ``"none"`` (normal, or not said by the file name).
+    split : str
+        The split folder it was found in (``"train"``, ``"test"``, ... or the folder's own name).
+    """
+
+    path: Path
+    label: int
+    patient_id: str
+    subtype: str
+    split: str
+
+    @property
+    def class_name(self) -> str:
+        return CLASS_NAMES[self.label]
+
+
+@dataclasses.dataclass
+class DecodedSet:
+    """Samples decoded into memory, plus those that failed.
+
+    Attributes
+    ----------
+    x : ndarray of shape (n, size, size, 1), uint8
+    y : ndarray of shape (n,), int64
+    samples : list of Sample, length n, aligned with ``x``
+    skipped : list of (Sample, str)
+        Files that could not be decoded, with the reason.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    samples: list[Sample]
+    skipped: list[tuple[Sample, str]]
+
+
+def patient_id(filename: str) -> str:
+    """Patient id from a file name of the Kermany chest X-ray dataset (the stem when unknown)."""
+    name = Path(filename).name
+    for pattern in (_PERSON, _IM):
+        match = pattern.match(name)
+        if match:
+            return match.group(1)
+    return Path(name).stem
+
+
+def pneumonia_subtype(filename: str) -> str:
+    """``"bacteria"``, ``"virus"`` or ``"none"`` from a file name."""
+    match = _SUBTYPE.search(Path(filename).name)
+    return match.group(1).lower() if match else "none"
+
+
+def _class_dirs(folder: Path) -> dict[int, Path]:
+    found = {}
+    for child in folder.iterdir() if folder.is_dir() else ():
+        if child.is_dir() and child.name.upper() in CLASS_NAMES:
+            found[CLASS_NAMES.index(child.name.upper())] = child
+    return found
+
+
+def discover(root: str | Path) -> dict[str, list[Sample]]:
+    """Find the images of a dataset root or of a single split folder.
+
+    Parameters
+    ----------
+    root : path
+        ``<root>/<split>/<CLASS>/`` or ``<split>/<CLASS>/``.
+
+    Returns
+    -------
+    dict
+        Split name -> samples sorted by path. A single split folder gives one entry named after
+        the folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``root`` does not exist.
+    ValueError
+        No ``NORMAL``/``PNEUMONIA`` folders were found at either level.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    if _class_dirs(root):
+        split_dirs = {root.name: root}
+    else:
+        split_dirs = {
+            child.name.lower(): child
+            for child in sorted(root.iterdir())
+            if child.is_dir() and _class_dirs(child)
+        }
+    if not split_dirs:
+        raise ValueError(
+            f"{root}: no NORMAL/ or PNEUMONIA/ folders found, neither directly inside nor in split "
+            "folders such as train/ and test/"
+        )
+    splits = {}
+    for split, split_dir in split_dirs.items():
+        samples = []
+        for label, class_dir in sorted(_class_dirs(split_dir).items()):
+            for path in sorted(class_dir.rglob("*")):
+                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+                    samples.append(
+                        Sample(path, label, patient_id(path.name), pneumonia_subtype(path.name), split)
+                    )
+        splits[split] = samples
+    return splits
+
+
+def discover_split(path: str | Path, prefer: str = "test") -> list[Sample]:
+    """The samples of one split: ``path`` itself, or its ``prefer`` split when it is a dataset root."""
+    splits = discover(path)
+    if len(splits) == 1:
+        return next(iter(splits.values()))
+    if prefer in splits:
+        return splits[prefer]
+    raise ValueError(f"{path} holds several splits {sorted(splits)}; name one of them directly")
+
+
+def patient_split(
+    samples: Sequence[Sample], *, val_fraction: float = 0.15, seed: int = 1337
+) -> tuple[list[Sample], list[Sample]]:
+    """Split samples into train and validation by patient, stratified by class.
+
+    For each class, patients (labelled with their majority class) are shuffled with ``seed`` and
+    moved to validation until it holds ``val_fraction`` of that class's images. Same inputs and
+    seed give the same split, whatever the input order.
+
+    Returns
+    -------
+    train, val : list of Sample, each sorted by path. No patient id is on both sides.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    by_patient: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_patient[s.patient_id].append(s)
+    rng = np.random.default_rng(seed)
+    val_patients: set[str] = set()
+    for label in range(len(CLASS_NAMES)):
+        patients = sorted(
+            p for p, ss in by_patient.items() if round(np.mean([s.label for s in ss])) == label
+        )
+        target = val_fraction * sum(len(by_patient[p]) for p in patients)
+        taken = 0
+        for index in rng.permutation(len(patients)):
+            if taken >= target:
+                break
+            val_patients.add(patients[index])
+            taken += len(by_patient[patients[index]])
+    train = sorted((s for s in samples if s.patient_id not in val_patients), key=lambda s: str(s.path))
+    val = sorted((s for s in samples if s.patient_id in val_patients), key=lambda s: str(s.path))
+    return train, val
+
+
+def class_weights(labels: Sequence[int] | np.ndarray) -> dict[int, float]:
+    """Balanced class weights, ``n / (n_classes * count)``, keyed by class index."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=len(CLASS_NAMES))
+    if (counts == 0).any():
+        raise ValueError(f"every class needs at least one image to weight it; counts are {counts.tolist()}")
+    return {i: float(len(labels) / (len(counts) * c)) for i, c in enumerate(counts)}
+
+
+def fingerprint(samples: Sequence[Sample]) -> str:
+    """A short hash of which files (name, size, label) make up a dataset: same data, same hash."""
+    digest = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: (s.split, s.label, s.path.name)):
+        size = s.path.stat().st_size if s.path.exists() else -1
+        digest.update(f"{s.split}/{s.label}/{s.path.name}/{size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def decode_samples(
+    samples: Sequence[Sample], size: int, *, workers: int | None = None, progress: bool = True
+) -> DecodedSet:
+    """Decode samples in parallel threads into one ``uint8`` array (the in-memory cache).
+
+    Bad files never stop the run: they are logged, and returned in ``skipped`` with the reason.
+    """
+    from tqdm.auto import tqdm
+
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    x = np.zeros((len(samples), size, size, 1), dtype=np.uint8)
+    ok = np.zeros(len(samples), dtype=bool)
+    skipped: list[tuple[Sample, str]] = []
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(load_image, s.path, size): i for i, s in enumerate(samples)}
+        bar = tqdm(total=len(samples), desc="decoding", unit="img", disable=not progress, leave=False)
+        for future in concurrent.futures.as_completed(futures):
+            i = futures[future]
+            try:
+                x[i] = future.result()
+                ok[i] = True
+            except ImageDecodeError as exc:
+                log.warning("skipped %s", exc)
+                skipped.append((samples[i], exc.reason))
+            bar.update()
+        bar.close()
+    kept = [s for s, good in zip(samples, ok, strict=True) if good]
+    y = np.array([s.label for s in kept], dtype=np.int64)
+    skipped.sort(key=lambda item: str(item[0].path))
+    return DecodedSet(x[ok], y, kept, skipped)
+
+
+# --------------------------------------------------------------------------- tf.data pipelines
+
+
+def build_augmenter(cfg: AugmentConfig, *, seed: int):
+    """A Keras model that augments ``float32`` batches in 0..255 of shape ``(n, s, s, 1)``.
+
+    Geometric: rotation, shift, zoom (no flips, see :class:`~pneumoscan.config.AugmentConfig`).
+    Photometric: brightness, contrast, gamma, occasional blur and sensor noise: X-rays from another
+    machine or hospital differ mostly in exposure, contrast curve and sharpness.
+    """
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            layers.RandomRotation(cfg.rotation_deg / 360.0, fill_mode="constant", seed=seed),
+            layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="constant", seed=seed + 1),
+            layers.RandomZoom((-cfg.zoom, cfg.zoom), fill_mode="constant", seed=seed + 2),
+            random_gamma_blur_noise_layer()(cfg.gamma, cfg.blur_prob, cfg.noise_std, seed=seed + 3),
+            layers.RandomBrightness(cfg.brightness, value_range=(0.0, 255.0), seed=seed + 4),
+            layers.RandomContrast(cfg.contrast, value_range=(0.0, 255.0), seed=seed + 5),
+        ],
+        name="augment",
+    )
+
+
+@functools.cache
+def random_gamma_blur_noise_layer():
+    """The ``RandomGammaBlurNoise`` layer class (defined on first use so Keras loads lazily)."""
+    import keras
+    from keras import ops
+
+    class RandomGammaBlurNoise(keras.layers.Layer):
+        """Random gamma curve, occasional 3x3 blur and Gaussian noise, on 0..255 images (training only)."""
+
+        def __init__(self, gamma=0.3, blur_prob=0.25, noise_std=6.0, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.gamma, self.blur_prob, self.noise_std, self.seed = gamma, blur_prob, noise_std, seed
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images, training=True):
+            if not training:
+                return images
+            n = ops.shape(images)[0]
+            log_gamma = keras.random.uniform((n, 1, 1, 1), -self.gamma, self.gamma, seed=self.seed_generator)
+            x = ops.power(ops.clip(images / 255.0, 0.0, 1.0), ops.exp(log_gamma)) * 255.0
+            kernel = ops.ones((3, 3, 1, 1), dtype=x.dtype) / 9.0
+            blurred = ops.conv(x, kernel, padding="same")
+            use_blur = keras.random.uniform((n, 1, 1, 1), seed=self.seed_generator) < self.blur_prob
+            x = ops.where(use_blur, blurred, x)
+            x = x + keras.random.normal(ops.shape(x), stddev=self.noise_std, seed=self.seed_generator)
+            return ops.clip(x, 0.0, 255.0)
+
+        def get_config(self):
+            return {**super().get_config(), "gamma": self.gamma, "blur_prob": self.blur_prob,
+                    "noise_std": self.noise_std, "seed": self.seed}
+
+    return RandomGammaBlurNoise
+
+
+def make_dataset(
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    *,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    augment: AugmentConfig | None = None,
+    balanced: bool = False,
+    seed: int = 1337,
+):
+    """A ``tf.data.Dataset`` of ``(images, labels)`` batches from an in-memory cache.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, s, s, 1), uint8
+    y : ndarray of shape (n,), optional
+        Without labels the dataset yields images only.
+    shuffle : bool
+        Reshuffle every epoch, seeded.
+    augment : AugmentConfig, optional
+        Apply :func:`build_augmenter` to each batch (parallel map, seeded).
+    balanced : bool
+        Sample both classes equally (infinite dataset; pass ``steps_per_epoch`` to ``fit``).
+
+    Images come out as ``float32`` in 0..255; labels as ``float32`` 0/1.
+    """
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+    if y is None:
+        ds = tf.data.Dataset.from_tensor_slices(x)
+        return ds.batch(batch_size).map(lambda a: tf.cast(a, tf.float32)).prefetch(autotune)
+    y = np.asarray(y, dtype=np.float32)
+    if balanced:
+        per_class = [
+            tf.data.Dataset.from_tensor_slices((x[y == c], y[y == c])).shuffle(
+                int((y == c).sum()), seed=seed + c, reshuffle_each_iteration=True
+            ).repeat()
+            for c in (0, 1)
+        ]
+        ds = tf.data.Dataset.sample_from_datasets(per_class, weights=[0.5, 0.5], seed=seed)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        if shuffle:
+            ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=autotune)
+    if augment is not None:
+        augmenter = build_augmenter(augment, seed=seed)
+        ds = ds.map(lambda a, b: (augmenter(a, training=True), b), num_parallel_calls=autotune)
+    return ds.prefetch(autotune)

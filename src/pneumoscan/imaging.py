@@ -1,0 +1,252 @@
+"""Image files -> decoded pixels -> the model's input array. The one preprocessing path.
+
+Every image that pneumoscan touches (training, evaluation, prediction, the app, export checks)
+goes through :func:`decode_bytes` and :func:`preprocess`, so training and serving cannot drift.
+
+Accepted: JPEG and PNG of any size, 8 or 16 bits, modes 1/L/LA/I;16/I/F/P/RGB/RGBA/CMYK; DICOM
+(``.dcm`` or the ``DICM`` magic) through pydicom. Anything else raises :class:`ImageDecodeError`,
+which names the file and the problem.
+
+Preprocessing policy (written down because models depend on it):
+
+1. Convert to one grey channel. Colour is dropped (ITU-R 601 luma); transparent pixels are laid on
+   black, the usual X-ray background.
+2. Bring to 0..255. 8-bit data is kept as is. Data with more bits (16-bit PNG, DICOM) is mapped
+   linearly from its own min..max, after DICOM's modality LUT (rescale slope/intercept) and VOI LUT
+   or window, and MONOCHROME1 is inverted so that bone is always bright.
+3. Resize to ``size x size`` with an antialiased bilinear filter, *without* keeping the aspect
+   ratio: the training copy of the dataset was made that way, so serving does the same.
+4. Round to ``uint8`` of shape ``(size, size, 1)``. Models take this and scale it themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pneumoscan.config import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
+
+IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".dcm", ".dicom"})
+#: Refuse files larger than this many bytes before reading them (a 16-bit 4k x 4k DICOM is ~32 MB).
+MAX_FILE_BYTES = 200 * 1024 * 1024
+
+# We enforce our own, stricter limit in _check_size; PIL's warning would only add noise.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageDecodeError(ValueError):
+    """A file that cannot be used as a chest X-ray. ``str(err)`` is ``"<file>: <reason>"``."""
+
+    def __init__(self, source: str | Path, reason: str):
+        self.source = str(source)
+        self.reason = reason
+        super().__init__(f"{self.source}: {reason}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedImage:
+    """A decoded image before resizing.
+
+    Attributes
+    ----------
+    gray : ndarray of shape (height, width), dtype uint8
+        Grey levels 0..255 after step 1 and 2 of the module's policy.
+    width, height : int
+        Original size in pixels.
+    mode : str
+        What the file held: a PIL mode (``"L"``, ``"RGB"``, ``"I;16"``, ...) or ``"DICOM/<photometric>"``.
+    format : str
+        ``"JPEG"``, ``"PNG"``, ``"DICOM"``, ...
+    colourfulness : float
+        Hasler-Suesstrunk colourfulness of the original (0 for grey images, above ~20 for ordinary
+        colour photographs). X-rays are grey; the app uses this to refuse holiday photos.
+    """
+
+    gray: np.ndarray
+    width: int
+    height: int
+    mode: str
+    format: str
+    colourfulness: float
+
+
+def is_dicom(data: bytes, name: str = "") -> bool:
+    """True when ``data`` carries the DICOM preamble magic or ``name`` ends in ``.dcm``/``.dicom``."""
+    return data[128:132] == b"DICM" or Path(name).suffix.lower() in (".dcm", ".dicom")
+
+
+def read_image(path: str | Path) -> DecodedImage:
+    """Read and decode one file. Raises :class:`ImageDecodeError` naming ``path`` on any problem."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageDecodeError(path, f"file too large ({size / 2**20:.0f} MB; limit {MAX_FILE_BYTES / 2**20:.0f} MB)")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    return decode_bytes(data, name=str(path))
+
+
+def decode_bytes(data: bytes, *, name: str = "<bytes>") -> DecodedImage:
+    """Decode an image held in memory (an upload, a file's bytes).
+
+    Parameters
+    ----------
+    data : bytes
+        The whole file.
+    name : str
+        Shown in errors, and its suffix helps recognise DICOM.
+
+    Returns
+    -------
+    DecodedImage
+
+    Raises
+    ------
+    ImageDecodeError
+        Empty, truncated, unrecognised, too small, too large (decompression bomb), or DICOM without
+        pixel data.
+    """
+    if len(data) == 0:
+        raise ImageDecodeError(name, "empty file (0 bytes)")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageDecodeError(name, f"file too large ({len(data) / 2**20:.0f} MB)")
+    if is_dicom(data, name):
+        return _decode_dicom(data, name)
+    return _decode_pil(data, name)
+
+
+def preprocess(image: DecodedImage | np.ndarray, size: int) -> np.ndarray:
+    """Resize grey pixels to the model's input.
+
+    Parameters
+    ----------
+    image : DecodedImage or ndarray of shape (height, width), uint8
+    size : int
+        Output side in pixels.
+
+    Returns
+    -------
+    ndarray of shape (size, size, 1), dtype uint8
+    """
+    gray = image.gray if isinstance(image, DecodedImage) else np.asarray(image)
+    if gray.ndim != 2 or gray.dtype != np.uint8:
+        raise ValueError(f"expected a 2-D uint8 array, got shape {gray.shape} dtype {gray.dtype}")
+    if gray.shape != (size, size):
+        gray = np.asarray(Image.fromarray(gray, "L").resize((size, size), Image.Resampling.BILINEAR))
+    return gray[:, :, None]
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """:func:`read_image` then :func:`preprocess`: ``uint8`` array of shape ``(size, size, 1)``."""
+    return preprocess(read_image(path), size)
+
+
+def _check_size(name: str, width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageDecodeError(
+            name,
+            f"image too large ({width}x{height} = {width * height / 1e6:.0f} MP; limit "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP): refused as a possible decompression bomb",
+        )
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ImageDecodeError(
+            name, f"image too small ({width}x{height} px; at least {MIN_IMAGE_SIDE} px a side needed)"
+        )
+
+
+def _decode_pil(data: bytes, name: str) -> DecodedImage:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt, mode = img.format or "?", img.mode
+            width, height = img.size
+            _check_size(name, width, height)
+            # JPEG can decode at 1/2, 1/4, 1/8 scale for free; plenty for a 224-px model input.
+            if fmt == "JPEG" and min(width, height) > 1024:
+                img.draft(img.mode, (width // 2, height // 2))
+            img.load()
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(name, "not a recognised image (expected JPEG, PNG or DICOM)") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(name, f"corrupt or truncated image data ({exc})") from exc
+    colourfulness = 0.0
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        background = Image.new(img.mode, img.size, (0, 0, 0, 255) if img.mode == "RGBA" else (0, 255))
+        img = Image.alpha_composite(background, img) if img.mode == "RGBA" else _composite_la(img)
+    if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
+        img = img.convert("RGB")
+        colourfulness = _colourfulness(img)
+        img = img.convert("L")
+    if img.mode in ("1", "L"):
+        gray = np.asarray(img.convert("L"), dtype=np.uint8)
+    else:  # I;16, I;16B, I, F: more than 8 bits
+        gray = _stretch(np.asarray(img, dtype=np.float64))
+    return DecodedImage(gray, width, height, mode, fmt, colourfulness)
+
+
+def _composite_la(img: Image.Image) -> Image.Image:
+    l, a = (np.asarray(c, dtype=np.float32) for c in img.split())
+    return Image.fromarray(np.round(l * a / 255.0).astype(np.uint8), "L")
+
+
+def _colourfulness(rgb: Image.Image) -> float:
+    small = np.asarray(rgb.resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float32)
+    rg = small[..., 0] - small[..., 1]
+    yb = 0.5 * (small[..., 0] + small[..., 1]) - small[..., 2]
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """Map an array linearly from its finite min..max onto uint8 0..255 (constant -> 0)."""
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _decode_dicom(data: bytes, name: str) -> DecodedImage:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
+        raise ImageDecodeError(name, f"unreadable DICOM file ({exc})") from exc
+    if "PixelData" not in ds:
+        raise ImageDecodeError(name, "DICOM file has no pixel data (is it a report or a structured document?)")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    _check_size(name, cols, rows)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for bad or unsupported pixel data
+        raise ImageDecodeError(name, f"cannot decode DICOM pixel data ({exc})") from exc
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]  # a radiograph has one frame; take the first of a multi-frame file
+    colourfulness = 0.0
+    if pixels.ndim == 3:  # RGB or YBR colour DICOM
+        rgb = _stretch(pixels) if pixels.dtype != np.uint8 else pixels
+        img = Image.fromarray(rgb[..., :3], "RGB")
+        colourfulness = _colourfulness(img)
+        gray = np.asarray(img.convert("L"), dtype=np.uint8)
+    else:
+        values = apply_modality_lut(pixels, ds)
+        values = apply_voi_lut(values, ds, index=0)
+        gray = _stretch(np.asarray(values, dtype=np.float64))
+        if photometric == "MONOCHROME1":
+            gray = 255 - gray
+    return DecodedImage(gray, cols, rows, f"DICOM/{photometric}", "DICOM", colourfulness)
