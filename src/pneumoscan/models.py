@@ -1,0 +1,163 @@
+"""Keras model builders. Every model takes ``(size, size, 1)`` grey images in 0..255 and returns
+one sigmoid unit, the probability of PNEUMONIA; scaling lives inside the model so that a saved
+``.keras`` file owns its preprocessing.
+
+- :func:`build_baseline_cnn`: a plain CNN from scratch (the seed's step 2: it overfits).
+- :func:`build_regularized_cnn`: smaller, with dropout and global pooling (step 3; augmentation is
+  applied by the input pipeline).
+- :func:`build_mobilenetv2`: ImageNet MobileNetV2 with a small head (step 4, the released model).
+
+Only standard Keras layers are used, so models load with ``safe_mode=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from pneumoscan.config import TrainConfig
+
+#: Name of the backbone's last convolutional activation, the Grad-CAM target of MobileNetV2.
+MOBILENET_LAST_CONV = "out_relu"
+MOBILENET_BLOCKS = 17  # block_0 .. block_16
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The ImageNet weights could not be loaded (offline and not in the Keras cache)."""
+
+
+def build_baseline_cnn(image_size: int) -> keras.Model:
+    """Three conv/pool blocks, flatten, a wide dense layer: high capacity, no regularisation."""
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+    for i, filters in enumerate((32, 64, 128)):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+    x = layers.MaxPooling2D(2, name="pool_final")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(128, activation="relu", name="dense")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="pred")(x)
+    return keras.Model(inputs, outputs, name="baseline_cnn")
+
+
+def build_regularized_cnn(image_size: int, *, dropout: float = 0.5) -> keras.Model:
+    """Fewer filters, batch norm, spatial dropout and global pooling instead of a wide flatten."""
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+    for i, filters in enumerate((16, 32, 64, 64)):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i + 1}")(x)
+        x = layers.BatchNormalization(name=f"bn{i + 1}")(x)
+        x = layers.Activation("relu", name=f"relu{i + 1}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+        if i >= 2:
+            x = layers.SpatialDropout2D(0.1, name=f"sdrop{i + 1}")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.Dropout(dropout, name="top_dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="pred")(x)
+    return keras.Model(inputs, outputs, name="regularized_cnn")
+
+
+def build_mobilenetv2(
+    image_size: int, *, dense_units: int = 128, dropout: float = 0.5, weights: str | None = "imagenet"
+) -> keras.Model:
+    """MobileNetV2 (alpha 1.0, ImageNet) with the seed's head: GAP -> Dense(ReLU) -> Dropout -> sigmoid.
+
+    The backbone is built on the model's own tensors (not nested) so that every layer, e.g.
+    ``out_relu`` for Grad-CAM, is reachable by name. It starts frozen, BatchNorm included.
+
+    Raises
+    ------
+    WeightsUnavailableError
+        ``weights="imagenet"`` and Keras cannot find or download them. Never falls back to random
+        weights.
+    """
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    x = layers.Concatenate(name="grey_to_rgb")([inputs, inputs, inputs])
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(x)  # MobileNetV2 expects -1..1
+    try:
+        backbone = keras.applications.MobileNetV2(
+            input_tensor=x,
+            input_shape=(image_size, image_size, 3),
+            include_top=False,
+            weights=weights,
+            alpha=1.0,
+        )
+    except Exception as exc:  # urllib, OSError, ValueError...: all mean "no weights here"
+        cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+        raise WeightsUnavailableError(
+            "cannot load the ImageNet weights of MobileNetV2 "
+            f"({type(exc).__name__}: {exc}). Keras looks for "
+            f"'mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{_weights_size(image_size)}_no_top.h5' "
+            f"in {cache}. Put the file there, or set KERAS_HOME to a folder whose models/ holds it "
+            "(in this repository's CI: KERAS_HOME=../shared/keras), or allow Keras to download it."
+        ) from exc
+    for layer in backbone.layers:
+        layer.trainable = False
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(backbone.output)
+    x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
+    x = layers.Dropout(dropout, name="top_dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="pred")(x)
+    return keras.Model(inputs, outputs, name="pneumoscan_mobilenetv2")
+
+
+def _weights_size(image_size: int) -> int:
+    return image_size if image_size in (96, 128, 160, 192, 224) else 224
+
+
+def mobilenet_cut_layer(model: keras.Model, unfreeze_blocks: int) -> str:
+    """Name of the layer whose output feeds the first trainable block when fine-tuning.
+
+    ``unfreeze_blocks=3`` trains ``block_14`` .. ``block_16`` and ``Conv_1``; the cut is the output
+    of ``block_13``. ``0`` trains ``Conv_1`` only.
+    """
+    if not 0 <= unfreeze_blocks <= MOBILENET_BLOCKS - 2:
+        raise ValueError(f"unfreeze_blocks must be in 0..{MOBILENET_BLOCKS - 2}, got {unfreeze_blocks}")
+    last_frozen = MOBILENET_BLOCKS - 1 - unfreeze_blocks
+    names = {layer.name for layer in model.layers}
+    for name in (f"block_{last_frozen}_add", f"block_{last_frozen}_project_BN"):
+        if name in names:
+            return name
+    raise ValueError(f"model has no block_{last_frozen} output; is it a pneumoscan MobileNetV2?")
+
+
+def set_finetune_trainable(model: keras.Model, cut_layer: str) -> None:
+    """Unfreeze every backbone layer after ``cut_layer``, keeping BatchNorm in inference mode.
+
+    The shipped ImageNet weights have BatchNorm folded into the convolutions, and small-batch
+    statistics would wreck them anyway, so BatchNorm layers stay frozen (Keras then runs them in
+    inference mode).
+    """
+    after = False
+    for layer in model.layers:
+        if layer.name == cut_layer:
+            after = True
+            continue
+        if after:
+            layer.trainable = not isinstance(layer, layers.BatchNormalization)
+
+
+def build_model(cfg: TrainConfig, *, weights: str | None = "imagenet") -> keras.Model:
+    """The model named by ``cfg.arch`` (see :data:`pneumoscan.config.ARCHITECTURES`)."""
+    if cfg.arch == "baseline":
+        return build_baseline_cnn(cfg.image_size)
+    if cfg.arch == "regularized":
+        return build_regularized_cnn(cfg.image_size, dropout=cfg.dropout)
+    if cfg.arch == "mobilenetv2":
+        return build_mobilenetv2(
+            cfg.image_size, dense_units=cfg.dense_units, dropout=cfg.dropout, weights=weights
+        )
+    raise ValueError(f"unknown architecture {cfg.arch!r}")
+
+
+def last_conv_layer_name(model: keras.Model) -> str:
+    """The last layer with a 4-D output: the Grad-CAM target of any pneumoscan model."""
+    if any(layer.name == MOBILENET_LAST_CONV for layer in model.layers):
+        return MOBILENET_LAST_CONV
+    for layer in reversed(model.layers):
+        shape = getattr(layer, "output", None) is not None and layer.output.shape
+        if shape and len(shape) == 4 and not isinstance(layer, layers.InputLayer):
+            return layer.name
+    raise ValueError(f"model {model.name!r} has no convolutional layer")

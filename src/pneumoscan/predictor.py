@@ -1,0 +1,316 @@
+"""The one inference path: :class:`Predictor` turns files or arrays into calibrated probabilities.
+
+The CLI (``predict``, ``evaluate``, ``explain``), the app, the export check and the tests all go
+through it, so preprocessing (:mod:`pneumoscan.imaging`), calibration and the operating threshold
+are applied in exactly one place.
+
+A model is a ``.keras`` file (loaded in Keras safe mode) or a ``.tflite`` file (run by the LiteRT
+runtime), with a sidecar ``<stem>.meta.json`` beside it that says what the model needs and how to
+read its output::
+
+    {"class_names": ["NORMAL", "PNEUMONIA"], "image_size": 224, "threshold": 0.31,
+     "calibration": {"a": 1.1, "b": -0.4}, "arch": "mobilenetv2", "validation": {...}, ...}
+
+The model's output is read through that sidecar, never by position alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan.config import CLASS_NAMES, DISCLAIMER, default_model_path
+from pneumoscan.evaluation import PlattCalibrator
+from pneumoscan.imaging import DecodedImage, ImageDecodeError, decode_bytes, preprocess, read_image
+
+log = logging.getLogger(__name__)
+
+
+def metadata_path(model_path: str | Path) -> Path:
+    """``models/x.keras`` -> ``models/x.meta.json``."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + ".meta.json")
+
+
+def save_metadata(model_path: str | Path, metadata: dict) -> Path:
+    """Write the sidecar of ``model_path``; returns its path."""
+    path = metadata_path(model_path)
+    path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_metadata(model_path: str | Path) -> dict:
+    """Read and check the sidecar of ``model_path``.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Missing sidecar, or one that does not describe a NORMAL/PNEUMONIA model.
+    """
+    path = metadata_path(model_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: every pneumoscan model needs its metadata sidecar beside it "
+            "(written by `pneumoscan train` and `pneumoscan export`)"
+        )
+    meta = json.loads(path.read_text())
+    if tuple(meta.get("class_names", ())) != CLASS_NAMES:
+        raise ValueError(f"{path}: class_names must be {list(CLASS_NAMES)}, got {meta.get('class_names')}")
+    for key in ("image_size", "threshold"):
+        if key not in meta:
+            raise ValueError(f"{path}: missing key {key!r}")
+    return meta
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """The answer for one image.
+
+    Attributes
+    ----------
+    p_normal, p_pneumonia : float
+        Calibrated probabilities, summing to 1.
+    label : str
+        ``"PNEUMONIA"`` when ``p_pneumonia >= threshold``, else ``"NORMAL"``.
+    confidence : float
+        The calibrated probability of ``label``. Below 0.5 it means the image was flagged only
+        because the screening threshold is set low, for high sensitivity.
+    threshold : float
+        The operating threshold on ``p_pneumonia``.
+    """
+
+    p_normal: float
+    p_pneumonia: float
+    label: str
+    confidence: float
+    threshold: float
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class PathResults:
+    """Results of :meth:`Predictor.predict_paths`, aligned with the input paths.
+
+    Attributes
+    ----------
+    paths : list of Path
+    p_pneumonia : ndarray of shape (n,), float64
+        Calibrated; NaN where the file failed.
+    errors : list of (str or None)
+        ``None`` when the file was read, else why not.
+    """
+
+    paths: list[Path]
+    p_pneumonia: np.ndarray
+    errors: list[str | None]
+
+    def predictions(self, threshold: float) -> list[Prediction | None]:
+        return [
+            None if err is not None else make_prediction(p, threshold)
+            for p, err in zip(self.p_pneumonia, self.errors, strict=True)
+        ]
+
+
+def available_cpus() -> int:
+    """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` where that is unknown)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def make_prediction(p_pneumonia: float, threshold: float) -> Prediction:
+    """Label and confidence of one calibrated probability at ``threshold``."""
+    p = float(p_pneumonia)
+    label = CLASS_NAMES[1] if p >= threshold else CLASS_NAMES[0]
+    confidence = p if label == CLASS_NAMES[1] else 1.0 - p
+    return Prediction(1.0 - p, p, label, confidence, float(threshold))
+
+
+def tta_views(x: np.ndarray) -> np.ndarray:
+    """Test-time augmentation views of a batch: the image, a central 92 % crop and two shifted
+    crops, each resized back. ``(n, s, s, 1)`` -> ``(4, n, s, s, 1)``, uint8."""
+    from PIL import Image
+
+    n, size = x.shape[0], x.shape[1]
+    crop = int(round(size * 0.92))
+    offsets = [((size - crop) // 2, (size - crop) // 2), (0, 0), (size - crop, size - crop)]
+    views = [x]
+    for top, left in offsets:
+        view = np.empty_like(x)
+        for i in range(n):
+            patch = Image.fromarray(x[i, top : top + crop, left : left + crop, 0], "L")
+            view[i, :, :, 0] = np.asarray(patch.resize((size, size), Image.Resampling.BILINEAR))
+        views.append(view)
+    return np.stack(views)
+
+
+class Predictor:
+    """Loads a model and its sidecar once; predicts calibrated pneumonia probabilities.
+
+    Parameters
+    ----------
+    model_path : path, optional
+        A ``.keras`` or ``.tflite`` file with its ``.meta.json`` sidecar. Default: the bundled
+        model (:func:`pneumoscan.config.default_model_path`).
+    threshold : float, optional
+        Override the stored operating threshold.
+    num_threads : int, optional
+        Threads for the LiteRT runtime (default: the cores this process may run on,
+        :func:`available_cpus`).
+
+    Thread safety: one instance may serve several threads (the app shares one); calls to the
+    LiteRT interpreter are serialised by a lock.
+    """
+
+    def __init__(self, model_path: str | Path | None = None, *, threshold: float | None = None,
+                 num_threads: int | None = None):
+        import threading
+
+        self.model_path = Path(model_path) if model_path is not None else default_model_path()
+        if not self.model_path.is_file():
+            raise FileNotFoundError(
+                f"model file not found: {self.model_path}. Train one with `pneumoscan train`, or "
+                "pass --model PATH to a .keras or .tflite file."
+            )
+        self.metadata = load_metadata(self.model_path)
+        self.image_size = int(self.metadata["image_size"])
+        self.threshold = float(self.metadata["threshold"] if threshold is None else threshold)
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        self.calibrator = PlattCalibrator.from_dict(self.metadata.get("calibration") or {"a": 1.0, "b": 0.0})
+        self.disclaimer = DISCLAIMER
+        self._lock = threading.Lock()
+        suffix = self.model_path.suffix.lower()
+        if suffix == ".keras":
+            self.backend = "keras"
+            self._load_keras()
+        elif suffix == ".tflite":
+            self.backend = "litert"
+            self._load_litert(num_threads or available_cpus())
+        else:
+            raise ValueError(f"{self.model_path}: unsupported model type {suffix!r} (use .keras or .tflite)")
+
+    # ------------------------------------------------------------------ backends
+
+    def _load_keras(self) -> None:
+        import keras
+        import tensorflow as tf
+
+        self.model = keras.saving.load_model(self.model_path, safe_mode=True, compile=False)
+        # A traced call is several times faster than model.predict for small batches.
+        self._call = tf.function(
+            lambda x: self.model(x, training=False), reduce_retracing=True
+        )
+
+    def _load_litert(self, num_threads: int) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.model = None
+        self._interpreter = Interpreter(model_path=str(self.model_path), num_threads=num_threads)
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self._batch = None
+
+    def _raw_litert(self, x: np.ndarray) -> np.ndarray:
+        with self._lock:
+            if self._batch != len(x):
+                self._interpreter.resize_tensor_input(self._input["index"], list(x.shape))
+                self._interpreter.allocate_tensors()
+                self._batch = len(x)
+            self._interpreter.set_tensor(self._input["index"], x.astype(self._input["dtype"]))
+            self._interpreter.invoke()
+            return np.array(self._interpreter.get_tensor(self._output["index"])).reshape(-1)
+
+    # ------------------------------------------------------------------ arrays
+
+    def predict_raw(self, x: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+        """Uncalibrated model output.
+
+        Parameters
+        ----------
+        x : ndarray of shape (n, size, size, 1), uint8 or float in 0..255
+
+        Returns
+        -------
+        ndarray of shape (n,), float64
+        """
+        x = np.asarray(x)
+        expected = (self.image_size, self.image_size, 1)
+        if x.ndim != 4 or x.shape[1:] != expected:
+            raise ValueError(f"expected images of shape (n, {expected}), got {x.shape}")
+        out = []
+        for start in range(0, len(x), batch_size):
+            batch = x[start : start + batch_size].astype(np.float32)
+            if self.backend == "keras":
+                out.append(np.asarray(self._call(batch)).reshape(-1))
+            else:
+                out.append(self._raw_litert(batch))
+        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+    def predict_proba(self, x: np.ndarray, *, tta: bool = False, batch_size: int = 64) -> np.ndarray:
+        """Calibrated probability of PNEUMONIA, shape ``(n,)``; ``tta`` averages :func:`tta_views`."""
+        if tta:
+            raw = np.mean([self.predict_raw(v, batch_size=batch_size) for v in tta_views(np.asarray(x))], axis=0)
+        else:
+            raw = self.predict_raw(x, batch_size=batch_size)
+        return np.asarray(self.calibrator.transform(raw), dtype=np.float64)
+
+    # ------------------------------------------------------------------ images and files
+
+    def predict_image(self, image: DecodedImage | np.ndarray, *, tta: bool = False) -> Prediction:
+        """Predict one decoded image (or a 2-D uint8 grey array of any size)."""
+        x = preprocess(image, self.image_size)[None]
+        return make_prediction(self.predict_proba(x, tta=tta)[0], self.threshold)
+
+    def predict_bytes(self, data: bytes, *, name: str = "<upload>", tta: bool = False) -> Prediction:
+        """Decode and predict an in-memory file; raises :class:`ImageDecodeError` for bad input."""
+        return self.predict_image(decode_bytes(data, name=name), tta=tta)
+
+    def predict_paths(
+        self, paths: Sequence[str | Path], *, tta: bool = False, batch_size: int = 64, progress: bool = True
+    ) -> PathResults:
+        """Predict many files in batches; a bad file gets an error and NaN, the rest carry on."""
+        import concurrent.futures
+
+        from tqdm.auto import tqdm
+
+        paths = [Path(p) for p in paths]
+        probs = np.full(len(paths), np.nan)
+        errors: list[str | None] = [None] * len(paths)
+        bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress)
+
+        def load(path: Path) -> np.ndarray | str:
+            try:
+                return preprocess(read_image(path), self.image_size)
+            except ImageDecodeError as exc:
+                return exc.reason
+
+        with concurrent.futures.ThreadPoolExecutor(min(8, (os.cpu_count() or 2) * 2)) as pool:
+            for start in range(0, len(paths), batch_size):
+                chunk = list(range(start, min(start + batch_size, len(paths))))
+                arrays, kept = [], []
+                for i, result in zip(chunk, pool.map(load, (paths[i] for i in chunk)), strict=True):
+                    if isinstance(result, str):
+                        errors[i] = result
+                        log.warning("skipped %s: %s", paths[i], result)
+                    else:
+                        arrays.append(result)
+                        kept.append(i)
+                if arrays:
+                    probs[kept] = self.predict_proba(np.stack(arrays), tta=tta, batch_size=batch_size)
+                bar.update(len(chunk))
+        bar.close()
+        return PathResults(paths, probs, errors)
+
+    def __repr__(self) -> str:
+        return (f"Predictor({str(self.model_path)!r}, backend={self.backend!r}, "
+                f"image_size={self.image_size}, threshold={self.threshold:.4f})")

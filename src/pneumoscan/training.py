@@ -1,0 +1,438 @@
+"""The training engine behind ``pneumoscan train``: data -> split -> fit -> calibrate -> run folder.
+
+A run folder holds everything needed to use, audit or resume the run::
+
+    model.keras               the best model (chosen on validation), loadable in safe mode
+    model.meta.json           sidecar read by the Predictor: image size, threshold, calibration
+    config.json               every option, the seed, data fingerprint, split sizes, versions
+    history.csv               per-epoch metrics of every phase, train and validation
+    learning_curves.png       loss, AUC and recall per epoch, train vs validation
+    validation.json           metrics on the validation split at the operating threshold
+    validation_predictions.csv  one row per validation image
+    checkpoints/, backup/     for ``--resume``
+
+MobileNetV2 is trained in two phases on a frozen *stem*: the backbone up to the last frozen block
+is run once per image and augmented view, and its output is cached. Phase 1 fits the head, phase 2
+fine-tunes the top blocks, both on the cache, so the backbone is not recomputed every epoch.
+BatchNorm stays in inference mode throughout.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import json
+import logging
+import platform
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan import __version__
+from pneumoscan.config import CLASS_NAMES, TrainConfig
+from pneumoscan.data import (
+    DecodedSet,
+    build_augmenter,
+    class_weights,
+    decode_samples,
+    discover_split,
+    fingerprint,
+    make_dataset,
+    patient_split,
+)
+
+log = logging.getLogger(__name__)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the libraries a run depends on."""
+    import keras
+    import sklearn
+    import tensorflow as tf
+
+    return {
+        "pneumoscan": __version__,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _subset(samples, limit: int | None, seed: int):
+    """At most ``limit`` samples, both classes kept in proportion (deterministic)."""
+    if limit is None or limit >= len(samples):
+        return list(samples)
+    rng = np.random.default_rng(seed)
+    picked = []
+    for label in (0, 1):
+        of_class = [s for s in samples if s.label == label]
+        k = max(2, round(limit * len(of_class) / len(samples)))
+        picked += [of_class[i] for i in sorted(rng.permutation(len(of_class))[:k])]
+    return sorted(picked, key=lambda s: str(s.path))
+
+
+class _RestoreBest:
+    """Keras callback factory: remember the weights of the best validation epoch, restore at end."""
+
+    def __new__(cls, monitor: str = "val_auc"):
+        import keras
+
+        class RestoreBest(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.best, self.best_weights, self.best_epoch = -np.inf, None, None
+
+            def on_epoch_end(self, epoch, logs=None):
+                value = (logs or {}).get(monitor)
+                if value is not None and value > self.best:
+                    self.best, self.best_epoch = value, epoch
+                    self.best_weights = self.model.get_weights()
+
+            def on_train_end(self, logs=None):
+                if self.best_weights is not None:
+                    self.model.set_weights(self.best_weights)
+                    log.info("restored epoch %d (%s=%.4f)", self.best_epoch + 1, monitor, self.best)
+
+        return RestoreBest()
+
+
+def _compile(model, learning_rate: float, label_smoothing: float) -> None:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
+        metrics=[
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.Recall(name="recall"),
+            keras.metrics.Precision(name="precision"),
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+        ],
+    )
+
+
+def _strategy(name: str):
+    import tensorflow as tf
+
+    if name != "mirrored":
+        return tf.distribute.get_strategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    log.info("MirroredStrategy over %s", devices)
+    return tf.distribute.MirroredStrategy(devices=devices)
+
+
+@dataclasses.dataclass
+class _Phase:
+    name: str
+    model: object  # the keras.Model being fitted
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    epochs: int
+    learning_rate: float
+    augment: object = None
+
+
+class Trainer:
+    """Runs one training job into ``run_dir``. Use :func:`train` unless you need the pieces."""
+
+    def __init__(self, cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, *, progress: bool = True):
+        self.cfg, self.data_dir, self.run_dir, self.progress = cfg, Path(data_dir), Path(run_dir), progress
+        self.history_rows: list[dict] = []
+        self.phase_boundaries: list[int] = []
+        self.timings: dict[str, dict] = {}
+
+    @contextmanager
+    def timed(self, name: str, images: int = 0):
+        """Record the wall time (and images/s when ``images``) of a stage into ``timings.json``."""
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        self.timings[name] = {"seconds": round(seconds, 2), "images": images,
+                              "images_per_s": round(images / seconds, 1) if images and seconds else None}
+        log.info("%s: %.1f s", name, seconds)
+        (self.run_dir / "timings.json").write_text(json.dumps(self.timings, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ data
+
+    def load_data(self) -> tuple[DecodedSet, DecodedSet]:
+        cfg = self.cfg
+        samples = _subset(discover_split(self.data_dir, prefer="train"), cfg.limit, cfg.seed)
+        train_s, val_s = patient_split(samples, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        if not train_s or not val_s or len({s.label for s in val_s}) < 2:
+            raise ValueError(
+                f"{self.data_dir}: too few images or patients ({len(samples)} images) for a patient-level "
+                "validation split holding both classes"
+            )
+        log.info("decoding %d training and %d validation images", len(train_s), len(val_s))
+        with self.timed("decode", len(samples)):
+            train = decode_samples(train_s, cfg.image_size, progress=self.progress)
+            val = decode_samples(val_s, cfg.image_size, progress=self.progress)
+        self.fingerprint = fingerprint(samples)
+        return train, val
+
+    def write_config(self, train: DecodedSet, val: DecodedSet) -> None:
+        record = {
+            **self.cfg.to_dict(),
+            "data_dir": str(self.data_dir),
+            "data_fingerprint": self.fingerprint,
+            "split": {
+                "train_images": len(train.y), "val_images": len(val.y),
+                "train_by_class": np.bincount(train.y, minlength=2).tolist(),
+                "val_by_class": np.bincount(val.y, minlength=2).tolist(),
+                "train_patients": len({s.patient_id for s in train.samples}),
+                "val_patients": len({s.patient_id for s in val.samples}),
+            },
+            "class_weight": class_weights(train.y) if self.cfg.imbalance == "class_weight" else None,
+            "skipped": [{"path": str(s.path), "error": e} for s, e in train.skipped + val.skipped],
+            "versions": package_versions(),
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        (self.run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit_phase(self, phase: _Phase) -> None:
+        """Fit one phase with best-epoch restore and resumable backups; skip if already done."""
+
+        cfg = self.cfg
+        done = self.run_dir / "checkpoints" / f"{phase.name}.weights.h5"
+        if done.exists():
+            log.info("phase %s already finished; loading %s", phase.name, done)
+            phase.model.load_weights(done)
+            self._load_history(phase.name)
+            return
+        with self.strategy.scope():
+            _compile(phase.model, phase.learning_rate, cfg.label_smoothing)
+        balanced = cfg.imbalance == "balanced_sampling"
+        train_ds = make_dataset(phase.train_x, phase.train_y, batch_size=cfg.batch_size, shuffle=True,
+                                augment=phase.augment, balanced=balanced, seed=cfg.seed)
+        val_ds = make_dataset(phase.val_x, phase.val_y, batch_size=cfg.batch_size * 2)
+        restore_best = _RestoreBest("val_auc")
+        with self.timed(f"fit_{phase.name}", len(phase.train_y) * phase.epochs):
+            history = self._fit(phase, train_ds, val_ds, balanced, restore_best)
+        done.parent.mkdir(parents=True, exist_ok=True)
+        phase.model.save_weights(done)
+        # history.epoch holds absolute epoch indices, so a resumed phase keeps its numbering.
+        rows = [
+            {"phase": phase.name, "epoch": epoch + 1, **{k: float(v[i]) for k, v in history.history.items()},
+             "best": int(epoch == restore_best.best_epoch)}
+            for i, epoch in enumerate(history.epoch)
+        ]
+        (self.run_dir / "checkpoints" / f"{phase.name}.history.json").write_text(json.dumps(rows))
+        self._append_history(rows)
+
+    def _fit(self, phase: _Phase, train_ds, val_ds, balanced: bool, restore_best):
+        import keras
+
+        cfg = self.cfg
+        return phase.model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=phase.epochs,
+            shuffle=False,  # the dataset shuffles itself, seeded
+            steps_per_epoch=int(np.ceil(len(phase.train_y) / cfg.batch_size)) if balanced else None,
+            class_weight=class_weights(phase.train_y) if cfg.imbalance == "class_weight" else None,
+            callbacks=[
+                keras.callbacks.BackupAndRestore(str(self.run_dir / "backup" / phase.name)),
+                restore_best,
+            ],
+            verbose=1 if self.progress else 0,
+        )
+
+    def _load_history(self, name: str) -> None:
+        path = self.run_dir / "checkpoints" / f"{name}.history.json"
+        if path.exists():
+            self._append_history(json.loads(path.read_text()))
+
+    def _append_history(self, rows: list[dict]) -> None:
+        if self.history_rows:
+            self.phase_boundaries.append(len(self.history_rows))
+        self.history_rows += rows
+
+    def train_cnn(self, model, train: DecodedSet, val: DecodedSet) -> None:
+        augment = self.cfg.augment if self.cfg.arch == "regularized" else None
+        self.fit_phase(_Phase("train", model, train.x, train.y, val.x, val.y,
+                              self.cfg.epochs, self.cfg.learning_rate, augment))
+
+    def stem_features(self, stem, x: np.ndarray, *, augment: bool, seed: int, desc: str) -> np.ndarray:
+        """Run the frozen stem over ``x`` once (optionally augmented): float16 features."""
+        import tensorflow as tf
+        from tqdm.auto import tqdm
+
+        augmenter = build_augmenter(self.cfg.augment, seed=seed) if augment else None
+
+        @tf.function(reduce_retracing=True)
+        def run(batch):
+            batch = tf.cast(batch, tf.float32)
+            if augmenter is not None:
+                batch = augmenter(batch, training=True)
+            return stem(batch, training=False)
+
+        out = []
+        batch_size = 64
+        for start in tqdm(range(0, len(x), batch_size), desc=desc, unit="batch", disable=not self.progress,
+                          leave=False):
+            out.append(run(x[start : start + batch_size]).numpy().astype(np.float16))
+        return np.concatenate(out)
+
+    def train_mobilenet(self, model, train: DecodedSet, val: DecodedSet) -> None:
+        import keras
+
+        from pneumoscan.models import mobilenet_cut_layer, set_finetune_trainable
+
+        cfg = self.cfg
+        cut = mobilenet_cut_layer(model, cfg.unfreeze_blocks)
+        cut_tensor = model.get_layer(cut).output
+        stem = keras.Model(model.input, cut_tensor, name="stem")
+        n_views = 1 + cfg.augmented_views
+        with self.timed("stem_features", len(train.y) * n_views + len(val.y)):
+            views = [self.stem_features(stem, train.x, augment=False, seed=cfg.seed, desc="stem features (clean)")]
+            for v in range(cfg.augmented_views):
+                views.append(self.stem_features(stem, train.x, augment=True, seed=cfg.seed + 101 * (v + 1),
+                                                desc=f"stem features (view {v + 1}/{cfg.augmented_views})"))
+            train_f, train_y = np.concatenate(views), np.tile(train.y, n_views)
+            val_f = self.stem_features(stem, val.x, augment=False, seed=cfg.seed, desc="stem features (val)")
+            del views
+
+        # Phase 1: the head, on pooled features of the still-frozen top (computed once).
+        pooled_tensor = model.get_layer("avg_pool").output
+        frozen_top = keras.Model(cut_tensor, pooled_tensor, name="frozen_top")
+        with self.timed("pooled_features", len(train_f) + len(val_f)):
+            train_p = frozen_top.predict(train_f.astype(np.float32), batch_size=256, verbose=0)
+            val_p = frozen_top.predict(val_f.astype(np.float32), batch_size=256, verbose=0)
+        head = keras.Model(pooled_tensor, model.output, name="head")
+        self.fit_phase(_Phase("head", head, train_p, train_y, val_p, val.y,
+                              cfg.head_epochs, cfg.head_learning_rate))
+
+        # Phase 2: fine-tune the top blocks and the head together, BatchNorm kept frozen.
+        if cfg.finetune_epochs > 0:
+            set_finetune_trainable(model, cut)
+            top = keras.Model(cut_tensor, model.output, name="top")
+            self.fit_phase(_Phase("finetune", top, train_f, train_y, val_f, val.y,
+                                  cfg.finetune_epochs, cfg.finetune_learning_rate))
+
+    # ------------------------------------------------------------------ after fitting
+
+    def finalise(self, model, val: DecodedSet) -> dict:
+        """Save the model, calibrate and pick the threshold on validation, write the reports."""
+        from pneumoscan import evaluation, figures
+        from pneumoscan.predictor import Predictor, save_metadata, tta_views
+        from pneumoscan.robustness import stress_report
+
+        cfg = self.cfg
+        model_path = self.run_dir / "model.keras"
+        model.save(model_path)
+        meta = {
+            "class_names": list(CLASS_NAMES),
+            "image_size": cfg.image_size,
+            "arch": cfg.arch,
+            "threshold": 0.5,
+            "calibration": {"a": 1.0, "b": 0.0},
+            "target_recall": cfg.target_recall,
+            "data_fingerprint": self.fingerprint,
+            "data_dir": str(self.data_dir),
+            "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed, "limit": cfg.limit},
+            "pneumoscan_version": __version__,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        save_metadata(model_path, meta)
+        # Validation predictions go through the serving path itself, so what we measure is what ships.
+        predictor = Predictor(model_path)
+        raw = predictor.predict_raw(val.x)
+        raw_tta = np.mean([predictor.predict_raw(v) for v in tta_views(val.x)], axis=0)
+        calibrator = evaluation.PlattCalibrator.fit(val.y, raw)
+        p_cal = calibrator.transform(raw)
+        threshold = evaluation.threshold_for_recall(val.y, p_cal, target_recall=cfg.target_recall)
+        groups = [s.patient_id for s in val.samples]
+        subtypes = [s.subtype for s in val.samples]
+        metrics = evaluation.metrics_report(val.y, p_cal, threshold=threshold, groups=groups,
+                                            subtypes=subtypes, seed=cfg.seed)
+        p_cal_tta = calibrator.transform(raw_tta)
+        metrics_tta = evaluation.binary_metrics(val.y, p_cal_tta, threshold=threshold)
+        metrics["calibration"] = {
+            "method": "platt", **calibrator.to_dict(),
+            "ece_before": evaluation.expected_calibration_error(val.y, raw),
+            "ece_after": evaluation.expected_calibration_error(val.y, p_cal),
+        }
+        metrics["tta"] = {k: metrics_tta[k] for k in ("accuracy", "recall", "specificity", "roc_auc", "ece")}
+        metrics["split"] = "validation (patient-level, carved from the training data)"
+        metrics["stress"] = stress_report(predictor, val.x, val.y, threshold=threshold)
+        (self.run_dir / "validation.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        meta.update(threshold=threshold, calibration=calibrator.to_dict(),
+                    validation={k: metrics[k] for k in ("n", "accuracy", "recall", "specificity", "precision",
+                                                        "f1", "roc_auc", "pr_auc", "ece")})
+        save_metadata(model_path, meta)
+
+        with open(self.run_dir / "validation_predictions.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "patient_id", "subtype", "label", "p_raw", "p_pneumonia", "predicted"])
+            for s, r, p in zip(val.samples, raw, p_cal, strict=True):
+                writer.writerow([str(s.path), s.patient_id, s.subtype, s.label, f"{r:.6f}", f"{p:.6f}",
+                                 int(p >= threshold)])
+        if self.history_rows:
+            keys = sorted({k for row in self.history_rows for k in row}, key=lambda k: (k not in ("phase", "epoch"), k))
+            with open(self.run_dir / "history.csv", "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(self.history_rows)
+            series = {k: [row.get(k, np.nan) for row in self.history_rows] for k in keys if k not in ("phase", "epoch", "best")}
+            figures.save(figures.learning_curves_figure(series, phase_boundaries=self.phase_boundaries),
+                         self.run_dir / "learning_curves.png")
+        figures.save(figures.reliability_figure(val.y, raw, p_cal), self.run_dir / "reliability.png")
+        shutil.rmtree(self.run_dir / "backup", ignore_errors=True)
+        return metrics
+
+    def run(self, *, resume: bool = False) -> dict:
+        import keras
+
+        from pneumoscan.models import build_model
+
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and (self.run_dir / "model.keras").exists():
+            raise FileExistsError(f"{self.run_dir} already holds a finished run; choose another --out")
+        if not resume:
+            shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
+            shutil.rmtree(self.run_dir / "backup", ignore_errors=True)
+        keras.utils.set_random_seed(cfg.seed)
+        train, val = self.load_data()
+        self.write_config(train, val)
+        self.strategy = _strategy(cfg.distribute)
+        with self.strategy.scope():
+            model = build_model(cfg)
+        start = time.perf_counter()
+        if cfg.arch == "mobilenetv2":
+            self.train_mobilenet(model, train, val)
+        else:
+            self.train_cnn(model, train, val)
+        with self.timed("finalise", len(val.y)):
+            metrics = self.finalise(model, val)
+        self.timings["total_after_decode"] = {"seconds": round(time.perf_counter() - start, 2)}
+        (self.run_dir / "timings.json").write_text(json.dumps(self.timings, indent=2) + "\n")
+        return metrics
+
+
+def train(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, *, progress: bool = True) -> dict:
+    """Train ``cfg.arch`` on ``data_dir`` into ``run_dir``; returns the validation metrics."""
+    return Trainer(cfg, data_dir, run_dir, progress=progress).run()
+
+
+def resume(run_dir: str | Path, *, progress: bool = True) -> dict:
+    """Continue an interrupted run from its last checkpoint, with the options it was started with."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: is {run_dir} a pneumoscan run folder?")
+    record = json.loads(config_path.read_text())
+    cfg = TrainConfig.from_dict(record)
+    return Trainer(cfg, record["data_dir"], run_dir, progress=progress).run(resume=True)

@@ -1,0 +1,34 @@
+"""Small real Keras models with sidecars, for tests that need a model but not a trained one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pneumoscan.config import CLASS_NAMES
+
+
+def make_tiny_model(folder: Path, *, image_size: int = 64, threshold: float = 0.5, seed: int = 0,
+                    name: str = "tiny") -> Path:
+    """Build a small regularized CNN with seeded random weights, save ``name.keras`` and its sidecar.
+
+    The output is not meaningful, but it is a real model that goes through every real code path.
+    """
+    import keras
+
+    from pneumoscan.models import build_regularized_cnn
+    from pneumoscan.predictor import save_metadata
+
+    keras.utils.set_random_seed(seed)
+    model = build_regularized_cnn(image_size)
+    path = Path(folder) / f"{name}.keras"
+    model.save(path)
+    save_metadata(path, {
+        "class_names": list(CLASS_NAMES),
+        "image_size": image_size,
+        "arch": "regularized",
+        "threshold": threshold,
+        "calibration": {"a": 1.0, "b": 0.0},
+        "validation": {"accuracy": 0.5, "recall": 0.5, "specificity": 0.5, "roc_auc": 0.5},
+        "pneumoscan_version": "test",
+    })
+    return path
