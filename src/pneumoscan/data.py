@@ -333,7 +333,8 @@ def make_dataset(
     shuffle : bool
         Reshuffle every epoch, seeded.
     augment : AugmentConfig, optional
-        Apply :func:`build_augmenter` to each batch (parallel map, seeded).
+        Apply :func:`build_augmenter` to each batch (sequential map, so that the same seed gives
+        the same batches).
     balanced : bool
         Sample both classes equally (infinite dataset; pass ``steps_per_epoch`` to ``fit``).
 
@@ -361,5 +362,7 @@ def make_dataset(
     ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=autotune)
     if augment is not None:
         augmenter = build_augmenter(augment, seed=seed)
-        ds = ds.map(lambda a, b: (augmenter(a, training=True), b), num_parallel_calls=autotune)
+        # Sequential on purpose: the augmenter draws from stateful seed generators, and parallel
+        # calls would race for that state, so the same seed would not give the same batches.
+        ds = ds.map(lambda a, b: (augmenter(a, training=True), b))
     return ds.prefetch(autotune)

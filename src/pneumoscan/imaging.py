@@ -54,10 +54,11 @@ class DecodedImage:
 
     Attributes
     ----------
-    gray : ndarray of shape (height, width), dtype uint8
-        Grey levels 0..255 after step 1 and 2 of the module's policy.
+    gray : ndarray of shape (h, w), dtype uint8
+        Grey levels 0..255 after step 1 and 2 of the module's policy. Usually ``(height, width)``;
+        JPEGs over 1024 px a side are decoded at half scale (still far above any model's input).
     width, height : int
-        Original size in pixels.
+        Original size in pixels, as stored in the file.
     mode : str
         What the file held: a PIL mode (``"L"``, ``"RGB"``, ``"I;16"``, ...) or ``"DICOM/<photometric>"``.
     format : str
@@ -244,8 +245,11 @@ def _decode_dicom(data: bytes, name: str) -> DecodedImage:
         colourfulness = _colourfulness(img)
         gray = np.asarray(img.convert("L"), dtype=np.uint8)
     else:
-        values = apply_modality_lut(pixels, ds)
-        values = apply_voi_lut(values, ds, index=0)
+        try:
+            values = apply_modality_lut(pixels, ds)
+            values = apply_voi_lut(values, ds, index=0)
+        except Exception as exc:  # malformed LUT or window attributes
+            raise ImageDecodeError(name, f"invalid DICOM modality/VOI LUT or window ({exc})") from exc
         gray = _stretch(np.asarray(values, dtype=np.float64))
         if photometric == "MONOCHROME1":
             gray = 255 - gray

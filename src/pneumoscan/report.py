@@ -1,0 +1,432 @@
+"""The data report: what a dataset folder holds before any model sees it.
+
+:func:`build_report` scans every image of every split once (read, sha256 of the bytes, decode with
+the project's one decoder in :mod:`pneumoscan.imaging`), never stops on a bad file, and writes
+``report.json`` plus figures. :func:`format_report` turns the report into a terminal summary.
+
+Counting policy: ``splits`` counts the image *files found* (by suffix) in each class folder,
+readable or not, so the numbers match a directory listing; files that cannot be decoded are
+listed in ``unreadable`` with the reason, and ``readable`` gives the counts of decoded images.
+Image sizes, modes, formats and colourfulness describe readable images only. Duplicates are found
+on exact file bytes, so they include unreadable files too.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pneumoscan._version import __version__
+from pneumoscan.config import CLASS_NAMES
+from pneumoscan.data import Sample, discover, fingerprint
+from pneumoscan.imaging import MAX_FILE_BYTES, ImageDecodeError, decode_bytes, read_image
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.json"
+SUBTYPES = ("bacteria", "virus", "none")
+#: Colourfulness (Hasler-Suesstrunk) above which an image is flagged as a colour picture, not an X-ray.
+COLOURFUL_THRESHOLD = 20.0
+#: Longest side of the thumbnails kept for the sample galleries.
+THUMBNAIL_SIDE = 256
+#: Seed of the (reproducible) choice of gallery images.
+SAMPLE_SEED = 0
+
+
+@dataclasses.dataclass
+class _Scan:
+    """What scanning one file found (internal)."""
+
+    sample: Sample
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    mode: str | None = None
+    format: str | None = None
+    colourfulness: float | None = None
+    error: str | None = None
+    thumbnail: np.ndarray | None = None
+
+
+def _scan_file(sample: Sample, keep_thumbnail: bool) -> _Scan:
+    """Read, hash and decode one file; every failure becomes ``error``, nothing is raised."""
+    scan = _Scan(sample)
+    path = sample.path
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            read_image(path)  # raises the decoder's own "file too large" error without reading it
+        data = path.read_bytes()
+    except ImageDecodeError as exc:
+        scan.error = exc.reason
+        return scan
+    except OSError as exc:
+        scan.error = f"cannot read file ({exc.strerror or exc})"
+        return scan
+    scan.sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        image = decode_bytes(data, name=str(path))
+    except ImageDecodeError as exc:
+        scan.error = exc.reason
+        return scan
+    except Exception as exc:  # a decoder bug must not stop a scan of thousands of files
+        log.debug("unexpected error decoding %s", path, exc_info=True)
+        scan.error = f"unexpected {type(exc).__name__} while decoding ({exc})"
+        return scan
+    scan.width, scan.height = image.width, image.height
+    scan.mode, scan.format = image.mode, image.format
+    scan.colourfulness = float(image.colourfulness)
+    if keep_thumbnail:
+        thumb = Image.fromarray(image.gray, "L")
+        thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR)
+        scan.thumbnail = np.asarray(thumb, dtype=np.uint8)
+    return scan
+
+
+def _stats(values: Sequence[float]) -> dict | None:
+    """min, max, mean, median of ``values`` (None when empty)."""
+    if len(values) == 0:
+        return None
+    a = np.asarray(values, dtype=np.float64)
+    return {"min": int(a.min()), "max": int(a.max()), "mean": round(float(a.mean()), 2),
+            "median": float(np.median(a))}
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _gallery_candidates(samples: Sequence[Sample], per_class: int) -> dict[int, list[Path]]:
+    """Per class, a seeded choice of up to ``3 * per_class`` files from distinct patients.
+
+    Three times as many as shown, so unreadable candidates can be replaced by the next ones.
+    """
+    rng = np.random.default_rng(SAMPLE_SEED)
+    chosen: dict[int, list[Path]] = {}
+    for label in range(len(CLASS_NAMES)):
+        pool = sorted((s for s in samples if s.label == label), key=lambda s: str(s.path))
+        picked, patients = [], set()
+        for index in rng.permutation(len(pool)):
+            if len(picked) >= 3 * per_class:
+                break
+            if pool[index].patient_id not in patients:
+                patients.add(pool[index].patient_id)
+                picked.append(pool[index].path)
+        chosen[label] = picked
+    return chosen
+
+
+def build_report(
+    data_dir: str | Path,
+    *,
+    out_dir: str | Path,
+    sample_grid: int = 8,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict:
+    """Scan a dataset, write ``report.json`` and figures to ``out_dir``, and return the report.
+
+    Parameters
+    ----------
+    data_dir : path
+        A dataset root (``<root>/<split>/<CLASS>/``) or one split folder (``<split>/<CLASS>/``),
+        as accepted by :func:`pneumoscan.data.discover`.
+    out_dir : path
+        Created if needed. Receives ``report.json``, ``class_balance.png``, ``image_sizes.png``
+        and, when ``sample_grid > 0``, ``samples_NORMAL.png`` and ``samples_PNEUMONIA.png``.
+    sample_grid : int
+        Images per class in the sample galleries (a seeded choice, one per patient); 0 for none.
+    progress : bool
+        Show a tqdm progress bar.
+    workers : int, optional
+        Decoding threads (default: twice the CPU count, at most 8).
+
+    Returns
+    -------
+    dict
+        JSON-ready; the keys are:
+
+        - ``version``, ``root`` (absolute), ``generated_at`` (UTC, ISO 8601), ``elapsed_s``
+        - ``splits``: split -> {class -> image files found, readable or not}
+        - ``readable``: split -> {class -> images that decode}
+        - ``n_files``, ``n_readable``, ``n_unreadable``: totals
+        - ``imbalance``: split -> PNEUMONIA / NORMAL file ratio (None without NORMAL files)
+        - ``patients``: split -> {class -> distinct patient ids}
+        - ``images_per_patient``: split -> {min, max, mean, median} (None when empty)
+        - ``patients_in_both_classes``: split -> sorted patient ids with NORMAL and PNEUMONIA files
+        - ``patient_overlap_between_splits``: patient id -> sorted splits, for ids in several splits
+        - ``subtypes``: split -> {"bacteria", "virus", "none" -> file count}
+        - ``image_sizes``: split -> {"n", "width": stats, "height": stats}, stats being
+          {min, max, mean, median} of the original sizes in pixels (None when nothing decoded)
+        - ``modes``, ``formats``: decoded mode / format -> count (``"L"``, ``"RGB"``, ``"JPEG"``, ...)
+        - ``colourful``: [{"path", "colourfulness"}] readable images above
+          :data:`COLOURFUL_THRESHOLD`, likely not X-rays
+        - ``duplicates``: groups of byte-identical files, each {"hash", "files", "splits", "labels",
+          "patients", "crosses_splits", "crosses_labels", "crosses_patients"}, files as paths
+          relative to ``root``. A group crossing patients defeats a patient-level split.
+        - ``duplicate_counts``: {"groups", "files", "redundant_files", "groups_crossing_splits",
+          "groups_crossing_labels", "groups_crossing_patients"}
+        - ``unreadable``: [{"path", "split", "label", "error"}], paths relative to ``root``
+        - ``data_fingerprint``: :func:`pneumoscan.data.fingerprint` of all files found;
+          ``split_fingerprints``: the same per split
+        - ``figures``: names of the PNG files written
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        From :func:`pneumoscan.data.discover`: no such folder, or no class folders in it.
+        Bad image files never raise; they are listed in ``unreadable``.
+    """
+    from tqdm.auto import tqdm
+
+    if sample_grid < 0:
+        raise ValueError(f"sample_grid must be 0 or more, got {sample_grid}")
+    start = time.perf_counter()
+    root = Path(data_dir).resolve()
+    out_dir = Path(out_dir)
+    splits = discover(root)
+    samples = [s for split_samples in splits.values() for s in split_samples]
+    log.info("scanning %d files in %s (splits: %s)", len(samples), root, ", ".join(splits))
+
+    candidates = _gallery_candidates(samples, sample_grid) if sample_grid else {}
+    wanted = {p for paths in candidates.values() for p in paths}
+    workers = workers or min(8, 2 * (os.cpu_count() or 1))
+    scans: list[_Scan] = [None] * len(samples)  # type: ignore[list-item]
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(_scan_file, s, s.path in wanted): i for i, s in enumerate(samples)}
+        with tqdm(total=len(samples), desc="scanning", unit="img", disable=not progress) as bar:
+            for future in concurrent.futures.as_completed(futures):
+                scans[futures[future]] = future.result()
+                bar.update()
+
+    report = _summarise(root, splits, scans)
+    for item in report["unreadable"]:
+        log.warning("unreadable image %s: %s", root / item["path"], item["error"])
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report["figures"] = _write_figures(report, scans, candidates, out_dir, sample_grid)
+    report["elapsed_s"] = round(time.perf_counter() - start, 2)
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    log.info("data report written to %s in %.1f s", out_dir / REPORT_FILE, report["elapsed_s"])
+    return report
+
+
+def _summarise(root: Path, splits: Mapping[str, list[Sample]], scans: Sequence[_Scan]) -> dict:
+    by_split: dict[str, list[_Scan]] = defaultdict(list)
+    for scan in scans:
+        by_split[scan.sample.split].append(scan)
+
+    counts, readable, patients, per_patient, both, subtypes, sizes = {}, {}, {}, {}, {}, {}, {}
+    imbalance = {}
+    splits_of_patient: dict[str, set[str]] = defaultdict(set)
+    for split in splits:
+        items = by_split.get(split, [])
+        counts[split] = {c: sum(s.sample.label == i for s in items) for i, c in enumerate(CLASS_NAMES)}
+        readable[split] = {
+            c: sum(s.sample.label == i and s.error is None for s in items) for i, c in enumerate(CLASS_NAMES)
+        }
+        normal, pneumonia = counts[split][CLASS_NAMES[0]], counts[split][CLASS_NAMES[1]]
+        imbalance[split] = round(pneumonia / normal, 4) if normal else None
+        ids_by_class = {c: {s.sample.patient_id for s in items if s.sample.label == i}
+                        for i, c in enumerate(CLASS_NAMES)}
+        patients[split] = {c: len(ids) for c, ids in ids_by_class.items()}
+        both[split] = sorted(set.intersection(*ids_by_class.values()))
+        images_of = Counter(s.sample.patient_id for s in items)
+        per_patient[split] = _stats(list(images_of.values()))
+        for pid in images_of:
+            splits_of_patient[pid].add(split)
+        found = Counter(s.sample.subtype for s in items)
+        subtypes[split] = {k: found.get(k, 0) for k in SUBTYPES}
+        ok = [s for s in items if s.error is None]
+        sizes[split] = {"n": len(ok), "width": _stats([s.width for s in ok]),
+                        "height": _stats([s.height for s in ok])}
+
+    ok = [s for s in scans if s.error is None]
+    groups: dict[str, list[_Scan]] = defaultdict(list)
+    for scan in scans:
+        if scan.sha256 is not None:
+            groups[scan.sha256].append(scan)
+    duplicates = []
+    for digest, members in sorted(groups.items(), key=lambda kv: min(str(s.sample.path) for s in kv[1])):
+        if len(members) < 2:
+            continue
+        members = sorted(members, key=lambda s: str(s.sample.path))
+        dup_splits = sorted({s.sample.split for s in members})
+        labels = sorted({s.sample.class_name for s in members})
+        dup_patients = sorted({s.sample.patient_id for s in members})
+        duplicates.append({
+            "hash": digest,
+            "files": [_rel(s.sample.path, root) for s in members],
+            "splits": dup_splits,
+            "labels": labels,
+            "patients": dup_patients,
+            "crosses_splits": len(dup_splits) > 1,
+            "crosses_labels": len(labels) > 1,
+            "crosses_patients": len(dup_patients) > 1,
+        })
+    duplicate_counts = {
+        "groups": len(duplicates),
+        "files": sum(len(g["files"]) for g in duplicates),
+        "redundant_files": sum(len(g["files"]) - 1 for g in duplicates),
+        "groups_crossing_splits": sum(g["crosses_splits"] for g in duplicates),
+        "groups_crossing_labels": sum(g["crosses_labels"] for g in duplicates),
+        "groups_crossing_patients": sum(g["crosses_patients"] for g in duplicates),
+    }
+    samples = [s.sample for s in scans]
+    return {
+        "version": __version__,
+        "root": str(root),
+        "generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "elapsed_s": None,
+        "splits": counts,
+        "readable": readable,
+        "n_files": len(scans),
+        "n_readable": len(ok),
+        "n_unreadable": len(scans) - len(ok),
+        "imbalance": imbalance,
+        "patients": patients,
+        "images_per_patient": per_patient,
+        "patients_in_both_classes": both,
+        "patient_overlap_between_splits": {
+            pid: sorted(found) for pid, found in sorted(splits_of_patient.items()) if len(found) > 1
+        },
+        "subtypes": subtypes,
+        "image_sizes": sizes,
+        "modes": dict(Counter(s.mode for s in ok).most_common()),
+        "formats": dict(Counter(s.format for s in ok).most_common()),
+        "colourful": [
+            {"path": _rel(s.sample.path, root), "colourfulness": round(s.colourfulness, 2)}
+            for s in sorted(ok, key=lambda s: str(s.sample.path))
+            if s.colourfulness > COLOURFUL_THRESHOLD
+        ],
+        "duplicates": duplicates,
+        "duplicate_counts": duplicate_counts,
+        "unreadable": [
+            {"path": _rel(s.sample.path, root), "split": s.sample.split, "label": s.sample.class_name,
+             "error": s.error}
+            for s in sorted(scans, key=lambda s: str(s.sample.path)) if s.error is not None
+        ],
+        "data_fingerprint": fingerprint(samples),
+        "split_fingerprints": {split: fingerprint(split_samples) for split, split_samples in splits.items()},
+        "figures": [],
+    }
+
+
+def _write_figures(report: dict, scans: Sequence[_Scan], candidates: Mapping[int, list[Path]],
+                   out_dir: Path, sample_grid: int) -> list[str]:
+    from pneumoscan import figures
+
+    written = []
+    fig = figures.class_balance_figure(report["splits"], title="Image files per class and split")
+    written.append(figures.save(fig, out_dir / "class_balance.png").name)
+    ok = [s for s in scans if s.error is None]
+    fig = figures.size_distribution_figure([s.width for s in ok], [s.height for s in ok],
+                                           title="Original image sizes (readable images, all splits)")
+    written.append(figures.save(fig, out_dir / "image_sizes.png").name)
+    if sample_grid:
+        by_path = {s.sample.path: s for s in scans}
+        for label, paths in candidates.items():
+            shown = [by_path[p] for p in paths if by_path[p].thumbnail is not None][:sample_grid]
+            captions = [f"{s.sample.path.name}\n{s.sample.split}, {s.width}x{s.height} {s.mode}"
+                        for s in shown]
+            title = f"{CLASS_NAMES[label]}: {len(shown)} random images, one per patient"
+            fig = figures.gallery_figure([s.thumbnail for s in shown], captions, ncols=4, title=title)
+            written.append(figures.save(fig, out_dir / f"samples_{CLASS_NAMES[label]}.png").name)
+    return written
+
+
+def format_report(report: Mapping) -> str:
+    """A readable terminal summary of a report from :func:`build_report`.
+
+    Parameters
+    ----------
+    report : mapping
+        As returned by :func:`build_report` (or loaded from its ``report.json``).
+
+    Returns
+    -------
+    str
+        Several lines, no trailing newline.
+    """
+    normal, pneumonia = CLASS_NAMES
+    lines = [f"Data report for {report['root']} (pneumoscan {report.get('version', '?')})", ""]
+    lines.append(f"{'split':<10} {normal:>8} {pneumonia:>10} {'total':>7}  "
+                 f"{'PNEU/NORM':>9}  {'patients N/P':>13}  {'bacteria':>8} {'virus':>6}")
+    for split, c in report["splits"].items():
+        ratio = report.get("imbalance", {}).get(split)
+        pat = report.get("patients", {}).get(split, {})
+        sub = report.get("subtypes", {}).get(split, {})
+        ratio_text = f"{ratio:.2f}" if ratio is not None else "n/a"
+        lines.append(
+            f"{split:<10} {c.get(normal, 0):>8} {c.get(pneumonia, 0):>10} {sum(c.values()):>7}  "
+            f"{ratio_text:>9}  {str(pat.get(normal, 0)) + '/' + str(pat.get(pneumonia, 0)):>13}  "
+            f"{sub.get('bacteria', 0):>8} {sub.get('virus', 0):>6}"
+        )
+    lines.append(f"{report.get('n_files', 0)} files, {report.get('n_readable', 0)} readable, "
+                 f"{report.get('n_unreadable', 0)} unreadable.")
+    for split, ids in report.get("patients_in_both_classes", {}).items():
+        if ids:
+            lines.append(f"WARNING: {len(ids)} patient(s) of {split} have NORMAL and PNEUMONIA images: "
+                         + ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else ""))
+    overlap = report.get("patient_overlap_between_splits", {})
+    if overlap:
+        shown = ", ".join(f"{pid} ({'/'.join(s)})" for pid, s in list(overlap.items())[:5])
+        lines.append(f"Patient ids found in more than one split: {len(overlap)} ({shown}"
+                     + (" ..." if len(overlap) > 5 else "") + ")")
+    else:
+        lines.append("No patient id is found in more than one split.")
+
+    lines += ["", "Original image sizes (pixels, readable images):"]
+    for split, s in report.get("image_sizes", {}).items():
+        if not s.get("width"):
+            lines.append(f"  {split}: no readable images")
+            continue
+        w, h = s["width"], s["height"]
+        lines.append(f"  {split}: width {w['min']}-{w['max']} (median {w['median']:g}), "
+                     f"height {h['min']}-{h['max']} (median {h['median']:g}), n = {s['n']}")
+    modes = ", ".join(f"{k} {v}" for k, v in report.get("modes", {}).items()) or "none"
+    formats = ", ".join(f"{k} {v}" for k, v in report.get("formats", {}).items()) or "none"
+    lines.append(f"Modes: {modes}. Formats: {formats}.")
+    colourful = report.get("colourful", [])
+    if colourful:
+        lines.append(f"WARNING: {len(colourful)} colour image(s), probably not X-rays: "
+                     + ", ".join(c["path"] for c in colourful[:5]) + (" ..." if len(colourful) > 5 else ""))
+
+    dc = report.get("duplicate_counts", {})
+    lines += ["", f"Exact duplicates: {dc.get('groups', 0)} group(s) of byte-identical files "
+                  f"({dc.get('files', 0)} files, {dc.get('redundant_files', 0)} redundant); "
+                  f"{dc.get('groups_crossing_splits', 0)} cross splits, "
+                  f"{dc.get('groups_crossing_labels', 0)} cross labels, "
+                  f"{dc.get('groups_crossing_patients', 0)} cross patients."]
+    kinds = ("splits", "labels", "patients")
+    flagged = [g for g in report.get("duplicates", []) if any(g.get(f"crosses_{k}") for k in kinds)]
+    for g in flagged[:10]:
+        what = " and ".join(k for k in kinds if g.get(f"crosses_{k}"))
+        lines.append(f"  crosses {what}: " + ", ".join(g["files"]))
+    if len(flagged) > 10:
+        lines.append(f"  ... and {len(flagged) - 10} more (see report.json)")
+
+    unreadable = report.get("unreadable", [])
+    lines += ["", f"Unreadable files: {len(unreadable)}"]
+    for item in unreadable[:20]:
+        lines.append(f"  {item['path']}: {item['error']}")
+    if len(unreadable) > 20:
+        lines.append(f"  ... and {len(unreadable) - 20} more (see report.json)")
+    lines += ["", f"Data fingerprint: {report.get('data_fingerprint', '?')}"]
+    if report.get("elapsed_s") is not None:
+        lines.append(f"Scanned in {report['elapsed_s']:.1f} s.")
+    return "\n".join(lines)
