@@ -188,8 +188,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_app(args) -> int:
-    import subprocess
-
     app_file = Path(__file__).with_name("app.py")
     env = dict(os.environ)
     if args.model is not None:
@@ -202,8 +200,10 @@ def cmd_app(args) -> int:
                "--browser.gatherUsageStats", "false"]
     if args.address:
         command += ["--server.address", args.address]
-    print(f"pneumoscan app on http://{args.address or 'localhost'}:{args.port}  (Ctrl+C to stop)")
-    return subprocess.call(command, env=env)
+    print(f"pneumoscan app on http://{args.address or 'localhost'}:{args.port}  (Ctrl+C to stop)", flush=True)
+    # Replace this process with Streamlit so that signals (Ctrl+C, SIGTERM) reach the server itself.
+    os.execve(sys.executable, command, env)
+    return 0  # not reached
 
 
 # --------------------------------------------------------------------------- parser

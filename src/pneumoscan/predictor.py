@@ -294,11 +294,17 @@ class Predictor:
             except ImageDecodeError as exc:
                 return exc.reason
 
-        with concurrent.futures.ThreadPoolExecutor(min(8, (os.cpu_count() or 2) * 2)) as pool:
-            for start in range(0, len(paths), batch_size):
-                chunk = list(range(start, min(start + batch_size, len(paths))))
+        chunks = [list(range(s, min(s + batch_size, len(paths)))) for s in range(0, len(paths), batch_size)]
+        with concurrent.futures.ThreadPoolExecutor(min(8, available_cpus() * 2)) as pool:
+            # Decoding of the next chunk is queued before the current one is predicted, so file
+            # reading and decoding overlap with inference.
+            pending = [pool.submit(load, paths[i]) for i in chunks[0]] if chunks else []
+            for k, chunk in enumerate(chunks):
+                futures = pending
+                if k + 1 < len(chunks):
+                    pending = [pool.submit(load, paths[i]) for i in chunks[k + 1]]
                 arrays, kept = [], []
-                for i, result in zip(chunk, pool.map(load, (paths[i] for i in chunk)), strict=True):
+                for i, result in zip(chunk, (f.result() for f in futures), strict=True):
                     if isinstance(result, str):
                         errors[i] = result
                         log.warning("skipped %s: %s", paths[i], result)

@@ -1,0 +1,245 @@
+"""Inference speed: a plain ``model.predict`` loop against the Predictor on Keras, LiteRT float
+and LiteRT int8, on the same 224-px JPEGs.
+
+Measured, per backend:
+
+- single-image latency p50/p95, end to end (file bytes -> decode -> resize -> model -> calibrated
+  probability) and model only (a preprocessed array in, the probability out);
+- batch throughput in images/s over all files, file reading and decoding included.
+
+Targets: batch throughput >= 200 images/s and single-image p50 <= 8 ms (end to end), met by the
+fastest backend whose export passed its agreement check against the Keras model.
+
+Images: the real training JPEGs (``../shared/data/chest_xray/train``) when present, else generated
+X-ray-like JPEGs. Model: ``--model`` (default the bundled model); when it does not exist, an
+*untrained* MobileNetV2 head on ImageNet weights is built in a temporary folder so the benchmark
+still runs (speed does not depend on training; the agreement check then compares untrained outputs).
+
+Run: ``python benchmarks/inference.py [--model M.keras] [--n 256]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import io
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+TARGET_THROUGHPUT = 200.0  # images/s, decoding included
+TARGET_P50_MS = 8.0
+
+log = logging.getLogger("benchmarks.inference")
+
+
+def percentile_ms(times: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(times) * 1000.0, q))
+
+
+def pick_images(data_dir: Path | None, n: int, tmp: Path) -> list[Path]:
+    """``n`` files spread over both classes of ``data_dir``, or ``n`` generated 224-px JPEGs."""
+    from PIL import Image
+
+    from pneumoscan.imaging import IMAGE_SUFFIXES
+
+    if data_dir is not None and data_dir.is_dir():
+        files = sorted(p for p in data_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if len(files) >= n:
+            step = len(files) / n
+            return [files[int(i * step)] for i in range(n)]
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:224, 0:224] / 224.0
+    out = []
+    for i in range(n):
+        img = np.full((224, 224), 20.0)
+        for cx in (0.3, 0.7):
+            img[((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1] = 110.0 + 40 * rng.random()
+        img += rng.normal(0, 10, img.shape)
+        path = tmp / "images" / f"IM-{i:04d}-0001.jpeg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).convert("RGB").save(path, quality=90)
+        out.append(path)
+    return out
+
+
+def untrained_model(tmp: Path, data_dir: Path | None) -> Path:
+    import keras
+
+    from pneumoscan.config import CLASS_NAMES, SplitConfig
+    from pneumoscan.models import build_mobilenetv2
+    from pneumoscan.predictor import save_metadata
+
+    keras.utils.set_random_seed(0)
+    path = tmp / "untrained-mobilenetv2.keras"
+    build_mobilenetv2(224).save(path)
+    split = SplitConfig()
+    save_metadata(path, {
+        "class_names": list(CLASS_NAMES), "image_size": 224, "threshold": 0.5,
+        "calibration": {"a": 1.0, "b": 0.0}, "arch": "mobilenetv2",
+        "data_dir": str(data_dir) if data_dir else None,
+        "split": {"val_fraction": split.val_fraction, "seed": split.seed, "limit": None},
+    })
+    return path
+
+
+def bench_baseline(model_path: Path, files: list[Path], blobs: list[bytes], size: int, reps: int) -> dict:
+    """The naive way: keras load_model, PIL decoding, model.predict per image and per batch."""
+    import keras
+    from PIL import Image
+
+    model = keras.saving.load_model(model_path, compile=False)
+
+    def decode(data: bytes) -> np.ndarray:
+        img = Image.open(io.BytesIO(data)).convert("L").resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.float32)[None, :, :, None]
+
+    model.predict(decode(blobs[0]), verbose=0)
+    e2e, model_only = [], []
+    for data in blobs[:reps]:
+        t0 = time.perf_counter()
+        x = decode(data)
+        t1 = time.perf_counter()
+        model.predict(x, verbose=0)
+        t2 = time.perf_counter()
+        e2e.append(t2 - t0)
+        model_only.append(t2 - t1)
+    t0 = time.perf_counter()
+    batch = np.concatenate([decode(p.read_bytes()) for p in files])
+    model.predict(batch, batch_size=64, verbose=0)
+    throughput = len(files) / (time.perf_counter() - t0)
+    return {"e2e": e2e, "model": model_only, "throughput": throughput}
+
+
+def bench_predictor(predictor, files: list[Path], blobs: list[bytes], reps: int) -> dict:
+    from pneumoscan.imaging import decode_bytes, preprocess
+
+    xs = [preprocess(decode_bytes(b), predictor.image_size)[None] for b in blobs[:reps]]
+    for _ in range(3):
+        predictor.predict_bytes(blobs[0])
+        predictor.predict_proba(xs[0])
+    e2e, model_only = [], []
+    for data, x in zip(blobs[:reps], xs, strict=True):
+        t0 = time.perf_counter()
+        predictor.predict_bytes(data)
+        t1 = time.perf_counter()
+        predictor.predict_proba(x)
+        t2 = time.perf_counter()
+        e2e.append(t1 - t0)
+        model_only.append(t2 - t1)
+    predictor.predict_paths(files[:64], progress=False)  # warm the batch shapes
+    t0 = time.perf_counter()
+    result = predictor.predict_paths(files, progress=False)
+    throughput = len(files) / (time.perf_counter() - t0)
+    failed = sum(e is not None for e in result.errors)
+    return {"e2e": e2e, "model": model_only, "throughput": throughput, "failed": failed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help="a .keras model with its sidecar "
+                        "(default: the bundled model; an untrained MobileNetV2 if it is missing)")
+    parser.add_argument("--n", type=int, default=512, help="images (default: %(default)s)")
+    parser.add_argument("--reps", type=int, default=100,
+                        help="single-image calls per backend (default: %(default)s)")
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "chest_xray" / "train",
+                        help="training data for the images and the export check (default: %(default)s)")
+    parser.add_argument("--check-images", type=int, default=300,
+                        help="validation images of the export check (default: %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if (SHARED / "keras" / "models").is_dir():
+        os.environ.setdefault("KERAS_HOME", str(SHARED / "keras"))
+
+    from pneumoscan.config import default_model_path
+    from pneumoscan.export import convert_keras_model, export_tflite
+    from pneumoscan.predictor import Predictor, available_cpus, load_metadata, save_metadata
+
+    data_dir = args.data if args.data.is_dir() else None
+    tmp = Path(tempfile.mkdtemp(prefix="pneumoscan-bench-"))
+    atexit.register(shutil.rmtree, tmp, True)
+    model_path = args.model or default_model_path()
+    trained = model_path.is_file()
+    if not trained:
+        print(f"{model_path} not found: benchmarking an UNTRAINED MobileNetV2 "
+              "(ImageNet backbone, random head)")
+        model_path = untrained_model(tmp, data_dir)
+    files = pick_images(data_dir, args.n, tmp)
+    blobs = [p.read_bytes() for p in files]
+    reps = min(args.reps, len(files))
+    real = data_dir is not None and str(files[0]).startswith(str(data_dir))
+    source = f"real JPEGs from {data_dir}" if real else "generated JPEGs"
+    print(f"{len(files)} images ({source}); {available_cpus()} CPU(s) available; model {model_path}")
+
+    keras_predictor = Predictor(model_path)
+    size = keras_predictor.image_size
+    results, checks = {}, {}
+    print("baseline: keras load_model + model.predict ...", flush=True)
+    results["baseline model.predict"] = bench_baseline(model_path, files, blobs, size, min(reps, 50))
+    print("Predictor (keras) ...", flush=True)
+    results["Predictor keras"] = bench_predictor(keras_predictor, files, blobs, reps)
+    for quantize in ("none", "int8"):
+        out = tmp / f"model-{quantize}.tflite"
+        label = f"Predictor litert {'float32' if quantize == 'none' else quantize}"
+        print(f"exporting {quantize} and checking it on validation images ...", flush=True)
+        try:
+            checks[label] = export_tflite(keras_predictor, out=out, quantize=quantize, data_dir=data_dir,
+                                          progress=False, max_check_images=args.check_images)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"  export check failed or impossible: {exc}")
+            checks[label] = {"passed": False, "error": str(exc)}
+            representative = None
+            if quantize == "int8":
+                from pneumoscan.imaging import decode_bytes, preprocess
+
+                representative = np.stack([preprocess(decode_bytes(b), size) for b in blobs[:100]])
+            out.write_bytes(convert_keras_model(keras_predictor.model, quantize=quantize,
+                                                representative=representative))
+            save_metadata(out, load_metadata(model_path))
+        print(f"{label} ...", flush=True)
+        results[label] = bench_predictor(Predictor(out), files, blobs, reps)
+
+    base = results["baseline model.predict"]
+    print(f"\n{'backend':<28} {'e2e p50':>8} {'e2e p95':>8} {'model p50':>9} {'model p95':>9} "
+          f"{'batch img/s':>11} {'x base (p50 / img/s)':>21} {'check':>6}")
+    for name, r in results.items():
+        ratio = (f"{statistics.median(base['e2e']) / statistics.median(r['e2e']):.1f}x / "
+                 f"{r['throughput'] / base['throughput']:.1f}x")
+        check = checks.get(name, {})
+        check_text = "-" if not check else ("pass" if check.get("passed") else "FAIL")
+        print(f"{name:<28} {percentile_ms(r['e2e'], 50):>7.2f}ms {percentile_ms(r['e2e'], 95):>7.2f}ms "
+              f"{percentile_ms(r['model'], 50):>8.2f}ms {percentile_ms(r['model'], 95):>8.2f}ms "
+              f"{r['throughput']:>11.1f} {ratio:>21} {check_text:>6}")
+    for name, check in checks.items():
+        if check.get("passed") is not None and "agreement" in check:
+            print(f"  {name}: agreement {check['agreement']:.2%} on {check['n_check']} validation images, "
+                  f"AUC keras {check['auc_keras']:.4f} vs {check['auc_tflite']:.4f}, "
+                  f"max |dp| {check['max_abs_prob_diff']:.4f}, {check['size_bytes'] / 1e6:.1f} MB")
+
+    eligible = {n: r for n, r in results.items() if n == "Predictor keras" or checks.get(n, {}).get("passed")}
+    fastest = max(eligible, key=lambda n: eligible[n]["throughput"])
+    r = eligible[fastest]
+    p50 = percentile_ms(r["e2e"], 50)
+    ok_tp, ok_lat = r["throughput"] >= TARGET_THROUGHPUT, p50 <= TARGET_P50_MS
+    print(f"\nfastest backend passing its check: {fastest}")
+    print(f"  batch throughput {r['throughput']:.0f} img/s (target >= {TARGET_THROUGHPUT:.0f}): "
+          f"{'MET' if ok_tp else 'MISSED'}")
+    print(f"  single-image p50 {p50:.2f} ms end to end (target <= {TARGET_P50_MS:.0f} ms): "
+          f"{'MET' if ok_lat else 'MISSED'}")
+    if not trained:
+        print("  (untrained model: speeds are representative, the agreement check is on untrained outputs)")
+    return 0 if ok_tp and ok_lat else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,501 @@
+"""The Streamlit screening app: upload chest X-rays, read calibrated probabilities, see Grad-CAM.
+
+Start it with ``pneumoscan app [--model PATH] [--port N]``, which runs
+``streamlit run src/pneumoscan/app.py``; the model is ``$PNEUMOSCAN_MODEL`` or the bundled default
+(:func:`pneumoscan.config.default_model_path`).
+
+The page is a thin layer over the library: files are decoded by
+:func:`pneumoscan.imaging.decode_bytes` and scored by :meth:`pneumoscan.predictor.Predictor.predict_image`
+(the one preprocessing and inference path), heatmaps come from :mod:`pneumoscan.explain`. The app
+adds one policy of its own: colour photographs are refused (see :data:`MAX_COLOURFULNESS`).
+
+TensorFlow is imported only inside the cached model loader, so the page skeleton appears at once and
+the model is loaded a single time per server process.
+
+For education and research only; see :data:`pneumoscan.config.DISCLAIMER`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import streamlit as st
+
+from pneumoscan import __version__
+from pneumoscan.config import DISCLAIMER, POSITIVE_CLASS, default_model_path
+from pneumoscan.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_bytes
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pneumoscan.predictor import Prediction, Predictor
+
+log = logging.getLogger("pneumoscan.app")
+
+#: File types offered by the uploader (the suffixes :mod:`pneumoscan.imaging` reads).
+UPLOAD_TYPES: list[str] = sorted(s.lstrip(".") for s in IMAGE_SUFFIXES)
+
+#: Images more colourful than this (Hasler-Suesstrunk colourfulness, see
+#: :attr:`pneumoscan.imaging.DecodedImage.colourfulness`) are refused as "not an X-ray". Grey
+#: radiographs score 0, a JPEG with a slight colour cast a few units, ordinary colour photographs
+#: 20 and more (Hasler and Suesstrunk rate 15 "slightly colourful", 33 "moderately colourful").
+MAX_COLOURFULNESS = 20.0
+
+#: Longest side, in pixels, of the images sent to the browser (the originals can be 3000 px).
+PREVIEW_SIDE = 768
+
+#: A model card next to the model file is shown in the sidebar.
+MODEL_CARD_NAME = "MODEL_CARD.md"
+
+ARCHITECTURE_NAMES = {
+    "baseline": "Baseline CNN (trained from scratch)",
+    "regularized": "Regularised CNN (batch norm, dropout; trained from scratch)",
+    "mobilenetv2": "MobileNetV2 (ImageNet-pretrained, fine-tuned)",
+}
+
+#: Validation metrics shown in the model card: key, label, formatter.
+METRICS = (
+    ("recall", "Sensitivity (recall)", "percent"),
+    ("specificity", "Specificity", "percent"),
+    ("accuracy", "Accuracy", "percent"),
+    ("precision", "Precision (PPV)", "percent"),
+    ("f1", "F1 score", "number"),
+    ("roc_auc", "ROC AUC", "number"),
+    ("pr_auc", "PR AUC", "number"),
+    ("ece", "Calibration error (ECE)", "number"),
+    ("n", "Validation images", "count"),
+)
+
+
+# --------------------------------------------------------------------------- helpers (no Streamlit)
+
+
+def percent(value: float, digits: int = 0) -> str:
+    """``0.932 -> "93 %"`` (with ``digits`` decimals; the space is a no-break space)."""
+    return f"{100.0 * float(value):.{digits}f}\u00a0%"
+
+
+def preview(gray: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
+    """Shrink an image (grey or RGB ``uint8``) so that its longest side is at most ``side`` pixels."""
+    from PIL import Image
+
+    height, width = gray.shape[:2]
+    scale = side / max(height, width)
+    if scale >= 1.0:
+        return gray
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BILINEAR))
+
+
+def verdict(prediction: Prediction) -> tuple[str, str | None]:
+    """The prediction in plain words.
+
+    Parameters
+    ----------
+    prediction : Prediction
+
+    Returns
+    -------
+    headline : str
+        e.g. ``"Pneumonia suspected — confidence 93 %"``.
+    note : str or None
+        When the image is flagged although P(pneumonia) < 0.5 (possible because the screening
+        threshold is low), a sentence that says so; else ``None``.
+    """
+    confidence = percent(prediction.confidence)
+    if prediction.label != POSITIVE_CLASS:
+        return f"No pneumonia detected — confidence {confidence}", None
+    headline = f"Pneumonia suspected — confidence {confidence}"
+    if prediction.confidence >= 0.5:
+        return headline, None
+    note = (
+        f"Flagged only because P(pneumonia) = {percent(prediction.p_pneumonia, 1)} reaches the screening "
+        f"threshold of {percent(prediction.threshold, 1)}: the model still finds a normal chest more "
+        f"likely ({percent(prediction.p_normal, 1)}). The threshold is set low on purpose, to miss few "
+        "pneumonias; read this as \"worth a second look\"."
+    )
+    return headline, note
+
+
+def threshold_explanation(predictor: Predictor) -> str:
+    """What the operating threshold means, in one paragraph of Markdown."""
+    meta = predictor.metadata
+    target = meta.get("target_recall")
+    chosen = (
+        f"chosen on the validation set so that about {percent(target)} of pneumonias are flagged "
+        "(sensitivity, or recall)"
+        if target
+        else "chosen on the validation set for high sensitivity (recall)"
+    )
+    return (
+        f"The model flags pneumonia when **P(pneumonia) ≥ {predictor.threshold:.2f}** "
+        f"({percent(predictor.threshold, 1)}). This is a *screening* setting, {chosen}: few pneumonias "
+        "are missed, and in exchange **expect false alarms** among normal chests."
+    )
+
+
+def analyse_upload(data: bytes, name: str, predictor: Predictor) -> dict[str, Any]:
+    """Decode and score one uploaded file; never raises for bad input.
+
+    Parameters
+    ----------
+    data : bytes
+        The whole file.
+    name : str
+        Its name, used in messages.
+    predictor : Predictor
+
+    Returns
+    -------
+    dict
+        ``name``; ``prediction`` (:class:`~pneumoscan.predictor.Prediction` or ``None``);
+        ``image`` (a grey ``uint8`` preview, or ``None``); ``info`` (size and format);
+        ``error`` (why no prediction was made, or ``None``).
+    """
+    result: dict[str, Any] = {"name": name, "prediction": None, "image": None, "info": "", "error": None}
+    try:
+        decoded = decode_bytes(data, name=name)
+    except ImageDecodeError as exc:
+        log.warning("refused %s: %s", name, exc.reason)
+        result["error"] = exc.reason
+        return result
+    result["info"] = f"{decoded.width} × {decoded.height} px, {decoded.format} ({decoded.mode})"
+    if decoded.colourfulness > MAX_COLOURFULNESS:
+        result["error"] = (
+            f"this looks like a colour photograph, not an X-ray (colourfulness {decoded.colourfulness:.0f}; "
+            f"X-rays are grey and score below {MAX_COLOURFULNESS:.0f}). No prediction was made."
+        )
+        log.warning("refused %s: colourfulness %.1f", name, decoded.colourfulness)
+        return result
+    try:
+        prediction = predictor.predict_image(decoded)
+    except Exception as exc:  # the page must keep serving the other files
+        log.exception("prediction failed for %s", name)
+        result["error"] = f"prediction failed ({type(exc).__name__}: {exc})"
+        return result
+    log.info("%s: %s (P(pneumonia) %.3f, threshold %.3f)", name, prediction.label,
+             prediction.p_pneumonia, prediction.threshold)
+    result.update(prediction=prediction, image=preview(decoded.gray))
+    return result
+
+
+def results_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """One row per file: file, P(normal), P(pneumonia), prediction, confidence, threshold, error."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        p = r["prediction"]
+        rows.append({
+            "file": r["name"],
+            "P(normal)": None if p is None else p.p_normal,
+            "P(pneumonia)": None if p is None else p.p_pneumonia,
+            "prediction": "" if p is None else p.label,
+            "confidence": None if p is None else p.confidence,
+            "threshold": None if p is None else p.threshold,
+            "error": r["error"] or "",
+        })
+    columns = ["file", "P(normal)", "P(pneumonia)", "prediction", "confidence", "threshold", "error"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def results_csv(results: Sequence[dict[str, Any]]) -> bytes:
+    """:func:`results_table` as CSV bytes (probabilities with 4 decimals)."""
+    return results_table(results).to_csv(index=False, float_format="%.4f").encode()
+
+
+# --------------------------------------------------------------------------- cached work
+
+
+@st.cache_resource(show_spinner=False)
+def load_predictor(model_path: str) -> Predictor:
+    """Load the model once per server process and warm it up (first call traces the graph)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    start = time.perf_counter()
+    from pneumoscan.predictor import Predictor
+
+    predictor = Predictor(model_path)
+    predictor.predict_image(np.zeros((predictor.image_size, predictor.image_size), dtype=np.uint8))
+    log.info("model loaded in %.1f s: %r", time.perf_counter() - start, predictor)
+    return predictor
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _cached_analysis(data: bytes, name: str, model_key: str, _predictor: Predictor) -> dict[str, Any]:
+    # model_key stands for the (unhashable) predictor in the cache key.
+    return analyse_upload(data, name, _predictor)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _cached_overlay(data: bytes, name: str, model_key: str, _predictor: Predictor) -> np.ndarray:
+    from pneumoscan.explain import explain_image  # lazily: heavy, and optional
+
+    explanation = explain_image(_predictor, decode_bytes(data, name=name))
+    return preview(np.asarray(explanation.overlay, dtype=np.uint8))
+
+
+def _model_key(predictor: Predictor) -> str:
+    path = predictor.model_path
+    mtime = path.stat().st_mtime if path.exists() else 0
+    return f"{path.resolve()}|{mtime}|{predictor.threshold}"
+
+
+# --------------------------------------------------------------------------- page parts
+
+
+def show_header() -> None:
+    """Title, what the app does, and the disclaimer."""
+    st.title("Pneumonia screening in chest X-rays", anchor=False)
+    st.caption(f"pneumoscan {__version__} · a teaching and research tool")
+    st.markdown(
+        "Upload one or more frontal chest X-rays (JPEG, PNG or DICOM). A neural network trained on "
+        "labelled radiographs estimates, for each image, the probability of **pneumonia** versus a "
+        "**normal** chest, and flags the images worth a closer look."
+    )
+    st.warning(DISCLAIMER, icon=":material/warning:")
+
+
+def show_how_to_read(predictor: Predictor) -> None:
+    """An expander explaining probabilities, the threshold and Grad-CAM."""
+    with st.expander("How to read the results"):
+        st.markdown(
+            "- **P(normal)** and **P(pneumonia)** are *calibrated* probabilities: among validation "
+            "images given 80 %, about 80 % had pneumonia. They add up to 100 %.\n"
+            f"- **Operating threshold.** {threshold_explanation(predictor)}\n"
+            "- **Confidence** is the probability of the label shown. A flagged image can show a "
+            "confidence below 50 %: it passed the low screening threshold without pneumonia being the "
+            "more likely answer.\n"
+            "- **Grad-CAM** (switch in the sidebar) colours the regions that pushed the score towards "
+            "pneumonia. It shows where the model looked, not an outline of a lesion.\n"
+            "- Colour photographs and files that are not images are refused."
+        )
+
+
+def sidebar_options() -> bool:
+    """Display options in the sidebar; returns whether Grad-CAM heatmaps are wanted."""
+    st.sidebar.header("Display")
+    return st.sidebar.toggle(
+        "Show Grad-CAM heatmaps",
+        value=False,
+        key="show_gradcam",
+        help="Colour the regions that drove the pneumonia score. Computed only when switched on "
+             "(about a second per image).",
+    )
+
+
+def sidebar_model_card(predictor: Predictor) -> None:
+    """The model card: architecture, validation metrics, threshold, file, version, full card."""
+    meta = predictor.metadata
+    sb = st.sidebar
+    sb.header("Model card")
+    arch = str(meta.get("arch", "unknown"))
+    lines = [
+        f"**Architecture:** {ARCHITECTURE_NAMES.get(arch, arch)}",
+        f"**Input:** {predictor.image_size} × {predictor.image_size} px, grey",
+        f"**Threshold:** P(pneumonia) ≥ {predictor.threshold:.3f}",
+        f"**Model file:** `{predictor.model_path.name}` ({predictor.backend})",
+    ]
+    if meta.get("created"):
+        lines.append(f"**Trained:** {str(meta['created'])[:10]}")
+    lines.append(f"**pneumoscan:** {__version__}")
+    sb.markdown("  \n".join(lines))
+
+    validation = meta.get("validation") or {}
+    shown = [(label, validation[key], kind) for key, label, kind in METRICS
+             if validation.get(key) is not None]
+    if shown:
+        sb.subheader("Validation metrics")
+        table = ["| metric | value |", "|---|---:|"]
+        for label, value, kind in shown:
+            if kind == "percent":
+                text = percent(value, 1)
+            elif kind == "count":
+                text = f"{int(value):,}"
+            else:
+                text = f"{float(value):.3f}"
+            table.append(f"| {label} | {text} |")
+        sb.markdown("\n".join(table))
+        sb.caption("At the operating threshold, on a patient-level validation split.")
+    else:
+        sb.caption("No validation metrics are stored with this model.")
+
+    card = predictor.model_path.parent / MODEL_CARD_NAME
+    if card.is_file():
+        with sb.expander("Full model card"):
+            st.markdown(card.read_text(encoding="utf-8", errors="replace"))
+
+
+def show_probabilities(prediction: Prediction) -> None:
+    """The two probabilities as progress bars with percentages."""
+    st.progress(min(max(prediction.p_normal, 0.0), 1.0),
+                text=f"P(normal): **{percent(prediction.p_normal, 1)}**")
+    st.progress(min(max(prediction.p_pneumonia, 0.0), 1.0),
+                text=f"P(pneumonia): **{percent(prediction.p_pneumonia, 1)}**")
+
+
+def show_gradcam(data: bytes, name: str, predictor: Predictor) -> None:
+    """The Grad-CAM overlay of one file, or a message saying why there is none."""
+    try:
+        with st.spinner("Computing Grad-CAM…"):
+            overlay = _cached_overlay(data, name, _model_key(predictor), predictor)
+    except ImportError:
+        st.info("Grad-CAM is not available in this installation (pneumoscan.explain is missing).")
+        return
+    except Exception as exc:  # a heatmap failure must not hide the prediction
+        log.exception("Grad-CAM failed for %s", name)
+        st.warning(f"Grad-CAM could not be computed for this image ({type(exc).__name__}: {exc}).")
+        return
+    st.image(overlay, caption="Grad-CAM: warm colours drove the pneumonia score", width="stretch")
+
+
+def show_result(result: dict[str, Any], data: bytes, predictor: Predictor, *, gradcam: bool) -> None:
+    """One file: its image (and heatmap), probabilities, verdict, threshold and disclaimer."""
+    name = result["name"]
+    if result["error"] is not None:
+        st.error(f"**{name}**: {result['error']}", icon=":material/block:")
+        return
+    prediction: Prediction = result["prediction"]
+    headline, note = verdict(prediction)
+    with st.container(border=True):
+        st.subheader(name, divider="gray", anchor=False)
+        left, right = st.columns([2, 3] if not gradcam else [1, 1], gap="large")
+        with left:
+            if gradcam:
+                image_col, heat_col = st.columns(2)
+                with image_col:
+                    st.image(result["image"], caption=result["info"], width="stretch")
+                with heat_col:
+                    show_gradcam(data, name, predictor)
+            else:
+                st.image(result["image"], caption=result["info"], width="stretch")
+        with right:
+            if prediction.label == POSITIVE_CLASS:
+                st.markdown(f"#### :red[:material/report: {headline}]")
+            else:
+                st.markdown(f"#### :green[:material/check_circle: {headline}]")
+            if note:
+                st.info(note, icon=":material/info:")
+            show_probabilities(prediction)
+            st.caption(
+                f"Operating threshold {prediction.threshold:.2f}: pneumonia is flagged when "
+                f"P(pneumonia) ≥ {percent(prediction.threshold, 1)} — a screening setting tuned for "
+                "high sensitivity, so expect false alarms."
+            )
+            st.caption(f":material/warning: {DISCLAIMER}")
+
+
+def show_summary(results: Sequence[dict[str, Any]]) -> None:
+    """The results table of several files, with a CSV download (numbers with 4 decimals)."""
+    st.subheader(f"Summary of {len(results)} files", anchor=False)
+    table = results_table(results).drop(columns="threshold")
+    for column in ("P(normal)", "P(pneumonia)", "confidence"):
+        table[column] = ["" if value is None or value != value else percent(value, 1)  # NaN: no value
+                         for value in table[column]]
+    right = st.column_config.TextColumn(alignment="right")
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={"P(normal)": right, "P(pneumonia)": right, "confidence": right,
+                       "error": st.column_config.TextColumn(width="large")},
+    )
+    st.download_button(
+        "Download results (CSV)",
+        data=results_csv(results),
+        file_name="pneumoscan-results.csv",
+        mime="text/csv",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+
+
+def render_uploads(files: Sequence[tuple[str, bytes]], predictor: Predictor, *, gradcam: bool) -> list[dict]:
+    """Analyse and show every uploaded file; a bad file gets an error and the others carry on.
+
+    Parameters
+    ----------
+    files : sequence of (name, bytes)
+    predictor : Predictor
+    gradcam : bool
+        Also compute and show a Grad-CAM overlay per image.
+
+    Returns
+    -------
+    list of dict
+        One :func:`analyse_upload` result per file.
+    """
+    key = _model_key(predictor)
+    start = time.perf_counter()
+    with st.spinner("Analysing…"):
+        results = [_cached_analysis(data, name, key, predictor) for name, data in files]
+    log.debug("%d file(s) analysed in %.3f s", len(files), time.perf_counter() - start)
+    if len(results) > 1:
+        show_summary(results)
+    for result, (_, data) in zip(results, files, strict=True):
+        show_result(result, data, predictor, gradcam=gradcam)
+    return results
+
+
+def _setup_logging() -> None:
+    """Send pneumoscan's records to stderr (Streamlit configures only its own logger).
+
+    Level from ``$PNEUMOSCAN_LOG_LEVEL`` (default INFO). Left alone when logging is already set up.
+    """
+    logger = logging.getLogger("pneumoscan")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(os.environ.get("PNEUMOSCAN_LOG_LEVEL", "INFO").upper())
+
+
+def main() -> None:
+    """The page."""
+    _setup_logging()
+    log.debug("script run")
+    st.set_page_config(page_title="pneumoscan — chest X-ray screening", page_icon="🫁", layout="wide")
+    show_header()
+    gradcam = sidebar_options()
+
+    model_path = default_model_path()
+    try:
+        with st.spinner(f"Loading the model {model_path.name}… (once per server start)"):
+            predictor = load_predictor(str(model_path))
+    except Exception as exc:  # missing file, bad sidecar, unreadable model: say what to do
+        log.error("cannot load model %s: %s", model_path, exc)
+        st.error(
+            f"**The model could not be loaded.** {exc}\n\n"
+            "To fix this, train a model (`pneumoscan train --data DATA_DIR --out runs/NAME`) and start "
+            "the app on it with `pneumoscan app --model runs/NAME/model.keras`, or set the "
+            "`PNEUMOSCAN_MODEL` environment variable to a `.keras` or `.tflite` model.",
+            icon=":material/error:",
+        )
+        st.stop()
+    sidebar_model_card(predictor)
+    show_how_to_read(predictor)
+
+    limit_mb = st.get_option("server.maxUploadSize")
+    uploads = st.file_uploader(
+        "Chest X-rays",
+        type=UPLOAD_TYPES,
+        accept_multiple_files=True,
+        key="uploads",
+        help=f"JPEG, PNG or DICOM, up to {limit_mb} MB each. Several files at once give a results table.",
+    )
+    if not uploads:
+        st.info("Drop one or more chest X-rays above to see the model's assessment.",
+                icon=":material/upload:")
+        return
+    start = time.perf_counter()
+    render_uploads([(f.name, f.getvalue()) for f in uploads], predictor, gradcam=gradcam)
+    log.debug("page with %d upload(s) rendered in %.3f s", len(uploads), time.perf_counter() - start)
+
+
+if __name__ == "__main__":  # `streamlit run` (and AppTest) execute this file as __main__
+    main()

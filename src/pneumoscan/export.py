@@ -1,0 +1,273 @@
+"""LiteRT (TFLite) export of a Keras model, with a mandatory parity check against the original.
+
+This module owns the conversion (:func:`convert_keras_model`) and ``pneumoscan export``
+(:func:`export_tflite`). Every exported file keeps the float32 ``(n, size, size, 1)`` input in
+0..255 and the float32 sigmoid output of the Keras model, so the :class:`~pneumoscan.predictor.Predictor`
+feeds it the same arrays, and gets a sidecar ``<stem>.meta.json``: the Keras model's metadata (same
+threshold and calibration) plus an ``"export"`` section saying how it was made and checked.
+
+Quantization modes:
+
+- ``"none"``: float32 weights and activations.
+- ``"float16"``: float16 weights (half the size), float32 compute.
+- ``"int8"``: full-integer weights and activations, calibrated on up to
+  :data:`REPRESENTATIVE_IMAGES` *training* images of the model's own patient-level split (the split
+  is recovered from the sidecar's ``data_dir`` and ``split`` entries); input and output stay float32.
+
+The check runs the Keras model and the new file through the Predictor on the *validation* images of
+that split. The export is kept only if the predicted labels agree on at least
+:data:`MIN_AGREEMENT` of them and the ROC AUCs of the calibrated probabilities differ by at most
+:data:`MAX_AUC_DIFF`; otherwise nothing is written and a ValueError gives the numbers. Without
+data there is no check, so there is no export.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan.config import SplitConfig
+from pneumoscan.predictor import Predictor, metadata_path, save_metadata
+
+log = logging.getLogger(__name__)
+
+QUANTIZE_MODES = ("none", "float16", "int8")
+#: Least share of validation images whose label must be the same for Keras and LiteRT.
+MIN_AGREEMENT = 0.99
+#: Largest allowed |ROC AUC (Keras) - ROC AUC (LiteRT)| on the validation images.
+MAX_AUC_DIFF = 0.005
+#: Training images fed to the int8 calibration (the representative dataset).
+REPRESENTATIVE_IMAGES = 300
+
+
+def convert_keras_model(model, *, quantize: str = "none", representative: np.ndarray | None = None) -> bytes:
+    """Convert a Keras model to a LiteRT flatbuffer (no check; see :func:`export_tflite`).
+
+    The model is exported to a temporary SavedModel (Keras 3 ``model.export``) and converted with
+    ``tf.lite.TFLiteConverter.from_saved_model``; the batch dimension stays dynamic.
+
+    Parameters
+    ----------
+    model : keras.Model
+        ``(n, size, size, 1)`` input in 0..255, one sigmoid output.
+    quantize : {"none", "float16", "int8"}, default="none"
+    representative : ndarray of shape (m, size, size, 1), uint8 or float in 0..255, optional
+        Calibration images; required for ``"int8"``, ignored otherwise.
+
+    Returns
+    -------
+    bytes
+        The ``.tflite`` file, with float32 input and output in every mode.
+    """
+    import tensorflow as tf
+
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
+    if quantize == "int8" and (representative is None or len(representative) == 0):
+        raise ValueError("int8 quantization needs representative images (training images, 0..255)")
+    with tempfile.TemporaryDirectory(prefix="pneumoscan-export-") as tmp:
+        saved = Path(tmp) / "saved_model"
+        model.export(str(saved), format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+        if quantize == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
+            images = np.asarray(representative, dtype=np.float32)
+
+            def representative_dataset():
+                for i in range(len(images)):
+                    yield [images[i : i + 1]]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative_dataset
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.float32
+            converter.inference_output_type = tf.float32
+        return converter.convert()
+
+
+def model_split(metadata: dict, data_dir: str | Path):
+    """Recover the patient-level train/validation split a model was trained with.
+
+    Parameters
+    ----------
+    metadata : dict
+        The model's sidecar; its ``split`` entry (``val_fraction``, ``seed``, ``limit``) is used,
+        :class:`pneumoscan.config.SplitConfig` defaults where missing.
+    data_dir : path
+        The training data: a split folder or a root holding ``train/``.
+
+    Returns
+    -------
+    train, val : list of pneumoscan.data.Sample
+    """
+    from pneumoscan.data import discover_split, patient_split
+    from pneumoscan.training import _subset
+
+    split = metadata.get("split") or {}
+    if not split:
+        log.warning("the model's sidecar has no 'split' entry; assuming the default split %s", SplitConfig())
+    val_fraction = float(split.get("val_fraction", SplitConfig.val_fraction))
+    seed = int(split.get("seed", SplitConfig.seed))
+    samples = _subset(discover_split(data_dir, prefer="train"), split.get("limit"), seed)
+    return patient_split(samples, val_fraction=val_fraction, seed=seed)
+
+
+def export_tflite(
+    predictor: Predictor,
+    *,
+    out: str | Path,
+    quantize: str = "none",
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    max_check_images: int | None = None,
+) -> dict:
+    """Export the predictor's Keras model to LiteRT and check it against the Keras model.
+
+    Parameters
+    ----------
+    predictor : Predictor
+        On a ``.keras`` model with its sidecar.
+    out : path
+        The ``.tflite`` file to write; its sidecar ``<stem>.meta.json`` is written beside it.
+        Existing files are replaced only when the new export passes its check.
+    quantize : {"none", "float16", "int8"}, default="none"
+    data_dir : path, optional
+        Training data (split folder or root with ``train/``). Default: the sidecar's ``data_dir``.
+    progress : bool, default=True
+        Show decoding progress bars.
+    max_check_images : int, optional
+        Check on at most this many validation images (both classes kept in proportion).
+
+    Returns
+    -------
+    dict
+        ``quantize``, ``path``, ``size_bytes``, ``n_check`` (validation images compared),
+        ``n_representative`` (int8 calibration images, else 0), ``agreement`` (share of equal
+        labels, 0..1), ``auc_keras``, ``auc_tflite``, ``max_abs_prob_diff`` (calibrated), ``passed``.
+
+    Raises
+    ------
+    ValueError
+        Bad ``quantize`` or ``out``, a LiteRT predictor, no data to check on, a validation split
+        without both classes, or a failed check (the message gives the numbers; nothing is left
+        on disk).
+    FileNotFoundError
+        ``data_dir`` does not exist.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from pneumoscan.data import decode_samples
+
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
+    if predictor.backend != "keras":
+        raise ValueError(f"export needs a .keras model, got {predictor.model_path} ({predictor.backend})")
+    out = Path(out)
+    if out.suffix.lower() != ".tflite":
+        raise ValueError(f"out must be a .tflite file, got {out}")
+    if max_check_images is not None and max_check_images < 4:
+        raise ValueError(f"max_check_images must be at least 4, got {max_check_images}")
+    meta = predictor.metadata
+    data_dir = data_dir if data_dir is not None else meta.get("data_dir")
+    if data_dir is None:
+        raise ValueError(
+            f"{predictor.model_path}: its sidecar names no data_dir and none was given; the export "
+            "check against the Keras model is mandatory, so pass the training data (--data DATA_DIR)"
+        )
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"training data not found at {data_dir}; the export check against the Keras model is "
+            "mandatory, so pass the folder the model was trained on (--data DATA_DIR)"
+        )
+
+    train_s, val_s = model_split(meta, data_dir)
+    seed = int((meta.get("split") or {}).get("seed", SplitConfig.seed))
+    if max_check_images is not None:
+        from pneumoscan.training import _subset
+
+        val_s = _subset(val_s, max_check_images, seed)
+    size = predictor.image_size
+    val = decode_samples(val_s, size, progress=progress)
+    if len(set(val.y.tolist())) < 2:
+        raise ValueError(
+            f"{data_dir}: the validation split holds {len(val.y)} readable image(s) of "
+            f"{len(set(val.y.tolist()))} class(es); the export check needs both classes"
+        )
+    representative = None
+    if quantize == "int8":
+        rng = np.random.default_rng(seed)
+        picked = sorted(rng.permutation(len(train_s))[:REPRESENTATIVE_IMAGES])
+        representative = decode_samples([train_s[i] for i in picked], size, progress=progress).x
+        if len(representative) == 0:
+            raise ValueError(f"{data_dir}: no readable training image for the int8 calibration")
+
+    log.info("converting %s to LiteRT (quantize=%s)", predictor.model_path, quantize)
+    flatbuffer = convert_keras_model(predictor.model, quantize=quantize, representative=representative)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}-", dir=out.parent))
+    try:
+        tmp_model = tmp / out.name
+        tmp_model.write_bytes(flatbuffer)
+        export_info = {
+            "format": "tflite",
+            "quantize": quantize,
+            "source": str(predictor.model_path),
+            "data_dir": str(data_dir),
+            "n_representative": 0 if representative is None else len(representative),
+            "tensorflow": _tf_version(),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        save_metadata(tmp_model, {**meta, "export": export_info})
+
+        log.info("checking the export on %d validation images", len(val.y))
+        p_keras = predictor.predict_proba(val.x)
+        p_lite = Predictor(tmp_model, threshold=predictor.threshold).predict_proba(val.x)
+        agreement = float(np.mean((p_keras >= predictor.threshold) == (p_lite >= predictor.threshold)))
+        auc_keras = float(roc_auc_score(val.y, p_keras))
+        auc_lite = float(roc_auc_score(val.y, p_lite))
+        report = {
+            "quantize": quantize,
+            "path": str(out),
+            "size_bytes": len(flatbuffer),
+            "n_check": len(val.y),
+            "n_representative": export_info["n_representative"],
+            "agreement": agreement,
+            "auc_keras": auc_keras,
+            "auc_tflite": auc_lite,
+            "max_abs_prob_diff": float(np.max(np.abs(p_keras - p_lite))),
+            "passed": bool(agreement >= MIN_AGREEMENT and abs(auc_keras - auc_lite) <= MAX_AUC_DIFF),
+        }
+        if not report["passed"]:
+            raise ValueError(
+                f"LiteRT export ({quantize}) failed its check on {report['n_check']} validation images: "
+                f"label agreement {agreement:.2%} (needs >= {MIN_AGREEMENT:.0%}), ROC AUC Keras "
+                f"{auc_keras:.4f} vs LiteRT {auc_lite:.4f} (|diff| {abs(auc_keras - auc_lite):.4f}, "
+                f"allowed {MAX_AUC_DIFF}), max |prob diff| {report['max_abs_prob_diff']:.4f}; "
+                f"nothing was written to {out}"
+            )
+        check = {k: report[k] for k in ("n_check", "agreement", "auc_keras", "auc_tflite",
+                                        "max_abs_prob_diff")}
+        save_metadata(tmp_model, {**meta, "export": {**export_info, "check": check}})
+        os.replace(metadata_path(tmp_model), metadata_path(out))
+        os.replace(tmp_model, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported %s (%d bytes): %s", out, report["size_bytes"], json.dumps(check))
+    return report
+
+
+def _tf_version() -> str:
+    import tensorflow as tf
+
+    return tf.__version__

@@ -1,0 +1,255 @@
+"""Tests of the Streamlit app (src/pneumoscan/app.py) with Streamlit's AppTest and a real tiny model.
+
+The page runs as a script, exactly as ``streamlit run`` runs it; uploads go through the real
+``st.file_uploader`` (AppTest can set its files), the model is a real Keras model from
+:mod:`model_factory`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_factory import make_tiny_model
+from PIL import Image, ImageDraw, ImageFilter
+from streamlit.testing.v1 import AppTest
+
+from pneumoscan.config import DISCLAIMER
+
+APP = Path(__file__).resolve().parents[1] / "src" / "pneumoscan" / "app.py"
+TIMEOUT = 120  # the first run in a process loads TensorFlow and the model
+
+
+# --------------------------------------------------------------------------- test images
+
+
+def xray_like(size: int = 512, seed: int = 0) -> Image.Image:
+    """A grey image that looks vaguely like a chest X-ray: dark field, two bright lungs, noise."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("L", (size, size), 20)
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([size * 0.12, size * 0.08, size * 0.88, size * 0.98], fill=70)  # the chest
+    for x0 in (0.18, 0.55):
+        draw.ellipse([size * x0, size * 0.18, size * (x0 + 0.27), size * 0.85], fill=150)
+    draw.rectangle([size * 0.46, size * 0.1, size * 0.54, size * 0.95], fill=200)  # the spine
+    img = img.filter(ImageFilter.GaussianBlur(size / 60))
+    noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, 8, (size, size))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "L")
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def huge_png_header(width: int = 10_000, height: int = 10_000) -> bytes:
+    """A PNG whose header claims ``width x height`` pixels (no real pixel data): a decompression bomb."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def colour_photo() -> bytes:
+    """A colourful RGB picture (a sunset-like gradient with a green field), as a JPEG."""
+    size = 256
+    y = np.linspace(0, 1, size)[:, None]
+    rgb = np.zeros((size, size, 3), dtype=np.float32)
+    rgb[..., 0] = 255 * (1 - 0.3 * y)
+    rgb[..., 1] = 120 + 80 * y
+    rgb[..., 2] = 255 * y
+    rgb[size // 2 :, :, :] = (40, 160, 50)
+    buf = io.BytesIO()
+    Image.fromarray(rgb.astype(np.uint8), "RGB").save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("app-model"))
+
+
+@pytest.fixture
+def app(tiny_model, monkeypatch) -> AppTest:
+    """The app on the tiny model, after its first run (no upload yet)."""
+    monkeypatch.setenv("PNEUMOSCAN_MODEL", str(tiny_model))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def upload(at: AppTest, *files: tuple[str, bytes]) -> AppTest:
+    mime = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg"}
+    at.file_uploader(key="uploads").set_value(
+        [(name, data, mime.get(name.rsplit(".", 1)[-1], "application/octet-stream")) for name, data in files]
+    )
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+def headlines(at: AppTest) -> list[str]:
+    return [m for m in texts(at.markdown) if "Pneumonia suspected" in m or "No pneumonia detected" in m]
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def test_page_shows_title_disclaimer_uploader_and_model_card(app, tiny_model):
+    assert app.title[0].value == "Pneumonia screening in chest X-rays"
+    assert DISCLAIMER in texts(app.warning)
+    uploader = app.file_uploader(key="uploads")
+    assert uploader.accept_multiple_files
+    assert set(uploader.allowed_type) >= {".jpg", ".jpeg", ".png", ".dcm", ".dicom"}
+    assert not app.error
+    card = "\n".join(texts(app.sidebar.markdown))
+    assert "Regularised CNN" in card
+    assert "0.500" in card  # the threshold
+    assert tiny_model.name in card
+    assert "Sensitivity (recall)" in card and "ROC AUC" in card
+    assert app.sidebar.toggle(key="show_gradcam").value is False
+
+
+def test_one_upload_gives_probabilities_prediction_threshold_and_disclaimer(app):
+    upload(app, ("chest.png", png_bytes(xray_like())))
+    assert not app.error
+    bars = app.progress
+    assert len(bars) == 2
+    assert bars[0].text.startswith("P(normal)") and bars[1].text.startswith("P(pneumonia)")
+    assert all("%" in b.text for b in bars)
+    assert abs(bars[0].value + bars[1].value - 100) <= 1
+    (headline,) = headlines(app)
+    assert "confidence" in headline and "%" in headline
+    captions = texts(app.caption)
+    assert any("Operating threshold 0.50" in c and "false alarms" in c for c in captions)
+    assert any(DISCLAIMER in c for c in captions)  # next to the prediction, not only at the top
+    assert len(app.image) == 1
+    assert not app.dataframe  # one file: no table
+
+
+def test_bad_files_are_named_and_the_good_one_is_still_served(app):
+    upload(
+        app,
+        ("good.png", png_bytes(xray_like())),
+        ("notes.png", b"this is not an image at all"),
+        ("truncated.png", png_bytes(xray_like())[:300]),
+        ("pixel.png", png_bytes(Image.new("L", (1, 1), 128))),
+        ("bomb.png", huge_png_header()),
+        ("empty.jpg", b""),
+    )
+    errors = texts(app.error)
+    assert len(errors) == 5
+    by_file = {e.split("**")[1]: e for e in errors}
+    assert "not a recognised image" in by_file["notes.png"]
+    assert "corrupt or truncated" in by_file["truncated.png"]
+    assert "too small" in by_file["pixel.png"]
+    assert "too large" in by_file["bomb.png"]
+    assert "empty" in by_file["empty.jpg"]
+    assert len(app.progress) == 2 and len(headlines(app)) == 1  # good.png still predicted
+    table = app.dataframe[0].value
+    assert list(table["file"]) == ["good.png", "notes.png", "truncated.png", "pixel.png", "bomb.png",
+                                   "empty.jpg"]
+    assert table["error"].iloc[0] == "" and all(table["error"].iloc[1:] != "")
+    assert table["P(pneumonia)"].iloc[0].endswith("%") and (table["P(pneumonia)"].iloc[1:] == "").all()
+
+
+def test_several_files_give_a_table_and_a_csv_download(app):
+    upload(app, *[(f"xray-{i}.png", png_bytes(xray_like(seed=i))) for i in range(3)])
+    assert len(app.progress) == 6 and len(headlines(app)) == 3
+    table = app.dataframe[0].value
+    assert list(table.columns) == ["file", "P(normal)", "P(pneumonia)", "prediction", "confidence", "error"]
+    assert list(table["file"]) == ["xray-0.png", "xray-1.png", "xray-2.png"]
+    p_normal, p_pneumonia = (table[c].str.rstrip("%").astype(float) for c in ("P(normal)", "P(pneumonia)"))
+    assert np.allclose(p_normal + p_pneumonia, 100.0, atol=0.11)
+    assert set(table["prediction"]) <= {"NORMAL", "PNEUMONIA"}
+    assert (table["error"] == "").all()
+    assert app.download_button[0].label == "Download results (CSV)"
+
+
+def test_colour_photograph_is_refused(app):
+    upload(app, ("holiday.jpg", colour_photo()))
+    (error,) = texts(app.error)
+    assert "holiday.jpg" in error and "colour photograph" in error
+    assert not app.progress and not headlines(app)
+
+
+def test_missing_model_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMOSCAN_MODEL", str(tmp_path / "missing.keras"))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    (error,) = texts(at.error)
+    assert "could not be loaded" in error and "missing.keras" in error
+    assert "pneumoscan train" in error and "--model" in error
+    assert not at.file_uploader  # st.stop() after the message
+    assert DISCLAIMER in texts(at.warning)  # the page itself still renders
+
+
+def test_model_card_file_beside_the_model_is_shown(tiny_model, tmp_path, monkeypatch):
+    for path in tiny_model.parent.glob(tiny_model.stem + ".*"):
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "MODEL_CARD.md").write_text("# Model card\n\nTrained on the teaching dataset.\n")
+    monkeypatch.setenv("PNEUMOSCAN_MODEL", str(tmp_path / tiny_model.name))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    (expander,) = at.sidebar.expander
+    assert expander.label == "Full model card"
+    assert "Trained on the teaching dataset." in texts(expander.markdown)[0]
+
+
+def test_gradcam_is_computed_only_when_switched_on(app):
+    upload(app, ("chest.png", png_bytes(xray_like())))
+    assert len(app.image) == 1
+    app.sidebar.toggle(key="show_gradcam").set_value(True).run()
+    assert not app.exception
+    assert len(app.progress) == 2  # the prediction is still shown
+    if importlib.util.find_spec("pneumoscan.explain") is None:
+        assert any("Grad-CAM is not available" in t for t in texts(app.info))
+    else:
+        assert len(app.image) == 2, texts(app.warning)
+        assert "Grad-CAM" in app.image[1].captions[0]
+
+
+# --------------------------------------------------------------------------- helpers of the page
+
+
+def test_verdict_wording_including_a_flag_below_fifty_percent():
+    from pneumoscan.app import verdict
+    from pneumoscan.predictor import make_prediction
+
+    headline, note = verdict(make_prediction(0.93, 0.3))
+    assert headline == "Pneumonia suspected — confidence 93\u00a0%" and note is None
+    headline, note = verdict(make_prediction(0.1, 0.3))
+    assert headline == "No pneumonia detected — confidence 90\u00a0%" and note is None
+    headline, note = verdict(make_prediction(0.35, 0.3))
+    assert headline == "Pneumonia suspected — confidence 35\u00a0%"
+    assert "threshold of 30.0\u00a0%" in note and "normal chest more likely" in note
+
+
+def test_results_csv_has_one_row_per_file():
+    from pneumoscan.app import results_csv
+    from pneumoscan.predictor import make_prediction
+
+    rows = [{"name": "a.png", "prediction": make_prediction(0.8, 0.3), "error": None},
+            {"name": "b.txt", "prediction": None, "error": "not a recognised image"}]
+    lines = results_csv(rows).decode().splitlines()
+    assert lines[0] == "file,P(normal),P(pneumonia),prediction,confidence,threshold,error"
+    assert lines[1] == "a.png,0.2000,0.8000,PNEUMONIA,0.8000,0.3000,"
+    assert lines[2] == "b.txt,,,,,,not a recognised image"

@@ -1,0 +1,172 @@
+"""LiteRT export: float, float16 and int8 pass their check against Keras; a failed check leaves
+nothing behind; no data, no export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_factory import make_tiny_model
+from PIL import Image
+
+from pneumoscan import export
+from pneumoscan.export import export_tflite, model_split
+from pneumoscan.predictor import Predictor, load_metadata, metadata_path, save_metadata
+
+SIZE = 64
+SPLIT = {"val_fraction": 0.25, "seed": 7, "limit": None}
+
+
+def chest(pneumonia: bool, seed: int, size: int = SIZE) -> np.ndarray:
+    """X-ray-like (size, size) uint8: dark background, two grey lungs, noise; pneumonia adds a
+    bright opacity in one lung."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.full((size, size), 20.0)
+    for cx in (0.3, 0.7):
+        img[((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1] = 100.0 + 30.0 * rng.random()
+    if pneumonia:
+        cx = rng.choice([0.3, 0.7])
+        img[((xx - cx) / 0.15) ** 2 + ((yy - 0.5) / 0.28) ** 2 < 1] = 190.0 + 40.0 * rng.random()
+    img += rng.normal(0.0, 8.0, img.shape)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def write_tree(root: Path, per_class: int = 20) -> Path:
+    """``root/train/{NORMAL,PNEUMONIA}/`` with Kermany-style names (some patients twice)."""
+    names = {
+        "NORMAL": [f"IM-{k // 2 + 1:04d}-{k % 2 + 1:04d}.jpeg" for k in range(per_class)],
+        "PNEUMONIA": [f"person{k // 2 + 1}_{'bacteria' if k % 3 else 'virus'}_{k + 1}.jpeg"
+                      for k in range(per_class)],
+    }
+    seed = 0
+    for cls, files in names.items():
+        (root / "train" / cls).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            seed += 1
+            Image.fromarray(chest(cls == "PNEUMONIA", seed)).save(root / "train" / cls / name, quality=92)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_tree(tmp_path_factory.mktemp("data")) / "train"
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory, data_dir) -> Path:
+    """make_tiny_model with its head fitted (a logistic-regression probe on the pooled features of
+    the training side of the split), so that the classes separate and outputs spread over 0..1."""
+    import keras
+    from sklearn.linear_model import LogisticRegression
+
+    from pneumoscan.data import decode_samples
+
+    path = make_tiny_model(tmp_path_factory.mktemp("model"), image_size=SIZE, threshold=0.4)
+    meta = {**load_metadata(path), "data_dir": str(data_dir), "split": SPLIT,
+            "calibration": {"a": 1.3, "b": -0.2}}
+    train_s, _ = model_split(meta, data_dir)
+    train = decode_samples(train_s, SIZE, progress=False)
+    model = keras.saving.load_model(path, compile=False)
+    pooled = keras.Model(model.inputs, model.get_layer("avg_pool").output)
+    features = np.asarray(pooled(train.x.astype("float32")))
+    mu, sd = features.mean(0), features.std(0) + 1e-6
+    probe = LogisticRegression(C=0.05).fit((features - mu) / sd, train.y)
+    w = probe.coef_[0] / sd
+    b = probe.intercept_[0] - float((mu * w).sum())
+    model.get_layer("pred").set_weights([w[:, None].astype("float32"), np.array([b], "float32")])
+    model.save(path)
+    save_metadata(path, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(model_path) -> Predictor:
+    return Predictor(model_path)
+
+
+def fixed_inputs(n: int = 7) -> np.ndarray:
+    return np.stack([chest(i % 2 == 1, 500 + i) for i in range(n)])[..., None]
+
+
+@pytest.mark.parametrize(("quantize", "atol"), [("none", 1e-5), ("float16", 5e-3), ("int8", 0.05)])
+def test_export_passes_its_check_and_matches_keras(predictor, tmp_path, quantize, atol):
+    out = tmp_path / "out" / f"m-{quantize}.tflite"
+    report = export_tflite(predictor, out=out, quantize=quantize, progress=False)
+    assert report["passed"] is True and report["quantize"] == quantize
+    assert report["agreement"] >= 0.99 and abs(report["auc_keras"] - report["auc_tflite"]) <= 0.005
+    assert report["n_check"] >= 4 and report["size_bytes"] == out.stat().st_size
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, metadata_path(out).name])
+    meta = json.loads(metadata_path(out).read_text())
+    for key in ("threshold", "calibration", "image_size", "class_names", "split"):
+        assert meta[key] == predictor.metadata[key]
+    assert meta["export"]["quantize"] == quantize
+    assert meta["export"]["check"]["agreement"] == report["agreement"]
+    _, val = model_split(predictor.metadata, predictor.metadata["data_dir"])
+    assert report["n_check"] == len(val)
+    if quantize == "int8":
+        train, _ = model_split(predictor.metadata, predictor.metadata["data_dir"])
+        assert report["n_representative"] == len(train)
+
+    lite = Predictor(out)
+    assert lite.backend == "litert"
+    x = fixed_inputs()
+    p_keras, p_lite = predictor.predict_proba(x), lite.predict_proba(x)
+    np.testing.assert_allclose(p_lite, p_keras, atol=atol)
+    assert ((p_lite >= lite.threshold) == (p_keras >= predictor.threshold)).all()
+
+
+def test_failed_check_leaves_nothing_and_keeps_an_older_export(predictor, tmp_path, monkeypatch):
+    out = tmp_path / "m.tflite"
+    out.write_bytes(b"an older export")
+    monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)  # impossible: the check must fail
+    with pytest.raises(ValueError, match=r"failed its check on \d+ validation images: label agreement"):
+        export_tflite(predictor, out=out, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
+    assert out.read_bytes() == b"an older export"
+
+
+def test_max_check_images_limits_the_check(predictor, tmp_path):
+    report = export_tflite(predictor, out=tmp_path / "m.tflite", progress=False, max_check_images=6)
+    assert report["passed"] and report["n_check"] <= 6
+
+
+def test_no_data_no_export(predictor, tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="mandatory"):
+        export_tflite(predictor, out=tmp_path / "m.tflite", data_dir=tmp_path / "nowhere")
+    meta = {k: v for k, v in predictor.metadata.items() if k != "data_dir"}
+    monkeypatch.setattr(predictor, "metadata", meta)
+    with pytest.raises(ValueError, match="mandatory"):
+        export_tflite(predictor, out=tmp_path / "m.tflite")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_needs_both_classes(predictor, tmp_path):
+    one_class = tmp_path / "one" / "train"
+    (one_class / "NORMAL").mkdir(parents=True)
+    for i in range(8):
+        Image.fromarray(chest(False, i)).save(one_class / "NORMAL" / f"IM-{i:04d}-0001.jpeg")
+    with pytest.raises(ValueError, match="both classes"):
+        export_tflite(predictor, out=tmp_path / "m.tflite", data_dir=one_class, progress=False)
+
+
+def test_bad_arguments(predictor, tmp_path):
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        export_tflite(predictor, out=tmp_path / "m.tflite", quantize="int4")
+    with pytest.raises(ValueError, match="must be a .tflite file"):
+        export_tflite(predictor, out=tmp_path / "m.onnx")
+
+
+def test_export_refuses_a_litert_predictor(tmp_path):
+    import keras
+
+    from pneumoscan.export import convert_keras_model
+
+    keras_path = make_tiny_model(tmp_path, image_size=SIZE)
+    lite_path = tmp_path / "tiny.tflite"
+    lite_path.write_bytes(convert_keras_model(keras.saving.load_model(keras_path, compile=False)))
+    save_metadata(lite_path, load_metadata(keras_path))
+    with pytest.raises(ValueError, match="needs a .keras model"):
+        export_tflite(Predictor(lite_path), out=tmp_path / "again.tflite")

@@ -1,0 +1,157 @@
+"""The Predictor: calibrated outputs equal the model's, label semantics, files with errors, LiteRT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_factory import make_tiny_model
+from PIL import Image
+
+from pneumoscan.predictor import (
+    Predictor,
+    load_metadata,
+    make_prediction,
+    metadata_path,
+    save_metadata,
+)
+
+SIZE = 64
+CAL = {"a": 1.7, "b": -0.3}
+
+
+def images(n: int, *, size: int = SIZE, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8)
+
+
+def platt(p: np.ndarray, a: float, b: float) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return 1.0 / (1.0 + np.exp(-(a * np.log(p / (1 - p)) + b)))
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    path = make_tiny_model(tmp_path_factory.mktemp("model"), image_size=SIZE, threshold=0.3)
+    save_metadata(path, {**load_metadata(path), "calibration": CAL})
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(model_path) -> Predictor:
+    return Predictor(model_path)
+
+
+@pytest.fixture(scope="module")
+def lite_predictor(model_path, tmp_path_factory) -> Predictor:
+    import keras
+
+    from pneumoscan.export import convert_keras_model
+
+    path = tmp_path_factory.mktemp("lite") / "tiny.tflite"
+    path.write_bytes(convert_keras_model(keras.saving.load_model(model_path, compile=False)))
+    save_metadata(path, load_metadata(model_path))
+    return Predictor(path, num_threads=2)
+
+
+def test_outputs_match_the_model_and_calibration(predictor):
+    x = images(5)
+    raw = np.asarray(predictor.model(x.astype(np.float32), training=False)).reshape(-1)
+    np.testing.assert_allclose(predictor.predict_raw(x), raw, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predictor.predict_proba(x), platt(raw, **CAL), rtol=1e-5, atol=1e-6)
+    # Batching does not change the answer, and float input in 0..255 equals uint8 input.
+    np.testing.assert_allclose(predictor.predict_raw(x, batch_size=2), raw, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predictor.predict_raw(x.astype(np.float32)), raw, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_raw_rejects_wrong_shapes(predictor):
+    with pytest.raises(ValueError, match="expected images of shape"):
+        predictor.predict_raw(np.zeros((2, 32, 32, 1), np.uint8))
+    with pytest.raises(ValueError, match="expected images of shape"):
+        predictor.predict_raw(np.zeros((SIZE, SIZE, 1), np.uint8))
+    assert predictor.predict_raw(np.zeros((0, SIZE, SIZE, 1), np.uint8)).shape == (0,)
+
+
+def test_label_threshold_confidence_semantics():
+    flagged = make_prediction(0.3, 0.25)
+    assert flagged.label == "PNEUMONIA" and flagged.confidence == pytest.approx(0.3)
+    assert flagged.p_normal + flagged.p_pneumonia == pytest.approx(1.0)
+    normal = make_prediction(0.2, 0.25)
+    assert normal.label == "NORMAL" and normal.confidence == pytest.approx(0.8)
+    assert make_prediction(0.25, 0.25).label == "PNEUMONIA"  # at the threshold: flagged
+    assert normal.threshold == 0.25
+
+
+def test_threshold_override_and_validation(model_path, predictor):
+    assert predictor.threshold == pytest.approx(0.3)
+    gray = images(1)[0, :, :, 0]
+    p = predictor.predict_image(gray).p_pneumonia
+    low = Predictor(model_path, threshold=p - 1e-6)
+    high = Predictor(model_path, threshold=min(p + 1e-3, 0.999))
+    assert low.predict_image(gray).label == "PNEUMONIA"
+    assert high.predict_image(gray).label == "NORMAL"
+    with pytest.raises(ValueError, match="threshold must be in"):
+        Predictor(model_path, threshold=1.0)
+
+
+def test_predict_image_resizes_any_size(predictor):
+    pred = predictor.predict_image(images(1, size=100)[0, :, :, 0])
+    assert 0.0 <= pred.p_pneumonia <= 1.0 and pred.label in ("NORMAL", "PNEUMONIA")
+
+
+def test_predict_paths_with_a_bad_file(predictor, tmp_path):
+    arrays = images(3, size=80, seed=3)[..., 0]
+    paths = []
+    for i, array in enumerate(arrays):
+        paths.append(tmp_path / f"good{i}.png")
+        Image.fromarray(array).save(paths[-1])
+    (tmp_path / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    paths.insert(1, tmp_path / "broken.jpeg")
+    paths.append(tmp_path / "missing.png")
+    result = predictor.predict_paths(paths, batch_size=2, progress=False)
+    assert result.paths == paths
+    assert result.errors[0] is None and result.errors[2] is None and result.errors[3] is None
+    assert "corrupt" in result.errors[1] or "not a recognised image" in result.errors[1]
+    assert "cannot read file" in result.errors[4]
+    assert np.isnan(result.p_pneumonia[[1, 4]]).all()
+    expected = [predictor.predict_image(a).p_pneumonia for a in arrays]
+    np.testing.assert_allclose(result.p_pneumonia[[0, 2, 3]], expected, rtol=1e-5)
+    preds = result.predictions(predictor.threshold)
+    assert preds[1] is None and preds[4] is None and preds[0].p_pneumonia == pytest.approx(expected[0])
+
+
+def test_missing_model_or_sidecar(tmp_path, model_path):
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        Predictor(tmp_path / "nope.keras")
+    lone = tmp_path / "lone.keras"
+    lone.write_bytes(model_path.read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"lone\.meta\.json not found"):
+        Predictor(lone)
+
+
+def test_sidecar_must_name_the_classes(tmp_path, model_path):
+    copy = tmp_path / "copy.keras"
+    copy.write_bytes(model_path.read_bytes())
+    meta = json.loads(metadata_path(model_path).read_text())
+    save_metadata(copy, {**meta, "class_names": ["PNEUMONIA", "NORMAL"]})
+    with pytest.raises(ValueError, match="class_names"):
+        Predictor(copy)
+
+
+def test_tta_keeps_the_shape(predictor):
+    x = images(3)
+    p = predictor.predict_proba(x, tta=True)
+    assert p.shape == (3,) and np.isfinite(p).all()
+    assert predictor.predict_image(x[0, :, :, 0], tta=True).label in ("NORMAL", "PNEUMONIA")
+
+
+def test_litert_backend_matches_keras_with_batch_resizing(predictor, lite_predictor):
+    assert lite_predictor.backend == "litert" and lite_predictor.model is None
+    x = images(7, seed=5)
+    expected = predictor.predict_raw(x)
+    for batch_size in (1, 3, 64):  # every batch size resizes the interpreter's input
+        np.testing.assert_allclose(lite_predictor.predict_raw(x, batch_size=batch_size), expected, atol=1e-5)
+    np.testing.assert_allclose(lite_predictor.predict_raw(x[:1]), expected[:1], atol=1e-5)
+    np.testing.assert_allclose(lite_predictor.predict_proba(x), predictor.predict_proba(x), atol=1e-5)
