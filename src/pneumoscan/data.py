@@ -203,6 +203,22 @@ def patient_split(
     return train, val
 
 
+def stratified_subset(samples: Sequence[Sample], limit: int | None, *, seed: int) -> list[Sample]:
+    """At most ``limit`` samples, both classes kept in proportion (deterministic for ``seed``).
+
+    ``limit=None`` returns all samples. Used for smoke runs (``train --limit``) and quick checks.
+    """
+    if limit is None or limit >= len(samples):
+        return list(samples)
+    rng = np.random.default_rng(seed)
+    picked = []
+    for label in (0, 1):
+        of_class = [s for s in samples if s.label == label]
+        k = max(2, round(limit * len(of_class) / len(samples)))
+        picked += [of_class[i] for i in sorted(rng.permutation(len(of_class))[:k])]
+    return sorted(picked, key=lambda s: str(s.path))
+
+
 def class_weights(labels: Sequence[int] | np.ndarray) -> dict[int, float]:
     """Balanced class weights, ``n / (n_classes * count)``, keyed by class index."""
     labels = np.asarray(labels)

@@ -109,15 +109,14 @@ def model_split(metadata: dict, data_dir: str | Path):
     -------
     train, val : list of pneumoscan.data.Sample
     """
-    from pneumoscan.data import discover_split, patient_split
-    from pneumoscan.training import _subset
+    from pneumoscan.data import discover_split, patient_split, stratified_subset
 
     split = metadata.get("split") or {}
     if not split:
         log.warning("the model's sidecar has no 'split' entry; assuming the default split %s", SplitConfig())
     val_fraction = float(split.get("val_fraction", SplitConfig.val_fraction))
     seed = int(split.get("seed", SplitConfig.seed))
-    samples = _subset(discover_split(data_dir, prefer="train"), split.get("limit"), seed)
+    samples = stratified_subset(discover_split(data_dir, prefer="train"), split.get("limit"), seed=seed)
     return patient_split(samples, val_fraction=val_fraction, seed=seed)
 
 
@@ -165,7 +164,7 @@ def export_tflite(
     """
     from sklearn.metrics import roc_auc_score
 
-    from pneumoscan.data import decode_samples
+    from pneumoscan.data import decode_samples, stratified_subset
 
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
@@ -193,9 +192,8 @@ def export_tflite(
     train_s, val_s = model_split(meta, data_dir)
     seed = int((meta.get("split") or {}).get("seed", SplitConfig.seed))
     if max_check_images is not None:
-        from pneumoscan.training import _subset
-
-        val_s = _subset(val_s, max_check_images, seed)
+    
+        val_s = stratified_subset(val_s, max_check_images, seed=seed)
     size = predictor.image_size
     val = decode_samples(val_s, size, progress=progress)
     if len(set(val.y.tolist())) < 2:

@@ -170,8 +170,14 @@ def _decode_pil(data: bytes, name: str) -> DecodedImage:
             fmt, mode = img.format or "?", img.mode
             width, height = img.size
             _check_size(name, width, height)
-            # JPEG can decode at 1/2, 1/4, 1/8 scale for free; plenty for a 224-px model input.
-            if fmt == "JPEG" and min(width, height) > 1024:
+            colourfulness = None
+            if fmt == "JPEG" and mode in ("RGB", "YCbCr"):
+                # libjpeg hands out the encoded luma directly (no colour conversion), and it can
+                # decode at 1/2 scale for free, plenty for a 224-px model input. Colourfulness comes
+                # from a separate 1/8-scale colour decode, which costs a fraction of the full one.
+                colourfulness = _jpeg_colourfulness(data)
+                img.draft("L", (width // 2, height // 2) if min(width, height) > 1024 else (width, height))
+            elif fmt == "JPEG" and min(width, height) > 1024:
                 img.draft(img.mode, (width // 2, height // 2))
             img.load()
     except ImageDecodeError:
@@ -180,7 +186,7 @@ def _decode_pil(data: bytes, name: str) -> DecodedImage:
         raise ImageDecodeError(name, "not a recognised image (expected JPEG, PNG or DICOM)") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(name, f"corrupt or truncated image data ({exc})") from exc
-    colourfulness = 0.0
+    colourfulness = colourfulness or 0.0
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA"):
@@ -200,6 +206,12 @@ def _decode_pil(data: bytes, name: str) -> DecodedImage:
 def _composite_la(img: Image.Image) -> Image.Image:
     l, a = (np.asarray(c, dtype=np.float32) for c in img.split())
     return Image.fromarray(np.round(l * a / 255.0).astype(np.uint8), "L")
+
+
+def _jpeg_colourfulness(data: bytes) -> float:
+    small = Image.open(io.BytesIO(data))
+    small.draft("RGB", (64, 64))
+    return _colourfulness(small.convert("RGB"))
 
 
 def _colourfulness(rgb: Image.Image) -> float:

@@ -43,6 +43,7 @@ from pneumoscan.data import (
     fingerprint,
     make_dataset,
     patient_split,
+    stratified_subset,
 )
 
 log = logging.getLogger(__name__)
@@ -63,19 +64,6 @@ def package_versions() -> dict[str, str]:
         "scikit-learn": sklearn.__version__,
         "platform": platform.platform(),
     }
-
-
-def _subset(samples, limit: int | None, seed: int):
-    """At most ``limit`` samples, both classes kept in proportion (deterministic)."""
-    if limit is None or limit >= len(samples):
-        return list(samples)
-    rng = np.random.default_rng(seed)
-    picked = []
-    for label in (0, 1):
-        of_class = [s for s in samples if s.label == label]
-        k = max(2, round(limit * len(of_class) / len(samples)))
-        picked += [of_class[i] for i in sorted(rng.permutation(len(of_class))[:k])]
-    return sorted(picked, key=lambda s: str(s.path))
 
 
 class _RestoreBest:
@@ -166,7 +154,7 @@ class Trainer:
 
     def load_data(self) -> tuple[DecodedSet, DecodedSet]:
         cfg = self.cfg
-        samples = _subset(discover_split(self.data_dir, prefer="train"), cfg.limit, cfg.seed)
+        samples = stratified_subset(discover_split(self.data_dir, prefer="train"), cfg.limit, seed=cfg.seed)
         train_s, val_s = patient_split(samples, val_fraction=cfg.val_fraction, seed=cfg.seed)
         if not train_s or not val_s or len({s.label for s in val_s}) < 2:
             raise ValueError(
