@@ -56,6 +56,24 @@ def plain_fit_rate(cfg, train_x, train_y, *, phase: str, steps: int) -> float:
     return steps * cfg.batch_size / (time.perf_counter() - start)
 
 
+def matmul_dtype_rates() -> dict[str, float]:
+    """ms per matmul of the fine-tuned blocks' size (7x7x32 positions x 960 -> 1280) in float32 and
+    bfloat16: bfloat16 only pays where the CPU has native support (AVX512-BF16, AMX)."""
+    import tensorflow as tf
+
+    out = {}
+    for dtype in (tf.float32, tf.bfloat16):
+        a = tf.cast(tf.random.normal((1568, 960), seed=1), dtype)
+        b = tf.cast(tf.random.normal((960, 1280), seed=2), dtype)
+        matmul = tf.function(tf.matmul)
+        matmul(a, b)
+        start = time.perf_counter()
+        for _ in range(20):
+            matmul(a, b).numpy()
+        out[dtype.name] = (time.perf_counter() - start) / 20 * 1000
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "chest_xray" / "train")
@@ -105,6 +123,9 @@ def main() -> None:
           f"for {ft_images} images")
     print(f"plain recipe total (extrapolated from {args.plain_steps} batches/phase): {plain_total:.1f} s")
     print(f"\nspeed-up of the cached recipe over plain model.fit: {plain_total / total:.2f}x")
+    rates = matmul_dtype_rates()
+    print(f"\nmatmul float32 {rates['float32']:.1f} ms, bfloat16 {rates['bfloat16']:.1f} ms "
+          f"(bfloat16/float32 = {rates['bfloat16'] / rates['float32']:.2f}; below 1 means bfloat16 would help)")
     verdict = "PASS" if total <= 20 * 60 else "FAIL"
     print(f"target: default recipe end to end <= 1200 s: {total:.0f} s -> {verdict}")
 

@@ -81,14 +81,14 @@ class TrainConfig:
     epochs: int = 12
     learning_rate: float = 1e-3
     # MobileNetV2: phase 1 trains the head on a frozen backbone, phase 2 fine-tunes the top.
-    head_epochs: int = 6
+    head_epochs: int = 5
     head_learning_rate: float = 1e-3
-    finetune_epochs: int = 6
+    finetune_epochs: int = 3
     finetune_learning_rate: float = 1e-4
     unfreeze_blocks: int = 3
     dense_units: int = 128
     dropout: float = 0.5
-    augmented_views: int = 3
+    augmented_views: int = 2
     target_recall: float = 0.98
     label_smoothing: float = 0.05
     distribute: str = "none"  # or "mirrored"

@@ -800,6 +800,31 @@ def _parse_label(value: str) -> int:
     )
 
 
+def _stress_table(runs: list[dict]) -> str:
+    """Markdown: ROC AUC / recall / specificity of each run under each acquisition shift (if recorded)."""
+    stressed = [r for r in runs if (r["metrics"].get("stress") or {}).get("shifts")]
+    if not stressed:
+        return ""
+    shifts = list(stressed[0]["metrics"]["stress"]["shifts"])
+    lines = [
+        "",
+        "Validation images under acquisition shifts (`pneumoscan.robustness`): "
+        "ROC AUC / recall / specificity at each run's own threshold.",
+        "",
+        "| shift | " + " | ".join(r["name"].replace("|", "\\|") for r in stressed) + " |",
+        "|---|" + "---:|" * len(stressed),
+    ]
+    for shift in [*shifts, "worst"]:
+        cells = []
+        for r in stressed:
+            stress = r["metrics"]["stress"]
+            m = stress["worst"] if shift == "worst" else stress["shifts"].get(shift, {})
+            cells.append(" / ".join(_fmt(m.get(k)) for k in ("roc_auc", "recall", "specificity")))
+        label = "**worst case**" if shift == "worst" else shift
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def compare_runs(run_dirs: Sequence[str | Path], *, out_dir: str | Path) -> str:
     """Compare training runs on their (identical) validation sets.
 
@@ -861,7 +886,7 @@ def compare_runs(run_dirs: Sequence[str | Path], *, out_dir: str | Path) -> str:
             _fmt(m.get("ece"), 4), _fmt(m.get("threshold"), 4),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    markdown = "\n".join(lines) + "\n"
+    markdown = "\n".join(lines) + "\n" + _stress_table(runs)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -148,7 +148,8 @@ class Trainer:
         self.timings[name] = {"seconds": round(seconds, 2), "images": images,
                               "images_per_s": round(images / seconds, 1) if images and seconds else None}
         log.info("%s: %.1f s", name, seconds)
-        (self.run_dir / "timings.json").write_text(json.dumps(self.timings, indent=2) + "\n")
+        if self.run_dir.is_dir():
+            (self.run_dir / "timings.json").write_text(json.dumps(self.timings, indent=2) + "\n")
 
     # ------------------------------------------------------------------ data
 

@@ -1,0 +1,175 @@
+"""Training works end to end on tiny data: every architecture, seeds, resume, weights, multi-device.
+
+These tests check that training *works* (a complete, loadable run folder), not how well it learns:
+model quality is measured by the benchmarks and recorded in models/MODEL_CARD.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumoscan.config import TrainConfig
+from pneumoscan.training import Trainer, resume, train
+
+RUN_FILES = ("model.keras", "model.meta.json", "config.json", "history.csv", "learning_curves.png",
+             "validation.json", "validation_predictions.csv", "timings.json")
+
+# 10 normal and 12 pneumonia patients, some with two images: enough for a patient-level split.
+TINY_NAMES = {
+    "train": {
+        "NORMAL": [f"IM-{100 + i:04d}-0001.jpeg" for i in range(8)]
+        + ["IM-0100-0002.jpeg", "NORMAL2-IM-0007-0001.jpeg", "NORMAL2-IM-0008-0001.jpeg"],
+        "PNEUMONIA": [f"person{i}_{'virus' if i % 3 == 0 else 'bacteria'}_{i * 3}.jpeg" for i in range(1, 13)]
+        + ["person1_bacteria_99.jpeg", "person2_bacteria_98.jpeg"],
+    }
+}
+
+
+def tiny_config(arch: str, **overrides) -> TrainConfig:
+    options = dict(arch=arch, image_size=64 if arch == "mobilenetv2" else 32, batch_size=8, epochs=1,
+                   head_epochs=1, finetune_epochs=1, augmented_views=1, val_fraction=0.3, seed=7)
+    return TrainConfig(**{**options, **overrides})
+
+
+def mobilenet_weights_available() -> bool:
+    # Where Keras looks: $KERAS_HOME (conftest points it at ../shared/keras when present) or ~/.keras.
+    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    return any((home / "models").glob("mobilenet_v2_weights_*no_top.h5"))
+
+
+needs_weights = pytest.mark.skipif(
+    not mobilenet_weights_available(),
+    reason="MobileNetV2 ImageNet weights not in the Keras cache (set KERAS_HOME to ../shared/keras)",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["baseline", "regularized", pytest.param("mobilenetv2", marks=needs_weights)])
+def test_each_architecture_trains_into_a_complete_loadable_run(arch, make_tree, tmp_path):
+    data = make_tree(TINY_NAMES, size=(80, 72))
+    run_dir = tmp_path / f"run-{arch}"
+    metrics = train(tiny_config(arch), data / "train", run_dir, progress=False)
+
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), f"{name} missing from the run folder"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["arch"] == arch and config["seed"] == 7
+    assert len(config["data_fingerprint"]) == 16
+    assert {"tensorflow", "keras", "numpy", "python"} <= set(config["versions"])
+    assert config["split"]["train_images"] + config["split"]["val_images"] == 25
+
+    from pneumoscan.predictor import Predictor
+
+    predictor = Predictor(run_dir / "model.keras")
+    assert predictor.metadata["arch"] == arch
+    assert 0.0 < predictor.threshold < 1.0
+    assert metrics["recall"] >= 0.98  # the threshold is chosen for this recall on validation
+    rows = (run_dir / "validation_predictions.csv").read_text().splitlines()
+    assert len(rows) == 1 + metrics["n"]
+
+
+def test_same_seed_gives_the_same_split_and_another_seed_a_different_one(make_tree, tmp_path):
+    data = make_tree(TINY_NAMES)
+
+    def val_files(seed):
+        trainer = Trainer(tiny_config("baseline", seed=seed), data / "train", tmp_path / "r", progress=False)
+        _, val = trainer.load_data()
+        return [s.path.name for s in val.samples], trainer.fingerprint
+
+    first, fp1 = val_files(1)
+    again, fp2 = val_files(1)
+    other, _ = val_files(2)
+    assert first == again and fp1 == fp2
+    assert first != other
+
+
+def test_missing_imagenet_weights_stop_with_instructions(monkeypatch):
+    from keras.src.utils import file_utils
+
+    from pneumoscan.models import WeightsUnavailableError, build_mobilenetv2
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(WeightsUnavailableError, match="KERAS_HOME"):
+        build_mobilenetv2(96)
+
+
+@pytest.mark.slow
+def test_resume_continues_an_interrupted_run(make_tree, tmp_path, monkeypatch):
+    import keras
+
+    from pneumoscan import training
+
+    data = make_tree(TINY_NAMES)
+    run_dir = tmp_path / "run"
+    cfg = tiny_config("baseline", epochs=3)
+
+    real_restore_best = training._RestoreBest
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt("simulated interruption after epoch 2")
+
+    def restore_best_then_crash(monitor="val_auc"):
+        callback = real_restore_best(monitor)
+        original = callback.on_epoch_end
+
+        def on_epoch_end(epoch, logs=None):
+            original(epoch, logs)
+            Crash().on_epoch_end(epoch, logs)
+
+        callback.on_epoch_end = on_epoch_end
+        return callback
+
+    monkeypatch.setattr(training, "_RestoreBest", restore_best_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, data / "train", run_dir, progress=False)
+    assert not (run_dir / "model.keras").exists()
+    assert any((run_dir / "backup").rglob("*")), "no backup was written before the interruption"
+
+    monkeypatch.setattr(training, "_RestoreBest", real_restore_best)
+    resume(run_dir, progress=False)
+    assert (run_dir / "model.keras").is_file()
+    history = (run_dir / "history.csv").read_text().splitlines()
+    epochs = [int(line.split(",")[history[0].split(",").index("epoch")]) for line in history[1:]]
+    assert epochs == [3], f"resume should run only the third epoch, ran {epochs}"
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_trains_on_two_logical_cpus(make_tree, tmp_path):
+    data = make_tree(TINY_NAMES)
+    script = f"""
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pneumoscan.config import TrainConfig
+from pneumoscan.training import Trainer, _strategy
+print("replicas", _strategy("mirrored").num_replicas_in_sync)
+cfg = TrainConfig(arch="regularized", image_size=32, batch_size=8, epochs=1, val_fraction=0.3, seed=7,
+                  distribute="mirrored")
+Trainer(cfg, {str(data / "train")!r}, {str(tmp_path / "run")!r}, progress=False).run()
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "replicas 2" in result.stdout
+    assert (tmp_path / "run" / "model.keras").is_file()
+
+
+@pytest.mark.slow
+@needs_weights
+def test_mobilenetv2_trains_on_a_slice_of_the_real_data(shared_data, tmp_path):
+    cfg = tiny_config("mobilenetv2", image_size=96, limit=80, val_fraction=0.2)
+    metrics = train(cfg, shared_data / "train", tmp_path / "run", progress=False)
+    assert metrics["n"] >= 10
+    assert np.isfinite(metrics["brier"])
