@@ -109,12 +109,12 @@ def test_upload_in_a_real_browser(running_app, tmp_path):
 
             t0 = time.monotonic()
             page.set_input_files("input[type=file]", str(image))
-            page.get_by_text(HEADLINE).wait_for(timeout=30_000)
+            page.get_by_text(HEADLINE).wait_for(timeout=60_000)
             prediction_s = time.monotonic() - t0
 
-            page.wait_for_selector("[data-testid=stImage] img", timeout=10_000)
+            page.wait_for_selector("[data-testid=stImage] img", timeout=30_000)
             page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')",
-                                   timeout=10_000)
+                                   timeout=30_000)
             body = page.inner_text("body")
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -125,9 +125,9 @@ def test_upload_in_a_real_browser(running_app, tmp_path):
             t0 = time.monotonic()
             page.set_input_files("input[type=file]", str(second))
             page.wait_for_function("() => document.querySelectorAll('[data-testid=stProgress]').length == 4",
-                                   polling="raf", timeout=30_000)
+                                   polling="raf", timeout=60_000)
             warm_prediction_s = time.monotonic() - t0
-            page.get_by_text("Download results (CSV)").wait_for(timeout=10_000)
+            page.get_by_text("Download results (CSV)").wait_for(timeout=30_000)
             assert page.locator("[data-testid=stDataFrame]").count() == 1
             page.screenshot(path=str(tmp_path / "app-two-files.png"), full_page=True)
         finally:
