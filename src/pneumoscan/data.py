@@ -338,6 +338,8 @@ def make_dataset(
     augment: AugmentConfig | None = None,
     balanced: bool = False,
     seed: int = 1337,
+    drop_remainder: bool = False,
+    sample_weight: np.ndarray | None = None,
 ):
     """A ``tf.data.Dataset`` of ``(images, labels)`` batches from an in-memory cache.
 
@@ -353,6 +355,11 @@ def make_dataset(
         the same batches).
     balanced : bool
         Sample both classes equally (infinite dataset; pass ``steps_per_epoch`` to ``fit``).
+    drop_remainder : bool
+        Drop the last incomplete batch, so every batch splits evenly over the replicas of a
+        ``tf.distribute`` strategy.
+    sample_weight : ndarray of shape (n,), optional
+        Yield ``(images, labels, weights)``; not with ``balanced``.
 
     Images come out as ``float32`` in 0..255; labels as ``float32`` 0/1.
     """
@@ -371,11 +378,16 @@ def make_dataset(
             for c in (0, 1)
         ]
         ds = tf.data.Dataset.sample_from_datasets(per_class, weights=[0.5, 0.5], seed=seed)
+    elif sample_weight is not None:
+        ds = tf.data.Dataset.from_tensor_slices((x, y, np.asarray(sample_weight, dtype=np.float32)))
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        return ds.map(lambda a, b, w: (tf.cast(a, tf.float32), b, w), num_parallel_calls=autotune).prefetch(autotune)
     else:
         ds = tf.data.Dataset.from_tensor_slices((x, y))
         if shuffle:
             ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=autotune)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=autotune)
     if augment is not None:
         augmenter = build_augmenter(augment, seed=seed)
         # Sequential on purpose: the augmenter draws from stateful seed generators, and parallel

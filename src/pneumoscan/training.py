@@ -204,8 +204,19 @@ class Trainer:
             _compile(phase.model, phase.learning_rate, cfg.label_smoothing)
         balanced = cfg.imbalance == "balanced_sampling"
         train_ds = make_dataset(phase.train_x, phase.train_y, batch_size=cfg.batch_size, shuffle=True,
-                                augment=phase.augment, balanced=balanced, seed=cfg.seed)
-        val_ds = make_dataset(phase.val_x, phase.val_y, batch_size=cfg.batch_size * 2)
+                                augment=phase.augment, balanced=balanced, seed=cfg.seed,
+                                drop_remainder=cfg.distribute == "mirrored")
+        val_batch = cfg.batch_size * 2
+        if self.strategy.num_replicas_in_sync > 1:
+            # Keras cannot split a short last batch over replicas: pad validation to whole batches
+            # with zero-weight copies, which leaves every metric unchanged.
+            pad = -len(phase.val_y) % val_batch
+            weights = np.r_[np.ones(len(phase.val_y)), np.zeros(pad)].astype(np.float32)
+            val_ds = make_dataset(np.concatenate([phase.val_x, phase.val_x[:1].repeat(pad, axis=0)]),
+                                  np.r_[phase.val_y, np.zeros(pad, dtype=phase.val_y.dtype)],
+                                  batch_size=val_batch, sample_weight=weights)
+        else:
+            val_ds = make_dataset(phase.val_x, phase.val_y, batch_size=val_batch)
         restore_best = _RestoreBest("val_auc")
         with self.timed(f"fit_{phase.name}", len(phase.train_y) * phase.epochs):
             history = self._fit(phase, train_ds, val_ds, balanced, restore_best)
