@@ -56,11 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("data_dir", nargs="?", type=Path, default=DEFAULT_DATA,
-                        help="dataset root or split folder (default: %(default)s)")
+    parser.add_argument(
+        "data_dir",
+        nargs="?",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="dataset root or split folder (default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: a temporary one)")
-    parser.add_argument("--target", type=float, default=TARGET_S,
-                        help="target seconds (default: %(default)s)")
+    parser.add_argument(
+        "--target", type=float, default=TARGET_S, help="target seconds (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 

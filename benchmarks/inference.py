@@ -83,12 +83,18 @@ def untrained_model(tmp: Path, data_dir: Path | None) -> Path:
     path = tmp / "untrained-mobilenetv2.keras"
     build_mobilenetv2(224).save(path)
     split = SplitConfig()
-    save_metadata(path, {
-        "class_names": list(CLASS_NAMES), "image_size": 224, "threshold": 0.5,
-        "calibration": {"a": 1.0, "b": 0.0}, "arch": "mobilenetv2",
-        "data_dir": str(data_dir) if data_dir else None,
-        "split": {"val_fraction": split.val_fraction, "seed": split.seed, "limit": None},
-    })
+    save_metadata(
+        path,
+        {
+            "class_names": list(CLASS_NAMES),
+            "image_size": 224,
+            "threshold": 0.5,
+            "calibration": {"a": 1.0, "b": 0.0},
+            "arch": "mobilenetv2",
+            "data_dir": str(data_dir) if data_dir else None,
+            "split": {"val_fraction": split.val_fraction, "seed": split.seed, "limit": None},
+        },
+    )
     return path
 
 
@@ -146,15 +152,29 @@ def bench_predictor(predictor, files: list[Path], blobs: list[bytes], reps: int)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=None, help="a .keras model with its sidecar "
-                        "(default: the bundled model; an untrained MobileNetV2 if it is missing)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="a .keras model with its sidecar "
+        "(default: the bundled model; an untrained MobileNetV2 if it is missing)",
+    )
     parser.add_argument("--n", type=int, default=512, help="images (default: %(default)s)")
-    parser.add_argument("--reps", type=int, default=100,
-                        help="single-image calls per backend (default: %(default)s)")
-    parser.add_argument("--data", type=Path, default=SHARED / "data" / "chest_xray" / "train",
-                        help="training data for the images and the export check (default: %(default)s)")
-    parser.add_argument("--check-images", type=int, default=300,
-                        help="validation images of the export check (default: %(default)s)")
+    parser.add_argument(
+        "--reps", type=int, default=100, help="single-image calls per backend (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=SHARED / "data" / "chest_xray" / "train",
+        help="training data for the images and the export check (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--check-images",
+        type=int,
+        default=300,
+        help="validation images of the export check (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -171,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     model_path = args.model or default_model_path()
     trained = model_path.is_file()
     if not trained:
-        print(f"{model_path} not found: benchmarking an UNTRAINED MobileNetV2 "
-              "(ImageNet backbone, random head)")
+        print(
+            f"{model_path} not found: benchmarking an UNTRAINED MobileNetV2 (ImageNet backbone, random head)"
+        )
         model_path = untrained_model(tmp, data_dir)
     files = pick_images(data_dir, args.n, tmp)
     blobs = [p.read_bytes() for p in files]
@@ -193,8 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         label = f"Predictor litert {'float32' if quantize == 'none' else quantize}"
         print(f"exporting {quantize} and checking it on validation images ...", flush=True)
         try:
-            checks[label] = export_tflite(keras_predictor, out=out, quantize=quantize, data_dir=data_dir,
-                                          progress=False, max_check_images=args.check_images)
+            checks[label] = export_tflite(
+                keras_predictor,
+                out=out,
+                quantize=quantize,
+                data_dir=data_dir,
+                progress=False,
+                max_check_images=args.check_images,
+            )
         except (ValueError, FileNotFoundError) as exc:
             print(f"  export check failed or impossible: {exc}")
             checks[label] = {"passed": False, "error": str(exc)}
@@ -203,28 +230,37 @@ def main(argv: list[str] | None = None) -> int:
                 from pneumoscan.imaging import decode_bytes, preprocess
 
                 representative = np.stack([preprocess(decode_bytes(b), size) for b in blobs[:100]])
-            out.write_bytes(convert_keras_model(keras_predictor.model, quantize=quantize,
-                                                representative=representative))
+            out.write_bytes(
+                convert_keras_model(keras_predictor.model, quantize=quantize, representative=representative)
+            )
             save_metadata(out, load_metadata(model_path))
         print(f"{label} ...", flush=True)
         results[label] = bench_predictor(Predictor(out), files, blobs, reps)
 
     base = results["baseline model.predict"]
-    print(f"\n{'backend':<28} {'e2e p50':>8} {'e2e p95':>8} {'model p50':>9} {'model p95':>9} "
-          f"{'batch img/s':>11} {'x base (p50 / img/s)':>21} {'check':>6}")
+    print(
+        f"\n{'backend':<28} {'e2e p50':>8} {'e2e p95':>8} {'model p50':>9} {'model p95':>9} "
+        f"{'batch img/s':>11} {'x base (p50 / img/s)':>21} {'check':>6}"
+    )
     for name, r in results.items():
-        ratio = (f"{statistics.median(base['e2e']) / statistics.median(r['e2e']):.1f}x / "
-                 f"{r['throughput'] / base['throughput']:.1f}x")
+        ratio = (
+            f"{statistics.median(base['e2e']) / statistics.median(r['e2e']):.1f}x / "
+            f"{r['throughput'] / base['throughput']:.1f}x"
+        )
         check = checks.get(name, {})
         check_text = "-" if not check else ("pass" if check.get("passed") else "FAIL")
-        print(f"{name:<28} {percentile_ms(r['e2e'], 50):>7.2f}ms {percentile_ms(r['e2e'], 95):>7.2f}ms "
-              f"{percentile_ms(r['model'], 50):>8.2f}ms {percentile_ms(r['model'], 95):>8.2f}ms "
-              f"{r['throughput']:>11.1f} {ratio:>21} {check_text:>6}")
+        print(
+            f"{name:<28} {percentile_ms(r['e2e'], 50):>7.2f}ms {percentile_ms(r['e2e'], 95):>7.2f}ms "
+            f"{percentile_ms(r['model'], 50):>8.2f}ms {percentile_ms(r['model'], 95):>8.2f}ms "
+            f"{r['throughput']:>11.1f} {ratio:>21} {check_text:>6}"
+        )
     for name, check in checks.items():
         if check.get("passed") is not None and "agreement" in check:
-            print(f"  {name}: agreement {check['agreement']:.2%} on {check['n_check']} validation images, "
-                  f"AUC keras {check['auc_keras']:.4f} vs {check['auc_tflite']:.4f}, "
-                  f"max |dp| {check['max_abs_prob_diff']:.4f}, {check['size_bytes'] / 1e6:.1f} MB")
+            print(
+                f"  {name}: agreement {check['agreement']:.2%} on {check['n_check']} validation images, "
+                f"AUC keras {check['auc_keras']:.4f} vs {check['auc_tflite']:.4f}, "
+                f"max |dp| {check['max_abs_prob_diff']:.4f}, {check['size_bytes'] / 1e6:.1f} MB"
+            )
 
     eligible = {n: r for n, r in results.items() if n == "Predictor keras" or checks.get(n, {}).get("passed")}
     fastest = max(eligible, key=lambda n: eligible[n]["throughput"])
@@ -232,10 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     p50 = percentile_ms(r["e2e"], 50)
     ok_tp, ok_lat = r["throughput"] >= TARGET_THROUGHPUT, p50 <= TARGET_P50_MS
     print(f"\nfastest backend passing its check: {fastest}")
-    print(f"  batch throughput {r['throughput']:.0f} img/s (target >= {TARGET_THROUGHPUT:.0f}): "
-          f"{'MET' if ok_tp else 'MISSED'}")
-    print(f"  single-image p50 {p50:.2f} ms end to end (target <= {TARGET_P50_MS:.0f} ms): "
-          f"{'MET' if ok_lat else 'MISSED'}")
+    print(
+        f"  batch throughput {r['throughput']:.0f} img/s (target >= {TARGET_THROUGHPUT:.0f}): "
+        f"{'MET' if ok_tp else 'MISSED'}"
+    )
+    print(
+        f"  single-image p50 {p50:.2f} ms end to end (target <= {TARGET_P50_MS:.0f} ms): "
+        f"{'MET' if ok_lat else 'MISSED'}"
+    )
     if not trained:
         print("  (untrained model: speeds are representative, the agreement check is on untrained outputs)")
     return 0 if ok_tp and ok_lat else 1

@@ -45,8 +45,9 @@ def plain_fit_rate(cfg, train_x, train_y, *, phase: str, steps: int) -> float:
     else:
         lr = cfg.head_learning_rate
     _compile(model, lr, cfg.label_smoothing)
-    ds = make_dataset(train_x, train_y, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment,
-                      seed=cfg.seed).repeat()
+    ds = make_dataset(
+        train_x, train_y, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed
+    ).repeat()
     weights = class_weights(train_y)
     model.fit(ds, steps_per_epoch=3, epochs=1, class_weight=weights, verbose=0)  # warm-up, tracing
     start = time.perf_counter()
@@ -75,7 +76,9 @@ def matmul_dtype_rates() -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "chest_xray" / "train")
     parser.add_argument("--plain-steps", type=int, default=20, help="batches timed per plain phase")
     parser.add_argument("--run-dir", type=Path, help="reuse a finished default run instead of training")
@@ -105,27 +108,39 @@ def main() -> None:
     ft_images = len(train.y) * views * cfg.finetune_epochs
     plain_head = plain_fit_rate(cfg, train.x, train.y, phase="head", steps=args.plain_steps)
     plain_ft = plain_fit_rate(cfg, train.x, train.y, phase="finetune", steps=args.plain_steps)
-    plain_total = head_images / plain_head + ft_images / plain_ft + timings["decode"]["seconds"] \
+    plain_total = (
+        head_images / plain_head
+        + ft_images / plain_ft
+        + timings["decode"]["seconds"]
         + timings["finalise"]["seconds"]
+    )
 
     print(f"data: {args.data} ({len(train.y)} training images after the patient split), run: {run_dir}")
-    print(f"recipe: {views} views/image, head {cfg.head_epochs} epochs, fine-tune {cfg.finetune_epochs} epochs "
-          f"({cfg.unfreeze_blocks} blocks), batch {cfg.batch_size}, {cfg.image_size} px\n")
+    print(
+        f"recipe: {views} views/image, head {cfg.head_epochs} epochs, fine-tune {cfg.finetune_epochs} epochs "
+        f"({cfg.unfreeze_blocks} blocks), batch {cfg.batch_size}, {cfg.image_size} px\n"
+    )
     print(f"{'stage':<22}{'wall s':>10}{'images/s':>12}")
     for name, t in timings.items():
         rate = f"{t['images_per_s']:.1f}" if t.get("images_per_s") else ""
         print(f"{name:<22}{t['seconds']:>10.1f}{rate:>12}")
     print(f"{'total (cached recipe)':<22}{total:>10.1f}")
     print()
-    print(f"plain model.fit, head phase      {plain_head:8.1f} images/s -> {head_images / plain_head:8.1f} s "
-          f"for {head_images} images")
-    print(f"plain model.fit, fine-tune phase {plain_ft:8.1f} images/s -> {ft_images / plain_ft:8.1f} s "
-          f"for {ft_images} images")
+    print(
+        f"plain model.fit, head phase      {plain_head:8.1f} images/s -> {head_images / plain_head:8.1f} s "
+        f"for {head_images} images"
+    )
+    print(
+        f"plain model.fit, fine-tune phase {plain_ft:8.1f} images/s -> {ft_images / plain_ft:8.1f} s "
+        f"for {ft_images} images"
+    )
     print(f"plain recipe total (extrapolated from {args.plain_steps} batches/phase): {plain_total:.1f} s")
     print(f"\nspeed-up of the cached recipe over plain model.fit: {plain_total / total:.2f}x")
     rates = matmul_dtype_rates()
-    print(f"\nmatmul float32 {rates['float32']:.1f} ms, bfloat16 {rates['bfloat16']:.1f} ms "
-          f"(bfloat16/float32 = {rates['bfloat16'] / rates['float32']:.2f}; below 1 means bfloat16 would help)")
+    print(
+        f"\nmatmul float32 {rates['float32']:.1f} ms, bfloat16 {rates['bfloat16']:.1f} ms "
+        f"(bfloat16/float32 = {rates['bfloat16'] / rates['float32']:.2f}; below 1 means bfloat16 would help)"
+    )
     verdict = "PASS" if total <= 20 * 60 else "FAIL"
     print(f"target: default recipe end to end <= 1200 s: {total:.0f} s -> {verdict}")
 

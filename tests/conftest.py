@@ -26,19 +26,32 @@ if (REPO_ROOT.parent / "shared" / "keras" / "models").is_dir():
 DEFAULT_NAMES: dict[str, dict[str, list[str]]] = {
     "train": {
         "NORMAL": [
-            "IM-0115-0001.jpeg", "IM-0117-0001.jpeg", "IM-0119-0001.jpeg", "IM-0119-0002.jpeg",
-            "NORMAL2-IM-0007-0001.jpeg", "NORMAL2-IM-0012-0001.jpeg",
+            "IM-0115-0001.jpeg",
+            "IM-0117-0001.jpeg",
+            "IM-0119-0001.jpeg",
+            "IM-0119-0002.jpeg",
+            "NORMAL2-IM-0007-0001.jpeg",
+            "NORMAL2-IM-0012-0001.jpeg",
         ],
         "PNEUMONIA": [
-            "person1_bacteria_1.jpeg", "person1_bacteria_2.jpeg", "person1_virus_6.jpeg",
-            "person12_bacteria_40.jpeg", "person13_virus_44.jpeg", "person14_bacteria_51.jpeg",
-            "person15_virus_46.jpeg", "person16_bacteria_53.jpeg",
+            "person1_bacteria_1.jpeg",
+            "person1_bacteria_2.jpeg",
+            "person1_virus_6.jpeg",
+            "person12_bacteria_40.jpeg",
+            "person13_virus_44.jpeg",
+            "person14_bacteria_51.jpeg",
+            "person15_virus_46.jpeg",
+            "person16_bacteria_53.jpeg",
         ],
     },
     "test": {
         "NORMAL": ["IM-0001-0001.jpeg", "NORMAL2-IM-0030-0001.jpeg", "NORMAL2-IM-0031-0001.jpeg"],
-        "PNEUMONIA": ["person100_bacteria_475.jpeg", "person101_virus_187.jpeg",
-                      "person102_bacteria_487.jpeg", "person102_bacteria_488.jpeg"],
+        "PNEUMONIA": [
+            "person100_bacteria_475.jpeg",
+            "person101_virus_187.jpeg",
+            "person102_bacteria_487.jpeg",
+            "person102_bacteria_488.jpeg",
+        ],
     },
 }
 
@@ -115,6 +128,7 @@ def make_tree(tmp_path: Path) -> TreeFactory:
 def shared_data() -> Path:
     """The real ``chest_xray`` folder; skips the test when it is not on this machine."""
     if not (SHARED_DATA / "train").is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA} "
-                    "(set PNEUMOSCAN_SHARED_DATA to its chest_xray folder)")
+        pytest.skip(
+            f"real data not found at {SHARED_DATA} (set PNEUMOSCAN_SHARED_DATA to its chest_xray folder)"
+        )
     return SHARED_DATA

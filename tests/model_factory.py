@@ -7,8 +7,9 @@ from pathlib import Path
 from pneumoscan.config import CLASS_NAMES
 
 
-def make_tiny_model(folder: Path, *, image_size: int = 64, threshold: float = 0.5, seed: int = 0,
-                    name: str = "tiny") -> Path:
+def make_tiny_model(
+    folder: Path, *, image_size: int = 64, threshold: float = 0.5, seed: int = 0, name: str = "tiny"
+) -> Path:
     """Build a small regularized CNN with seeded random weights, save ``name.keras`` and its sidecar.
 
     The output is not meaningful, but it is a real model that goes through every real code path.
@@ -22,13 +23,16 @@ def make_tiny_model(folder: Path, *, image_size: int = 64, threshold: float = 0.
     model = build_regularized_cnn(image_size)
     path = Path(folder) / f"{name}.keras"
     model.save(path)
-    save_metadata(path, {
-        "class_names": list(CLASS_NAMES),
-        "image_size": image_size,
-        "arch": "regularized",
-        "threshold": threshold,
-        "calibration": {"a": 1.0, "b": 0.0},
-        "validation": {"accuracy": 0.5, "recall": 0.5, "specificity": 0.5, "roc_auc": 0.5},
-        "pneumoscan_version": "test",
-    })
+    save_metadata(
+        path,
+        {
+            "class_names": list(CLASS_NAMES),
+            "image_size": image_size,
+            "arch": "regularized",
+            "threshold": threshold,
+            "calibration": {"a": 1.0, "b": 0.0},
+            "validation": {"accuracy": 0.5, "recall": 0.5, "specificity": 0.5, "roc_auc": 0.5},
+            "pneumoscan_version": "test",
+        },
+    )
     return path

@@ -165,8 +165,14 @@ def test_bad_files_are_named_and_the_good_one_is_still_served(app):
     assert "empty" in by_file["empty.jpg"]
     assert len(app.progress) == 2 and len(headlines(app)) == 1  # good.png still predicted
     table = app.dataframe[0].value
-    assert list(table["file"]) == ["good.png", "notes.png", "truncated.png", "pixel.png", "bomb.png",
-                                   "empty.jpg"]
+    assert list(table["file"]) == [
+        "good.png",
+        "notes.png",
+        "truncated.png",
+        "pixel.png",
+        "bomb.png",
+        "empty.jpg",
+    ]
     assert table["error"].iloc[0] == "" and all(table["error"].iloc[1:] != "")
     assert table["P(pneumonia)"].iloc[0].endswith("%") and (table["P(pneumonia)"].iloc[1:] == "").all()
 
@@ -247,8 +253,10 @@ def test_results_csv_has_one_row_per_file():
     from pneumoscan.app import results_csv
     from pneumoscan.predictor import make_prediction
 
-    rows = [{"name": "a.png", "prediction": make_prediction(0.8, 0.3), "error": None},
-            {"name": "b.txt", "prediction": None, "error": "not a recognised image"}]
+    rows = [
+        {"name": "a.png", "prediction": make_prediction(0.8, 0.3), "error": None},
+        {"name": "b.txt", "prediction": None, "error": "not a recognised image"},
+    ]
     lines = results_csv(rows).decode().splitlines()
     assert lines[0] == "file,P(normal),P(pneumonia),prediction,confidence,threshold,error"
     assert lines[1] == "a.png,0.2000,0.8000,PNEUMONIA,0.8000,0.3000,"

@@ -28,8 +28,15 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("PNEUMOSCAN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 READY_TIMEOUT_S = 60
 HEADLINE = re.compile(r"(Pneumonia suspected|No pneumonia detected) — confidence \d+\s%")
 
@@ -69,9 +76,22 @@ def running_app(tmp_path):
     started = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pneumoscan.cli", "app", "--model", str(model), "--port", str(port),
-             "--address", "127.0.0.1"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "pneumoscan.cli",
+                "app",
+                "--model",
+                str(model),
+                "--port",
+                str(port),
+                "--address",
+                "127.0.0.1",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # the CLI starts streamlit as a child: stop the whole group
         )
     try:
@@ -89,8 +109,9 @@ def running_app(tmp_path):
             proc.wait(timeout=15)
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                    reason=f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
+)
 def test_upload_in_a_real_browser(running_app, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     url, started, log_path = running_app
@@ -113,8 +134,9 @@ def test_upload_in_a_real_browser(running_app, tmp_path):
             prediction_s = time.monotonic() - t0
 
             page.wait_for_selector("[data-testid=stImage] img", timeout=30_000)
-            page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')",
-                                   timeout=30_000)
+            page.wait_for_function(
+                "() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=30_000
+            )
             body = page.inner_text("body")
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -124,8 +146,11 @@ def test_upload_in_a_real_browser(running_app, tmp_path):
             xray_like(640, seed=1).save(second)
             t0 = time.monotonic()
             page.set_input_files("input[type=file]", str(second))
-            page.wait_for_function("() => document.querySelectorAll('[data-testid=stProgress]').length == 4",
-                                   polling="raf", timeout=60_000)
+            page.wait_for_function(
+                "() => document.querySelectorAll('[data-testid=stProgress]').length == 4",
+                polling="raf",
+                timeout=60_000,
+            )
             warm_prediction_s = time.monotonic() - t0
             page.get_by_text("Download results (CSV)").wait_for(timeout=30_000)
             assert page.locator("[data-testid=stDataFrame]").count() == 1
@@ -133,8 +158,10 @@ def test_upload_in_a_real_browser(running_app, tmp_path):
         finally:
             browser.close()
 
-    print(f"\napp ready {ready_s:.1f} s after start; prediction {prediction_s:.2f} s after the first upload, "
-          f"{warm_prediction_s:.2f} s after the second; screenshot {shot}")
+    print(
+        f"\napp ready {ready_s:.1f} s after start; prediction {prediction_s:.2f} s after the first upload, "
+        f"{warm_prediction_s:.2f} s after the second; screenshot {shot}"
+    )
     assert re.search(r"P\(normal\): \d+\.\d\s%", body), body
     assert re.search(r"P\(pneumonia\): \d+\.\d\s%", body), body
     assert HEADLINE.search(body)

@@ -100,7 +100,9 @@ def test_discover_is_case_insensitive(make_tree):
     splits = discover(root)
     assert list(splits) == ["train"]
     assert [(s.path.name, s.label) for s in splits["train"]] == [
-        ("IM-0001-0001.jpeg", 0), ("person1_bacteria_1.JPG", 1)]
+        ("IM-0001-0001.jpeg", 0),
+        ("person1_bacteria_1.JPG", 1),
+    ]
 
 
 def test_discover_finds_nested_and_png_files(tmp_path):
@@ -129,8 +131,9 @@ def _synthetic_samples(n_patients: int = 300, seed: int = 0) -> list[Sample]:
         pid = f"person{p}" if label else f"IM-{p:04d}"
         for k in range(int(rng.integers(1, 6))):
             name = f"{pid}_bacteria_{k}.jpeg" if label else f"{pid}-{k:04d}.jpeg"
-            samples.append(Sample(Path("train", CLASS_NAMES[label], name), label, pid,
-                                  pneumonia_subtype(name), "train"))
+            samples.append(
+                Sample(Path("train", CLASS_NAMES[label], name), label, pid, pneumonia_subtype(name), "train")
+            )
     return samples
 
 

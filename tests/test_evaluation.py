@@ -274,12 +274,36 @@ def test_metrics_report_schema():
     y, s, g = _bootstrap_data(300)
     subtypes = ["none" if v == 0 else ("virus" if i % 3 else "bacteria") for i, v in enumerate(y)]
     r = ev.metrics_report(y, s, threshold=0.4, groups=g, subtypes=subtypes, n_boot=200, seed=1)
-    expected = {"n", "accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc",
-                "brier", "ece", "threshold", "confusion_matrix", "ci95", "per_subtype"}
+    expected = {
+        "n",
+        "accuracy",
+        "precision",
+        "recall",
+        "specificity",
+        "f1",
+        "roc_auc",
+        "pr_auc",
+        "brier",
+        "ece",
+        "threshold",
+        "confusion_matrix",
+        "ci95",
+        "per_subtype",
+    }
     assert set(r) == expected
     assert type(r["n"]) is int and r["n"] == 300
-    for key in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc", "brier",
-                "ece", "threshold"):
+    for key in (
+        "accuracy",
+        "precision",
+        "recall",
+        "specificity",
+        "f1",
+        "roc_auc",
+        "pr_auc",
+        "brier",
+        "ece",
+        "threshold",
+    ):
         assert type(r[key]) is float, key
         assert 0.0 <= r[key] <= 1.0, key
     assert set(r["confusion_matrix"]) == {"tn", "fp", "fn", "tp"}
@@ -297,8 +321,9 @@ def test_metrics_report_schema():
 
 
 def test_format_metrics_table_handles_missing_values():
-    r = ev.metrics_report([1, 1, 1], [0.2, 0.6, 0.9], threshold=0.5, groups=None,
-                          subtypes=["virus"] * 3, n_boot=20)
+    r = ev.metrics_report(
+        [1, 1, 1], [0.2, 0.6, 0.9], threshold=0.5, groups=None, subtypes=["virus"] * 3, n_boot=20
+    )
     table = ev.format_metrics_table(r)
     assert "n/a" in table
 
@@ -399,8 +424,9 @@ def test_evaluate_folder_end_to_end(tmp_path):
 
 def test_evaluate_folder_threshold_override_and_no_mistakes(tmp_path):
     samples = discover_split(make_split(tmp_path))
-    report = ev.evaluate_folder(samples, FakePredictor(), out_dir=tmp_path / "e", threshold=0.01,
-                                n_boot=20, progress=False)
+    report = ev.evaluate_folder(
+        samples, FakePredictor(), out_dir=tmp_path / "e", threshold=0.01, n_boot=20, progress=False
+    )
     assert report["threshold"] == 0.01
     assert report["recall"] == 1.0 and report["specificity"] == 0.0
     assert (tmp_path / "e" / "worst_mistakes.png").is_file()
@@ -411,8 +437,9 @@ def test_evaluate_folder_all_unreadable_is_a_clear_error(tmp_path):
     (split / "NORMAL").mkdir(parents=True)
     (split / "NORMAL" / "a.png").write_bytes(b"")
     with pytest.raises(ValueError, match="none of the 1 images"):
-        ev.evaluate_folder(discover_split(split), FakePredictor(), out_dir=tmp_path / "o",
-                           n_boot=10, progress=False)
+        ev.evaluate_folder(
+            discover_split(split), FakePredictor(), out_dir=tmp_path / "o", n_boot=10, progress=False
+        )
     with pytest.raises(ValueError, match="empty"):
         ev.evaluate_folder([], FakePredictor(), out_dir=tmp_path / "o")
 
@@ -461,8 +488,18 @@ def test_compare_runs(tmp_path):
     assert len(lines) == 4
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[:4] == ["run", "arch", "n", "accuracy"]
-    for column in ("recall", "recall 95% CI", "specificity", "precision", "f1", "roc_auc", "pr_auc",
-                   "brier", "ece", "threshold"):
+    for column in (
+        "recall",
+        "recall 95% CI",
+        "specificity",
+        "precision",
+        "f1",
+        "roc_auc",
+        "pr_auc",
+        "brier",
+        "ece",
+        "threshold",
+    ):
         assert column in header
     assert "baseline-a" in lines[2] and "| baseline |" in lines[2]
     assert "run2" in lines[3] and "mobilenetv2" in lines[3]

@@ -68,8 +68,16 @@ def blob_detector(size: int = SIZE):
 def blob_model_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("explain") / "blob.keras"
     blob_detector().save(path)
-    save_metadata(path, {"class_names": list(CLASS_NAMES), "image_size": SIZE, "threshold": 0.5,
-                         "calibration": {"a": 1.0, "b": 0.0}, "arch": "test"})
+    save_metadata(
+        path,
+        {
+            "class_names": list(CLASS_NAMES),
+            "image_size": SIZE,
+            "threshold": 0.5,
+            "calibration": {"a": 1.0, "b": 0.0},
+            "arch": "test",
+        },
+    )
     return path
 
 

@@ -38,8 +38,9 @@ def write_tree(root: Path, per_class: int = 20) -> Path:
     """``root/train/{NORMAL,PNEUMONIA}/`` with Kermany-style names (some patients twice)."""
     names = {
         "NORMAL": [f"IM-{k // 2 + 1:04d}-{k % 2 + 1:04d}.jpeg" for k in range(per_class)],
-        "PNEUMONIA": [f"person{k // 2 + 1}_{'bacteria' if k % 3 else 'virus'}_{k + 1}.jpeg"
-                      for k in range(per_class)],
+        "PNEUMONIA": [
+            f"person{k // 2 + 1}_{'bacteria' if k % 3 else 'virus'}_{k + 1}.jpeg" for k in range(per_class)
+        ],
     }
     seed = 0
     for cls, files in names.items():
@@ -65,8 +66,12 @@ def model_path(tmp_path_factory, data_dir) -> Path:
     from pneumoscan.data import decode_samples
 
     path = make_tiny_model(tmp_path_factory.mktemp("model"), image_size=SIZE, threshold=0.4)
-    meta = {**load_metadata(path), "data_dir": str(data_dir), "split": SPLIT,
-            "calibration": {"a": 1.3, "b": -0.2}}
+    meta = {
+        **load_metadata(path),
+        "data_dir": str(data_dir),
+        "split": SPLIT,
+        "calibration": {"a": 1.3, "b": -0.2},
+    }
     train_s, _ = model_split(meta, data_dir)
     train = decode_samples(train_s, SIZE, progress=False)
     model = keras.saving.load_model(path, compile=False)

@@ -118,12 +118,28 @@ def test_learning_curves_figure(tmp_path):
 def test_comparison_figure(tmp_path, scores):
     y, s = scores
     runs = {
-        "baseline": {"y_true": y, "y_score": s,
-                     "metrics": {"threshold": 0.4, "recall": 0.95, "specificity": 0.7, "accuracy": 0.85,
-                                 "roc_auc": 0.93}},
-        "mobilenetv2": {"y_true": y, "y_score": np.sqrt(s),
-                        "metrics": {"threshold": 0.6, "recall": 0.98, "specificity": 0.8, "accuracy": 0.9,
-                                    "roc_auc": None}},
+        "baseline": {
+            "y_true": y,
+            "y_score": s,
+            "metrics": {
+                "threshold": 0.4,
+                "recall": 0.95,
+                "specificity": 0.7,
+                "accuracy": 0.85,
+                "roc_auc": 0.93,
+            },
+        },
+        "mobilenetv2": {
+            "y_true": y,
+            "y_score": np.sqrt(s),
+            "metrics": {
+                "threshold": 0.6,
+                "recall": 0.98,
+                "specificity": 0.8,
+                "accuracy": 0.9,
+                "roc_auc": None,
+            },
+        },
     }
     fig = figures.comparison_figure(runs)
     assert "baseline" in _texts(fig) and "mobilenetv2" in _texts(fig)
@@ -131,8 +147,11 @@ def test_comparison_figure(tmp_path, scores):
 
 
 def test_data_report_figures(tmp_path):
-    counts = {"train": {"NORMAL": 1341, "PNEUMONIA": 3875}, "val": {"NORMAL": 8, "PNEUMONIA": 8},
-              "test": {"NORMAL": 234, "PNEUMONIA": 390}}
+    counts = {
+        "train": {"NORMAL": 1341, "PNEUMONIA": 3875},
+        "val": {"NORMAL": 8, "PNEUMONIA": 8},
+        "test": {"NORMAL": 234, "PNEUMONIA": 390},
+    }
     fig = figures.class_balance_figure(counts)
     assert "Number of images" in _texts(fig)
     _check_saved(fig, tmp_path / "balance.png")

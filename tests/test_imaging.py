@@ -74,9 +74,7 @@ PNG_MODES = ["L", "RGB", "RGBA", "LA", "P", "1"]
 JPEG_MODES = ["L", "RGB", "CMYK"]
 
 
-@pytest.mark.parametrize(
-    ("fmt", "mode"), [("PNG", m) for m in PNG_MODES] + [("JPEG", m) for m in JPEG_MODES]
-)
+@pytest.mark.parametrize(("fmt", "mode"), [("PNG", m) for m in PNG_MODES] + [("JPEG", m) for m in JPEG_MODES])
 def test_every_mode_decodes_to_the_model_input(tmp_path, fmt, mode):
     gray = xray_like(70, 90, seed=3)
     img = _gray_in_mode(gray, mode)
@@ -185,7 +183,11 @@ def test_decode_bytes_and_read_image_agree(tmp_path):
     from_file, from_bytes = read_image(path), decode_bytes(path.read_bytes(), name=str(path))
     np.testing.assert_array_equal(from_file.gray, from_bytes.gray)
     assert (from_file.width, from_file.height, from_file.mode, from_file.format) == (
-        from_bytes.width, from_bytes.height, from_bytes.mode, from_bytes.format)
+        from_bytes.width,
+        from_bytes.height,
+        from_bytes.mode,
+        from_bytes.format,
+    )
     assert from_file.colourfulness == from_bytes.colourfulness
 
 
@@ -219,8 +221,9 @@ def test_property_any_png_gives_uint8_size_size_1(width, height, mode, size):
 # --------------------------------------------------------------------------- DICOM
 
 
-def _write_dicom(path: Path, pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2",
-                 **elements) -> Path:
+def _write_dicom(
+    path: Path, pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2", **elements
+) -> Path:
     """A minimal but valid DICOM file (explicit VR little endian) written with pydicom."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -257,8 +260,14 @@ def _ramp(height: int = 64, width: int = 128) -> np.ndarray:
 
 def test_dicom_monochrome2_applies_rescale_and_window(tmp_path):
     # Stored 0..4095, rescaled to -1024..3071 "HU"; window 40 +/- 200 keeps -160..240.
-    path = _write_dicom(tmp_path / "chest.dcm", _ramp(), RescaleSlope=1, RescaleIntercept=-1024,
-                        WindowCenter=40, WindowWidth=400)
+    path = _write_dicom(
+        tmp_path / "chest.dcm",
+        _ramp(),
+        RescaleSlope=1,
+        RescaleIntercept=-1024,
+        WindowCenter=40,
+        WindowWidth=400,
+    )
     decoded = read_image(path)
     assert decoded.format == "DICOM" and decoded.mode == "DICOM/MONOCHROME2"
     assert (decoded.width, decoded.height) == (128, 64)
@@ -360,8 +369,12 @@ def _png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(
-        b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_png_is_refused_before_decoding(tmp_path):

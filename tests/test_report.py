@@ -23,10 +23,14 @@ def messy_tree(make_tree):
     """The default tree plus: a duplicate across splits and labels, a duplicate within a patient,
     two unreadable files, a colour photo, a non-square PNG and a patient id found in both splits."""
     root = make_tree()
-    shutil.copyfile(root / "train" / "NORMAL" / "IM-0115-0001.jpeg",
-                    root / "test" / "PNEUMONIA" / "person200_bacteria_1.jpeg")
-    shutil.copyfile(root / "train" / "PNEUMONIA" / "person1_bacteria_1.jpeg",
-                    root / "train" / "PNEUMONIA" / "person1_bacteria_3.jpeg")
+    shutil.copyfile(
+        root / "train" / "NORMAL" / "IM-0115-0001.jpeg",
+        root / "test" / "PNEUMONIA" / "person200_bacteria_1.jpeg",
+    )
+    shutil.copyfile(
+        root / "train" / "PNEUMONIA" / "person1_bacteria_1.jpeg",
+        root / "train" / "PNEUMONIA" / "person1_bacteria_3.jpeg",
+    )
     (root / "train" / "NORMAL" / "IM-0500-0001.jpeg").write_bytes(b"")
     (root / "test" / "PNEUMONIA" / "person201_virus_2.jpeg").write_text("not an image")
     yy, xx = np.mgrid[0:64, 0:64]
@@ -43,10 +47,14 @@ def test_report_on_a_generated_tree(messy_tree, tmp_path):
     assert report["version"] == __version__
     assert report["root"] == str(messy_tree.resolve())
     # Files found, readable or not.
-    assert report["splits"] == {"test": {"NORMAL": 4, "PNEUMONIA": 6},
-                                "train": {"NORMAL": 7, "PNEUMONIA": 10}}
-    assert report["readable"] == {"test": {"NORMAL": 4, "PNEUMONIA": 5},
-                                  "train": {"NORMAL": 6, "PNEUMONIA": 10}}
+    assert report["splits"] == {
+        "test": {"NORMAL": 4, "PNEUMONIA": 6},
+        "train": {"NORMAL": 7, "PNEUMONIA": 10},
+    }
+    assert report["readable"] == {
+        "test": {"NORMAL": 4, "PNEUMONIA": 5},
+        "train": {"NORMAL": 6, "PNEUMONIA": 10},
+    }
     assert (report["n_files"], report["n_readable"], report["n_unreadable"]) == (27, 25, 2)
     assert report["imbalance"]["train"] == pytest.approx(10 / 7, abs=1e-4)
 
@@ -78,9 +86,14 @@ def test_report_on_a_generated_tree(messy_tree, tmp_path):
     same = groups[("train/PNEUMONIA/person1_bacteria_1.jpeg", "train/PNEUMONIA/person1_bacteria_3.jpeg")]
     assert not (same["crosses_splits"] or same["crosses_labels"] or same["crosses_patients"])
     assert len(groups) == 2
-    assert report["duplicate_counts"] == {"groups": 2, "files": 4, "redundant_files": 2,
-                                          "groups_crossing_splits": 1, "groups_crossing_labels": 1,
-                                          "groups_crossing_patients": 1}
+    assert report["duplicate_counts"] == {
+        "groups": 2,
+        "files": 4,
+        "redundant_files": 2,
+        "groups_crossing_splits": 1,
+        "groups_crossing_labels": 1,
+        "groups_crossing_patients": 1,
+    }
 
     # Unreadable files, with their reasons.
     unreadable = {u["path"]: u for u in report["unreadable"]}
@@ -146,9 +159,14 @@ def test_unexpected_decoder_errors_are_listed_not_raised(make_tree, tmp_path, mo
 
     monkeypatch.setattr(report_module, "decode_bytes", flaky)
     report = build_report(root, out_dir=tmp_path / "out", sample_grid=1, progress=True)
-    assert report["unreadable"] == [{"path": "train/PNEUMONIA/person12_bacteria_40.jpeg", "split": "train",
-                                     "label": "PNEUMONIA",
-                                     "error": "unexpected RuntimeError while decoding (decoder exploded)"}]
+    assert report["unreadable"] == [
+        {
+            "path": "train/PNEUMONIA/person12_bacteria_40.jpeg",
+            "split": "train",
+            "label": "PNEUMONIA",
+            "error": "unexpected RuntimeError while decoding (decoder exploded)",
+        }
+    ]
     assert "scanning" in capsys.readouterr().err  # the progress bar
 
 
@@ -183,4 +201,3 @@ def test_real_data_report(shared_data, tmp_path):
     for name in FIGURES:
         assert (tmp_path / name).is_file()
     assert "1341" in format_report(report) and "3875" in format_report(report)
-

@@ -18,8 +18,16 @@ import pytest
 from pneumoscan.config import TrainConfig
 from pneumoscan.training import Trainer, resume, train
 
-RUN_FILES = ("model.keras", "model.meta.json", "config.json", "history.csv", "learning_curves.png",
-             "validation.json", "validation_predictions.csv", "timings.json")
+RUN_FILES = (
+    "model.keras",
+    "model.meta.json",
+    "config.json",
+    "history.csv",
+    "learning_curves.png",
+    "validation.json",
+    "validation_predictions.csv",
+    "timings.json",
+)
 
 # 10 normal and 12 pneumonia patients, some with two images: enough for a patient-level split.
 TINY_NAMES = {
@@ -33,8 +41,17 @@ TINY_NAMES = {
 
 
 def tiny_config(arch: str, **overrides) -> TrainConfig:
-    options = dict(arch=arch, image_size=64 if arch == "mobilenetv2" else 32, batch_size=8, epochs=1,
-                   head_epochs=1, finetune_epochs=1, augmented_views=1, val_fraction=0.3, seed=7)
+    options = dict(
+        arch=arch,
+        image_size=64 if arch == "mobilenetv2" else 32,
+        batch_size=8,
+        epochs=1,
+        head_epochs=1,
+        finetune_epochs=1,
+        augmented_views=1,
+        val_fraction=0.3,
+        seed=7,
+    )
     return TrainConfig(**{**options, **overrides})
 
 
@@ -51,7 +68,9 @@ needs_weights = pytest.mark.skipif(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["baseline", "regularized", pytest.param("mobilenetv2", marks=needs_weights)])
+@pytest.mark.parametrize(
+    "arch", ["baseline", "regularized", pytest.param("mobilenetv2", marks=needs_weights)]
+)
 def test_each_architecture_trains_into_a_complete_loadable_run(arch, make_tree, tmp_path):
     data = make_tree(TINY_NAMES, size=(80, 72))
     run_dir = tmp_path / f"run-{arch}"
@@ -159,8 +178,13 @@ cfg = TrainConfig(arch="regularized", image_size=32, batch_size=8, epochs=1, val
                   distribute="mirrored")
 Trainer(cfg, {str(data / "train")!r}, {str(tmp_path / "run")!r}, progress=False).run()
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "replicas 2" in result.stdout
     assert (tmp_path / "run" / "model.keras").is_file()

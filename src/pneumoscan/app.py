@@ -117,7 +117,7 @@ def verdict(prediction: Prediction) -> tuple[str, str | None]:
         f"Flagged only because P(pneumonia) = {percent(prediction.p_pneumonia, 1)} reaches the screening "
         f"threshold of {percent(prediction.threshold, 1)}: the model still finds a normal chest more "
         f"likely ({percent(prediction.p_normal, 1)}). The threshold is set low on purpose, to miss few "
-        "pneumonias; read this as \"worth a second look\"."
+        'pneumonias; read this as "worth a second look".'
     )
     return headline, note
 
@@ -178,8 +178,13 @@ def analyse_upload(data: bytes, name: str, predictor: Predictor) -> dict[str, An
         log.exception("prediction failed for %s", name)
         result["error"] = f"prediction failed ({type(exc).__name__}: {exc})"
         return result
-    log.info("%s: %s (P(pneumonia) %.3f, threshold %.3f)", name, prediction.label,
-             prediction.p_pneumonia, prediction.threshold)
+    log.info(
+        "%s: %s (P(pneumonia) %.3f, threshold %.3f)",
+        name,
+        prediction.label,
+        prediction.p_pneumonia,
+        prediction.threshold,
+    )
     result.update(prediction=prediction, image=preview(decoded.gray))
     return result
 
@@ -191,15 +196,17 @@ def results_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in results:
         p = r["prediction"]
-        rows.append({
-            "file": r["name"],
-            "P(normal)": None if p is None else p.p_normal,
-            "P(pneumonia)": None if p is None else p.p_pneumonia,
-            "prediction": "" if p is None else p.label,
-            "confidence": None if p is None else p.confidence,
-            "threshold": None if p is None else p.threshold,
-            "error": r["error"] or "",
-        })
+        rows.append(
+            {
+                "file": r["name"],
+                "P(normal)": None if p is None else p.p_normal,
+                "P(pneumonia)": None if p is None else p.p_pneumonia,
+                "prediction": "" if p is None else p.label,
+                "confidence": None if p is None else p.confidence,
+                "threshold": None if p is None else p.threshold,
+                "error": r["error"] or "",
+            }
+        )
     columns = ["file", "P(normal)", "P(pneumonia)", "prediction", "confidence", "threshold", "error"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -284,7 +291,7 @@ def sidebar_options() -> bool:
         value=False,
         key="show_gradcam",
         help="Colour the regions that drove the pneumonia score. Computed only when switched on "
-             "(about a second per image).",
+        "(about a second per image).",
     )
 
 
@@ -306,8 +313,9 @@ def sidebar_model_card(predictor: Predictor) -> None:
     sb.markdown("  \n".join(lines))
 
     validation = meta.get("validation") or {}
-    shown = [(label, validation[key], kind) for key, label, kind in METRICS
-             if validation.get(key) is not None]
+    shown = [
+        (label, validation[key], kind) for key, label, kind in METRICS if validation.get(key) is not None
+    ]
     if shown:
         sb.subheader("Validation metrics")
         table = ["| metric | value |", "|---|---:|"]
@@ -332,10 +340,13 @@ def sidebar_model_card(predictor: Predictor) -> None:
 
 def show_probabilities(prediction: Prediction) -> None:
     """The two probabilities as progress bars with percentages."""
-    st.progress(min(max(prediction.p_normal, 0.0), 1.0),
-                text=f"P(normal): **{percent(prediction.p_normal, 1)}**")
-    st.progress(min(max(prediction.p_pneumonia, 0.0), 1.0),
-                text=f"P(pneumonia): **{percent(prediction.p_pneumonia, 1)}**")
+    st.progress(
+        min(max(prediction.p_normal, 0.0), 1.0), text=f"P(normal): **{percent(prediction.p_normal, 1)}**"
+    )
+    st.progress(
+        min(max(prediction.p_pneumonia, 0.0), 1.0),
+        text=f"P(pneumonia): **{percent(prediction.p_pneumonia, 1)}**",
+    )
 
 
 def show_gradcam(data: bytes, name: str, predictor: Predictor) -> None:
@@ -394,15 +405,21 @@ def show_summary(results: Sequence[dict[str, Any]]) -> None:
     st.subheader(f"Summary of {len(results)} files", anchor=False)
     table = results_table(results).drop(columns="threshold")
     for column in ("P(normal)", "P(pneumonia)", "confidence"):
-        table[column] = ["" if value is None or value != value else percent(value, 1)  # NaN: no value
-                         for value in table[column]]
+        table[column] = [
+            "" if value is None or value != value else percent(value, 1)  # NaN: no value
+            for value in table[column]
+        ]
     right = st.column_config.TextColumn(alignment="right")
     st.dataframe(
         table,
         hide_index=True,
         width="stretch",
-        column_config={"P(normal)": right, "P(pneumonia)": right, "confidence": right,
-                       "error": st.column_config.TextColumn(width="large")},
+        column_config={
+            "P(normal)": right,
+            "P(pneumonia)": right,
+            "confidence": right,
+            "error": st.column_config.TextColumn(width="large"),
+        },
     )
     st.download_button(
         "Download results (CSV)",
@@ -489,8 +506,9 @@ def main() -> None:
         help=f"JPEG, PNG or DICOM, up to {limit_mb} MB each. Several files at once give a results table.",
     )
     if not uploads:
-        st.info("Drop one or more chest X-rays above to see the model's assessment.",
-                icon=":material/upload:")
+        st.info(
+            "Drop one or more chest X-rays above to see the model's assessment.", icon=":material/upload:"
+        )
         return
     start = time.perf_counter()
     render_uploads([(f.name, f.getvalue()) for f in uploads], predictor, gradcam=gradcam)

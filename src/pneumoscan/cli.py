@@ -31,9 +31,13 @@ def _existing_dir(value: str) -> Path:
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, default=None,
-                        help="a .keras or .tflite model with its .meta.json sidecar "
-                             "(default: the bundled models/pneumoscan-mobilenetv2.keras, or $PNEUMOSCAN_MODEL)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="a .keras or .tflite model with its .meta.json sidecar "
+        "(default: the bundled models/pneumoscan-mobilenetv2.keras, or $PNEUMOSCAN_MODEL)",
+    )
 
 
 def _load_predictor(args, **kwargs):
@@ -70,7 +74,9 @@ def cmd_train(args) -> int:
         if args.data is None or args.out is None:
             raise CommandError("train needs --data DATA_DIR and --out RUN_DIR (or --resume RUN_DIR)")
         defaults = TrainConfig()
-        options = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+        options = {
+            k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None
+        }
         cfg = TrainConfig(**{**defaults.to_dict(), "augment": AugmentConfig(), **options})
         run_dir = args.out
         metrics = training.train(cfg, args.data, args.out, progress=not args.quiet)
@@ -141,8 +147,17 @@ def cmd_predict(args) -> int:
         if pred is None:
             rows.append([str(path), "", "", "", "", f"{predictor.threshold:.4f}", err])
         else:
-            rows.append([str(path), f"{pred.p_normal:.4f}", f"{pred.p_pneumonia:.4f}", pred.label,
-                         f"{pred.confidence:.4f}", f"{pred.threshold:.4f}", ""])
+            rows.append(
+                [
+                    str(path),
+                    f"{pred.p_normal:.4f}",
+                    f"{pred.p_pneumonia:.4f}",
+                    pred.label,
+                    f"{pred.confidence:.4f}",
+                    f"{pred.threshold:.4f}",
+                    "",
+                ]
+            )
     header = ["path", "p_normal", "p_pneumonia", "label", "confidence", "threshold", "error"]
     if args.csv:
         with open(args.csv, "w", newline="") as fh:
@@ -150,13 +165,18 @@ def cmd_predict(args) -> int:
     width = min(60, max(len(r[0]) for r in rows))
     print(f"{'file':<{width}}  {'P(normal)':>9}  {'P(pneum.)':>9}  {'prediction':<10}  {'confidence':>10}")
     for r in rows:
-        name = r[0] if len(r[0]) <= width else "..." + r[0][-(width - 3):]
+        name = r[0] if len(r[0]) <= width else "..." + r[0][-(width - 3) :]
         if r[6]:
             print(f"{name:<{width}}  ERROR: {r[6]}")
         else:
-            print(f"{name:<{width}}  {float(r[1]):>9.1%}  {float(r[2]):>9.1%}  {r[3]:<10}  {float(r[4]):>10.1%}")
+            print(
+                f"{name:<{width}}  {float(r[1]):>9.1%}  {float(r[2]):>9.1%}  {r[3]:<10}  {float(r[4]):>10.1%}"
+            )
     failed = sum(1 for r in rows if r[6])
-    print(f"\n{len(rows) - failed} predicted, {failed} failed; threshold {predictor.threshold:.3f} on P(pneumonia)")
+    print(
+        f"\n{len(rows) - failed} predicted, {failed} failed; "
+        f"threshold {predictor.threshold:.3f} on P(pneumonia)"
+    )
     if args.csv:
         print(f"CSV written to {args.csv}")
     print(DISCLAIMER)
@@ -168,8 +188,10 @@ def cmd_explain(args) -> int:
 
     predictor = _load_predictor(args)
     prediction = explain_file(predictor, args.image, out=args.out)
-    print(f"{args.image}: {prediction.label} (P(pneumonia) {prediction.p_pneumonia:.1%}, "
-          f"threshold {prediction.threshold:.3f}); Grad-CAM overlay written to {args.out}")
+    print(
+        f"{args.image}: {prediction.label} (P(pneumonia) {prediction.p_pneumonia:.1%}, "
+        f"threshold {prediction.threshold:.3f}); Grad-CAM overlay written to {args.out}"
+    )
     print(DISCLAIMER)
     return 0
 
@@ -178,8 +200,9 @@ def cmd_export(args) -> int:
     from pneumoscan.export import export_tflite
 
     predictor = _load_predictor(args)
-    report = export_tflite(predictor, out=args.out, quantize=args.quantize, data_dir=args.data,
-                           progress=not args.quiet)
+    report = export_tflite(
+        predictor, out=args.out, quantize=args.quantize, data_dir=args.data, progress=not args.quiet
+    )
     print(json.dumps(report, indent=2))
     return 0
 
@@ -194,10 +217,21 @@ def cmd_app(args) -> int:
         if not args.model.is_file():
             raise CommandError(f"model file not found: {args.model}")
         env["PNEUMOSCAN_MODEL"] = str(args.model.resolve())
-    command = [sys.executable, "-m", "streamlit", "run", str(app_file),
-               "--server.port", str(args.port), "--server.headless", "true",
-               "--server.maxUploadSize", str(args.max_upload_mb),
-               "--browser.gatherUsageStats", "false"]
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app_file),
+        "--server.port",
+        str(args.port),
+        "--server.headless",
+        "true",
+        "--server.maxUploadSize",
+        str(args.max_upload_mb),
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     if args.address:
         command += ["--server.address", args.address]
     print(f"pneumoscan app on http://{args.address or 'localhost'}:{args.port}  (Ctrl+C to stop)", flush=True)
@@ -218,65 +252,123 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("data-report", help="scan a dataset: counts, patients, sizes, duplicates, bad files",
-                       description="Scan a dataset (a root with train/ test/ or one split folder with NORMAL/ and "
-                                   "PNEUMONIA/), print a summary and write report.json and figures.")
+    p = sub.add_parser(
+        "data-report",
+        help="scan a dataset: counts, patients, sizes, duplicates, bad files",
+        description="Scan a dataset (a root with train/ test/ or one split folder with NORMAL/ and "
+        "PNEUMONIA/), print a summary and write report.json and figures.",
+    )
     p.add_argument("data_dir", type=_existing_dir, help="dataset root or split folder")
-    p.add_argument("--out", type=Path, default=Path("out/data-report"), help="output folder (default: %(default)s)")
+    p.add_argument(
+        "--out", type=Path, default=Path("out/data-report"), help="output folder (default: %(default)s)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_report)
 
     d = TrainConfig()
-    p = sub.add_parser("train", help="train a model into a run folder",
-                       description="Train baseline, regularized or mobilenetv2 on a training folder, with a "
-                                   "patient-level validation split carved from it. Writes model.keras, its "
-                                   ".meta.json, config.json, history.csv, learning_curves.png, validation.json.")
-    p.add_argument("--data", type=_existing_dir, help="training data: a split folder or a root holding train/")
+    p = sub.add_parser(
+        "train",
+        help="train a model into a run folder",
+        description="Train baseline, regularized or mobilenetv2 on a training folder, with a "
+        "patient-level validation split carved from it. Writes model.keras, its "
+        ".meta.json, config.json, history.csv, learning_curves.png, validation.json.",
+    )
+    p.add_argument(
+        "--data", type=_existing_dir, help="training data: a split folder or a root holding train/"
+    )
     p.add_argument("--out", type=Path, help="run folder to create")
-    p.add_argument("--resume", type=_existing_dir, metavar="RUN_DIR",
-                   help="continue an interrupted run from its last checkpoint (other options are read from it)")
+    p.add_argument(
+        "--resume",
+        type=_existing_dir,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last checkpoint (other options are read from it)",
+    )
     p.add_argument("--arch", choices=ARCHITECTURES, help=f"model (default: {d.arch})")
-    p.add_argument("--image-size", dest="image_size", type=int, help=f"input side in px (default: {d.image_size})")
+    p.add_argument(
+        "--image-size", dest="image_size", type=int, help=f"input side in px (default: {d.image_size})"
+    )
     p.add_argument("--batch-size", dest="batch_size", type=int, help=f"default: {d.batch_size}")
     p.add_argument("--epochs", type=int, help=f"epochs of the plain CNNs (default: {d.epochs})")
-    p.add_argument("--learning-rate", dest="learning_rate", type=float, help=f"plain CNNs (default: {d.learning_rate})")
-    p.add_argument("--head-epochs", dest="head_epochs", type=int, help=f"MobileNetV2 phase 1 (default: {d.head_epochs})")
-    p.add_argument("--head-learning-rate", dest="head_learning_rate", type=float,
-                   help=f"default: {d.head_learning_rate}")
-    p.add_argument("--finetune-epochs", dest="finetune_epochs", type=int,
-                   help=f"MobileNetV2 phase 2, 0 to skip (default: {d.finetune_epochs})")
-    p.add_argument("--finetune-learning-rate", dest="finetune_learning_rate", type=float,
-                   help=f"default: {d.finetune_learning_rate}")
-    p.add_argument("--unfreeze-blocks", dest="unfreeze_blocks", type=int,
-                   help=f"top MobileNetV2 blocks to fine-tune (default: {d.unfreeze_blocks})")
-    p.add_argument("--augmented-views", dest="augmented_views", type=int,
-                   help=f"augmented copies of each image in the feature cache (default: {d.augmented_views})")
-    p.add_argument("--imbalance", choices=("class_weight", "balanced_sampling", "none"),
-                   help=f"how class imbalance is handled (default: {d.imbalance})")
+    p.add_argument(
+        "--learning-rate", dest="learning_rate", type=float, help=f"plain CNNs (default: {d.learning_rate})"
+    )
+    p.add_argument(
+        "--head-epochs", dest="head_epochs", type=int, help=f"MobileNetV2 phase 1 (default: {d.head_epochs})"
+    )
+    p.add_argument(
+        "--head-learning-rate", dest="head_learning_rate", type=float, help=f"default: {d.head_learning_rate}"
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        dest="finetune_epochs",
+        type=int,
+        help=f"MobileNetV2 phase 2, 0 to skip (default: {d.finetune_epochs})",
+    )
+    p.add_argument(
+        "--finetune-learning-rate",
+        dest="finetune_learning_rate",
+        type=float,
+        help=f"default: {d.finetune_learning_rate}",
+    )
+    p.add_argument(
+        "--unfreeze-blocks",
+        dest="unfreeze_blocks",
+        type=int,
+        help=f"top MobileNetV2 blocks to fine-tune (default: {d.unfreeze_blocks})",
+    )
+    p.add_argument(
+        "--augmented-views",
+        dest="augmented_views",
+        type=int,
+        help=f"augmented copies of each image in the feature cache (default: {d.augmented_views})",
+    )
+    p.add_argument(
+        "--imbalance",
+        choices=("class_weight", "balanced_sampling", "none"),
+        help=f"how class imbalance is handled (default: {d.imbalance})",
+    )
     p.add_argument("--val-fraction", dest="val_fraction", type=float, help=f"default: {d.val_fraction}")
-    p.add_argument("--target-recall", dest="target_recall", type=float,
-                   help=f"pneumonia recall the operating threshold must reach on validation (default: {d.target_recall})")
+    p.add_argument(
+        "--target-recall",
+        dest="target_recall",
+        type=float,
+        help=f"recall the operating threshold must reach on validation (default: {d.target_recall})",
+    )
     p.add_argument("--seed", type=int, help=f"default: {d.seed}")
-    p.add_argument("--distribute", choices=("none", "mirrored"),
-                   help="mirrored: tf.distribute.MirroredStrategy over all GPUs (or all logical CPUs)")
+    p.add_argument(
+        "--distribute",
+        choices=("none", "mirrored"),
+        help="mirrored: tf.distribute.MirroredStrategy over all GPUs (or all logical CPUs)",
+    )
     p.add_argument("--limit", type=int, help="use at most this many images (smoke tests)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics, confidence intervals and figures on a labelled folder",
-                       description="Evaluate a model on SPLIT_DIR (NORMAL/ and PNEUMONIA/, or a root with test/).")
-    p.add_argument("--data", type=_existing_dir, required=True, help="labelled split folder, or a root with test/")
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics, confidence intervals and figures on a labelled folder",
+        description="Evaluate a model on SPLIT_DIR (NORMAL/ and PNEUMONIA/, or a root with test/).",
+    )
+    p.add_argument(
+        "--data", type=_existing_dir, required=True, help="labelled split folder, or a root with test/"
+    )
     _model_arg(p)
     p.add_argument("--threshold", type=float, help="operating threshold (default: the model's stored one)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation (4 views)")
-    p.add_argument("--out", type=Path, default=Path("out/evaluation"), help="output folder (default: %(default)s)")
+    p.add_argument(
+        "--out", type=Path, default=Path("out/evaluation"), help="output folder (default: %(default)s)"
+    )
     p.add_argument("--json", type=Path, help="also write metrics.json to this path")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="compare training runs on their common validation split")
-    p.add_argument("run_dirs", nargs="+", type=_existing_dir, help="run folders written by `pneumoscan train`")
-    p.add_argument("--out", type=Path, default=Path("out/compare"), help="output folder (default: %(default)s)")
+    p.add_argument(
+        "run_dirs", nargs="+", type=_existing_dir, help="run folders written by `pneumoscan train`"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("out/compare"), help="output folder (default: %(default)s)"
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("predict", help="predict files or folders (JPEG, PNG, DICOM)")
@@ -291,16 +383,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="Grad-CAM heatmap of one image")
     p.add_argument("image", type=Path, help="an X-ray (JPEG, PNG or DICOM)")
     _model_arg(p)
-    p.add_argument("--out", type=Path, default=Path("heatmap.png"), help="PNG to write (default: %(default)s)")
+    p.add_argument(
+        "--out", type=Path, default=Path("heatmap.png"), help="PNG to write (default: %(default)s)"
+    )
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("export", help="export to LiteRT (TFLite), checked against the Keras model")
     _model_arg(p)
     p.add_argument("--format", choices=("tflite",), default="tflite", help="only tflite for now")
     p.add_argument("--quantize", choices=("none", "float16", "int8"), default="none")
-    p.add_argument("--data", type=_existing_dir,
-                   help="training data for int8 calibration and the validation check "
-                        "(default: the data the model was trained on, when present)")
+    p.add_argument(
+        "--data",
+        type=_existing_dir,
+        help="training data for int8 calibration and the validation check "
+        "(default: the data the model was trained on, when present)",
+    )
     p.add_argument("--out", type=Path, required=True, help=".tflite file to write")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
@@ -309,16 +406,22 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("--port", type=int, default=8501, help="default: %(default)s")
     p.add_argument("--address", default=None, help="address to listen on (default: Streamlit's)")
-    p.add_argument("--max-upload-mb", dest="max_upload_mb", type=int, default=50,
-                   help="largest upload accepted, in MB (default: %(default)s)")
+    p.add_argument(
+        "--max-upload-mb",
+        dest="max_upload_mb",
+        type=int,
+        default=50,
+        help="largest upload accepted, in MB (default: %(default)s)",
+    )
     p.set_defaults(func=cmd_app)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return args.func(args)

@@ -98,7 +98,9 @@ class TrainConfig:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {ARCHITECTURES}, got {self.arch!r}")
         if self.imbalance not in ("class_weight", "balanced_sampling", "none"):
-            raise ValueError(f"imbalance must be class_weight, balanced_sampling or none, got {self.imbalance!r}")
+            raise ValueError(
+                f"imbalance must be class_weight, balanced_sampling or none, got {self.imbalance!r}"
+            )
         if not 0.0 < self.val_fraction < 0.5:
             raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
         if not 0.5 <= self.target_recall < 1.0:

@@ -188,9 +188,7 @@ def patient_split(
     rng = np.random.default_rng(seed)
     val_patients: set[str] = set()
     for label in range(len(CLASS_NAMES)):
-        patients = sorted(
-            p for p, ss in by_patient.items() if round(np.mean([s.label for s in ss])) == label
-        )
+        patients = sorted(p for p, ss in by_patient.items() if round(np.mean([s.label for s in ss])) == label)
         target = val_fraction * sum(len(by_patient[p]) for p in patients)
         taken = 0
         for index in rng.permutation(len(patients)):
@@ -323,8 +321,13 @@ def random_gamma_blur_noise_layer():
             return ops.clip(x, 0.0, 255.0)
 
         def get_config(self):
-            return {**super().get_config(), "gamma": self.gamma, "blur_prob": self.blur_prob,
-                    "noise_std": self.noise_std, "seed": self.seed}
+            return {
+                **super().get_config(),
+                "gamma": self.gamma,
+                "blur_prob": self.blur_prob,
+                "noise_std": self.noise_std,
+                "seed": self.seed,
+            }
 
     return RandomGammaBlurNoise
 
@@ -372,16 +375,18 @@ def make_dataset(
     y = np.asarray(y, dtype=np.float32)
     if balanced:
         per_class = [
-            tf.data.Dataset.from_tensor_slices((x[y == c], y[y == c])).shuffle(
-                int((y == c).sum()), seed=seed + c, reshuffle_each_iteration=True
-            ).repeat()
+            tf.data.Dataset.from_tensor_slices((x[y == c], y[y == c]))
+            .shuffle(int((y == c).sum()), seed=seed + c, reshuffle_each_iteration=True)
+            .repeat()
             for c in (0, 1)
         ]
         ds = tf.data.Dataset.sample_from_datasets(per_class, weights=[0.5, 0.5], seed=seed)
     elif sample_weight is not None:
         ds = tf.data.Dataset.from_tensor_slices((x, y, np.asarray(sample_weight, dtype=np.float32)))
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        return ds.map(lambda a, b, w: (tf.cast(a, tf.float32), b, w), num_parallel_calls=autotune).prefetch(autotune)
+        return ds.map(lambda a, b, w: (tf.cast(a, tf.float32), b, w), num_parallel_calls=autotune).prefetch(
+            autotune
+        )
     else:
         ds = tf.data.Dataset.from_tensor_slices((x, y))
         if shuffle:

@@ -678,8 +678,13 @@ def evaluate_folder(
     y = np.array([s.label for s in kept], dtype=np.int64)
     p = probs[ok]
     report = metrics_report(
-        y, p, threshold=t, groups=[s.patient_id for s in kept], subtypes=[s.subtype for s in kept],
-        n_boot=n_boot, seed=seed,
+        y,
+        p,
+        threshold=t,
+        groups=[s.patient_id for s in kept],
+        subtypes=[s.subtype for s in kept],
+        n_boot=n_boot,
+        seed=seed,
     )
     model_path = getattr(predictor, "model_path", None)
     report["skipped"] = skipped
@@ -707,10 +712,17 @@ def _write_predictions(path: Path, samples, probs: np.ndarray, errors, threshold
         writer.writerow(PREDICTION_COLUMNS)
         for s, p, err in zip(samples, probs, errors, strict=True):
             good = err is None
-            writer.writerow([
-                str(s.path), s.patient_id, s.subtype, int(s.label),
-                f"{p:.6f}" if good else "", int(p >= threshold) if good else "", err or "",
-            ])
+            writer.writerow(
+                [
+                    str(s.path),
+                    s.patient_id,
+                    s.subtype,
+                    int(s.label),
+                    f"{p:.6f}" if good else "",
+                    int(p >= threshold) if good else "",
+                    err or "",
+                ]
+            )
 
 
 def worst_mistakes(labels: np.ndarray, probs: np.ndarray, threshold: float, *, limit: int = GALLERY_SIZE):
@@ -870,20 +882,42 @@ def compare_runs(run_dirs: Sequence[str | Path], *, out_dir: str | Path) -> str:
                 "val_fraction and seed."
             )
 
-    header = ["run", "arch", "n", "accuracy", "recall", "recall 95% CI", "specificity", "precision",
-              "f1", "roc_auc", "pr_auc", "brier", "ece", "threshold"]
+    header = [
+        "run",
+        "arch",
+        "n",
+        "accuracy",
+        "recall",
+        "recall 95% CI",
+        "specificity",
+        "precision",
+        "f1",
+        "roc_auc",
+        "pr_auc",
+        "brier",
+        "ece",
+        "threshold",
+    ]
     align = ["---"] * 2 + ["---:"] * (len(header) - 2)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for run in runs:
         m = run["metrics"]
         ci = (m.get("ci95") or {}).get("recall")
         cells = [
-            run["name"].replace("|", "\\|"), run["arch"], str(m.get("n", len(run["paths"]))),
-            _fmt(m.get("accuracy")), _fmt(m.get("recall")),
+            run["name"].replace("|", "\\|"),
+            run["arch"],
+            str(m.get("n", len(run["paths"]))),
+            _fmt(m.get("accuracy")),
+            _fmt(m.get("recall")),
             "n/a" if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]",
-            _fmt(m.get("specificity")), _fmt(m.get("precision")), _fmt(m.get("f1")),
-            _fmt(m.get("roc_auc")), _fmt(m.get("pr_auc")), _fmt(m.get("brier"), 4),
-            _fmt(m.get("ece"), 4), _fmt(m.get("threshold"), 4),
+            _fmt(m.get("specificity")),
+            _fmt(m.get("precision")),
+            _fmt(m.get("f1")),
+            _fmt(m.get("roc_auc")),
+            _fmt(m.get("pr_auc")),
+            _fmt(m.get("brier"), 4),
+            _fmt(m.get("ece"), 4),
+            _fmt(m.get("threshold"), 4),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     markdown = "\n".join(lines) + "\n" + _stress_table(runs)

@@ -148,9 +148,7 @@ def overlay(gray: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.4) -> np.
         raise ValueError(f"expected a 2-D heatmap, got shape {heatmap.shape}")
     height, width = gray.shape
     if heatmap.shape != (height, width):
-        heatmap = np.asarray(
-            Image.fromarray(heatmap, "F").resize((width, height), Image.Resampling.BILINEAR)
-        )
+        heatmap = np.asarray(Image.fromarray(heatmap, "F").resize((width, height), Image.Resampling.BILINEAR))
     colour = colormaps[COLORMAP](np.clip(np.nan_to_num(heatmap), 0.0, 1.0))[..., :3] * 255.0
     blended = (1.0 - alpha) * gray.astype(np.float32)[..., None] + alpha * colour
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)

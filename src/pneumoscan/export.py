@@ -192,7 +192,6 @@ def export_tflite(
     train_s, val_s = model_split(meta, data_dir)
     seed = int((meta.get("split") or {}).get("seed", SplitConfig.seed))
     if max_check_images is not None:
-    
         val_s = stratified_subset(val_s, max_check_images, seed=seed)
     size = predictor.image_size
     val = decode_samples(val_s, size, progress=progress)
@@ -254,8 +253,9 @@ def export_tflite(
                 f"allowed {MAX_AUC_DIFF}), max |prob diff| {report['max_abs_prob_diff']:.4f}; "
                 f"nothing was written to {out}"
             )
-        check = {k: report[k] for k in ("n_check", "agreement", "auc_keras", "auc_tflite",
-                                        "max_abs_prob_diff")}
+        check = {
+            k: report[k] for k in ("n_check", "agreement", "auc_keras", "auc_tflite", "max_abs_prob_diff")
+        }
         save_metadata(tmp_model, {**meta, "export": {**export_info, "check": check}})
         os.replace(metadata_path(tmp_model), metadata_path(out))
         os.replace(tmp_model, out)

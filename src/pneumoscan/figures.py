@@ -106,8 +106,15 @@ def confusion_matrix_figure(cm: Mapping[str, int], *, title: str = "Confusion ma
     for i in range(2):
         for j in range(2):
             colour = "white" if share[i, j] > 0.55 else "black"
-            ax.text(j, i, f"{counts[i, j]}\n{100 * share[i, j]:.1f}% of row\n{names[i][j]}",
-                    ha="center", va="center", color=colour, fontsize=10)
+            ax.text(
+                j,
+                i,
+                f"{counts[i, j]}\n{100 * share[i, j]:.1f}% of row\n{names[i][j]}",
+                ha="center",
+                va="center",
+                color=colour,
+                fontsize=10,
+            )
     ax.set_xticks([0, 1], [f"{c}" for c in CLASS_NAMES])
     ax.set_yticks([0, 1], [f"{c}" for c in CLASS_NAMES])
     ax.set_xlabel("Predicted class")
@@ -132,8 +139,14 @@ def roc_figure(y_true, y_score, *, threshold: float, title: str = "ROC curve") -
     ax.plot(fpr, tpr, color=COLOURS[0], lw=2, label=f"model (AUC = {roc_auc_score(y, s):.3f})")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (AUC = 0.5)")
     recall, spec, _ = _operating_point(y, s, threshold)
-    ax.plot(1 - spec, recall, "o", ms=9, color=COLOURS[1],
-            label=f"operating point t = {threshold:.3f}\n(sensitivity {recall:.3f}, specificity {spec:.3f})")
+    ax.plot(
+        1 - spec,
+        recall,
+        "o",
+        ms=9,
+        color=COLOURS[1],
+        label=f"operating point t = {threshold:.3f}\n(sensitivity {recall:.3f}, specificity {spec:.3f})",
+    )
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_xlabel("False positive rate (1 - specificity)")
@@ -156,15 +169,28 @@ def pr_figure(y_true, y_score, *, threshold: float, title: str = "Precision-reca
         ax.set_title(title)
         return fig
     precision, recall, _ = precision_recall_curve(y, s)
-    ax.step(recall, precision, where="post", color=COLOURS[0], lw=2,
-            label=f"model (average precision = {average_precision_score(y, s):.3f})")
+    ax.step(
+        recall,
+        precision,
+        where="post",
+        color=COLOURS[0],
+        lw=2,
+        label=f"model (average precision = {average_precision_score(y, s):.3f})",
+    )
     prevalence = float(y.mean())
-    ax.axhline(prevalence, ls="--", color="grey", lw=1,
-               label=f"chance (pneumonia prevalence {prevalence:.2f})")
+    ax.axhline(
+        prevalence, ls="--", color="grey", lw=1, label=f"chance (pneumonia prevalence {prevalence:.2f})"
+    )
     r, _, p = _operating_point(y, s, threshold)
     if not math.isnan(p):
-        ax.plot(r, p, "o", ms=9, color=COLOURS[1],
-                label=f"operating point t = {threshold:.3f}\n(recall {r:.3f}, precision {p:.3f})")
+        ax.plot(
+            r,
+            p,
+            "o",
+            ms=9,
+            color=COLOURS[1],
+            label=f"operating point t = {threshold:.3f}\n(recall {r:.3f}, precision {p:.3f})",
+        )
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(0.0, 1.02)
     ax.set_xlabel("Recall (sensitivity)")
@@ -175,8 +201,9 @@ def pr_figure(y_true, y_score, *, threshold: float, title: str = "Precision-reca
     return fig
 
 
-def reliability_figure(y_true, p_raw, p_cal=None, *, n_bins: int = 15,
-                       title: str = "Reliability of p(pneumonia)") -> Figure:
+def reliability_figure(
+    y_true, p_raw, p_cal=None, *, n_bins: int = 15, title: str = "Reliability of p(pneumonia)"
+) -> Figure:
     """Reliability diagram (observed pneumonia fraction vs predicted probability) and histogram.
 
     Parameters
@@ -203,11 +230,23 @@ def reliability_figure(y_true, p_raw, p_cal=None, *, n_bins: int = 15,
         curve = reliability_curve(y, p, n_bins=n_bins)
         ece = expected_calibration_error(y, p, n_bins=n_bins)
         full = curve.counts > 0
-        top.plot(curve.confidence[full], curve.accuracy[full], "o-", color=colour, lw=2,
-                 label=f"{label} (ECE = {ece:.3f})")
+        top.plot(
+            curve.confidence[full],
+            curve.accuracy[full],
+            "o-",
+            color=colour,
+            lw=2,
+            label=f"{label} (ECE = {ece:.3f})",
+        )
         offset = (k - (len(series) - 1) / 2) * width / len(series)
-        bottom.bar(curve.centers + offset, curve.counts, width=width / len(series), color=colour,
-                   alpha=0.8, label=label)
+        bottom.bar(
+            curve.centers + offset,
+            curve.counts,
+            width=width / len(series),
+            color=colour,
+            alpha=0.8,
+            label=label,
+        )
     top.set_xlim(0, 1)
     top.set_ylim(-0.02, 1.02)
     top.set_ylabel("Observed fraction with pneumonia")
@@ -220,8 +259,14 @@ def reliability_figure(y_true, p_raw, p_cal=None, *, n_bins: int = 15,
     return fig
 
 
-def threshold_sweep_figure(y_true, y_score, *, threshold: float, target_recall: float | None = None,
-                           title: str = "Sensitivity and specificity vs threshold") -> Figure:
+def threshold_sweep_figure(
+    y_true,
+    y_score,
+    *,
+    threshold: float,
+    target_recall: float | None = None,
+    title: str = "Sensitivity and specificity vs threshold",
+) -> Figure:
     """Recall and specificity as the threshold moves from 0 to 1, the operating threshold marked."""
     y, s = _arrays(y_true, y_score)
     grid = np.linspace(0.0, 1.0, 401)
@@ -235,8 +280,13 @@ def threshold_sweep_figure(y_true, y_score, *, threshold: float, target_recall: 
         ax.plot(grid, (~pred[:, neg]).mean(1), color=COLOURS[0], lw=2, label="specificity")
     recall, spec, _ = _operating_point(y, s, threshold)
     parts = [f"{name} {v:.3f}" for name, v in (("sens.", recall), ("spec.", spec)) if not math.isnan(v)]
-    ax.axvline(threshold, color="black", ls="--", lw=1.2,
-               label=f"operating threshold {threshold:.3f} ({', '.join(parts)})")
+    ax.axvline(
+        threshold,
+        color="black",
+        ls="--",
+        lw=1.2,
+        label=f"operating threshold {threshold:.3f} ({', '.join(parts)})",
+    )
     if target_recall is not None:
         ax.axhline(target_recall, color=COLOURS[1], ls=":", lw=1, label=f"target recall {target_recall:.2f}")
     ax.set_xlim(0, 1)
@@ -249,8 +299,9 @@ def threshold_sweep_figure(y_true, y_score, *, threshold: float, target_recall: 
     return fig
 
 
-def gallery_figure(images: Sequence[np.ndarray], captions: Sequence[str], *, ncols: int = 4,
-                   title: str = "") -> Figure:
+def gallery_figure(
+    images: Sequence[np.ndarray], captions: Sequence[str], *, ncols: int = 4, title: str = ""
+) -> Figure:
     """A grid of grey images with a caption under each.
 
     Parameters
@@ -290,9 +341,12 @@ def gallery_figure(images: Sequence[np.ndarray], captions: Sequence[str], *, nco
 # --------------------------------------------------------------------------- training
 
 
-def learning_curves_figure(history: Mapping[str, Sequence[float]], *,
-                           phase_boundaries: Sequence[int] | None = None,
-                           title: str = "Learning curves") -> Figure:
+def learning_curves_figure(
+    history: Mapping[str, Sequence[float]],
+    *,
+    phase_boundaries: Sequence[int] | None = None,
+    title: str = "Learning curves",
+) -> Figure:
     """Training vs validation curves, one panel per metric.
 
     Parameters
@@ -321,17 +375,28 @@ def learning_curves_figure(history: Mapping[str, Sequence[float]], *,
     for ax in axes[n:]:
         ax.axis("off")
     for ax, base in zip(axes, bases, strict=False):
-        for key, label, colour, style in ((base, "training", COLOURS[0], "-"),
-                                          ("val_" + base, "validation", COLOURS[1], "-")):
+        for key, label, colour, style in (
+            (base, "training", COLOURS[0], "-"),
+            ("val_" + base, "validation", COLOURS[1], "-"),
+        ):
             values = history.get(key)
             if values is None or len(values) == 0:
                 continue
             epochs = np.arange(1, len(values) + 1)
-            ax.plot(epochs, np.asarray(values, dtype=np.float64), style, color=colour, lw=2,
-                    marker="o" if len(values) <= 30 else None, ms=3, label=label)
+            ax.plot(
+                epochs,
+                np.asarray(values, dtype=np.float64),
+                style,
+                color=colour,
+                lw=2,
+                marker="o" if len(values) <= 30 else None,
+                ms=3,
+                label=label,
+            )
         for k, boundary in enumerate(phase_boundaries or ()):
-            ax.axvline(boundary + 0.5, color="grey", ls="--", lw=1,
-                       label="new training phase" if k == 0 else None)
+            ax.axvline(
+                boundary + 0.5, color="grey", ls="--", lw=1, label="new training phase" if k == 0 else None
+            )
         if base in ("lr", "learning_rate"):
             ax.set_yscale("log")
         ax.set_title(base.replace("_", " "))
@@ -344,8 +409,9 @@ def learning_curves_figure(history: Mapping[str, Sequence[float]], *,
     return fig
 
 
-def comparison_figure(runs: Mapping[str, Mapping], *,
-                      title: str = "Model comparison (validation set)") -> Figure:
+def comparison_figure(
+    runs: Mapping[str, Mapping], *, title: str = "Model comparison (validation set)"
+) -> Figure:
     """ROC curves of several runs on one axis, and a grouped bar chart of their key metrics.
 
     Parameters
@@ -359,8 +425,12 @@ def comparison_figure(runs: Mapping[str, Mapping], *,
     fig = new_figure(12.0, 5.0)
     roc_ax, bar_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
     roc_ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-    keys = [("recall", "recall"), ("specificity", "specificity"), ("accuracy", "accuracy"),
-            ("roc_auc", "ROC AUC")]
+    keys = [
+        ("recall", "recall"),
+        ("specificity", "specificity"),
+        ("accuracy", "accuracy"),
+        ("roc_auc", "ROC AUC"),
+    ]
     names = list(runs)
     width = 0.8 / max(1, len(names))
     x = np.arange(len(keys))
@@ -378,8 +448,13 @@ def comparison_figure(runs: Mapping[str, Mapping], *,
         values = [metrics.get(key) for key, _ in keys]
         heights = [0.0 if v is None else float(v) for v in values]
         bars = bar_ax.bar(x + (k - (len(names) - 1) / 2) * width, heights, width, color=colour, label=name)
-        bar_ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.3f}" for v in values],
-                         fontsize=7, padding=2, rotation=90 if len(names) > 3 else 0)
+        bar_ax.bar_label(
+            bars,
+            labels=["n/a" if v is None else f"{v:.3f}" for v in values],
+            fontsize=7,
+            padding=2,
+            rotation=90 if len(names) > 3 else 0,
+        )
     roc_ax.set_xlim(-0.01, 1.01)
     roc_ax.set_ylim(-0.01, 1.01)
     roc_ax.set_xlabel("False positive rate (1 - specificity)")
@@ -400,8 +475,9 @@ def comparison_figure(runs: Mapping[str, Mapping], *,
 # --------------------------------------------------------------------------- data report
 
 
-def class_balance_figure(counts: Mapping[str, Mapping[str, int]], *,
-                         title: str = "Images per class and split") -> Figure:
+def class_balance_figure(
+    counts: Mapping[str, Mapping[str, int]], *, title: str = "Images per class and split"
+) -> Figure:
     """Grouped bars of image counts per split and class, labelled with counts and shares.
 
     Parameters
@@ -422,10 +498,19 @@ def class_balance_figure(counts: Mapping[str, Mapping[str, int]], *,
     for k, cls in enumerate(classes):
         values = [int(counts[split].get(cls, 0)) for split in splits]
         totals = [max(1, sum(counts[split].values())) for split in splits]
-        bars = ax.bar(x + (k - (len(classes) - 1) / 2) * width, values, width,
-                      color=CLASS_COLOURS.get(cls, COLOURS[(k + 2) % len(COLOURS)]), label=cls)
-        ax.bar_label(bars, labels=[f"{v}\n({100 * v / t:.0f}%)" for v, t in zip(values, totals, strict=True)],
-                     fontsize=8, padding=2)
+        bars = ax.bar(
+            x + (k - (len(classes) - 1) / 2) * width,
+            values,
+            width,
+            color=CLASS_COLOURS.get(cls, COLOURS[(k + 2) % len(COLOURS)]),
+            label=cls,
+        )
+        ax.bar_label(
+            bars,
+            labels=[f"{v}\n({100 * v / t:.0f}%)" for v, t in zip(values, totals, strict=True)],
+            fontsize=8,
+            padding=2,
+        )
     ax.set_xticks(x, splits)
     ax.set_xlabel("Split")
     ax.set_ylabel("Number of images")

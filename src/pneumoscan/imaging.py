@@ -87,7 +87,9 @@ def read_image(path: str | Path) -> DecodedImage:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise ImageDecodeError(path, f"file too large ({size / 2**20:.0f} MB; limit {MAX_FILE_BYTES / 2**20:.0f} MB)")
+            raise ImageDecodeError(
+                path, f"file too large ({size / 2**20:.0f} MB; limit {MAX_FILE_BYTES / 2**20:.0f} MB)"
+            )
         data = path.read_bytes()
     except OSError as exc:
         raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
@@ -204,8 +206,8 @@ def _decode_pil(data: bytes, name: str) -> DecodedImage:
 
 
 def _composite_la(img: Image.Image) -> Image.Image:
-    l, a = (np.asarray(c, dtype=np.float32) for c in img.split())
-    return Image.fromarray(np.round(l * a / 255.0).astype(np.uint8), "L")
+    luma, alpha = (np.asarray(c, dtype=np.float32) for c in img.split())
+    return Image.fromarray(np.round(luma * alpha / 255.0).astype(np.uint8), "L")
 
 
 def _jpeg_colourfulness(data: bytes) -> float:
@@ -240,7 +242,9 @@ def _decode_dicom(data: bytes, name: str) -> DecodedImage:
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
         raise ImageDecodeError(name, f"unreadable DICOM file ({exc})") from exc
     if "PixelData" not in ds:
-        raise ImageDecodeError(name, "DICOM file has no pixel data (is it a report or a structured document?)")
+        raise ImageDecodeError(
+            name, "DICOM file has no pixel data (is it a report or a structured document?)"
+        )
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     _check_size(name, cols, rows)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()

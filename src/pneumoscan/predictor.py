@@ -171,8 +171,13 @@ class Predictor:
     LiteRT interpreter are serialised by a lock.
     """
 
-    def __init__(self, model_path: str | Path | None = None, *, threshold: float | None = None,
-                 num_threads: int | None = None):
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        threshold: float | None = None,
+        num_threads: int | None = None,
+    ):
         import threading
 
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
@@ -207,9 +212,7 @@ class Predictor:
 
         self.model = keras.saving.load_model(self.model_path, safe_mode=True, compile=False)
         # A traced call is several times faster than model.predict for small batches.
-        self._call = tf.function(
-            lambda x: self.model(x, training=False), reduce_retracing=True
-        )
+        self._call = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
     def _load_litert(self, num_threads: int) -> None:
         from ai_edge_litert.interpreter import Interpreter
@@ -259,7 +262,9 @@ class Predictor:
     def predict_proba(self, x: np.ndarray, *, tta: bool = False, batch_size: int = 64) -> np.ndarray:
         """Calibrated probability of PNEUMONIA, shape ``(n,)``; ``tta`` averages :func:`tta_views`."""
         if tta:
-            raw = np.mean([self.predict_raw(v, batch_size=batch_size) for v in tta_views(np.asarray(x))], axis=0)
+            raw = np.mean(
+                [self.predict_raw(v, batch_size=batch_size) for v in tta_views(np.asarray(x))], axis=0
+            )
         else:
             raw = self.predict_raw(x, batch_size=batch_size)
         return np.asarray(self.calibrator.transform(raw), dtype=np.float64)
@@ -318,5 +323,7 @@ class Predictor:
         return PathResults(paths, probs, errors)
 
     def __repr__(self) -> str:
-        return (f"Predictor({str(self.model_path)!r}, backend={self.backend!r}, "
-                f"image_size={self.image_size}, threshold={self.threshold:.4f})")
+        return (
+            f"Predictor({str(self.model_path)!r}, backend={self.backend!r}, "
+            f"image_size={self.image_size}, threshold={self.threshold:.4f})"
+        )

@@ -99,8 +99,12 @@ def _stats(values: Sequence[float]) -> dict | None:
     if len(values) == 0:
         return None
     a = np.asarray(values, dtype=np.float64)
-    return {"min": int(a.min()), "max": int(a.max()), "mean": round(float(a.mean()), 2),
-            "median": float(np.median(a))}
+    return {
+        "min": int(a.min()),
+        "max": int(a.max()),
+        "mean": round(float(a.mean()), 2),
+        "median": float(np.median(a)),
+    }
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -241,8 +245,9 @@ def _summarise(root: Path, splits: Mapping[str, list[Sample]], scans: Sequence[_
         }
         normal, pneumonia = counts[split][CLASS_NAMES[0]], counts[split][CLASS_NAMES[1]]
         imbalance[split] = round(pneumonia / normal, 4) if normal else None
-        ids_by_class = {c: {s.sample.patient_id for s in items if s.sample.label == i}
-                        for i, c in enumerate(CLASS_NAMES)}
+        ids_by_class = {
+            c: {s.sample.patient_id for s in items if s.sample.label == i} for i, c in enumerate(CLASS_NAMES)
+        }
         patients[split] = {c: len(ids) for c, ids in ids_by_class.items()}
         both[split] = sorted(set.intersection(*ids_by_class.values()))
         images_of = Counter(s.sample.patient_id for s in items)
@@ -252,8 +257,11 @@ def _summarise(root: Path, splits: Mapping[str, list[Sample]], scans: Sequence[_
         found = Counter(s.sample.subtype for s in items)
         subtypes[split] = {k: found.get(k, 0) for k in SUBTYPES}
         ok = [s for s in items if s.error is None]
-        sizes[split] = {"n": len(ok), "width": _stats([s.width for s in ok]),
-                        "height": _stats([s.height for s in ok])}
+        sizes[split] = {
+            "n": len(ok),
+            "width": _stats([s.width for s in ok]),
+            "height": _stats([s.height for s in ok]),
+        }
 
     ok = [s for s in scans if s.error is None]
     groups: dict[str, list[_Scan]] = defaultdict(list)
@@ -268,16 +276,18 @@ def _summarise(root: Path, splits: Mapping[str, list[Sample]], scans: Sequence[_
         dup_splits = sorted({s.sample.split for s in members})
         labels = sorted({s.sample.class_name for s in members})
         dup_patients = sorted({s.sample.patient_id for s in members})
-        duplicates.append({
-            "hash": digest,
-            "files": [_rel(s.sample.path, root) for s in members],
-            "splits": dup_splits,
-            "labels": labels,
-            "patients": dup_patients,
-            "crosses_splits": len(dup_splits) > 1,
-            "crosses_labels": len(labels) > 1,
-            "crosses_patients": len(dup_patients) > 1,
-        })
+        duplicates.append(
+            {
+                "hash": digest,
+                "files": [_rel(s.sample.path, root) for s in members],
+                "splits": dup_splits,
+                "labels": labels,
+                "patients": dup_patients,
+                "crosses_splits": len(dup_splits) > 1,
+                "crosses_labels": len(labels) > 1,
+                "crosses_patients": len(dup_patients) > 1,
+            }
+        )
     duplicate_counts = {
         "groups": len(duplicates),
         "files": sum(len(g["files"]) for g in duplicates),
@@ -316,9 +326,14 @@ def _summarise(root: Path, splits: Mapping[str, list[Sample]], scans: Sequence[_
         "duplicates": duplicates,
         "duplicate_counts": duplicate_counts,
         "unreadable": [
-            {"path": _rel(s.sample.path, root), "split": s.sample.split, "label": s.sample.class_name,
-             "error": s.error}
-            for s in sorted(scans, key=lambda s: str(s.sample.path)) if s.error is not None
+            {
+                "path": _rel(s.sample.path, root),
+                "split": s.sample.split,
+                "label": s.sample.class_name,
+                "error": s.error,
+            }
+            for s in sorted(scans, key=lambda s: str(s.sample.path))
+            if s.error is not None
         ],
         "data_fingerprint": fingerprint(samples),
         "split_fingerprints": {split: fingerprint(split_samples) for split, split_samples in splits.items()},
@@ -326,23 +341,32 @@ def _summarise(root: Path, splits: Mapping[str, list[Sample]], scans: Sequence[_
     }
 
 
-def _write_figures(report: dict, scans: Sequence[_Scan], candidates: Mapping[int, list[Path]],
-                   out_dir: Path, sample_grid: int) -> list[str]:
+def _write_figures(
+    report: dict,
+    scans: Sequence[_Scan],
+    candidates: Mapping[int, list[Path]],
+    out_dir: Path,
+    sample_grid: int,
+) -> list[str]:
     from pneumoscan import figures
 
     written = []
     fig = figures.class_balance_figure(report["splits"], title="Image files per class and split")
     written.append(figures.save(fig, out_dir / "class_balance.png").name)
     ok = [s for s in scans if s.error is None]
-    fig = figures.size_distribution_figure([s.width for s in ok], [s.height for s in ok],
-                                           title="Original image sizes (readable images, all splits)")
+    fig = figures.size_distribution_figure(
+        [s.width for s in ok],
+        [s.height for s in ok],
+        title="Original image sizes (readable images, all splits)",
+    )
     written.append(figures.save(fig, out_dir / "image_sizes.png").name)
     if sample_grid:
         by_path = {s.sample.path: s for s in scans}
         for label, paths in candidates.items():
             shown = [by_path[p] for p in paths if by_path[p].thumbnail is not None][:sample_grid]
-            captions = [f"{s.sample.path.name}\n{s.sample.split}, {s.width}x{s.height} {s.mode}"
-                        for s in shown]
+            captions = [
+                f"{s.sample.path.name}\n{s.sample.split}, {s.width}x{s.height} {s.mode}" for s in shown
+            ]
             title = f"{CLASS_NAMES[label]}: {len(shown)} random images, one per patient"
             fig = figures.gallery_figure([s.thumbnail for s in shown], captions, ncols=4, title=title)
             written.append(figures.save(fig, out_dir / f"samples_{CLASS_NAMES[label]}.png").name)
@@ -364,8 +388,10 @@ def format_report(report: Mapping) -> str:
     """
     normal, pneumonia = CLASS_NAMES
     lines = [f"Data report for {report['root']} (pneumoscan {report.get('version', '?')})", ""]
-    lines.append(f"{'split':<10} {normal:>8} {pneumonia:>10} {'total':>7}  "
-                 f"{'PNEU/NORM':>9}  {'patients N/P':>13}  {'bacteria':>8} {'virus':>6}")
+    lines.append(
+        f"{'split':<10} {normal:>8} {pneumonia:>10} {'total':>7}  "
+        f"{'PNEU/NORM':>9}  {'patients N/P':>13}  {'bacteria':>8} {'virus':>6}"
+    )
     for split, c in report["splits"].items():
         ratio = report.get("imbalance", {}).get(split)
         pat = report.get("patients", {}).get(split, {})
@@ -376,17 +402,25 @@ def format_report(report: Mapping) -> str:
             f"{ratio_text:>9}  {str(pat.get(normal, 0)) + '/' + str(pat.get(pneumonia, 0)):>13}  "
             f"{sub.get('bacteria', 0):>8} {sub.get('virus', 0):>6}"
         )
-    lines.append(f"{report.get('n_files', 0)} files, {report.get('n_readable', 0)} readable, "
-                 f"{report.get('n_unreadable', 0)} unreadable.")
+    lines.append(
+        f"{report.get('n_files', 0)} files, {report.get('n_readable', 0)} readable, "
+        f"{report.get('n_unreadable', 0)} unreadable."
+    )
     for split, ids in report.get("patients_in_both_classes", {}).items():
         if ids:
-            lines.append(f"WARNING: {len(ids)} patient(s) of {split} have NORMAL and PNEUMONIA images: "
-                         + ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else ""))
+            lines.append(
+                f"WARNING: {len(ids)} patient(s) of {split} have NORMAL and PNEUMONIA images: "
+                + ", ".join(ids[:5])
+                + (" ..." if len(ids) > 5 else "")
+            )
     overlap = report.get("patient_overlap_between_splits", {})
     if overlap:
         shown = ", ".join(f"{pid} ({'/'.join(s)})" for pid, s in list(overlap.items())[:5])
-        lines.append(f"Patient ids found in more than one split: {len(overlap)} ({shown}"
-                     + (" ..." if len(overlap) > 5 else "") + ")")
+        lines.append(
+            f"Patient ids found in more than one split: {len(overlap)} ({shown}"
+            + (" ..." if len(overlap) > 5 else "")
+            + ")"
+        )
     else:
         lines.append("No patient id is found in more than one split.")
 
@@ -396,22 +430,30 @@ def format_report(report: Mapping) -> str:
             lines.append(f"  {split}: no readable images")
             continue
         w, h = s["width"], s["height"]
-        lines.append(f"  {split}: width {w['min']}-{w['max']} (median {w['median']:g}), "
-                     f"height {h['min']}-{h['max']} (median {h['median']:g}), n = {s['n']}")
+        lines.append(
+            f"  {split}: width {w['min']}-{w['max']} (median {w['median']:g}), "
+            f"height {h['min']}-{h['max']} (median {h['median']:g}), n = {s['n']}"
+        )
     modes = ", ".join(f"{k} {v}" for k, v in report.get("modes", {}).items()) or "none"
     formats = ", ".join(f"{k} {v}" for k, v in report.get("formats", {}).items()) or "none"
     lines.append(f"Modes: {modes}. Formats: {formats}.")
     colourful = report.get("colourful", [])
     if colourful:
-        lines.append(f"WARNING: {len(colourful)} colour image(s), probably not X-rays: "
-                     + ", ".join(c["path"] for c in colourful[:5]) + (" ..." if len(colourful) > 5 else ""))
+        lines.append(
+            f"WARNING: {len(colourful)} colour image(s), probably not X-rays: "
+            + ", ".join(c["path"] for c in colourful[:5])
+            + (" ..." if len(colourful) > 5 else "")
+        )
 
     dc = report.get("duplicate_counts", {})
-    lines += ["", f"Exact duplicates: {dc.get('groups', 0)} group(s) of byte-identical files "
-                  f"({dc.get('files', 0)} files, {dc.get('redundant_files', 0)} redundant); "
-                  f"{dc.get('groups_crossing_splits', 0)} cross splits, "
-                  f"{dc.get('groups_crossing_labels', 0)} cross labels, "
-                  f"{dc.get('groups_crossing_patients', 0)} cross patients."]
+    lines += [
+        "",
+        f"Exact duplicates: {dc.get('groups', 0)} group(s) of byte-identical files "
+        f"({dc.get('files', 0)} files, {dc.get('redundant_files', 0)} redundant); "
+        f"{dc.get('groups_crossing_splits', 0)} cross splits, "
+        f"{dc.get('groups_crossing_labels', 0)} cross labels, "
+        f"{dc.get('groups_crossing_patients', 0)} cross patients.",
+    ]
     kinds = ("splits", "labels", "patients")
     flagged = [g for g in report.get("duplicates", []) if any(g.get(f"crosses_{k}") for k in kinds)]
     for g in flagged[:10]:

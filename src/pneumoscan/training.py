@@ -145,8 +145,11 @@ class Trainer:
         start = time.perf_counter()
         yield
         seconds = time.perf_counter() - start
-        self.timings[name] = {"seconds": round(seconds, 2), "images": images,
-                              "images_per_s": round(images / seconds, 1) if images and seconds else None}
+        self.timings[name] = {
+            "seconds": round(seconds, 2),
+            "images": images,
+            "images_per_s": round(images / seconds, 1) if images and seconds else None,
+        }
         log.info("%s: %.1f s", name, seconds)
         if self.run_dir.is_dir():
             (self.run_dir / "timings.json").write_text(json.dumps(self.timings, indent=2) + "\n")
@@ -175,7 +178,8 @@ class Trainer:
             "data_dir": str(self.data_dir),
             "data_fingerprint": self.fingerprint,
             "split": {
-                "train_images": len(train.y), "val_images": len(val.y),
+                "train_images": len(train.y),
+                "val_images": len(val.y),
                 "train_by_class": np.bincount(train.y, minlength=2).tolist(),
                 "val_by_class": np.bincount(val.y, minlength=2).tolist(),
                 "train_patients": len({s.patient_id for s in train.samples}),
@@ -203,18 +207,28 @@ class Trainer:
         with self.strategy.scope():
             _compile(phase.model, phase.learning_rate, cfg.label_smoothing)
         balanced = cfg.imbalance == "balanced_sampling"
-        train_ds = make_dataset(phase.train_x, phase.train_y, batch_size=cfg.batch_size, shuffle=True,
-                                augment=phase.augment, balanced=balanced, seed=cfg.seed,
-                                drop_remainder=cfg.distribute == "mirrored")
+        train_ds = make_dataset(
+            phase.train_x,
+            phase.train_y,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            augment=phase.augment,
+            balanced=balanced,
+            seed=cfg.seed,
+            drop_remainder=cfg.distribute == "mirrored",
+        )
         val_batch = cfg.batch_size * 2
         if self.strategy.num_replicas_in_sync > 1:
             # Keras cannot split a short last batch over replicas: pad validation to whole batches
             # with zero-weight copies, which leaves every metric unchanged.
             pad = -len(phase.val_y) % val_batch
             weights = np.r_[np.ones(len(phase.val_y)), np.zeros(pad)].astype(np.float32)
-            val_ds = make_dataset(np.concatenate([phase.val_x, phase.val_x[:1].repeat(pad, axis=0)]),
-                                  np.r_[phase.val_y, np.zeros(pad, dtype=phase.val_y.dtype)],
-                                  batch_size=val_batch, sample_weight=weights)
+            val_ds = make_dataset(
+                np.concatenate([phase.val_x, phase.val_x[:1].repeat(pad, axis=0)]),
+                np.r_[phase.val_y, np.zeros(pad, dtype=phase.val_y.dtype)],
+                batch_size=val_batch,
+                sample_weight=weights,
+            )
         else:
             val_ds = make_dataset(phase.val_x, phase.val_y, batch_size=val_batch)
         restore_best = _RestoreBest("val_auc")
@@ -224,8 +238,12 @@ class Trainer:
         phase.model.save_weights(done)
         # history.epoch holds absolute epoch indices, so a resumed phase keeps its numbering.
         rows = [
-            {"phase": phase.name, "epoch": epoch + 1, **{k: float(v[i]) for k, v in history.history.items()},
-             "best": int(epoch == restore_best.best_epoch)}
+            {
+                "phase": phase.name,
+                "epoch": epoch + 1,
+                **{k: float(v[i]) for k, v in history.history.items()},
+                "best": int(epoch == restore_best.best_epoch),
+            }
             for i, epoch in enumerate(history.epoch)
         ]
         (self.run_dir / "checkpoints" / f"{phase.name}.history.json").write_text(json.dumps(rows))
@@ -261,8 +279,19 @@ class Trainer:
 
     def train_cnn(self, model, train: DecodedSet, val: DecodedSet) -> None:
         augment = self.cfg.augment if self.cfg.arch == "regularized" else None
-        self.fit_phase(_Phase("train", model, train.x, train.y, val.x, val.y,
-                              self.cfg.epochs, self.cfg.learning_rate, augment))
+        self.fit_phase(
+            _Phase(
+                "train",
+                model,
+                train.x,
+                train.y,
+                val.x,
+                val.y,
+                self.cfg.epochs,
+                self.cfg.learning_rate,
+                augment,
+            )
+        )
 
     def stem_features(self, stem, x: np.ndarray, *, augment: bool, seed: int, desc: str) -> np.ndarray:
         """Run the frozen stem over ``x`` once (optionally augmented): float16 features."""
@@ -280,8 +309,9 @@ class Trainer:
 
         out = []
         batch_size = 64
-        for start in tqdm(range(0, len(x), batch_size), desc=desc, unit="batch", disable=not self.progress,
-                          leave=False):
+        for start in tqdm(
+            range(0, len(x), batch_size), desc=desc, unit="batch", disable=not self.progress, leave=False
+        ):
             out.append(run(x[start : start + batch_size]).numpy().astype(np.float16))
         return np.concatenate(out)
 
@@ -296,10 +326,19 @@ class Trainer:
         stem = keras.Model(model.input, cut_tensor, name="stem")
         n_views = 1 + cfg.augmented_views
         with self.timed("stem_features", len(train.y) * n_views + len(val.y)):
-            views = [self.stem_features(stem, train.x, augment=False, seed=cfg.seed, desc="stem features (clean)")]
+            views = [
+                self.stem_features(stem, train.x, augment=False, seed=cfg.seed, desc="stem features (clean)")
+            ]
             for v in range(cfg.augmented_views):
-                views.append(self.stem_features(stem, train.x, augment=True, seed=cfg.seed + 101 * (v + 1),
-                                                desc=f"stem features (view {v + 1}/{cfg.augmented_views})"))
+                views.append(
+                    self.stem_features(
+                        stem,
+                        train.x,
+                        augment=True,
+                        seed=cfg.seed + 101 * (v + 1),
+                        desc=f"stem features (view {v + 1}/{cfg.augmented_views})",
+                    )
+                )
             train_f, train_y = np.concatenate(views), np.tile(train.y, n_views)
             val_f = self.stem_features(stem, val.x, augment=False, seed=cfg.seed, desc="stem features (val)")
             del views
@@ -311,15 +350,26 @@ class Trainer:
             train_p = frozen_top.predict(train_f.astype(np.float32), batch_size=256, verbose=0)
             val_p = frozen_top.predict(val_f.astype(np.float32), batch_size=256, verbose=0)
         head = keras.Model(pooled_tensor, model.output, name="head")
-        self.fit_phase(_Phase("head", head, train_p, train_y, val_p, val.y,
-                              cfg.head_epochs, cfg.head_learning_rate))
+        self.fit_phase(
+            _Phase("head", head, train_p, train_y, val_p, val.y, cfg.head_epochs, cfg.head_learning_rate)
+        )
 
         # Phase 2: fine-tune the top blocks and the head together, BatchNorm kept frozen.
         if cfg.finetune_epochs > 0:
             set_finetune_trainable(model, cut)
             top = keras.Model(cut_tensor, model.output, name="top")
-            self.fit_phase(_Phase("finetune", top, train_f, train_y, val_f, val.y,
-                                  cfg.finetune_epochs, cfg.finetune_learning_rate))
+            self.fit_phase(
+                _Phase(
+                    "finetune",
+                    top,
+                    train_f,
+                    train_y,
+                    val_f,
+                    val.y,
+                    cfg.finetune_epochs,
+                    cfg.finetune_learning_rate,
+                )
+            )
 
     # ------------------------------------------------------------------ after fitting
 
@@ -355,12 +405,14 @@ class Trainer:
         threshold = evaluation.threshold_for_recall(val.y, p_cal, target_recall=cfg.target_recall)
         groups = [s.patient_id for s in val.samples]
         subtypes = [s.subtype for s in val.samples]
-        metrics = evaluation.metrics_report(val.y, p_cal, threshold=threshold, groups=groups,
-                                            subtypes=subtypes, seed=cfg.seed)
+        metrics = evaluation.metrics_report(
+            val.y, p_cal, threshold=threshold, groups=groups, subtypes=subtypes, seed=cfg.seed
+        )
         p_cal_tta = calibrator.transform(raw_tta)
         metrics_tta = evaluation.binary_metrics(val.y, p_cal_tta, threshold=threshold)
         metrics["calibration"] = {
-            "method": "platt", **calibrator.to_dict(),
+            "method": "platt",
+            **calibrator.to_dict(),
             "ece_before": evaluation.expected_calibration_error(val.y, raw),
             "ece_after": evaluation.expected_calibration_error(val.y, p_cal),
         }
@@ -368,26 +420,58 @@ class Trainer:
         metrics["split"] = "validation (patient-level, carved from the training data)"
         metrics["stress"] = stress_report(predictor, val.x, val.y, threshold=threshold)
         (self.run_dir / "validation.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        meta.update(threshold=threshold, calibration=calibrator.to_dict(),
-                    validation={k: metrics[k] for k in ("n", "accuracy", "recall", "specificity", "precision",
-                                                        "f1", "roc_auc", "pr_auc", "ece")})
+        meta.update(
+            threshold=threshold,
+            calibration=calibrator.to_dict(),
+            validation={
+                k: metrics[k]
+                for k in (
+                    "n",
+                    "accuracy",
+                    "recall",
+                    "specificity",
+                    "precision",
+                    "f1",
+                    "roc_auc",
+                    "pr_auc",
+                    "ece",
+                )
+            },
+        )
         save_metadata(model_path, meta)
 
         with open(self.run_dir / "validation_predictions.csv", "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["path", "patient_id", "subtype", "label", "p_raw", "p_pneumonia", "predicted"])
             for s, r, p in zip(val.samples, raw, p_cal, strict=True):
-                writer.writerow([str(s.path), s.patient_id, s.subtype, s.label, f"{r:.6f}", f"{p:.6f}",
-                                 int(p >= threshold)])
+                writer.writerow(
+                    [
+                        str(s.path),
+                        s.patient_id,
+                        s.subtype,
+                        s.label,
+                        f"{r:.6f}",
+                        f"{p:.6f}",
+                        int(p >= threshold),
+                    ]
+                )
         if self.history_rows:
-            keys = sorted({k for row in self.history_rows for k in row}, key=lambda k: (k not in ("phase", "epoch"), k))
+            keys = sorted(
+                {k for row in self.history_rows for k in row}, key=lambda k: (k not in ("phase", "epoch"), k)
+            )
             with open(self.run_dir / "history.csv", "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=keys)
                 writer.writeheader()
                 writer.writerows(self.history_rows)
-            series = {k: [row.get(k, np.nan) for row in self.history_rows] for k in keys if k not in ("phase", "epoch", "best")}
-            figures.save(figures.learning_curves_figure(series, phase_boundaries=self.phase_boundaries),
-                         self.run_dir / "learning_curves.png")
+            series = {
+                k: [row.get(k, np.nan) for row in self.history_rows]
+                for k in keys
+                if k not in ("phase", "epoch", "best")
+            }
+            figures.save(
+                figures.learning_curves_figure(series, phase_boundaries=self.phase_boundaries),
+                self.run_dir / "learning_curves.png",
+            )
         figures.save(figures.reliability_figure(val.y, raw, p_cal), self.run_dir / "reliability.png")
         shutil.rmtree(self.run_dir / "backup", ignore_errors=True)
         return metrics
