@@ -32,6 +32,10 @@ from pneumoscan.imaging import DecodedImage, ImageDecodeError, decode_bytes, pre
 log = logging.getLogger(__name__)
 
 
+#: Images per LiteRT interpreter call (see :meth:`Predictor.predict_raw`).
+LITERT_BATCH = 4
+
+
 def metadata_path(model_path: str | Path) -> Path:
     """``models/x.keras`` -> ``models/x.meta.json``."""
     model_path = Path(model_path)
@@ -250,6 +254,10 @@ class Predictor:
         expected = (self.image_size, self.image_size, 1)
         if x.ndim != 4 or x.shape[1:] != expected:
             raise ValueError(f"expected images of shape (n, {expected}), got {x.shape}")
+        if self.backend == "litert":
+            # XNNPACK runs fastest on small batches here (measured on 2 cores: 172 images/s at
+            # batch 4 against 115 at batch 64), so LiteRT gets chunks of LITERT_BATCH.
+            batch_size = min(batch_size, LITERT_BATCH)
         out = []
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size].astype(np.float32)
