@@ -83,6 +83,14 @@ def is_dicom(data: bytes, name: str = "") -> bool:
 
 def read_image(path: str | Path) -> DecodedImage:
     """Read and decode one file. Raises :class:`ImageDecodeError` naming ``path`` on any problem."""
+    return decode_bytes(read_file_bytes(path), name=str(path))
+
+
+def read_file_bytes(path: str | Path) -> bytes:
+    """The whole file, refusing files over :data:`MAX_FILE_BYTES` before reading them.
+
+    Raises :class:`ImageDecodeError` naming ``path`` when it is too large or cannot be read.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -90,10 +98,9 @@ def read_image(path: str | Path) -> DecodedImage:
             raise ImageDecodeError(
                 path, f"file too large ({size / 2**20:.0f} MB; limit {MAX_FILE_BYTES / 2**20:.0f} MB)"
             )
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
-    return decode_bytes(data, name=str(path))
 
 
 def decode_bytes(data: bytes, *, name: str = "<bytes>") -> DecodedImage:

@@ -31,7 +31,7 @@ from PIL import Image
 from pneumoscan._version import __version__
 from pneumoscan.config import CLASS_NAMES
 from pneumoscan.data import Sample, discover, fingerprint
-from pneumoscan.imaging import MAX_FILE_BYTES, ImageDecodeError, decode_bytes, read_image
+from pneumoscan.imaging import ImageDecodeError, decode_bytes, read_file_bytes
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,9 @@ def _scan_file(sample: Sample, keep_thumbnail: bool) -> _Scan:
     scan = _Scan(sample)
     path = sample.path
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            read_image(path)  # raises the decoder's own "file too large" error without reading it
-        data = path.read_bytes()
+        data = read_file_bytes(path)
     except ImageDecodeError as exc:
         scan.error = exc.reason
-        return scan
-    except OSError as exc:
-        scan.error = f"cannot read file ({exc.strerror or exc})"
         return scan
     scan.sha256 = hashlib.sha256(data).hexdigest()
     try:
