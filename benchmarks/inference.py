@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from pneumoscan.config import default_model_path
     from pneumoscan.export import convert_keras_model, export_tflite
-    from pneumoscan.predictor import Predictor, available_cpus, load_metadata, save_metadata
+    from pneumoscan.imaging import available_cpus
+    from pneumoscan.predictor import Predictor, load_metadata, save_metadata
 
     data_dir = args.data if args.data.is_dir() else None
     tmp = Path(tempfile.mkdtemp(prefix="pneumoscan-bench-"))

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import os
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.config import CLASS_NAMES, AugmentConfig
-from pneumoscan.imaging import IMAGE_SUFFIXES, ImageDecodeError, load_image
+from pneumoscan.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_workers, load_image
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +243,7 @@ def decode_samples(
     """
     from tqdm.auto import tqdm
 
-    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    workers = workers or decode_workers()
     x = np.zeros((len(samples), size, size, 1), dtype=np.uint8)
     ok = np.zeros(len(samples), dtype=bool)
     skipped: list[tuple[Sample, str]] = []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -37,6 +38,20 @@ MAX_FILE_BYTES = 200 * 1024 * 1024
 
 # We enforce our own, stricter limit in _check_size; PIL's warning would only add noise.
 Image.MAX_IMAGE_PIXELS = None
+
+
+def available_cpus() -> int:
+    """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` where that is unknown)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def decode_workers() -> int:
+    """Threads for decoding many files: PIL and pydicom release the GIL while they decode, and file
+    reads wait on the disk, so two per core (at most 8) keep the cores busy."""
+    return min(8, 2 * available_cpus())
 
 
 class ImageDecodeError(ValueError):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +26,15 @@ import numpy as np
 
 from pneumoscan.config import CLASS_NAMES, DISCLAIMER, default_model_path
 from pneumoscan.evaluation import PlattCalibrator
-from pneumoscan.imaging import DecodedImage, ImageDecodeError, decode_bytes, preprocess, read_image
+from pneumoscan.imaging import (
+    DecodedImage,
+    ImageDecodeError,
+    available_cpus,
+    decode_bytes,
+    decode_workers,
+    preprocess,
+    read_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +130,6 @@ class PathResults:
         ]
 
 
-def available_cpus() -> int:
-    """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` where that is unknown)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def make_prediction(p_pneumonia: float, threshold: float) -> Prediction:
     """Label and confidence of one calibrated probability at ``threshold``."""
     p = float(p_pneumonia)
@@ -169,7 +168,7 @@ class Predictor:
         Override the stored operating threshold.
     num_threads : int, optional
         Threads for the LiteRT runtime (default: the cores this process may run on,
-        :func:`available_cpus`).
+        :func:`pneumoscan.imaging.available_cpus`).
 
     Thread safety: one instance may serve several threads (the app shares one); calls to the
     LiteRT interpreter are serialised by a lock.
@@ -308,7 +307,7 @@ class Predictor:
                 return exc.reason
 
         chunks = [list(range(s, min(s + batch_size, len(paths)))) for s in range(0, len(paths), batch_size)]
-        with concurrent.futures.ThreadPoolExecutor(min(8, available_cpus() * 2)) as pool:
+        with concurrent.futures.ThreadPoolExecutor(decode_workers()) as pool:
             # Decoding of the next chunk is queued before the current one is predicted, so file
             # reading and decoding overlap with inference.
             pending = [pool.submit(load, paths[i]) for i in chunks[0]] if chunks else []

@@ -19,7 +19,6 @@ import datetime
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -31,7 +30,7 @@ from PIL import Image
 from pneumoscan._version import __version__
 from pneumoscan.config import CLASS_NAMES
 from pneumoscan.data import Sample, discover, fingerprint
-from pneumoscan.imaging import ImageDecodeError, decode_bytes, read_file_bytes
+from pneumoscan.imaging import ImageDecodeError, decode_bytes, decode_workers, read_file_bytes
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +202,7 @@ def build_report(
 
     candidates = _gallery_candidates(samples, sample_grid) if sample_grid else {}
     wanted = {p for paths in candidates.values() for p in paths}
-    workers = workers or min(8, 2 * (os.cpu_count() or 1))
+    workers = workers or decode_workers()
     scans: list[_Scan] = [None] * len(samples)  # type: ignore[list-item]
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(_scan_file, s, s.path in wanted): i for i, s in enumerate(samples)}
