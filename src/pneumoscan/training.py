@@ -399,7 +399,8 @@ class Trainer:
         # Validation predictions go through the serving path itself, so what we measure is what ships.
         predictor = Predictor(model_path)
         raw = predictor.predict_raw(val.x)
-        raw_tta = np.mean([predictor.predict_raw(v) for v in tta_views(val.x)], axis=0)
+        # The first TTA view is the image itself: reuse ``raw`` instead of predicting it again.
+        raw_tta = np.mean([raw, *(predictor.predict_raw(v) for v in tta_views(val.x)[1:])], axis=0)
         calibrator = evaluation.PlattCalibrator.fit(val.y, raw)
         p_cal = calibrator.transform(raw)
         threshold = evaluation.threshold_for_recall(val.y, p_cal, target_recall=cfg.target_recall)
