@@ -203,6 +203,43 @@ def test_colourfulness_separates_photos_from_x_rays():
     assert decoded.gray.shape == (96, 96)
 
 
+def _photo(height: int = 90, width: int = 120) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    rgb = np.stack([220 * xx, 120 + 60 * np.sin(6 * yy), 255 - 220 * yy], axis=2)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def test_colour_jpeg_luma_is_pils_grey_conversion():
+    # Colour JPEGs are decoded to their Y plane without a colour conversion; it must be exactly
+    # what an ordinary decode followed by convert("L") gives, or serving would drift from training.
+    for pixels in (_photo(), np.repeat(xray_like(80, 64, seed=3)[..., None], 3, axis=2)):
+        data = _jpeg_bytes(Image.fromarray(pixels))
+        expected = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+        decoded = decode_bytes(data, name="colour.jpeg")
+        np.testing.assert_array_equal(decoded.gray, expected)
+        assert decoded.mode == "RGB" and decoded.format == "JPEG"
+
+
+def test_rgb_coded_jpeg_without_ycbcr_planes_is_decoded():
+    # An Adobe JPEG stored as RGB (no colour transform) has no YCbCr planes to hand out.
+    data = _jpeg_bytes(Image.fromarray(_photo()), keep_rgb=True)
+    decoded = decode_bytes(data, name="adobe-rgb.jpeg")
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+    np.testing.assert_array_equal(decoded.gray, expected)
+    assert decoded.colourfulness > 40
+
+
+def test_colourfulness_does_not_depend_on_the_encoding():
+    photo = Image.fromarray(_photo())
+    scores = [
+        decode_bytes(_jpeg_bytes(photo), name="a.jpeg").colourfulness,
+        decode_bytes(_jpeg_bytes(photo, keep_rgb=True), name="b.jpeg").colourfulness,
+        decode_bytes(_png_bytes(photo), name="c.png").colourfulness,
+    ]
+    assert min(scores) > 40
+    assert max(scores) - min(scores) < 0.05 * max(scores)
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     width=st.integers(32, 260),

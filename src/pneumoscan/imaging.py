@@ -194,31 +194,26 @@ def _decode_pil(data: bytes, name: str) -> DecodedImage:
             fmt, mode = img.format or "?", img.mode
             width, height = img.size
             _check_size(name, width, height)
-            colourfulness = None
-            if fmt == "JPEG" and mode in ("RGB", "YCbCr"):
-                # libjpeg hands out the encoded luma directly (no colour conversion), and it can
-                # decode at 1/2 scale for free, plenty for a 224-px model input. Colourfulness comes
-                # from a separate 1/8-scale colour decode, which costs a fraction of the full one.
-                colourfulness = _jpeg_colourfulness(data)
-                img.draft("L", (width // 2, height // 2) if min(width, height) > 1024 else (width, height))
-            elif fmt == "JPEG" and min(width, height) > 1024:
-                img.draft(img.mode, (width // 2, height // 2))
-            img.load()
+            img = _load_pil(img, data)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(name, "not a recognised image (expected JPEG, PNG or DICOM)") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(name, f"corrupt or truncated image data ({exc})") from exc
-    colourfulness = colourfulness or 0.0
+    if img.mode == "YCbCr":  # a colour JPEG, decoded without colour conversion by _load_pil
+        planes = np.asarray(img)
+        gray = np.ascontiguousarray(planes[..., 0])
+        return DecodedImage(gray, width, height, mode, fmt, _colourfulness(planes, ycbcr=True))
+    colourfulness = 0.0
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA"):
         background = Image.new(img.mode, img.size, (0, 0, 0, 255) if img.mode == "RGBA" else (0, 255))
         img = Image.alpha_composite(background, img) if img.mode == "RGBA" else _composite_la(img)
-    if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
+    if img.mode in ("RGB", "RGBA", "CMYK"):
         img = img.convert("RGB")
-        colourfulness = _colourfulness(img)
+        colourfulness = _colourfulness(np.asarray(img))
         img = img.convert("L")
     if img.mode in ("1", "L"):
         gray = np.asarray(img.convert("L"), dtype=np.uint8)
@@ -227,22 +222,59 @@ def _decode_pil(data: bytes, name: str) -> DecodedImage:
     return DecodedImage(gray, width, height, mode, fmt, colourfulness)
 
 
+def _load_pil(img: Image.Image, data: bytes) -> Image.Image:
+    """Decode the pixels of an opened image, taking libjpeg's shortcuts for JPEGs.
+
+    libjpeg can decode at 1/2 scale for free (JPEGs over 1024 px a side, still far above any
+    model's input) and can hand out a colour JPEG's YCbCr planes without converting them to RGB:
+    their Y plane is the ITU-R 601 luma that ``convert("L")`` would compute, bit for bit, at half
+    the cost of a full colour decode. An RGB-coded JPEG (Adobe, no colour transform) has no YCbCr
+    planes; it is decoded again the ordinary way.
+    """
+    if img.format != "JPEG":
+        img.load()
+        return img
+    width, height = img.size
+    scaled = (width // 2, height // 2) if min(width, height) > 1024 else (width, height)
+    colour = img.mode == "RGB"
+    img.draft("YCbCr" if colour else img.mode, scaled)
+    try:
+        img.load()
+    except OSError:
+        if not colour:
+            raise
+        img = Image.open(io.BytesIO(data))
+        img.draft(img.mode, scaled)
+        img.load()
+    return img
+
+
 def _composite_la(img: Image.Image) -> Image.Image:
     luma, alpha = (np.asarray(c, dtype=np.float32) for c in img.split())
     return Image.fromarray(np.round(luma * alpha / 255.0).astype(np.uint8), "L")
 
 
-def _jpeg_colourfulness(data: bytes) -> float:
-    small = Image.open(io.BytesIO(data))
-    small.draft("RGB", (64, 64))
-    return _colourfulness(small.convert("RGB"))
+#: (R, G, B) -> the opponent-colour channels rg = R - G and yb = (R + G) / 2 - B.
+_OPPONENT = np.array([[1.0, -1.0, 0.0], [0.5, 0.5, -1.0]])
+#: JPEG's (Y, Cb - 128, Cr - 128) -> (R, G, B) (JFIF, ITU-R 601 full range).
+_YCBCR_TO_RGB = np.array([[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]])
 
 
-def _colourfulness(rgb: Image.Image) -> float:
-    small = np.asarray(rgb.resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float32)
-    rg = small[..., 0] - small[..., 1]
-    yb = 0.5 * (small[..., 0] + small[..., 1]) - small[..., 2]
-    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+def _colourfulness(pixels: np.ndarray, *, ycbcr: bool = False) -> float:
+    """Hasler-Suesstrunk colourfulness of an ``(h, w, 3)`` RGB (or JPEG YCbCr) array.
+
+    Measured on every k-th pixel, k chosen for about 64 samples a side: enough to tell a colour
+    photograph from a grey radiograph, at a fraction of a full pass.
+    """
+    step = max(1, min(pixels.shape[:2]) // 64)
+    sample = np.asarray(pixels[::step, ::step], dtype=np.float64).reshape(-1, 3)
+    to_opponent = _OPPONENT
+    if ycbcr:
+        sample = sample - (0.0, 128.0, 128.0)
+        to_opponent = _OPPONENT @ _YCBCR_TO_RGB
+    rg_yb = to_opponent @ sample.T  # (2, n), contiguous rows: fast reductions
+    mean, std = rg_yb.mean(axis=1), rg_yb.std(axis=1)
+    return float(np.hypot(*std) + 0.3 * np.hypot(*mean))
 
 
 def _stretch(values: np.ndarray) -> np.ndarray:
@@ -280,7 +312,7 @@ def _decode_dicom(data: bytes, name: str) -> DecodedImage:
     if pixels.ndim == 3:  # RGB or YBR colour DICOM
         rgb = _stretch(pixels) if pixels.dtype != np.uint8 else pixels
         img = Image.fromarray(rgb[..., :3], "RGB")
-        colourfulness = _colourfulness(img)
+        colourfulness = _colourfulness(rgb[..., :3])
         gray = np.asarray(img.convert("L"), dtype=np.uint8)
     else:
         try:
