@@ -155,3 +155,14 @@ def test_litert_backend_matches_keras_with_batch_resizing(predictor, lite_predic
         np.testing.assert_allclose(lite_predictor.predict_raw(x, batch_size=batch_size), expected, atol=1e-5)
     np.testing.assert_allclose(lite_predictor.predict_raw(x[:1]), expected[:1], atol=1e-5)
     np.testing.assert_allclose(lite_predictor.predict_proba(x), predictor.predict_proba(x), atol=1e-5)
+
+
+def test_litert_predictor_serves_concurrent_callers(predictor, lite_predictor):
+    # The app and predict_paths share one Predictor between threads; its interpreters must not be.
+    import concurrent.futures
+
+    batches = [images(n, seed=10 + n) for n in (1, 2, 5, 1, 9, 3)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lite_predictor.predict_raw, batches * 3))
+    for x, got in zip(batches * 3, results, strict=True):
+        np.testing.assert_allclose(got, predictor.predict_raw(x), atol=1e-5)
