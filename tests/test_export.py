@@ -164,6 +164,16 @@ def test_bad_arguments(predictor, tmp_path):
         export_tflite(predictor, out=tmp_path / "m.onnx")
 
 
+def test_export_never_overwrites_the_source_models_sidecar(predictor):
+    # m.keras and m.tflite in one folder would share m.meta.json.
+    sidecar = metadata_path(predictor.model_path)
+    before = sidecar.read_bytes()
+    with pytest.raises(ValueError, match="would share its sidecar"):
+        export_tflite(predictor, out=predictor.model_path.with_suffix(".tflite"), progress=False)
+    assert sidecar.read_bytes() == before
+    assert not predictor.model_path.with_suffix(".tflite").exists()
+
+
 def test_export_refuses_a_litert_predictor(tmp_path):
     import keras
 

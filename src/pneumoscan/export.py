@@ -173,6 +173,11 @@ def export_tflite(
     out = Path(out)
     if out.suffix.lower() != ".tflite":
         raise ValueError(f"out must be a .tflite file, got {out}")
+    if metadata_path(out).resolve() == metadata_path(predictor.model_path).resolve():
+        raise ValueError(
+            f"{out} would share its sidecar {metadata_path(out).name} with {predictor.model_path} and "
+            f"overwrite it; give the export another name (e.g. {out.with_stem(out.stem + '-litert').name})"
+        )
     if max_check_images is not None and max_check_images < 4:
         raise ValueError(f"max_check_images must be at least 4, got {max_check_images}")
     meta = predictor.metadata
