@@ -36,3 +36,22 @@ def make_tiny_model(
         },
     )
     return path
+
+
+def export_tiny_litert(keras_path: Path, out: Path | None = None) -> Path:
+    """A float32 LiteRT export of ``keras_path`` with the sidecar ``pneumoscan export`` writes
+    (``export.source`` included), but without its check, which needs data and a trained model.
+
+    Default ``out``: ``<stem>-litert.tflite`` beside the Keras model.
+    """
+    import keras
+
+    from pneumoscan.export import convert_keras_model
+    from pneumoscan.predictor import load_metadata, save_metadata
+
+    keras_path = Path(keras_path)
+    out = Path(out) if out is not None else keras_path.with_name(keras_path.stem + "-litert.tflite")
+    out.write_bytes(convert_keras_model(keras.saving.load_model(keras_path, compile=False)))
+    export = {"format": "tflite", "quantize": "none", "source": str(keras_path)}
+    save_metadata(out, {**load_metadata(keras_path), "export": export})
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_factory import make_tiny_model
+from model_factory import export_tiny_litert, make_tiny_model
 from PIL import Image
 
 from pneumoscan import export
@@ -175,13 +175,6 @@ def test_export_never_overwrites_the_source_models_sidecar(predictor):
 
 
 def test_export_refuses_a_litert_predictor(tmp_path):
-    import keras
-
-    from pneumoscan.export import convert_keras_model
-
-    keras_path = make_tiny_model(tmp_path, image_size=SIZE)
-    lite_path = tmp_path / "tiny.tflite"
-    lite_path.write_bytes(convert_keras_model(keras.saving.load_model(keras_path, compile=False)))
-    save_metadata(lite_path, load_metadata(keras_path))
+    lite_path = export_tiny_litert(make_tiny_model(tmp_path, image_size=SIZE))
     with pytest.raises(ValueError, match="needs a .keras model"):
         export_tflite(Predictor(lite_path), out=tmp_path / "again.tflite")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from model_factory import make_tiny_model
+from model_factory import export_tiny_litert, make_tiny_model
 from PIL import Image
 
 from pneumoscan.predictor import (
@@ -46,13 +47,7 @@ def predictor(model_path) -> Predictor:
 
 @pytest.fixture(scope="module")
 def lite_predictor(model_path, tmp_path_factory) -> Predictor:
-    import keras
-
-    from pneumoscan.export import convert_keras_model
-
-    path = tmp_path_factory.mktemp("lite") / "tiny.tflite"
-    path.write_bytes(convert_keras_model(keras.saving.load_model(model_path, compile=False)))
-    save_metadata(path, load_metadata(model_path))
+    path = export_tiny_litert(model_path, tmp_path_factory.mktemp("lite") / "tiny.tflite")
     return Predictor(path, num_threads=2)
 
 
@@ -166,3 +161,39 @@ def test_litert_predictor_serves_concurrent_callers(predictor, lite_predictor):
         results = list(pool.map(lite_predictor.predict_raw, batches * 3))
     for x, got in zip(batches * 3, results, strict=True):
         np.testing.assert_allclose(got, predictor.predict_raw(x), atol=1e-5)
+
+
+def test_source_keras_model_of_an_export(model_path, tmp_path):
+    from pneumoscan.predictor import source_keras_model
+
+    assert source_keras_model(model_path, load_metadata(model_path)) == model_path
+    # At the recorded path: relative to the export's folder, as `pneumoscan export` writes it...
+    shutil.copy(model_path, tmp_path / model_path.name)
+    relative = {"export": {"source": model_path.name}}
+    assert source_keras_model(tmp_path / "m.tflite", relative) == tmp_path / model_path.name
+    (tmp_path / "sub").mkdir()
+    up = {"export": {"source": "../" + model_path.name}}
+    assert source_keras_model(tmp_path / "sub" / "m.tflite", up) == tmp_path / "sub" / ".." / model_path.name
+    # ...or absolute; and failing that, beside the export under the recorded name.
+    recorded = {"export": {"source": str(model_path)}}
+    assert source_keras_model(tmp_path / "sub" / "m.tflite", recorded) == model_path
+    moved = {"export": {"source": f"/elsewhere/{model_path.name}"}}
+    assert source_keras_model(tmp_path / "m.tflite", moved) == tmp_path / model_path.name
+    assert source_keras_model(tmp_path / "sub" / "m.tflite", moved) is None
+    assert source_keras_model(tmp_path / "m.tflite", {}) is None
+
+
+@pytest.mark.slow
+def test_bundled_litert_export_answers_like_the_bundled_keras_model(shared_data):
+    # The app serves the LiteRT export; the CLI defaults to the Keras model. Same answers, real X-rays.
+    from pneumoscan.config import DEFAULT_APP_MODEL_PATH, DEFAULT_MODEL_PATH
+
+    files = [sorted((shared_data / "train" / c).glob("*.jpeg"))[::97][:24] for c in ("NORMAL", "PNEUMONIA")]
+    files = files[0] + files[1]
+    keras_model, lite_model = Predictor(DEFAULT_MODEL_PATH), Predictor(DEFAULT_APP_MODEL_PATH)
+    assert lite_model.backend == "litert" and lite_model.threshold == keras_model.threshold
+    p_keras = keras_model.predict_paths(files, progress=False).p_pneumonia
+    p_lite = lite_model.predict_paths(files, progress=False).p_pneumonia
+    np.testing.assert_allclose(p_lite, p_keras, atol=1e-4)
+    check = lite_model.metadata["export"]["check"]
+    assert check["agreement"] >= 0.99 and abs(check["auc_keras"] - check["auc_tflite"]) <= 0.005

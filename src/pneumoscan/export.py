@@ -4,7 +4,8 @@ This module owns the conversion (:func:`convert_keras_model`) and ``pneumoscan e
 (:func:`export_tflite`). Every exported file keeps the float32 ``(n, size, size, 1)`` input in
 0..255 and the float32 sigmoid output of the Keras model, so the :class:`~pneumoscan.predictor.Predictor`
 feeds it the same arrays, and gets a sidecar ``<stem>.meta.json``: the Keras model's metadata (same
-threshold and calibration) plus an ``"export"`` section saying how it was made and checked.
+threshold and calibration) plus an ``"export"`` section saying how it was made and checked (its
+``source`` is the Keras model's path relative to the export's folder).
 
 Quantization modes:
 
@@ -224,7 +225,7 @@ def export_tflite(
         export_info = {
             "format": "tflite",
             "quantize": quantize,
-            "source": str(predictor.model_path),
+            "source": _relative_to(predictor.model_path, out.parent),
             "data_dir": str(data_dir),
             "n_representative": 0 if representative is None else len(representative),
             "tensorflow": _tf_version(),
@@ -268,6 +269,14 @@ def export_tflite(
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s (%d bytes): %s", out, report["size_bytes"], json.dumps(check))
     return report
+
+
+def _relative_to(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` (so a sidecar stays true when the folder moves), else absolute."""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
+    except ValueError:  # another drive (Windows)
+        return str(Path(path).resolve())
 
 
 def _tf_version() -> str:

@@ -97,6 +97,25 @@ def load_metadata(model_path: str | Path) -> dict:
     return meta
 
 
+def source_keras_model(model_path: str | Path, metadata: dict) -> Path | None:
+    """The ``.keras`` model a LiteRT export was made from (Grad-CAM needs its gradients), or None.
+
+    Looked for at the path its sidecar records (``export.source``, relative to the export's
+    folder, or absolute), then beside the export under that file name; a ``.keras`` model is its
+    own source.
+    """
+    model_path = Path(model_path)
+    if model_path.suffix.lower() == ".keras":
+        return model_path
+    source = (metadata.get("export") or {}).get("source")
+    if not source:
+        return None
+    for candidate in (model_path.parent / source, model_path.parent / Path(source).name):
+        if candidate.suffix.lower() == ".keras" and candidate.is_file():
+            return candidate
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     """The answer for one image.
