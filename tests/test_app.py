@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from model_factory import make_tiny_model
+from model_factory import export_tiny_litert, make_tiny_model
 from PIL import Image, ImageDraw, ImageFilter
 from streamlit.testing.v1 import AppTest
 
@@ -231,6 +234,84 @@ def test_gradcam_is_computed_only_when_switched_on(app):
     else:
         assert len(app.image) == 2, texts(app.warning)
         assert "Grad-CAM" in app.image[1].captions[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_litert(tiny_model, tmp_path_factory) -> Path:
+    """A LiteRT export of the tiny model, in a folder of its own with its Keras source beside it."""
+    folder = tmp_path_factory.mktemp("app-litert")
+    for path in tiny_model.parent.glob(tiny_model.stem + ".*"):
+        shutil.copy(path, folder / path.name)
+    return export_tiny_litert(folder / tiny_model.name)
+
+
+def test_litert_model_is_served_and_gradcam_uses_its_keras_source(tiny_litert, monkeypatch):
+    monkeypatch.setenv("PNEUMOSCAN_MODEL", str(tiny_litert))
+    at = upload(
+        AppTest.from_file(str(APP), default_timeout=TIMEOUT).run(), ("chest.png", png_bytes(xray_like()))
+    )
+    assert len(at.progress) == 2 and len(headlines(at)) == 1
+    assert f"`{tiny_litert.name}` (litert)" in "\n".join(texts(at.sidebar.markdown))
+    at.sidebar.toggle(key="show_gradcam").set_value(True).run()
+    assert not at.exception
+    assert len(at.image) == 2, texts(at.warning) + texts(at.info)
+    assert "Grad-CAM" in at.image[1].captions[0]
+
+
+def test_litert_model_without_its_keras_source_says_why_there_is_no_gradcam(
+    tiny_litert, tmp_path, monkeypatch
+):
+    for path in tiny_litert.parent.glob(tiny_litert.stem + ".*"):
+        shutil.copy(path, tmp_path / path.name)  # the export alone, no .keras beside it
+    lonely = tmp_path / tiny_litert.name
+    meta = (tmp_path / (tiny_litert.stem + ".meta.json")).read_text()
+    (tmp_path / (tiny_litert.stem + ".meta.json")).write_text(
+        meta.replace(str(tiny_litert.parent), "/nowhere")
+    )
+    monkeypatch.setenv("PNEUMOSCAN_MODEL", str(lonely))
+    at = upload(
+        AppTest.from_file(str(APP), default_timeout=TIMEOUT).run(), ("chest.png", png_bytes(xray_like()))
+    )
+    at.sidebar.toggle(key="show_gradcam").set_value(True).run()
+    assert not at.exception
+    assert len(at.progress) == 2 and len(at.image) == 1  # the prediction stays, no heatmap
+    assert any("Grad-CAM needs the Keras model" in t for t in texts(at.info))
+
+
+def test_the_app_on_a_litert_model_never_imports_tensorflow(tiny_litert, tmp_path):
+    # What makes it start in seconds and answer in milliseconds: no TensorFlow, so no Keras
+    # session for Streamlit to clear after each run (see config.default_app_model_path).
+    image = tmp_path / "chest.png"
+    xray_like(256).save(image)
+    script = tmp_path / "run_app.py"
+    script.write_text(
+        f"""
+import sys
+from pathlib import Path
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file({str(APP)!r}, default_timeout={TIMEOUT}).run()
+at.file_uploader(key="uploads").set_value([("chest.png", Path({str(image)!r}).read_bytes(), "image/png")])
+at.run()
+assert not at.exception and len(at.progress) == 2, at
+print(sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
+"""
+    )
+    env = dict(os.environ, PNEUMOSCAN_MODEL=str(tiny_litert))
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_default_app_model_is_the_bundled_litert_export(monkeypatch):
+    from pneumoscan import config
+
+    monkeypatch.delenv("PNEUMOSCAN_MODEL", raising=False)
+    assert config.default_app_model_path() == config.DEFAULT_APP_MODEL_PATH
+    assert config.DEFAULT_APP_MODEL_PATH.is_file(), "the bundled LiteRT export is missing from models/"
+    monkeypatch.setattr(config, "DEFAULT_APP_MODEL_PATH", Path("/nowhere/model.tflite"))
+    assert config.default_app_model_path() == config.DEFAULT_MODEL_PATH
+    monkeypatch.setenv("PNEUMOSCAN_MODEL", "/some/model.keras")
+    assert config.default_app_model_path() == Path("/some/model.keras")
 
 
 # --------------------------------------------------------------------------- helpers of the page

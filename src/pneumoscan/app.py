@@ -1,16 +1,18 @@
 """The Streamlit screening app: upload chest X-rays, read calibrated probabilities, see Grad-CAM.
 
 Start it with ``pneumoscan app [--model PATH] [--port N]``, which runs
-``streamlit run src/pneumoscan/app.py``; the model is ``$PNEUMOSCAN_MODEL`` or the bundled default
-(:func:`pneumoscan.config.default_model_path`).
+``streamlit run src/pneumoscan/app.py``; the model is ``$PNEUMOSCAN_MODEL`` or the bundled LiteRT
+export of the released model (:func:`pneumoscan.config.default_app_model_path`). Grad-CAM needs
+gradients, so for a LiteRT model it runs on the ``.keras`` model the export was made from, loaded
+the first time a heatmap is asked for.
 
 The page is a thin layer over the library: files are decoded by
 :func:`pneumoscan.imaging.decode_bytes` and scored by :meth:`pneumoscan.predictor.Predictor.predict_image`
 (the one preprocessing and inference path), heatmaps come from :mod:`pneumoscan.explain`. The app
 adds one policy of its own: colour photographs are refused (see :data:`MAX_COLOURFULNESS`).
 
-TensorFlow is imported only inside the cached model loader, so the page skeleton appears at once and
-the model is loaded a single time per server process.
+Models are loaded by cached loaders, a single time per server process; on the LiteRT model the
+app never imports TensorFlow unless Grad-CAM is switched on, so it starts in seconds.
 
 For education and research only; see :data:`pneumoscan.config.DISCLAIMER`.
 """
@@ -27,7 +29,7 @@ import numpy as np
 import streamlit as st
 
 from pneumoscan import __version__
-from pneumoscan.config import DISCLAIMER, POSITIVE_CLASS, default_model_path
+from pneumoscan.config import DISCLAIMER, POSITIVE_CLASS, default_app_model_path
 from pneumoscan.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_bytes
 
 if TYPE_CHECKING:
@@ -238,11 +240,34 @@ def _cached_analysis(data: bytes, name: str, model_key: str, _predictor: Predict
     return analyse_upload(data, name, _predictor)
 
 
+@st.cache_resource(show_spinner=False)
+def load_explainer(model_path: str) -> Predictor:
+    """The Keras model behind ``model_path`` for Grad-CAM (itself, or the model a LiteRT file was
+    exported from), loaded once per server process.
+
+    Raises
+    ------
+    FileNotFoundError
+        A LiteRT model whose source ``.keras`` file cannot be found.
+    """
+    from pneumoscan.predictor import Predictor, load_metadata, source_keras_model
+
+    source = source_keras_model(model_path, load_metadata(model_path))
+    if source is None:
+        raise FileNotFoundError(
+            f"Grad-CAM needs the Keras model that {os.path.basename(model_path)} was exported from, and "
+            "it was not found beside it. Put the .keras file there, or start the app on the .keras "
+            "model (pneumoscan app --model MODEL.keras)."
+        )
+    return Predictor(source)
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def _cached_overlay(data: bytes, name: str, model_key: str, _predictor: Predictor) -> np.ndarray:
     from pneumoscan.explain import explain_image  # lazily: heavy, and optional
 
-    explanation = explain_image(_predictor, decode_bytes(data, name=name))
+    explainer = load_explainer(str(_predictor.model_path))
+    explanation = explain_image(explainer, decode_bytes(data, name=name))
     return preview(np.asarray(explanation.overlay, dtype=np.uint8))
 
 
@@ -352,10 +377,13 @@ def show_probabilities(prediction: Prediction) -> None:
 def show_gradcam(data: bytes, name: str, predictor: Predictor) -> None:
     """The Grad-CAM overlay of one file, or a message saying why there is none."""
     try:
-        with st.spinner("Computing Grad-CAM…"):
+        with st.spinner("Computing Grad-CAM… (the first heatmap also loads the Keras model)"):
             overlay = _cached_overlay(data, name, _model_key(predictor), predictor)
     except ImportError:
         st.info("Grad-CAM is not available in this installation (pneumoscan.explain is missing).")
+        return
+    except FileNotFoundError as exc:
+        st.info(str(exc), icon=":material/info:")
         return
     except Exception as exc:  # a heatmap failure must not hide the prediction
         log.exception("Grad-CAM failed for %s", name)
@@ -480,7 +508,7 @@ def main() -> None:
     show_header()
     gradcam = sidebar_options()
 
-    model_path = default_model_path()
+    model_path = default_app_model_path()
     try:
         with st.spinner(f"Loading the model {model_path.name}… (once per server start)"):
             predictor = load_predictor(str(model_path))
