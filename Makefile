@@ -44,4 +44,5 @@ lint: $(STAMP)
 benchmarks: $(STAMP)
 	$(PY) benchmarks/data_report.py
 	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/app_latency.py
 	$(PY) benchmarks/train_speed.py

@@ -251,7 +251,7 @@ def test_litert_model_is_served_and_gradcam_uses_its_keras_source(tiny_litert, m
         AppTest.from_file(str(APP), default_timeout=TIMEOUT).run(), ("chest.png", png_bytes(xray_like()))
     )
     assert len(at.progress) == 2 and len(headlines(at)) == 1
-    assert f"`{tiny_litert.name}` (litert)" in "\n".join(texts(at.sidebar.markdown))
+    assert f"`{tiny_litert.name}` (LiteRT)" in "\n".join(texts(at.sidebar.markdown))
     at.sidebar.toggle(key="show_gradcam").set_value(True).run()
     assert not at.exception
     assert len(at.image) == 2, texts(at.warning) + texts(at.info)

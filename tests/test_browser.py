@@ -67,9 +67,10 @@ def running_app(tmp_path):
     """Start ``pneumoscan app`` on a free port; yields (url, seconds to healthy, start time)."""
     model = os.environ.get("PNEUMOSCAN_SCREENSHOT_MODEL")
     if model is None:
-        from model_factory import make_tiny_model
+        from model_factory import export_tiny_litert, make_tiny_model
 
-        model = make_tiny_model(tmp_path)
+        # The app's production path: a LiteRT export, with its Keras source beside it.
+        model = export_tiny_litert(make_tiny_model(tmp_path))
     port = free_port()
     log_path = tmp_path / "app.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")

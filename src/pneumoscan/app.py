@@ -60,6 +60,8 @@ ARCHITECTURE_NAMES = {
     "mobilenetv2": "MobileNetV2 (ImageNet-pretrained, fine-tuned)",
 }
 
+BACKEND_NAMES = {"keras": "Keras", "litert": "LiteRT"}
+
 #: Validation metrics shown in the model card: key, label, formatter.
 METRICS = (
     ("recall", "Sensitivity (recall)", "percent"),
@@ -330,7 +332,7 @@ def sidebar_model_card(predictor: Predictor) -> None:
         f"**Architecture:** {ARCHITECTURE_NAMES.get(arch, arch)}",
         f"**Input:** {predictor.image_size} × {predictor.image_size} px, grey",
         f"**Threshold:** P(pneumonia) ≥ {predictor.threshold:.3f}",
-        f"**Model file:** `{predictor.model_path.name}` ({predictor.backend})",
+        f"**Model file:** `{predictor.model_path.name}` ({BACKEND_NAMES[predictor.backend]})",
     ]
     if meta.get("created"):
         lines.append(f"**Trained:** {str(meta['created'])[:10]}")

@@ -30,13 +30,15 @@ def _existing_dir(value: str) -> Path:
     return path
 
 
-def _model_arg(parser: argparse.ArgumentParser) -> None:
+def _model_arg(
+    parser: argparse.ArgumentParser, bundled: str = "the bundled models/pneumoscan-mobilenetv2.keras"
+) -> None:
     parser.add_argument(
         "--model",
         type=Path,
         default=None,
         help="a .keras or .tflite model with its .meta.json sidecar "
-        "(default: the bundled models/pneumoscan-mobilenetv2.keras, or $PNEUMOSCAN_MODEL)",
+        f"(default: {bundled}, or $PNEUMOSCAN_MODEL)",
     )
 
 
@@ -403,7 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("app", help="start the Streamlit screening app")
-    _model_arg(p)
+    _model_arg(
+        p,
+        "the bundled model's LiteRT export models/pneumoscan-mobilenetv2-litert.tflite, with Grad-CAM "
+        "from the .keras model it was exported from",
+    )
     p.add_argument("--port", type=int, default=8501, help="default: %(default)s")
     p.add_argument("--address", default=None, help="address to listen on (default: Streamlit's)")
     p.add_argument(
