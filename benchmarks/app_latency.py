@@ -26,30 +26,19 @@ import argparse
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("PNEUMOSCAN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # the app-in-a-subprocess harness the browser test uses
+from app_server import CHROMIUM, CHROMIUM_ARGS, pneumoscan_app, running_app  # noqa: E402
+
 TARGET_PREDICTION_S = 1.0
 TARGET_READY_S = 20.0
 
@@ -83,12 +72,6 @@ OBSERVE_JS = """
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def xray_png(path: Path, seed: int, size: int = 224) -> Path:
     """A grey X-ray-like image: two dark lung fields in a bright body, noise, a random blob."""
     from PIL import Image
@@ -105,47 +88,11 @@ def xray_png(path: Path, seed: int, size: int = 224) -> Path:
     return path
 
 
-def start(command: list[str], log_path: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", PNEUMOSCAN_LOG_LEVEL="DEBUG")
-    with open(log_path, "w") as log:
-        return subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
-
-
 def measure(browser, name: str, command, done: str, images: list[Path], tmp: Path) -> dict:
     """Start the app (``command(port)`` gives its command line), time its start-up, then each upload."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log_path = tmp / f"{name}.log"
-    started = time.monotonic()
-    proc = start(command(port), log_path)
-    try:
-        wait_healthy(url, proc)
+    env = dict(os.environ, PNEUMOSCAN_LOG_LEVEL="DEBUG")  # the app logs its own render time
+    with running_app(command, log_path, timeout=120, env=env) as (url, started):
         healthy_s = time.monotonic() - started
         page = browser.new_page(viewport={"width": 1440, "height": 1200})
         page.goto(url, timeout=120_000)
@@ -163,8 +110,6 @@ def measure(browser, name: str, command, done: str, images: list[Path], tmp: Pat
                 f"() => !new RegExp({done!r}).test(document.body.innerText)", polling="raf", timeout=30_000
             )
         page.close()
-    finally:
-        stop(proc)
     server = [float(m) for m in re.findall(r"rendered in ([\d.]+) s", log_path.read_text())]
     return {"healthy": healthy_s, "ready": ready_s, "latency": latencies, "server": server, "log": log_path}
 
@@ -191,11 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--browser.gatherUsageStats", "false", "--server.port", str(port),
                 "--server.address", "127.0.0.1"]  # fmt: skip
 
-    def pneumoscan(port: int) -> list[str]:
-        model = ["--model", str(args.model)] if args.model else []
-        return [sys.executable, "-m", "pneumoscan.cli", "app", *model, "--port", str(port),
-                "--address", "127.0.0.1"]  # fmt: skip
-
+    pneumoscan = pneumoscan_app(args.model)
     results = {}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)

@@ -11,111 +11,40 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from app_server import CHROMIUM, CHROMIUM_ARGS, pneumoscan_app, running_app
 from test_app import xray_like
 
 from pneumoscan.config import DISCLAIMER
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("PNEUMOSCAN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 READY_TIMEOUT_S = 60
 HEADLINE = re.compile(r"(Pneumonia suspected|No pneumonia detected) — confidence \d+\s%")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the app exited with code {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"the app did not answer within {timeout} s:\n{log_path.read_text()[-3000:]}")
-
-
 @pytest.fixture
-def running_app(tmp_path):
-    """Start ``pneumoscan app`` on a free port; yields (url, seconds to healthy, start time)."""
+def app_url(tmp_path):
+    """``pneumoscan app`` on a free port; yields (url, start time)."""
     model = os.environ.get("PNEUMOSCAN_SCREENSHOT_MODEL")
     if model is None:
         from model_factory import export_tiny_litert, make_tiny_model
 
         # The app's production path: a LiteRT export, with its Keras source beside it.
         model = export_tiny_litert(make_tiny_model(tmp_path))
-    port = free_port()
-    log_path = tmp_path / "app.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    started = time.monotonic()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pneumoscan.cli",
-                "app",
-                "--model",
-                str(model),
-                "--port",
-                str(port),
-                "--address",
-                "127.0.0.1",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # the CLI starts streamlit as a child: stop the whole group
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, proc, log_path, READY_TIMEOUT_S)
-        yield url, started, log_path
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+    with running_app(pneumoscan_app(model), tmp_path / "app.log", timeout=READY_TIMEOUT_S) as (url, started):
+        yield url, started
 
 
 @pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason=f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
 )
-def test_upload_in_a_real_browser(running_app, tmp_path):
+def test_upload_in_a_real_browser(app_url, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    url, started, log_path = running_app
+    url, started = app_url
     image = Path(os.environ.get("PNEUMOSCAN_SCREENSHOT_IMAGE") or tmp_path / "chest-xray.png")
     if not image.exists():
         xray_like(768).save(image)

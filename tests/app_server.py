@@ -1,0 +1,101 @@
+"""A Streamlit app in a subprocess on a free localhost port, and the Chromium that drives it.
+
+Shared by the browser test (``tests/test_browser.py``) and the app benchmark
+(``benchmarks/app_latency.py``). Chromium is Debian's (``/usr/bin/chromium``), since Playwright's
+own browser download needs the internet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("PNEUMOSCAN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# Without the background-networking flags Chromium keeps dialling out, refused by a closed network.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(
+    command: Callable[[int], list[str]], log_path: Path, *, timeout: float = 60.0, env: dict | None = None
+) -> Iterator[tuple[str, float]]:
+    """Start ``command(port)`` and wait for Streamlit's health endpoint.
+
+    Yields ``(url, started)``, ``started`` being the ``time.monotonic()`` of the start; stops the
+    whole process group on exit (``pneumoscan app`` runs Streamlit as a child).
+
+    Raises
+    ------
+    RuntimeError
+        The app exited, or did not answer within ``timeout`` seconds; the message ends with its log.
+    """
+    port = free_port()
+    env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            command(port), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, proc, log_path, timeout)
+        yield url, started
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited with code {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"the app did not answer within {timeout} s:\n{log_path.read_text()[-3000:]}")
+
+
+def pneumoscan_app(model: str | Path | None = None) -> Callable[[int], list[str]]:
+    """The command line of ``pneumoscan app`` on ``model`` (default: the app's default), by port."""
+    import sys
+
+    def command(port: int) -> list[str]:
+        chosen = ["--model", str(model)] if model is not None else []
+        return [sys.executable, "-m", "pneumoscan.cli", "app", *chosen, "--port", str(port),
+                "--address", "127.0.0.1"]  # fmt: skip
+
+    return command
