@@ -60,6 +60,7 @@ ARCHITECTURE_NAMES = {
     "mobilenetv2": "MobileNetV2 (ImageNet-pretrained, fine-tuned)",
 }
 
+#: How the model card names :attr:`Predictor.backend <pneumoscan.predictor.Predictor.backend>`.
 BACKEND_NAMES = {"keras": "Keras", "litert": "LiteRT"}
 
 #: Validation metrics shown in the model card: key, label, formatter.
@@ -244,8 +245,8 @@ def _cached_analysis(data: bytes, name: str, model_key: str, _predictor: Predict
 
 @st.cache_resource(show_spinner=False)
 def load_explainer(model_path: str) -> Predictor:
-    """The Keras model behind ``model_path`` for Grad-CAM (itself, or the model a LiteRT file was
-    exported from), loaded once per server process.
+    """The Keras model a LiteRT ``model_path`` was exported from, for Grad-CAM, loaded once per
+    server process.
 
     Raises
     ------
@@ -268,8 +269,8 @@ def load_explainer(model_path: str) -> Predictor:
 def _cached_overlay(data: bytes, name: str, model_key: str, _predictor: Predictor) -> np.ndarray:
     from pneumoscan.explain import explain_image  # lazily: heavy, and optional
 
-    explainer = load_explainer(str(_predictor.model_path))
-    explanation = explain_image(explainer, decode_bytes(data, name=name))
+    keras_model = _predictor if _predictor.backend == "keras" else load_explainer(str(_predictor.model_path))
+    explanation = explain_image(keras_model, decode_bytes(data, name=name))
     return preview(np.asarray(explanation.overlay, dtype=np.uint8))
 
 

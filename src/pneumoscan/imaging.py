@@ -227,9 +227,9 @@ def _load_pil(img: Image.Image, data: bytes) -> Image.Image:
 
     libjpeg can decode at 1/2 scale for free (JPEGs over 1024 px a side, still far above any
     model's input) and can hand out a colour JPEG's YCbCr planes without converting them to RGB:
-    their Y plane is the ITU-R 601 luma that ``convert("L")`` would compute, bit for bit, at half
-    the cost of a full colour decode. An RGB-coded JPEG (Adobe, no colour transform) has no YCbCr
-    planes; it is decoded again the ordinary way.
+    their Y plane is the ITU-R 601 luma that ``convert("L")`` would compute, bit for bit, and one
+    decode then serves both the grey image and the colourfulness. An RGB-coded JPEG (Adobe, no
+    colour transform) has no YCbCr planes; it is decoded again the ordinary way.
     """
     if img.format != "JPEG":
         img.load()
