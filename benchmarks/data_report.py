@@ -1,4 +1,4 @@
-"""Benchmark: time :func:`pneumoscan.report.build_report` on a real dataset against a plain baseline.
+"""Benchmark: time :func:`pneumoscan.data.report.build_report` on a real dataset against a plain baseline.
 
 The baseline, measured in the same run over the same files, is the least any scan must do: a
 single-threaded loop of ``PIL.Image.open`` + ``load`` + sha256 of the file bytes. The report does
@@ -26,8 +26,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from pneumoscan.data import discover
-from pneumoscan.report import build_report
+from pneumoscan.data.dataset import discover
+from pneumoscan.data.report import build_report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(

@@ -57,7 +57,7 @@ def pick_images(data_dir: Path | None, n: int, tmp: Path) -> list[Path]:
     """``n`` files spread over both classes of ``data_dir``, or ``n`` generated 224-px JPEGs."""
     from PIL import Image
 
-    from pneumoscan.imaging import IMAGE_SUFFIXES
+    from pneumoscan.data.imaging import IMAGE_SUFFIXES
 
     if data_dir is not None and data_dir.is_dir():
         files = sorted(p for p in data_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -83,8 +83,8 @@ def untrained_model(tmp: Path, data_dir: Path | None) -> Path:
     import keras
 
     from pneumoscan.config import CLASS_NAMES, SplitConfig
-    from pneumoscan.models import build_mobilenetv2
-    from pneumoscan.predictor import save_metadata
+    from pneumoscan.inference.predictor import save_metadata
+    from pneumoscan.models.architectures import build_mobilenetv2
 
     keras.utils.set_random_seed(0)
     path = tmp / "untrained-mobilenetv2.keras"
@@ -171,7 +171,7 @@ def bench_baseline(model_path: Path, files: list[Path], blobs: list[bytes], size
 
 
 def bench_predictor(predictor, files: list[Path], blobs: list[bytes], reps: int) -> dict:
-    from pneumoscan.imaging import decode_bytes, preprocess
+    from pneumoscan.data.imaging import decode_bytes, preprocess
 
     xs = [preprocess(decode_bytes(b), predictor.image_size)[None] for b in blobs[:reps]]
     for _ in range(3):
@@ -226,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("KERAS_HOME", str(SHARED / "keras"))
 
     from pneumoscan.config import default_model_path
-    from pneumoscan.export import convert_keras_model, export_tflite
-    from pneumoscan.imaging import available_cpus
-    from pneumoscan.predictor import Predictor, load_metadata, save_metadata
+    from pneumoscan.data.imaging import available_cpus
+    from pneumoscan.inference.predictor import Predictor, load_metadata, save_metadata
+    from pneumoscan.training.export import convert_keras_model, export_tflite
 
     data_dir = args.data if args.data.is_dir() else None
     tmp = Path(tempfile.mkdtemp(prefix="pneumoscan-bench-"))
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             checks[label] = {"passed": False, "error": str(exc)}
             representative = None
             if quantize == "int8":
-                from pneumoscan.imaging import decode_bytes, preprocess
+                from pneumoscan.data.imaging import decode_bytes, preprocess
 
                 representative = np.stack([preprocess(decode_bytes(b), size) for b in blobs[:100]])
             out.write_bytes(

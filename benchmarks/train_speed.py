@@ -34,9 +34,9 @@ def plain_fit_rate(cfg, train_x, train_y, *, phase: str, steps: int) -> float:
     """Images/s of a plain model.fit of the full model on augmented images, for one phase."""
     import keras
 
-    from pneumoscan.data import class_weights, make_dataset
-    from pneumoscan.models import build_model, mobilenet_cut_layer, set_finetune_trainable
-    from pneumoscan.training import _compile
+    from pneumoscan.data.dataset import class_weights, make_dataset
+    from pneumoscan.models.architectures import build_model, mobilenet_cut_layer, set_finetune_trainable
+    from pneumoscan.training.engine import _compile
 
     model = build_model(cfg)
     if phase == "finetune":
@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from pneumoscan.config import TrainConfig
-    from pneumoscan.training import Trainer
+    from pneumoscan.training.engine import Trainer
 
     cfg = TrainConfig()
     if args.run_dir is None:

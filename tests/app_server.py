@@ -95,7 +95,7 @@ def pneumoscan_app(model: str | Path | None = None) -> Callable[[int], list[str]
 
     def command(port: int) -> list[str]:
         chosen = ["--model", str(model)] if model is not None else []
-        return [sys.executable, "-m", "pneumoscan.cli", "app", *chosen, "--port", str(port),
+        return [sys.executable, "-m", "pneumoscan.interfaces.cli", "app", *chosen, "--port", str(port),
                 "--address", "127.0.0.1"]  # fmt: skip
 
     return command

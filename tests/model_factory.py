@@ -16,8 +16,8 @@ def make_tiny_model(
     """
     import keras
 
-    from pneumoscan.models import build_regularized_cnn
-    from pneumoscan.predictor import save_metadata
+    from pneumoscan.inference.predictor import save_metadata
+    from pneumoscan.models.architectures import build_regularized_cnn
 
     keras.utils.set_random_seed(seed)
     model = build_regularized_cnn(image_size)
@@ -46,8 +46,8 @@ def export_tiny_litert(keras_path: Path, out: Path | None = None) -> Path:
     """
     import keras
 
-    from pneumoscan.export import convert_keras_model
-    from pneumoscan.predictor import load_metadata, save_metadata
+    from pneumoscan.inference.predictor import load_metadata, save_metadata
+    from pneumoscan.training.export import convert_keras_model
 
     keras_path = Path(keras_path)
     out = Path(out) if out is not None else keras_path.with_name(keras_path.stem + "-litert.tflite")

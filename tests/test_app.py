@@ -1,4 +1,4 @@
-"""Tests of the Streamlit app (src/pneumoscan/app.py) with Streamlit's AppTest and a real tiny model.
+"""Tests of the Streamlit app (``pneumoscan.interfaces.app``) with Streamlit AppTest and a real tiny model.
 
 The page runs as a script, exactly as ``streamlit run`` runs it; uploads go through the real
 ``st.file_uploader`` (AppTest can set its files), the model is a real Keras model from
@@ -25,7 +25,7 @@ from streamlit.testing.v1 import AppTest
 
 from pneumoscan.config import DISCLAIMER
 
-APP = Path(__file__).resolve().parents[1] / "src" / "pneumoscan" / "app.py"
+APP = Path(__file__).resolve().parents[1] / "src" / "pneumoscan" / "interfaces" / "app.py"
 TIMEOUT = 120  # the first run in a process loads TensorFlow and the model
 
 
@@ -229,7 +229,7 @@ def test_gradcam_is_computed_only_when_switched_on(app):
     app.sidebar.toggle(key="show_gradcam").set_value(True).run()
     assert not app.exception
     assert len(app.progress) == 2  # the prediction is still shown
-    if importlib.util.find_spec("pneumoscan.explain") is None:
+    if importlib.util.find_spec("pneumoscan.inference.explain") is None:
         assert any("Grad-CAM is not available" in t for t in texts(app.info))
     else:
         assert len(app.image) == 2, texts(app.warning)
@@ -318,8 +318,8 @@ def test_default_app_model_is_the_bundled_litert_export(monkeypatch):
 
 
 def test_verdict_wording_including_a_flag_below_fifty_percent():
-    from pneumoscan.app import verdict
-    from pneumoscan.predictor import make_prediction
+    from pneumoscan.inference.predictor import make_prediction
+    from pneumoscan.interfaces.app import verdict
 
     headline, note = verdict(make_prediction(0.93, 0.3))
     assert headline == "Pneumonia suspected — confidence 93\u00a0%" and note is None
@@ -331,8 +331,8 @@ def test_verdict_wording_including_a_flag_below_fifty_percent():
 
 
 def test_results_csv_has_one_row_per_file():
-    from pneumoscan.app import results_csv
-    from pneumoscan.predictor import make_prediction
+    from pneumoscan.inference.predictor import make_prediction
+    from pneumoscan.interfaces.app import results_csv
 
     rows = [
         {"name": "a.png", "prediction": make_prediction(0.8, 0.3), "error": None},

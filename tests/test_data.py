@@ -1,4 +1,4 @@
-"""pneumoscan.data: names, discovery, patient-level splits, weights, fingerprints, decoding, tf.data."""
+"""pneumoscan.data.dataset: names, discovery, patient splits, weights, fingerprints, decoding, tf.data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from conftest import DEFAULT_NAMES, write_image, xray_like
 
 from pneumoscan.config import CLASS_NAMES, AugmentConfig, SplitConfig
-from pneumoscan.data import (
+from pneumoscan.data.dataset import (
     Sample,
     class_weights,
     decode_samples,

@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from sklearn import metrics as skm
 
-from pneumoscan import evaluation as ev
-from pneumoscan.data import discover_split
+from pneumoscan.data.dataset import discover_split
+from pneumoscan.evaluation import comparison, evaluate
+from pneumoscan.evaluation import metrics as ev
+from pneumoscan.models.calibration import PlattCalibrator
 
 Y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0])
 S = np.array([0.05, 0.2, 0.35, 0.6, 0.1, 0.9, 0.8, 0.4, 0.55, 0.97, 0.3, 0.7, 0.65, 0.45, 0.5, 0.5])
@@ -152,7 +154,7 @@ def test_threshold_for_recall_examples_and_validation():
 def test_platt_lowers_ece_of_overconfident_model():
     y, p = _sharpened(4000, seed=1)
     y_test, p_test = _sharpened(4000, seed=2)
-    cal = ev.PlattCalibrator.fit(y, p)
+    cal = PlattCalibrator.fit(y, p)
     assert 0.0 < cal.a < 1.0  # over-confident scores are softened (true slope is 1/4)
     assert cal.a == pytest.approx(0.25, abs=0.05)
     before = ev.expected_calibration_error(y_test, p_test)
@@ -165,30 +167,30 @@ def test_platt_lowers_ece_of_overconfident_model():
 
 def test_platt_identity_roundtrip_and_monotonic():
     p = np.linspace(0.001, 0.999, 50)
-    np.testing.assert_allclose(ev.PlattCalibrator.identity().transform(p), p, atol=1e-9)
-    cal = ev.PlattCalibrator(a=0.7, b=-0.3)
-    assert ev.PlattCalibrator.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+    np.testing.assert_allclose(PlattCalibrator().transform(p), p, atol=1e-9)
+    cal = PlattCalibrator(a=0.7, b=-0.3)
+    assert PlattCalibrator.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
     assert np.all(np.diff(cal.transform(p)) > 0)
     assert np.isfinite(cal.transform(np.array([0.0, 1.0]))).all()
     with pytest.raises(ValueError, match="slope"):
-        ev.PlattCalibrator(a=-1.0, b=0.0)
+        PlattCalibrator(a=-1.0, b=0.0)
     with pytest.raises(ValueError, match="'a' and 'b'"):
-        ev.PlattCalibrator.from_dict({"a": 1.0})
+        PlattCalibrator.from_dict({"a": 1.0})
 
 
 def test_platt_falls_back_to_identity_when_fit_is_decreasing(caplog):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 500)
     p = np.where(y == 1, rng.uniform(0.0, 0.4, 500), rng.uniform(0.6, 1.0, 500))  # anti-correlated
-    cal = ev.PlattCalibrator.fit(y, p)
-    assert cal == ev.PlattCalibrator.identity()
+    cal = PlattCalibrator.fit(y, p)
+    assert cal == PlattCalibrator()
     assert "identity" in caplog.text
 
 
 def test_platt_fit_needs_both_classes_and_is_finite_on_separable_data():
     with pytest.raises(ValueError, match="both classes"):
-        ev.PlattCalibrator.fit([1, 1], [0.2, 0.9])
-    cal = ev.PlattCalibrator.fit([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])
+        PlattCalibrator.fit([1, 1], [0.2, 0.9])
+    cal = PlattCalibrator.fit([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])
     assert math.isfinite(cal.a) and cal.a > 0
 
 
@@ -347,7 +349,7 @@ class FakePredictor:
         self.calls = []
 
     def predict_paths(self, paths, *, tta=False, progress=True):
-        from pneumoscan.imaging import ImageDecodeError, read_image
+        from pneumoscan.data.imaging import ImageDecodeError, read_image
 
         self.calls.append({"n": len(paths), "tta": tta, "progress": progress})
         p = np.full(len(paths), np.nan)
@@ -390,7 +392,7 @@ def test_evaluate_folder_end_to_end(tmp_path):
     assert len(samples) == 13
     predictor = FakePredictor()
     out = tmp_path / "eval"
-    report = ev.evaluate_folder(samples, predictor, out_dir=out, tta=True, n_boot=100, progress=False)
+    report = evaluate.evaluate_folder(samples, predictor, out_dir=out, tta=True, n_boot=100, progress=False)
     assert predictor.calls == [{"n": 13, "tta": True, "progress": False}]
 
     on_disk = json.loads((out / "metrics.json").read_text())
@@ -407,7 +409,7 @@ def test_evaluate_folder_end_to_end(tmp_path):
     assert set(report["ci95"]) == {"accuracy", "recall", "specificity", "roc_auc"}
 
     rows = list(csv.DictReader((out / "predictions.csv").open()))
-    assert list(rows[0]) == list(ev.PREDICTION_COLUMNS)
+    assert list(rows[0]) == list(evaluate.PREDICTION_COLUMNS)
     assert len(rows) == 13
     bad = [r for r in rows if r["error"]]
     assert len(bad) == 1 and bad[0]["p_pneumonia"] == "" and bad[0]["predicted"] == ""
@@ -424,7 +426,7 @@ def test_evaluate_folder_end_to_end(tmp_path):
 
 def test_evaluate_folder_threshold_override_and_no_mistakes(tmp_path):
     samples = discover_split(make_split(tmp_path))
-    report = ev.evaluate_folder(
+    report = evaluate.evaluate_folder(
         samples, FakePredictor(), out_dir=tmp_path / "e", threshold=0.01, n_boot=20, progress=False
     )
     assert report["threshold"] == 0.01
@@ -437,19 +439,19 @@ def test_evaluate_folder_all_unreadable_is_a_clear_error(tmp_path):
     (split / "NORMAL").mkdir(parents=True)
     (split / "NORMAL" / "a.png").write_bytes(b"")
     with pytest.raises(ValueError, match="none of the 1 images"):
-        ev.evaluate_folder(
+        evaluate.evaluate_folder(
             discover_split(split), FakePredictor(), out_dir=tmp_path / "o", n_boot=10, progress=False
         )
     with pytest.raises(ValueError, match="empty"):
-        ev.evaluate_folder([], FakePredictor(), out_dir=tmp_path / "o")
+        evaluate.evaluate_folder([], FakePredictor(), out_dir=tmp_path / "o")
 
 
 def test_worst_mistakes_order():
     labels = np.array([1, 1, 1, 0, 0, 0])
     probs = np.array([0.3, 0.05, 0.9, 0.6, 0.99, 0.1])
-    fn, fp = ev.worst_mistakes(labels, probs, 0.5)
+    fn, fp = evaluate.worst_mistakes(labels, probs, 0.5)
     assert fn == [1, 0] and fp == [4, 3]
-    fn, fp = ev.worst_mistakes(labels, probs, 0.5, limit=2)
+    fn, fp = evaluate.worst_mistakes(labels, probs, 0.5, limit=2)
     assert fn == [1] and fp == [4]
 
 
@@ -482,7 +484,7 @@ def test_compare_runs(tmp_path):
     r1 = _fake_run(tmp_path / "run1", name="baseline-a", arch="baseline", seed=1)
     _fake_run(tmp_path / "run2", name=None, arch="mobilenetv2", seed=2, with_name=False)
     out = tmp_path / "cmp"
-    md = ev.compare_runs([tmp_path / "run1", tmp_path / "run2"], out_dir=out)
+    md = comparison.compare_runs([tmp_path / "run1", tmp_path / "run2"], out_dir=out)
     assert (out / "comparison.md").read_text() == md
     lines = md.strip().splitlines()
     assert len(lines) == 4
@@ -514,11 +516,11 @@ def test_compare_runs_refuses_different_validation_sets(tmp_path):
     ]
     _fake_run(tmp_path / "b", name="b", arch="baseline", seed=1, paths=other)
     with pytest.raises(ValueError, match="different images"):
-        ev.compare_runs([tmp_path / "a", tmp_path / "b"], out_dir=tmp_path / "cmp")
+        comparison.compare_runs([tmp_path / "a", tmp_path / "b"], out_dir=tmp_path / "cmp")
     assert not (tmp_path / "cmp" / "comparison.md").exists()
 
 
 def test_compare_runs_missing_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="validation.json"):
-        ev.compare_runs([tmp_path / "empty"], out_dir=tmp_path / "cmp")
+        comparison.compare_runs([tmp_path / "empty"], out_dir=tmp_path / "cmp")

@@ -10,7 +10,7 @@ from model_factory import make_tiny_model
 from PIL import Image
 
 from pneumoscan.config import CLASS_NAMES
-from pneumoscan.explain import (
+from pneumoscan.inference.explain import (
     Explanation,
     explain_file,
     explain_image,
@@ -18,7 +18,7 @@ from pneumoscan.explain import (
     gradcam_heatmap,
     overlay,
 )
-from pneumoscan.predictor import Predictor, save_metadata
+from pneumoscan.inference.predictor import Predictor, save_metadata
 
 SIZE = 64
 
@@ -97,7 +97,7 @@ def test_heatmap_shape_and_range_on_a_pneumoscan_cnn(tmp_path):
 
 
 def test_heatmap_on_flat_mobilenetv2_uses_out_relu():
-    from pneumoscan.models import build_mobilenetv2, last_conv_layer_name
+    from pneumoscan.models.architectures import build_mobilenetv2, last_conv_layer_name
 
     model = build_mobilenetv2(96, weights=None)
     assert last_conv_layer_name(model) == "out_relu"
@@ -172,7 +172,7 @@ def test_explain_file_writes_png(blob_predictor, tmp_path):
 def test_gradcam_refuses_a_litert_predictor(blob_model_path, tmp_path):
     import keras
 
-    from pneumoscan.export import convert_keras_model
+    from pneumoscan.training.export import convert_keras_model
 
     model = keras.saving.load_model(blob_model_path, compile=False)
     lite = tmp_path / "blob.tflite"

@@ -11,9 +11,9 @@ import pytest
 from model_factory import export_tiny_litert, make_tiny_model
 from PIL import Image
 
-from pneumoscan import export
-from pneumoscan.export import export_tflite, model_split
-from pneumoscan.predictor import Predictor, load_metadata, metadata_path, save_metadata
+from pneumoscan.inference.predictor import Predictor, load_metadata, metadata_path, save_metadata
+from pneumoscan.training import export
+from pneumoscan.training.export import export_tflite, model_split
 
 SIZE = 64
 SPLIT = {"val_fraction": 0.25, "seed": 7, "limit": None}
@@ -63,7 +63,7 @@ def model_path(tmp_path_factory, data_dir) -> Path:
     import keras
     from sklearn.linear_model import LogisticRegression
 
-    from pneumoscan.data import decode_samples
+    from pneumoscan.data.dataset import decode_samples
 
     path = make_tiny_model(tmp_path_factory.mktemp("model"), image_size=SIZE, threshold=0.4)
     meta = {

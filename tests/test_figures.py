@@ -1,4 +1,4 @@
-"""Tests of pneumoscan.figures: every figure builds, is labelled, and saves as a valid PNG."""
+"""Tests of pneumoscan.evaluation.figures: every figure builds, is labelled, and saves as a valid PNG."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from pneumoscan import figures
+from pneumoscan import plotting
+from pneumoscan.data import report
+from pneumoscan.evaluation import figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -22,7 +24,7 @@ def scores():
 
 def _check_saved(fig, path):
     assert isinstance(fig, Figure)
-    out = figures.save(fig, path)
+    out = plotting.save(fig, path)
     assert out == path
     assert path.read_bytes().startswith(PNG_MAGIC)
     with Image.open(path) as img:
@@ -86,13 +88,13 @@ def test_gallery_figure(tmp_path):
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (80 + 10 * i, 64), dtype=np.uint8) for i in range(5)]
     captions = [f"image {i}\np = 0.{i}" for i in range(5)]
-    fig = figures.gallery_figure(images, captions, ncols=3, title="Mistakes")
+    fig = plotting.gallery_figure(images, captions, ncols=3, title="Mistakes")
     assert fig._suptitle.get_text() == "Mistakes"
     assert [ax.get_title() for ax in fig.axes[:5]] == captions
     _check_saved(fig, tmp_path / "gallery.png")
-    _check_saved(figures.gallery_figure([], [], title="Nothing"), tmp_path / "empty.png")
+    _check_saved(plotting.gallery_figure([], [], title="Nothing"), tmp_path / "empty.png")
     with pytest.raises(ValueError, match="captions"):
-        figures.gallery_figure(images, captions[:2])
+        plotting.gallery_figure(images, captions[:2])
 
 
 def test_learning_curves_figure(tmp_path):
@@ -152,18 +154,18 @@ def test_data_report_figures(tmp_path):
         "val": {"NORMAL": 8, "PNEUMONIA": 8},
         "test": {"NORMAL": 234, "PNEUMONIA": 390},
     }
-    fig = figures.class_balance_figure(counts)
+    fig = report.class_balance_figure(counts)
     assert "Number of images" in _texts(fig)
     _check_saved(fig, tmp_path / "balance.png")
     rng = np.random.default_rng(2)
     widths = rng.integers(400, 2900, 300)
     heights = (widths * rng.uniform(0.6, 1.1, 300)).astype(int)
-    fig = figures.size_distribution_figure(widths, heights)
+    fig = report.size_distribution_figure(widths, heights)
     assert "Width (pixels)" in _texts(fig)
     _check_saved(fig, tmp_path / "sizes.png")
-    _check_saved(figures.size_distribution_figure([], []), tmp_path / "no_sizes.png")
+    _check_saved(report.size_distribution_figure([], []), tmp_path / "no_sizes.png")
     with pytest.raises(ValueError, match="same length"):
-        figures.size_distribution_figure([1, 2], [3])
+        report.size_distribution_figure([1, 2], [3])
 
 
 def test_figures_do_not_use_pyplot():
@@ -187,6 +189,6 @@ def test_save_closes_pyplot_figures(tmp_path):
 
     fig = plt.figure()
     plt.plot([0, 1], [0, 1])
-    figures.save(fig, tmp_path / "sub" / "plt.png")
+    plotting.save(fig, tmp_path / "sub" / "plt.png")
     assert (tmp_path / "sub" / "plt.png").is_file()
     assert fig.number not in plt.get_fignums()

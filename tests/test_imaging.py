@@ -1,4 +1,4 @@
-"""pneumoscan.imaging: every accepted format, mode and bit depth, and every way a file can be bad."""
+"""pneumoscan.data.imaging: every accepted format, mode and bit depth, and every way a file can be bad."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pneumoscan import imaging
-from pneumoscan.imaging import (
+from pneumoscan.data import imaging
+from pneumoscan.data.imaging import (
     DecodedImage,
     ImageDecodeError,
     decode_bytes,

@@ -11,7 +11,7 @@ import pytest
 from model_factory import export_tiny_litert, make_tiny_model
 from PIL import Image
 
-from pneumoscan.predictor import (
+from pneumoscan.inference.predictor import (
     Predictor,
     load_metadata,
     make_prediction,
@@ -164,7 +164,7 @@ def test_litert_predictor_serves_concurrent_callers(predictor, lite_predictor):
 
 
 def test_source_keras_model_of_an_export(model_path, tmp_path):
-    from pneumoscan.predictor import source_keras_model
+    from pneumoscan.inference.predictor import source_keras_model
 
     assert source_keras_model(model_path, load_metadata(model_path)) == model_path
     # At the recorded path: relative to the export's folder, as `pneumoscan export` writes it...

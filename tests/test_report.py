@@ -1,4 +1,4 @@
-"""pneumoscan.report: the data report on generated trees (and on the real data when present)."""
+"""pneumoscan.data.report: the data report on generated trees (and on the real data when present)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from conftest import write_image
 from PIL import Image
 
 from pneumoscan import __version__
-from pneumoscan import report as report_module
-from pneumoscan.data import discover, fingerprint
-from pneumoscan.report import build_report, format_report
+from pneumoscan.data import report as report_module
+from pneumoscan.data.dataset import discover, fingerprint
+from pneumoscan.data.report import build_report, format_report
 
 FIGURES = ("class_balance.png", "image_sizes.png", "samples_NORMAL.png", "samples_PNEUMONIA.png")
 

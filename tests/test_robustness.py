@@ -6,8 +6,8 @@ import numpy as np
 from conftest import xray_like
 from model_factory import make_tiny_model
 
-from pneumoscan.predictor import Predictor
-from pneumoscan.robustness import SHIFTS, stress_report
+from pneumoscan.evaluation.robustness import SHIFTS, stress_report
+from pneumoscan.inference.predictor import Predictor
 
 
 def batch(n=4, size=64):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pneumoscan.config import TrainConfig
-from pneumoscan.training import Trainer, resume, train
+from pneumoscan.training.engine import Trainer, resume, train
 
 RUN_FILES = (
     "model.keras",
@@ -84,7 +84,7 @@ def test_each_architecture_trains_into_a_complete_loadable_run(arch, make_tree, 
     assert {"tensorflow", "keras", "numpy", "python"} <= set(config["versions"])
     assert config["split"]["train_images"] + config["split"]["val_images"] == 25
 
-    from pneumoscan.predictor import Predictor
+    from pneumoscan.inference.predictor import Predictor
 
     predictor = Predictor(run_dir / "model.keras")
     assert predictor.metadata["arch"] == arch
@@ -112,7 +112,7 @@ def test_same_seed_gives_the_same_split_and_another_seed_a_different_one(make_tr
 def test_missing_imagenet_weights_stop_with_instructions(monkeypatch):
     from keras.src.utils import file_utils
 
-    from pneumoscan.models import WeightsUnavailableError, build_mobilenetv2
+    from pneumoscan.models.architectures import WeightsUnavailableError, build_mobilenetv2
 
     def offline(*args, **kwargs):
         raise Exception("URL fetch failure: no network")
@@ -126,7 +126,7 @@ def test_missing_imagenet_weights_stop_with_instructions(monkeypatch):
 def test_resume_continues_an_interrupted_run(make_tree, tmp_path, monkeypatch):
     import keras
 
-    from pneumoscan import training
+    from pneumoscan.training import engine as training
 
     data = make_tree(TINY_NAMES)
     run_dir = tmp_path / "run"
@@ -172,7 +172,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from pneumoscan.config import TrainConfig
-from pneumoscan.training import Trainer, _strategy
+from pneumoscan.training.engine import Trainer, _strategy
 print("replicas", _strategy("mirrored").num_replicas_in_sync)
 cfg = TrainConfig(arch="regularized", image_size=32, batch_size=8, epochs=1, val_fraction=0.3, seed=7,
                   distribute="mirrored")

@@ -1,6 +1,6 @@
 """The ``pneumoscan`` command line: argparse subcommands that build options, then call the library.
 
-Only this module and :mod:`pneumoscan.app` print. Exit codes: 0 success, 1 the job ran but some
+Only this module and :mod:`pneumoscan.interfaces.app` print. Exit codes: 0 success, 1 the job ran but some
 input failed (e.g. unreadable files in ``predict``), 2 bad usage or a fatal, explained error.
 """
 
@@ -43,7 +43,7 @@ def _model_arg(
 
 
 def _load_predictor(args, **kwargs):
-    from pneumoscan.predictor import Predictor
+    from pneumoscan.inference.predictor import Predictor
 
     try:
         return Predictor(args.model, **kwargs)
@@ -55,7 +55,7 @@ def _load_predictor(args, **kwargs):
 
 
 def cmd_data_report(args) -> int:
-    from pneumoscan.report import build_report, format_report
+    from pneumoscan.data.report import build_report, format_report
 
     report = build_report(args.data_dir, out_dir=args.out, progress=not args.quiet)
     print(format_report(report))
@@ -82,7 +82,7 @@ def cmd_train(args) -> int:
         cfg = TrainConfig(**{**defaults.to_dict(), "augment": AugmentConfig(), **options})
         run_dir = args.out
         metrics = training.train(cfg, args.data, args.out, progress=not args.quiet)
-    from pneumoscan.evaluation import format_metrics_table
+    from pneumoscan.evaluation.metrics import format_metrics_table
 
     print(format_metrics_table(metrics))
     print(f"\nrun written to {run_dir} (model.keras, validation.json, learning_curves.png, ...)")
@@ -93,8 +93,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from pneumoscan.data import discover_split
-    from pneumoscan.evaluation import evaluate_folder, format_metrics_table
+    from pneumoscan.data.dataset import discover_split
+    from pneumoscan.evaluation.evaluate import evaluate_folder
+    from pneumoscan.evaluation.metrics import format_metrics_table
 
     samples = discover_split(args.data, prefer="test")
     if not samples:
@@ -114,7 +115,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from pneumoscan.evaluation import compare_runs
+    from pneumoscan.evaluation.comparison import compare_runs
 
     print(compare_runs(args.run_dirs, out_dir=args.out))
     print(f"\ncomparison.md and comparison.png written to {args.out}")
@@ -125,7 +126,7 @@ def cmd_compare(args) -> int:
 
 
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
-    from pneumoscan.imaging import IMAGE_SUFFIXES
+    from pneumoscan.data.imaging import IMAGE_SUFFIXES
 
     files = []
     for item in inputs:
@@ -186,7 +187,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from pneumoscan.explain import explain_file
+    from pneumoscan.inference.explain import explain_file
 
     predictor = _load_predictor(args)
     prediction = explain_file(predictor, args.image, out=args.out)
@@ -199,7 +200,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from pneumoscan.export import export_tflite
+    from pneumoscan.training.export import export_tflite
 
     predictor = _load_predictor(args)
     report = export_tflite(

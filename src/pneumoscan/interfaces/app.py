@@ -1,15 +1,15 @@
 """The Streamlit screening app: upload chest X-rays, read calibrated probabilities, see Grad-CAM.
 
 Start it with ``pneumoscan app [--model PATH] [--port N]``, which runs
-``streamlit run src/pneumoscan/app.py``; the model is ``$PNEUMOSCAN_MODEL`` or the bundled LiteRT
+``streamlit run`` on this file; the model is ``$PNEUMOSCAN_MODEL`` or the bundled LiteRT
 export of the released model (:func:`pneumoscan.config.default_app_model_path`). Grad-CAM needs
 gradients, so for a LiteRT model it runs on the ``.keras`` model the export was made from, loaded
 the first time a heatmap is asked for.
 
 The page is a thin layer over the library: files are decoded by
-:func:`pneumoscan.imaging.decode_bytes` and scored by :meth:`pneumoscan.predictor.Predictor.predict_image`
-(the one preprocessing and inference path), heatmaps come from :mod:`pneumoscan.explain`. The app
-adds one policy of its own: colour photographs are refused (see :data:`MAX_COLOURFULNESS`).
+:func:`pneumoscan.data.imaging.decode_bytes` and scored by
+:meth:`pneumoscan.inference.predictor.Predictor.predict_image` (the one preprocessing and inference
+path), heatmaps come from :mod:`pneumoscan.inference.explain`. The app adds one policy of its own: colour photographs are refused (see :data:`MAX_COLOURFULNESS`).
 
 Models are loaded by cached loaders, a single time per server process; on the LiteRT model the
 app never imports TensorFlow unless Grad-CAM is switched on, so it starts in seconds.
@@ -30,20 +30,20 @@ import streamlit as st
 
 from pneumoscan import __version__
 from pneumoscan.config import DISCLAIMER, POSITIVE_CLASS, default_app_model_path
-from pneumoscan.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_bytes
+from pneumoscan.data.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pneumoscan.predictor import Prediction, Predictor
+    from pneumoscan.inference.predictor import Prediction, Predictor
 
-log = logging.getLogger("pneumoscan.app")
+log = logging.getLogger("pneumoscan.interfaces.app")
 
-#: File types offered by the uploader (the suffixes :mod:`pneumoscan.imaging` reads).
+#: File types offered by the uploader (the suffixes :mod:`pneumoscan.data.imaging` reads).
 UPLOAD_TYPES: list[str] = sorted(s.lstrip(".") for s in IMAGE_SUFFIXES)
 
 #: Images more colourful than this (Hasler-Suesstrunk colourfulness, see
-#: :attr:`pneumoscan.imaging.DecodedImage.colourfulness`) are refused as "not an X-ray". Grey
+#: :attr:`pneumoscan.data.imaging.DecodedImage.colourfulness`) are refused as "not an X-ray". Grey
 #: radiographs score 0, a JPEG with a slight colour cast a few units, ordinary colour photographs
 #: 20 and more (Hasler and Suesstrunk rate 15 "slightly colourful", 33 "moderately colourful").
 MAX_COLOURFULNESS = 20.0
@@ -60,7 +60,7 @@ ARCHITECTURE_NAMES = {
     "mobilenetv2": "MobileNetV2 (ImageNet-pretrained, fine-tuned)",
 }
 
-#: How the model card names :attr:`Predictor.backend <pneumoscan.predictor.Predictor.backend>`.
+#: How the model card names :attr:`Predictor.backend <pneumoscan.inference.predictor.Predictor.backend>`.
 BACKEND_NAMES = {"keras": "Keras", "litert": "LiteRT"}
 
 #: Validation metrics shown in the model card: key, label, formatter.
@@ -158,7 +158,7 @@ def analyse_upload(data: bytes, name: str, predictor: Predictor) -> dict[str, An
     Returns
     -------
     dict
-        ``name``; ``prediction`` (:class:`~pneumoscan.predictor.Prediction` or ``None``);
+        ``name``; ``prediction`` (:class:`~pneumoscan.inference.predictor.Prediction` or ``None``);
         ``image`` (a grey ``uint8`` preview, or ``None``); ``info`` (size and format);
         ``error`` (why no prediction was made, or ``None``).
     """
@@ -229,7 +229,7 @@ def load_predictor(model_path: str) -> Predictor:
     """Load the model once per server process and warm it up (first call traces the graph)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     start = time.perf_counter()
-    from pneumoscan.predictor import Predictor
+    from pneumoscan.inference.predictor import Predictor
 
     predictor = Predictor(model_path)
     predictor.predict_image(np.zeros((predictor.image_size, predictor.image_size), dtype=np.uint8))
@@ -253,7 +253,7 @@ def load_explainer(model_path: str) -> Predictor:
     FileNotFoundError
         A LiteRT model whose source ``.keras`` file cannot be found.
     """
-    from pneumoscan.predictor import Predictor, load_metadata, source_keras_model
+    from pneumoscan.inference.predictor import Predictor, load_metadata, source_keras_model
 
     source = source_keras_model(model_path, load_metadata(model_path))
     if source is None:
@@ -267,7 +267,7 @@ def load_explainer(model_path: str) -> Predictor:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _cached_overlay(data: bytes, name: str, model_key: str, _predictor: Predictor) -> np.ndarray:
-    from pneumoscan.explain import explain_image  # lazily: heavy, and optional
+    from pneumoscan.inference.explain import explain_image  # lazily: heavy, and optional
 
     keras_model = _predictor if _predictor.backend == "keras" else load_explainer(str(_predictor.model_path))
     explanation = explain_image(keras_model, decode_bytes(data, name=name))
@@ -383,7 +383,7 @@ def show_gradcam(data: bytes, name: str, predictor: Predictor) -> None:
         with st.spinner("Computing Grad-CAM… (the first heatmap also loads the Keras model)"):
             overlay = _cached_overlay(data, name, _model_key(predictor), predictor)
     except ImportError:
-        st.info("Grad-CAM is not available in this installation (pneumoscan.explain is missing).")
+        st.info("Grad-CAM is not available in this installation (pneumoscan.inference.explain is missing).")
         return
     except FileNotFoundError as exc:
         st.info(str(exc), icon=":material/info:")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.config import CLASS_NAMES, AugmentConfig
-from pneumoscan.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_workers, load_image
+from pneumoscan.data.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_workers, load_image
 
 log = logging.getLogger(__name__)
 

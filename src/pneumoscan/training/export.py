@@ -2,8 +2,8 @@
 
 This module owns the conversion (:func:`convert_keras_model`) and ``pneumoscan export``
 (:func:`export_tflite`). Every exported file keeps the float32 ``(n, size, size, 1)`` input in
-0..255 and the float32 sigmoid output of the Keras model, so the :class:`~pneumoscan.predictor.Predictor`
-feeds it the same arrays, and gets a sidecar ``<stem>.meta.json``: the Keras model's metadata (same
+0..255 and the float32 sigmoid output of the Keras model, so the
+:class:`~pneumoscan.inference.predictor.Predictor` feeds it the same arrays, and gets a sidecar ``<stem>.meta.json``: the Keras model's metadata (same
 threshold and calibration) plus an ``"export"`` section saying how it was made and checked (its
 ``source`` is the Keras model's path relative to the export's folder).
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.config import SplitConfig
-from pneumoscan.predictor import Predictor, metadata_path, save_metadata
+from pneumoscan.inference.predictor import Predictor, metadata_path, save_metadata
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def model_split(metadata: dict, data_dir: str | Path):
     -------
     train, val : list of pneumoscan.data.Sample
     """
-    from pneumoscan.data import discover_split, patient_split, stratified_subset
+    from pneumoscan.data.dataset import discover_split, patient_split, stratified_subset
 
     split = metadata.get("split") or {}
     if not split:
@@ -165,7 +165,7 @@ def export_tflite(
     """
     from sklearn.metrics import roc_auc_score
 
-    from pneumoscan.data import decode_samples, stratified_subset
+    from pneumoscan.data.dataset import decode_samples, stratified_subset
 
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")

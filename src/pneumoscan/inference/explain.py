@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.config import DISCLAIMER
-from pneumoscan.imaging import DecodedImage, preprocess, read_image
-from pneumoscan.predictor import Prediction, Predictor
+from pneumoscan.data.imaging import DecodedImage, preprocess, read_image
+from pneumoscan.inference.predictor import Prediction, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def gradcam_heatmap(model, x: np.ndarray, *, layer_name: str | None = None) -> n
     model : keras.Model
         A pneumoscan model: ``(n, size, size, 1)`` grey input in 0..255, one sigmoid output.
     x : ndarray of shape (size, size, 1) or (size, size), uint8 or float in 0..255
-        The preprocessed image (:func:`pneumoscan.imaging.preprocess`).
+        The preprocessed image (:func:`pneumoscan.data.imaging.preprocess`).
     layer_name : str, optional
         Convolutional layer to explain. Default:
         :func:`pneumoscan.models.last_conv_layer_name` (``out_relu`` for MobileNetV2).
@@ -81,7 +81,7 @@ def gradcam_heatmap(model, x: np.ndarray, *, layer_name: str | None = None) -> n
     import keras
     import tensorflow as tf
 
-    from pneumoscan.models import last_conv_layer_name
+    from pneumoscan.models.architectures import last_conv_layer_name
 
     x = np.asarray(x)
     if x.ndim == 2:
@@ -207,7 +207,7 @@ def explanation_figure(explanation: Explanation, gray: np.ndarray, *, title: str
         On an Agg canvas, not registered with pyplot. The caption gives the label, the calibrated
         P(pneumonia), the threshold and :data:`pneumoscan.config.DISCLAIMER`.
     """
-    from pneumoscan.figures import new_figure
+    from pneumoscan.plotting import new_figure
 
     gray = np.asarray(gray)
     if gray.ndim == 3:
@@ -250,12 +250,12 @@ def explain_file(predictor: Predictor, path: str | Path, *, out: str | Path) -> 
 
     Raises
     ------
-    pneumoscan.imaging.ImageDecodeError
+    pneumoscan.data.imaging.ImageDecodeError
         The file cannot be read (a ValueError).
     ValueError
         The predictor runs a LiteRT model.
     """
-    from pneumoscan.figures import save
+    from pneumoscan.plotting import save
 
     _require_keras(predictor)
     path = Path(path)

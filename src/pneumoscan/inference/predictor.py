@@ -1,7 +1,7 @@
 """The one inference path: :class:`Predictor` turns files or arrays into calibrated probabilities.
 
 The CLI (``predict``, ``evaluate``, ``explain``), the app, the export check and the tests all go
-through it, so preprocessing (:mod:`pneumoscan.imaging`), calibration and the operating threshold
+through it, so preprocessing (:mod:`pneumoscan.data.imaging`), calibration and the operating threshold
 are applied in exactly one place.
 
 A model is a ``.keras`` file (loaded in Keras safe mode) or a ``.tflite`` file (run by the LiteRT
@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.config import CLASS_NAMES, DISCLAIMER, default_model_path
-from pneumoscan.evaluation import PlattCalibrator
-from pneumoscan.imaging import (
+from pneumoscan.data.imaging import (
     DecodedImage,
     ImageDecodeError,
     available_cpus,
@@ -35,6 +34,7 @@ from pneumoscan.imaging import (
     preprocess,
     read_image,
 )
+from pneumoscan.models.calibration import PlattCalibrator
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class Predictor:
         Override the stored operating threshold.
     num_threads : int, optional
         Threads for the LiteRT runtime (default: the cores this process may run on,
-        :func:`pneumoscan.imaging.available_cpus`). A single image runs on one interpreter with
+        :func:`pneumoscan.data.imaging.available_cpus`). A single image runs on one interpreter with
         all of them; a batch is shared out, whole images at a time, among ``num_threads``
         single-threaded interpreters.
 

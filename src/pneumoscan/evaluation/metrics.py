@@ -1,11 +1,7 @@
-"""Metrics, operating threshold, calibration and confidence intervals; evaluation runs and comparisons.
+"""Pure metrics of arrays: point metrics, reliability, the operating threshold, the patient bootstrap.
 
-This module owns every number that says how good a model is. The top half is pure functions of
-arrays: ``y_true`` holds integer labels 0/1 (1 = PNEUMONIA, the positive class) and ``y_score``
-holds float probabilities of pneumonia in 0..1. The bottom half orchestrates them:
-:func:`evaluate_folder` (``pneumoscan evaluate``) and :func:`compare_runs` (``pneumoscan compare``).
-
-Conventions:
+Every function takes ``y_true`` (integer labels 0/1, 1 = PNEUMONIA, the positive class) and
+``y_score`` (float probabilities of pneumonia in 0..1) and touches no file. Conventions:
 
 - An image is predicted PNEUMONIA when ``y_score >= threshold``.
 - Results are plain Python ``int``/``float``/``None`` so that they go straight into JSON. A metric
@@ -15,15 +11,13 @@ Conventions:
   images, which are not independent evidence.
 """
 
+
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -75,7 +69,7 @@ def _pair(y_true, y_score, *, allow_empty: bool = False) -> tuple[np.ndarray, np
     return y, s
 
 
-def _check_threshold(threshold: float) -> float:
+def check_threshold(threshold: float) -> float:
     t = float(threshold)
     if not math.isfinite(t):
         raise ValueError(f"threshold must be a finite number, got {threshold}")
@@ -114,7 +108,7 @@ def binary_metrics(y_true, y_score, *, threshold: float) -> dict:
     from sklearn import metrics as skm
 
     y, s = _pair(y_true, y_score)
-    t = _check_threshold(threshold)
+    t = check_threshold(threshold)
     pred = (s >= t).astype(np.int64)
     tn, fp, fn, tp = (int(v) for v in skm.confusion_matrix(y, pred, labels=[0, 1]).ravel())
     both = tp + fn > 0 and tn + fp > 0
@@ -270,105 +264,6 @@ def per_subtype_recall(y_true, y_pred, subtypes) -> dict[str, float | None]:
     return out
 
 
-# --------------------------------------------------------------------------- calibration
-
-
-@dataclasses.dataclass(frozen=True)
-class PlattCalibrator:
-    """Platt scaling of the model's pneumonia probability: ``p_cal = sigmoid(a * logit(p) + b)``.
-
-    ``a`` must be positive so that calibration keeps the order of the scores (the ROC curve and
-    AUC are unchanged). The identity is ``a = 1, b = 0``.
-
-    Attributes
-    ----------
-    a : float
-        Slope on the logit, > 0.
-    b : float
-        Intercept.
-    """
-
-    a: float = 1.0
-    b: float = 0.0
-
-    def __post_init__(self):
-        if not (math.isfinite(self.a) and self.a > 0.0):
-            raise ValueError(f"calibration slope a must be a finite positive number, got {self.a}")
-        if not math.isfinite(self.b):
-            raise ValueError(f"calibration intercept b must be finite, got {self.b}")
-
-    @classmethod
-    def identity(cls) -> PlattCalibrator:
-        return cls(1.0, 0.0)
-
-    @classmethod
-    def fit(cls, y_true, p_raw) -> PlattCalibrator:
-        """Fit ``a, b`` by logistic regression of ``y_true`` on ``logit(p_raw)``.
-
-        Uses Platt's smoothed targets (``(n+ + 1) / (n+ + 2)`` and ``1 / (n- + 2)``), which keeps the
-        fit finite on perfectly separated data. Falls back to the identity, with a warning, when
-        the fit is not increasing.
-
-        Parameters
-        ----------
-        y_true : array-like of shape (n,), int 0/1
-            Needs both classes (use a validation set, never the training set).
-        p_raw : array-like of shape (n,), float in 0..1
-            Uncalibrated probabilities of pneumonia.
-        """
-        from sklearn.linear_model import LogisticRegression
-
-        y, p = _pair(y_true, p_raw)
-        n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
-        if n_pos == 0 or n_neg == 0:
-            raise ValueError(
-                f"calibration needs both classes; got {n_neg} NORMAL and {n_pos} PNEUMONIA images"
-            )
-        z = _logit(p)
-        target = np.where(y == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
-        x = np.concatenate([z, z])[:, None]
-        labels = np.concatenate([np.ones_like(y), np.zeros_like(y)])
-        weights = np.concatenate([target, 1.0 - target])
-        model = LogisticRegression(C=np.inf, max_iter=1000).fit(x, labels, sample_weight=weights)
-        a, b = float(model.coef_[0, 0]), float(model.intercept_[0])
-        if not (math.isfinite(a) and a > 0.0 and math.isfinite(b)):
-            log.warning("Platt calibration fit gave slope a=%.4g (not increasing); using the identity", a)
-            return cls.identity()
-        log.info("Platt calibration: a=%.4f b=%.4f", a, b)
-        return cls(a, b)
-
-    def transform(self, p_raw) -> np.ndarray:
-        """Calibrated probabilities.
-
-        Parameters
-        ----------
-        p_raw : array-like of any shape, float in 0..1
-
-        Returns
-        -------
-        ndarray of the same shape, float64
-        """
-        from scipy.special import expit
-
-        return expit(self.a * _logit(np.asarray(p_raw, dtype=np.float64)) + self.b)
-
-    def to_dict(self) -> dict[str, float]:
-        return {"a": float(self.a), "b": float(self.b)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PlattCalibrator:
-        try:
-            return cls(float(d["a"]), float(d["b"]))
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"calibration must be a mapping with numbers 'a' and 'b', got {d!r}") from exc
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    from scipy.special import logit
-
-    return logit(np.clip(p, _EPS, 1.0 - _EPS))
-
-
 # --------------------------------------------------------------------------- bootstrap
 
 
@@ -478,7 +373,7 @@ def bootstrap_ci(
     if int(n_boot) < 1:
         raise ValueError(f"n_boot must be at least 1, got {n_boot}")
     y, s = _pair(y_true, y_score)
-    t = _check_threshold(threshold)
+    t = check_threshold(threshold)
     pred = (s >= t).astype(np.int64)
     index, n_groups = _group_index(groups, y.size)
     rng = np.random.default_rng(seed)
@@ -547,7 +442,8 @@ def metrics_report(
 # --------------------------------------------------------------------------- terminal table
 
 
-def _fmt(value, digits: int = 3) -> str:
+def fmt_metric(value, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals, or ``"n/a"`` for an undefined (None) metric."""
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
@@ -576,7 +472,7 @@ def format_metrics_table(metrics: dict) -> str:
     lines.append("-" * (width + 38))
     for label, key in rows:
         digits = 4 if key in ("brier", "ece") else 3
-        line = f"{label:<{width}}{_fmt(metrics.get(key), digits):>7}"
+        line = f"{label:<{width}}{fmt_metric(metrics.get(key), digits):>7}"
         if key in ci:
             interval = ci[key]
             line += "   n/a" if interval is None else f"   [{interval[0]:.3f}, {interval[1]:.3f}]"
@@ -591,343 +487,8 @@ def format_metrics_table(metrics: dict) -> str:
     ]
     per_subtype = metrics.get("per_subtype")
     if per_subtype:
-        parts = ", ".join(f"{k} {_fmt(v)}" for k, v in per_subtype.items())
+        parts = ", ".join(f"{k} {fmt_metric(v)}" for k, v in per_subtype.items())
         lines += ["", f"Recall by pneumonia subtype: {parts}"]
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- evaluate a folder
-
-
-def evaluate_folder(
-    samples,
-    predictor,
-    *,
-    out_dir: str | Path,
-    threshold: float | None = None,
-    tta: bool = False,
-    n_boot: int = 1000,
-    seed: int = 1337,
-    progress: bool = True,
-) -> dict:
-    """Predict every sample, compute the metrics report and write it with its figures.
-
-    Parameters
-    ----------
-    samples : list of pneumoscan.data.Sample
-        Labelled images (``pneumoscan.data.discover_split``).
-    predictor : pneumoscan.predictor.Predictor
-        Or any object with ``threshold``, ``image_size`` and ``predict_paths``.
-    out_dir : path
-        Created if needed. Receives ``metrics.json``, ``predictions.csv`` and the PNG figures
-        ``confusion_matrix``, ``roc``, ``pr``, ``reliability``, ``threshold_sweep`` and
-        ``worst_mistakes``.
-    threshold : float, optional
-        Operating threshold; the predictor's stored one by default.
-    tta : bool
-        Test-time augmentation in the predictor.
-    n_boot, seed : int
-        Bootstrap resamples and seed (:func:`bootstrap_ci`).
-    progress : bool
-        Show a progress bar.
-
-    Returns
-    -------
-    dict
-        :func:`metrics_report` plus ``skipped`` (``[{"path", "error"}]``), ``model`` (str or None)
-        and ``tta``. Unreadable files are skipped, never fatal.
-
-    Raises
-    ------
-    ValueError
-        No samples, or none of them could be read.
-    """
-    from pneumoscan import figures
-
-    samples = list(samples)
-    if not samples:
-        raise ValueError("no images to evaluate: the sample list is empty")
-    t = _check_threshold(predictor.threshold if threshold is None else threshold)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [s.path for s in samples]
-    results = predictor.predict_paths(paths, tta=tta, progress=progress)
-    probs = np.asarray(results.p_pneumonia, dtype=np.float64)
-    errors = list(results.errors)
-    if probs.shape != (len(samples),) or len(errors) != len(samples):
-        raise ValueError(
-            f"predictor returned {probs.shape[0]} probabilities and {len(errors)} errors "
-            f"for {len(samples)} files"
-        )
-    for i in np.flatnonzero(~np.isfinite(probs)):
-        if errors[i] is None:
-            errors[i] = "the model returned no finite probability"
-    ok = np.array([e is None for e in errors])
-    skipped = [
-        {"path": str(s.path), "error": e} for s, e in zip(samples, errors, strict=True) if e is not None
-    ]
-    for item in skipped:
-        log.warning("skipped %s: %s", item["path"], item["error"])
-    _write_predictions(out_dir / "predictions.csv", samples, probs, errors, t)
-    if not ok.any():
-        raise ValueError(
-            f"none of the {len(samples)} images could be read; first error: "
-            f"{skipped[0]['path']}: {skipped[0]['error']}"
-        )
-    kept = [s for s, good in zip(samples, ok, strict=True) if good]
-    y = np.array([s.label for s in kept], dtype=np.int64)
-    p = probs[ok]
-    report = metrics_report(
-        y,
-        p,
-        threshold=t,
-        groups=[s.patient_id for s in kept],
-        subtypes=[s.subtype for s in kept],
-        n_boot=n_boot,
-        seed=seed,
-    )
-    model_path = getattr(predictor, "model_path", None)
-    report["skipped"] = skipped
-    report["model"] = None if model_path is None else str(model_path)
-    report["tta"] = bool(tta)
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-
-    both = 0 < y.sum() < y.size
-    cm_figure = figures.confusion_matrix_figure(report["confusion_matrix"])
-    figures.save(cm_figure, out_dir / "confusion_matrix.png")
-    figures.save(figures.roc_figure(y, p, threshold=t), out_dir / "roc.png")
-    figures.save(figures.pr_figure(y, p, threshold=t), out_dir / "pr.png")
-    figures.save(figures.reliability_figure(y, p), out_dir / "reliability.png")
-    figures.save(figures.threshold_sweep_figure(y, p, threshold=t), out_dir / "threshold_sweep.png")
-    figures.save(_worst_mistakes_figure(kept, p, t), out_dir / "worst_mistakes.png")
-    if not both:
-        log.warning("the evaluation set holds only one class: ROC/PR AUC are undefined")
-    log.info("evaluation written to %s", out_dir)
-    return report
-
-
-def _write_predictions(path: Path, samples, probs: np.ndarray, errors, threshold: float) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(PREDICTION_COLUMNS)
-        for s, p, err in zip(samples, probs, errors, strict=True):
-            good = err is None
-            writer.writerow(
-                [
-                    str(s.path),
-                    s.patient_id,
-                    s.subtype,
-                    int(s.label),
-                    f"{p:.6f}" if good else "",
-                    int(p >= threshold) if good else "",
-                    err or "",
-                ]
-            )
-
-
-def worst_mistakes(labels: np.ndarray, probs: np.ndarray, threshold: float, *, limit: int = GALLERY_SIZE):
-    """Indices of the most confident errors: false negatives first, then false positives.
-
-    False negatives are sorted by increasing ``probs`` (most confidently called normal first),
-    false positives by decreasing ``probs``. Up to ``limit`` in all; false negatives get at least
-    half of the places when there are enough of them.
-
-    Returns
-    -------
-    fn, fp : list of int
-    """
-    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
-    pred = probs >= threshold
-    fn = [int(i) for i in sorted(np.flatnonzero((labels == 1) & ~pred), key=lambda i: probs[i])]
-    fp = [int(i) for i in sorted(np.flatnonzero((labels == 0) & pred), key=lambda i: -probs[i])]
-    n_fn = min(len(fn), max(limit // 2, limit - len(fp)))
-    n_fp = min(len(fp), limit - n_fn)
-    return fn[:n_fn], fp[:n_fp]
-
-
-def _worst_mistakes_figure(samples, probs: np.ndarray, threshold: float):
-    from PIL import Image
-
-    from pneumoscan import figures
-    from pneumoscan.imaging import ImageDecodeError, read_image
-
-    labels = np.array([s.label for s in samples])
-    fn, fp = worst_mistakes(labels, probs, threshold)
-    images, captions = [], []
-    for kind, indices in (("missed pneumonia (FN)", fn), ("false alarm (FP)", fp)):
-        for i in indices:
-            try:
-                gray = read_image(samples[i].path).gray
-            except ImageDecodeError as exc:  # it was read a moment ago; stay robust anyway
-                log.warning("gallery: %s", exc)
-                continue
-            thumb = Image.fromarray(gray, "L")
-            thumb.thumbnail((320, 320), Image.Resampling.BILINEAR)
-            images.append(np.asarray(thumb))
-            name = samples[i].path.name
-            name = name if len(name) <= 28 else name[:12] + "..." + name[-13:]
-            captions.append(f"{kind}\n{name}\np(pneumonia) = {probs[i]:.3f}")
-    title = (
-        f"Most confident mistakes at threshold {threshold:.3f} "
-        f"({len(fn)} missed pneumonia, {len(fp)} false alarms shown)"
-    )
-    return figures.gallery_figure(images, captions, ncols=4, title=title)
-
-
-# --------------------------------------------------------------------------- compare runs
-
-
-def _read_run(run_dir: Path) -> dict:
-    names = ("validation.json", "config.json", "validation_predictions.csv")
-    files = {name: run_dir / name for name in names}
-    for path in files.values():
-        if not path.is_file():
-            raise FileNotFoundError(f"{run_dir} is not a complete training run: {path.name} is missing")
-    metrics = json.loads(files["validation.json"].read_text())
-    config = json.loads(files["config.json"].read_text())
-    rows = list(csv.DictReader(files["validation_predictions.csv"].open(newline="")))
-    missing = {"path", "label", "p_pneumonia"} - set(rows[0] if rows else {})
-    if missing:
-        raise ValueError(f"{files['validation_predictions.csv']}: missing columns {sorted(missing)}")
-    rows = [r for r in rows if r["p_pneumonia"] not in ("", None)]
-    labels = np.array([_parse_label(r["label"]) for r in rows], dtype=np.int64)
-    return {
-        "name": str(config.get("name") or run_dir.name),
-        "arch": str(config.get("arch", "?")),
-        "metrics": metrics,
-        "paths": [r["path"] for r in rows],
-        "y_true": labels,
-        "y_score": np.array([float(r["p_pneumonia"]) for r in rows]),
-    }
-
-
-def _parse_label(value: str) -> int:
-    value = str(value).strip()
-    if value.upper() in CLASS_NAMES:
-        return CLASS_NAMES.index(value.upper())
-    if value in ("0", "1"):
-        return int(value)
-    raise ValueError(
-        f"unrecognised label {value!r} in validation_predictions.csv (expected 0/1 or a class name)"
-    )
-
-
-def _stress_table(runs: list[dict]) -> str:
-    """Markdown: ROC AUC / recall / specificity of each run under each acquisition shift (if recorded)."""
-    stressed = [r for r in runs if (r["metrics"].get("stress") or {}).get("shifts")]
-    if not stressed:
-        return ""
-    shifts = list(stressed[0]["metrics"]["stress"]["shifts"])
-    lines = [
-        "",
-        "Validation images under acquisition shifts (`pneumoscan.robustness`): "
-        "ROC AUC / recall / specificity at each run's own threshold.",
-        "",
-        "| shift | " + " | ".join(r["name"].replace("|", "\\|") for r in stressed) + " |",
-        "|---|" + "---:|" * len(stressed),
-    ]
-    for shift in [*shifts, "worst"]:
-        cells = []
-        for r in stressed:
-            stress = r["metrics"]["stress"]
-            m = stress["worst"] if shift == "worst" else stress["shifts"].get(shift, {})
-            cells.append(" / ".join(_fmt(m.get(k)) for k in ("roc_auc", "recall", "specificity")))
-        label = "**worst case**" if shift == "worst" else shift
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def compare_runs(run_dirs: Sequence[str | Path], *, out_dir: str | Path) -> str:
-    """Compare training runs on their (identical) validation sets.
-
-    Parameters
-    ----------
-    run_dirs : sequence of path
-        Run folders of ``pneumoscan train``, each with ``validation.json``, ``config.json`` and
-        ``validation_predictions.csv``.
-    out_dir : path
-        Receives ``comparison.md`` and ``comparison.png``.
-
-    Returns
-    -------
-    str
-        The Markdown table written to ``comparison.md``.
-
-    Raises
-    ------
-    ValueError
-        No runs, or runs validated on different images (their metrics would not be comparable).
-    FileNotFoundError
-        A run folder lacks one of its files.
-    """
-    from pneumoscan import figures
-
-    if not run_dirs:
-        raise ValueError("compare_runs needs at least one run folder")
-    runs = [_read_run(Path(d)) for d in run_dirs]
-    names = [r["name"] for r in runs]
-    for run, d in zip(runs, run_dirs, strict=True):
-        if names.count(run["name"]) > 1:
-            run["name"] = str(d)
-    reference = set(runs[0]["paths"])
-    for run, d in zip(runs[1:], run_dirs[1:], strict=True):
-        other = set(run["paths"])
-        if other != reference:
-            only_ref, only_other = sorted(reference - other), sorted(other - reference)
-            example = (only_ref or only_other)[0]
-            raise ValueError(
-                f"runs {run_dirs[0]} and {d} were validated on different images "
-                f"({len(only_ref)} only in the first, {len(only_other)} only in the second, e.g. "
-                f"{example}); their metrics are not comparable. Train them with the same data, "
-                "val_fraction and seed."
-            )
-
-    header = [
-        "run",
-        "arch",
-        "n",
-        "accuracy",
-        "recall",
-        "recall 95% CI",
-        "specificity",
-        "precision",
-        "f1",
-        "roc_auc",
-        "pr_auc",
-        "brier",
-        "ece",
-        "threshold",
-    ]
-    align = ["---"] * 2 + ["---:"] * (len(header) - 2)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    for run in runs:
-        m = run["metrics"]
-        ci = (m.get("ci95") or {}).get("recall")
-        cells = [
-            run["name"].replace("|", "\\|"),
-            run["arch"],
-            str(m.get("n", len(run["paths"]))),
-            _fmt(m.get("accuracy")),
-            _fmt(m.get("recall")),
-            "n/a" if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]",
-            _fmt(m.get("specificity")),
-            _fmt(m.get("precision")),
-            _fmt(m.get("f1")),
-            _fmt(m.get("roc_auc")),
-            _fmt(m.get("pr_auc")),
-            _fmt(m.get("brier"), 4),
-            _fmt(m.get("ece"), 4),
-            _fmt(m.get("threshold"), 4),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    markdown = "\n".join(lines) + "\n" + _stress_table(runs)
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "comparison.md").write_text(markdown)
-    fig = figures.comparison_figure(
-        {r["name"]: {"y_true": r["y_true"], "y_score": r["y_score"], "metrics": r["metrics"]} for r in runs}
-    )
-    figures.save(fig, out_dir / "comparison.png")
-    log.info("comparison of %d runs written to %s", len(runs), out_dir)
-    return markdown

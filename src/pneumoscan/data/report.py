@@ -1,7 +1,7 @@
 """The data report: what a dataset folder holds before any model sees it.
 
 :func:`build_report` scans every image of every split once (read, sha256 of the bytes, decode with
-the project's one decoder in :mod:`pneumoscan.imaging`), never stops on a bad file, and writes
+the project's one decoder in :mod:`pneumoscan.data.imaging`), never stops on a bad file, and writes
 ``report.json`` plus figures. :func:`format_report` turns the report into a terminal summary.
 
 Counting policy: ``splits`` counts the image *files found* (by suffix) in each class folder,
@@ -25,12 +25,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 from PIL import Image
 
 from pneumoscan._version import __version__
 from pneumoscan.config import CLASS_NAMES
-from pneumoscan.data import Sample, discover, fingerprint
-from pneumoscan.imaging import ImageDecodeError, decode_bytes, decode_workers, read_file_bytes
+from pneumoscan.data.dataset import Sample, discover, fingerprint
+from pneumoscan.data.imaging import ImageDecodeError, decode_bytes, decode_workers, read_file_bytes
+from pneumoscan.plotting import CLASS_COLOURS, COLOURS, gallery_figure, message, new_figure, save
 
 log = logging.getLogger(__name__)
 
@@ -342,18 +344,17 @@ def _write_figures(
     out_dir: Path,
     sample_grid: int,
 ) -> list[str]:
-    from pneumoscan import figures
 
     written = []
-    fig = figures.class_balance_figure(report["splits"], title="Image files per class and split")
-    written.append(figures.save(fig, out_dir / "class_balance.png").name)
+    fig = class_balance_figure(report["splits"], title="Image files per class and split")
+    written.append(save(fig, out_dir / "class_balance.png").name)
     ok = [s for s in scans if s.error is None]
-    fig = figures.size_distribution_figure(
+    fig = size_distribution_figure(
         [s.width for s in ok],
         [s.height for s in ok],
         title="Original image sizes (readable images, all splits)",
     )
-    written.append(figures.save(fig, out_dir / "image_sizes.png").name)
+    written.append(save(fig, out_dir / "image_sizes.png").name)
     if sample_grid:
         by_path = {s.sample.path: s for s in scans}
         for label, paths in candidates.items():
@@ -362,8 +363,8 @@ def _write_figures(
                 f"{s.sample.path.name}\n{s.sample.split}, {s.width}x{s.height} {s.mode}" for s in shown
             ]
             title = f"{CLASS_NAMES[label]}: {len(shown)} random images, one per patient"
-            fig = figures.gallery_figure([s.thumbnail for s in shown], captions, ncols=4, title=title)
-            written.append(figures.save(fig, out_dir / f"samples_{CLASS_NAMES[label]}.png").name)
+            fig = gallery_figure([s.thumbnail for s in shown], captions, ncols=4, title=title)
+            written.append(save(fig, out_dir / f"samples_{CLASS_NAMES[label]}.png").name)
     return written
 
 
@@ -466,3 +467,95 @@ def format_report(report: Mapping) -> str:
     if report.get("elapsed_s") is not None:
         lines.append(f"Scanned in {report['elapsed_s']:.1f} s.")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- data report
+
+
+def class_balance_figure(
+    counts: Mapping[str, Mapping[str, int]], *, title: str = "Images per class and split"
+) -> Figure:
+    """Grouped bars of image counts per split and class, labelled with counts and shares.
+
+    Parameters
+    ----------
+    counts : mapping
+        Split name -> {class name -> number of images}, e.g.
+        ``{"train": {"NORMAL": 1341, "PNEUMONIA": 3875}, "test": {...}}``.
+    """
+    splits = list(counts)
+    classes = list(CLASS_NAMES) + sorted({c for d in counts.values() for c in d} - set(CLASS_NAMES))
+    fig = new_figure(max(5.5, 1.8 * len(splits) + 2), 4.5)
+    ax = fig.add_subplot()
+    if not splits:
+        message(ax, "No images found")
+        return fig
+    x = np.arange(len(splits))
+    width = 0.8 / len(classes)
+    for k, cls in enumerate(classes):
+        values = [int(counts[split].get(cls, 0)) for split in splits]
+        totals = [max(1, sum(counts[split].values())) for split in splits]
+        bars = ax.bar(
+            x + (k - (len(classes) - 1) / 2) * width,
+            values,
+            width,
+            color=CLASS_COLOURS.get(cls, COLOURS[(k + 2) % len(COLOURS)]),
+            label=cls,
+        )
+        ax.bar_label(
+            bars,
+            labels=[f"{v}\n({100 * v / t:.0f}%)" for v, t in zip(values, totals, strict=True)],
+            fontsize=8,
+            padding=2,
+        )
+    ax.set_xticks(x, splits)
+    ax.set_xlabel("Split")
+    ax.set_ylabel("Number of images")
+    ax.set_title(title)
+    ax.margins(y=0.2)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(title="Class")
+    return fig
+
+
+def size_distribution_figure(widths, heights, *, title: str = "Image sizes") -> Figure:
+    """Original image sizes: width vs height scatter and a histogram of aspect ratios.
+
+    Parameters
+    ----------
+    widths, heights : array-like of shape (n,), int
+        Sizes in pixels.
+    """
+    w = np.asarray(widths, dtype=np.float64)
+    h = np.asarray(heights, dtype=np.float64)
+    if w.shape != h.shape or w.ndim != 1:
+        raise ValueError(f"widths and heights must be 1-D of the same length, got {w.shape} and {h.shape}")
+    fig = new_figure(11.0, 4.5)
+    scatter_ax, hist_ax = fig.subplots(1, 2)
+    if w.size == 0:
+        message(scatter_ax, "No images")
+        message(hist_ax, "No images")
+        return fig
+    scatter_ax.scatter(w, h, s=6, alpha=0.4, color=COLOURS[0], edgecolors="none")
+    top = float(max(w.max(), h.max())) * 1.05
+    scatter_ax.plot([0, top], [0, top], ls="--", color="grey", lw=1, label="square (width = height)")
+    scatter_ax.set_xlim(0, top)
+    scatter_ax.set_ylim(0, top)
+    scatter_ax.set_xlabel("Width (pixels)")
+    scatter_ax.set_ylabel("Height (pixels)")
+    scatter_ax.set_title(f"Width vs height (n = {w.size}; median {np.median(w):.0f} x {np.median(h):.0f} px)")
+    scatter_ax.grid(alpha=0.3)
+    scatter_ax.legend(fontsize=8, loc="upper left")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = w / h
+    ratio = ratio[np.isfinite(ratio)]
+    hist_ax.hist(ratio, bins=40, color=COLOURS[2], alpha=0.85)
+    hist_ax.axvline(1.0, ls="--", color="grey", lw=1, label="square")
+    hist_ax.set_xlabel("Aspect ratio (width / height)")
+    hist_ax.set_ylabel("Number of images")
+    hist_ax.set_title("Aspect ratios (models see a square, stretched)")
+    hist_ax.grid(alpha=0.3)
+    hist_ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+

@@ -1,9 +1,6 @@
-"""Matplotlib figures: evaluation plots, learning curves, run comparisons and the data report's charts.
+"""Figures of evaluation and training: ROC, PR, reliability, threshold sweep, learning curves, comparisons.
 
-This module owns how results look. Every function builds and returns a
-:class:`matplotlib.figure.Figure` on the non-interactive Agg canvas; nothing is ever shown, and
-:mod:`matplotlib.pyplot` (with its global state, unsafe in the Streamlit app's threads) is never
-used. :func:`save` writes a figure as PNG. Probabilities are of PNEUMONIA, the positive class.
+Every function returns a :class:`matplotlib.figure.Figure` (see :mod:`pneumoscan.plotting`).
 """
 
 from __future__ import annotations
@@ -11,50 +8,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pneumoscan.config import CLASS_NAMES
+from pneumoscan.plotting import COLOURS, message, new_figure
 
 log = logging.getLogger(__name__)
 
-DPI = 120
-#: Colour-blind friendly (Okabe-Ito) colours.
-COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
-CLASS_COLOURS = {CLASS_NAMES[0]: "#0072B2", CLASS_NAMES[1]: "#D55E00"}
-
-
-def new_figure(width: float = 6.0, height: float = 4.5, **kwargs) -> Figure:
-    """A blank figure of ``width x height`` inches on an Agg canvas (not registered with pyplot)."""
-    fig = Figure(figsize=(width, height), layout="constrained", **kwargs)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save(fig: Figure, path: str | Path) -> Path:
-    """Save ``fig`` as an image (PNG by suffix) at dpi 120 with a tight bounding box, then close it.
-
-    Figures from this module are not held by pyplot, so closing only matters for a figure made
-    with :mod:`matplotlib.pyplot`; it is closed there too.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
-    if getattr(fig.canvas, "manager", None) is not None:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-    log.debug("saved figure %s", path)
-    return path
-
-
-def _message(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, wrap=True)
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def _arrays(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +94,7 @@ def roc_figure(y_true, y_score, *, threshold: float, title: str = "ROC curve") -
     fig = new_figure(5.6, 5.0)
     ax = fig.add_subplot()
     if not _both_classes(y):
-        _message(ax, "ROC curve undefined:\nthe data hold only one class")
+        message(ax, "ROC curve undefined:\nthe data hold only one class")
         ax.set_title(title)
         return fig
     fpr, tpr, _ = roc_curve(y, s)
@@ -165,7 +127,7 @@ def pr_figure(y_true, y_score, *, threshold: float, title: str = "Precision-reca
     fig = new_figure(5.6, 5.0)
     ax = fig.add_subplot()
     if not _both_classes(y):
-        _message(ax, "Precision-recall curve undefined:\nthe data hold only one class")
+        message(ax, "Precision-recall curve undefined:\nthe data hold only one class")
         ax.set_title(title)
         return fig
     precision, recall, _ = precision_recall_curve(y, s)
@@ -216,7 +178,7 @@ def reliability_figure(
     n_bins : int
         Equal-width bins.
     """
-    from pneumoscan.evaluation import expected_calibration_error, reliability_curve
+    from pneumoscan.evaluation.metrics import expected_calibration_error, reliability_curve
 
     y, p_raw = _arrays(y_true, p_raw)
     series = [("before calibration" if p_cal is not None else "model", p_raw, COLOURS[1])]
@@ -299,45 +261,6 @@ def threshold_sweep_figure(
     return fig
 
 
-def gallery_figure(
-    images: Sequence[np.ndarray], captions: Sequence[str], *, ncols: int = 4, title: str = ""
-) -> Figure:
-    """A grid of grey images with a caption under each.
-
-    Parameters
-    ----------
-    images : sequence of ndarray of shape (h, w), uint8
-    captions : sequence of str, same length
-    ncols : int
-    title : str
-    """
-    if len(images) != len(captions):
-        raise ValueError(f"got {len(images)} images but {len(captions)} captions")
-    if ncols < 1:
-        raise ValueError(f"ncols must be at least 1, got {ncols}")
-    if not images:
-        fig = new_figure(6.0, 2.0)
-        _message(fig.add_subplot(), "Nothing to show (no mistakes)")
-        if title:
-            fig.suptitle(title)
-        return fig
-    ncols = min(ncols, len(images))
-    nrows = math.ceil(len(images) / ncols)
-    fig = new_figure(3.0 * ncols, 3.5 * nrows)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    for ax in axes:
-        ax.axis("off")
-    for ax, image, caption in zip(axes, images, captions, strict=False):
-        image = np.asarray(image)
-        if image.ndim == 3 and image.shape[-1] == 1:
-            image = image[..., 0]
-        ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="bilinear")
-        ax.set_title(caption, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    return fig
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -366,7 +289,7 @@ def learning_curves_figure(
     n = len(bases)
     if n == 0:
         fig = new_figure(6.0, 2.0)
-        _message(fig.add_subplot(), "No training history recorded")
+        message(fig.add_subplot(), "No training history recorded")
         return fig
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)
@@ -472,92 +395,3 @@ def comparison_figure(
     return fig
 
 
-# --------------------------------------------------------------------------- data report
-
-
-def class_balance_figure(
-    counts: Mapping[str, Mapping[str, int]], *, title: str = "Images per class and split"
-) -> Figure:
-    """Grouped bars of image counts per split and class, labelled with counts and shares.
-
-    Parameters
-    ----------
-    counts : mapping
-        Split name -> {class name -> number of images}, e.g.
-        ``{"train": {"NORMAL": 1341, "PNEUMONIA": 3875}, "test": {...}}``.
-    """
-    splits = list(counts)
-    classes = list(CLASS_NAMES) + sorted({c for d in counts.values() for c in d} - set(CLASS_NAMES))
-    fig = new_figure(max(5.5, 1.8 * len(splits) + 2), 4.5)
-    ax = fig.add_subplot()
-    if not splits:
-        _message(ax, "No images found")
-        return fig
-    x = np.arange(len(splits))
-    width = 0.8 / len(classes)
-    for k, cls in enumerate(classes):
-        values = [int(counts[split].get(cls, 0)) for split in splits]
-        totals = [max(1, sum(counts[split].values())) for split in splits]
-        bars = ax.bar(
-            x + (k - (len(classes) - 1) / 2) * width,
-            values,
-            width,
-            color=CLASS_COLOURS.get(cls, COLOURS[(k + 2) % len(COLOURS)]),
-            label=cls,
-        )
-        ax.bar_label(
-            bars,
-            labels=[f"{v}\n({100 * v / t:.0f}%)" for v, t in zip(values, totals, strict=True)],
-            fontsize=8,
-            padding=2,
-        )
-    ax.set_xticks(x, splits)
-    ax.set_xlabel("Split")
-    ax.set_ylabel("Number of images")
-    ax.set_title(title)
-    ax.margins(y=0.2)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(title="Class")
-    return fig
-
-
-def size_distribution_figure(widths, heights, *, title: str = "Image sizes") -> Figure:
-    """Original image sizes: width vs height scatter and a histogram of aspect ratios.
-
-    Parameters
-    ----------
-    widths, heights : array-like of shape (n,), int
-        Sizes in pixels.
-    """
-    w = np.asarray(widths, dtype=np.float64)
-    h = np.asarray(heights, dtype=np.float64)
-    if w.shape != h.shape or w.ndim != 1:
-        raise ValueError(f"widths and heights must be 1-D of the same length, got {w.shape} and {h.shape}")
-    fig = new_figure(11.0, 4.5)
-    scatter_ax, hist_ax = fig.subplots(1, 2)
-    if w.size == 0:
-        _message(scatter_ax, "No images")
-        _message(hist_ax, "No images")
-        return fig
-    scatter_ax.scatter(w, h, s=6, alpha=0.4, color=COLOURS[0], edgecolors="none")
-    top = float(max(w.max(), h.max())) * 1.05
-    scatter_ax.plot([0, top], [0, top], ls="--", color="grey", lw=1, label="square (width = height)")
-    scatter_ax.set_xlim(0, top)
-    scatter_ax.set_ylim(0, top)
-    scatter_ax.set_xlabel("Width (pixels)")
-    scatter_ax.set_ylabel("Height (pixels)")
-    scatter_ax.set_title(f"Width vs height (n = {w.size}; median {np.median(w):.0f} x {np.median(h):.0f} px)")
-    scatter_ax.grid(alpha=0.3)
-    scatter_ax.legend(fontsize=8, loc="upper left")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = w / h
-    ratio = ratio[np.isfinite(ratio)]
-    hist_ax.hist(ratio, bins=40, color=COLOURS[2], alpha=0.85)
-    hist_ax.axvline(1.0, ls="--", color="grey", lw=1, label="square")
-    hist_ax.set_xlabel("Aspect ratio (width / height)")
-    hist_ax.set_ylabel("Number of images")
-    hist_ax.set_title("Aspect ratios (models see a square, stretched)")
-    hist_ax.grid(alpha=0.3)
-    hist_ax.legend(fontsize=8)
-    fig.suptitle(title)
-    return fig

@@ -72,7 +72,7 @@ def stress_report(predictor, x: np.ndarray, y: np.ndarray, *, threshold: float) 
 
     Parameters
     ----------
-    predictor : pneumoscan.predictor.Predictor
+    predictor : pneumoscan.inference.predictor.Predictor
     x : ndarray of shape (n, s, s, 1), uint8
     y : ndarray of shape (n,), 0/1
     threshold : float
@@ -84,7 +84,7 @@ def stress_report(predictor, x: np.ndarray, y: np.ndarray, *, threshold: float) 
         ``{"shifts": {name: {accuracy, recall, specificity, roc_auc}}, "worst": {...}}``; ``worst``
         holds the lowest value of each metric over the shifts.
     """
-    from pneumoscan.evaluation import binary_metrics
+    from pneumoscan.evaluation.metrics import binary_metrics
 
     keys = ("accuracy", "recall", "specificity", "roc_auc")
     shifts = {}

@@ -34,7 +34,7 @@ import numpy as np
 
 from pneumoscan import __version__
 from pneumoscan.config import CLASS_NAMES, TrainConfig
-from pneumoscan.data import (
+from pneumoscan.data.dataset import (
     DecodedSet,
     build_augmenter,
     class_weights,
@@ -318,7 +318,7 @@ class Trainer:
     def train_mobilenet(self, model, train: DecodedSet, val: DecodedSet) -> None:
         import keras
 
-        from pneumoscan.models import mobilenet_cut_layer, set_finetune_trainable
+        from pneumoscan.models.architectures import mobilenet_cut_layer, set_finetune_trainable
 
         cfg = self.cfg
         cut = mobilenet_cut_layer(model, cfg.unfreeze_blocks)
@@ -375,9 +375,12 @@ class Trainer:
 
     def finalise(self, model, val: DecodedSet) -> dict:
         """Save the model, calibrate and pick the threshold on validation, write the reports."""
-        from pneumoscan import evaluation, figures
-        from pneumoscan.predictor import Predictor, save_metadata, tta_views
-        from pneumoscan.robustness import stress_report
+        from pneumoscan import plotting
+        from pneumoscan.evaluation import figures
+        from pneumoscan.evaluation import metrics as evaluation
+        from pneumoscan.evaluation.robustness import stress_report
+        from pneumoscan.inference.predictor import Predictor, save_metadata, tta_views
+        from pneumoscan.models.calibration import PlattCalibrator
 
         cfg = self.cfg
         model_path = self.run_dir / "model.keras"
@@ -401,7 +404,7 @@ class Trainer:
         raw = predictor.predict_raw(val.x)
         # The first TTA view is the image itself: reuse ``raw`` instead of predicting it again.
         raw_tta = np.mean([raw, *(predictor.predict_raw(v) for v in tta_views(val.x)[1:])], axis=0)
-        calibrator = evaluation.PlattCalibrator.fit(val.y, raw)
+        calibrator = PlattCalibrator.fit(val.y, raw)
         p_cal = calibrator.transform(raw)
         threshold = evaluation.threshold_for_recall(val.y, p_cal, target_recall=cfg.target_recall)
         groups = [s.patient_id for s in val.samples]
@@ -469,18 +472,18 @@ class Trainer:
                 for k in keys
                 if k not in ("phase", "epoch", "best")
             }
-            figures.save(
+            plotting.save(
                 figures.learning_curves_figure(series, phase_boundaries=self.phase_boundaries),
                 self.run_dir / "learning_curves.png",
             )
-        figures.save(figures.reliability_figure(val.y, raw, p_cal), self.run_dir / "reliability.png")
+        plotting.save(figures.reliability_figure(val.y, raw, p_cal), self.run_dir / "reliability.png")
         shutil.rmtree(self.run_dir / "backup", ignore_errors=True)
         return metrics
 
     def run(self, *, resume: bool = False) -> dict:
         import keras
 
-        from pneumoscan.models import build_model
+        from pneumoscan.models.architectures import build_model
 
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,207 @@
+"""``pneumoscan evaluate``: predict a labelled folder, write metrics, predictions and figures."""
+
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan.evaluation.metrics import check_threshold, metrics_report
+
+log = logging.getLogger(__name__)
+
+#: Probabilities are clipped to this margin before taking their logit.
+_EPS = 1e-6
+#: Metrics that :func:`bootstrap_ci` can resample.
+BOOTSTRAP_METRICS = ("accuracy", "recall", "specificity", "precision", "f1", "roc_auc", "brier")
+#: Metrics with a confidence interval in :func:`metrics_report`.
+REPORT_CI_METRICS = ("accuracy", "recall", "specificity", "roc_auc")
+SUBTYPES = ("bacteria", "virus")
+PREDICTION_COLUMNS = ("path", "patient_id", "subtype", "label", "p_pneumonia", "predicted", "error")
+#: How many of the most confident mistakes the gallery shows.
+GALLERY_SIZE = 12
+
+
+# --------------------------------------------------------------------------- evaluate a folder
+
+
+def evaluate_folder(
+    samples,
+    predictor,
+    *,
+    out_dir: str | Path,
+    threshold: float | None = None,
+    tta: bool = False,
+    n_boot: int = 1000,
+    seed: int = 1337,
+    progress: bool = True,
+) -> dict:
+    """Predict every sample, compute the metrics report and write it with its figures.
+
+    Parameters
+    ----------
+    samples : list of pneumoscan.data.Sample
+        Labelled images (``pneumoscan.data.discover_split``).
+    predictor : pneumoscan.inference.predictor.Predictor
+        Or any object with ``threshold``, ``image_size`` and ``predict_paths``.
+    out_dir : path
+        Created if needed. Receives ``metrics.json``, ``predictions.csv`` and the PNG figures
+        ``confusion_matrix``, ``roc``, ``pr``, ``reliability``, ``threshold_sweep`` and
+        ``worst_mistakes``.
+    threshold : float, optional
+        Operating threshold; the predictor's stored one by default.
+    tta : bool
+        Test-time augmentation in the predictor.
+    n_boot, seed : int
+        Bootstrap resamples and seed (:func:`bootstrap_ci`).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        :func:`metrics_report` plus ``skipped`` (``[{"path", "error"}]``), ``model`` (str or None)
+        and ``tta``. Unreadable files are skipped, never fatal.
+
+    Raises
+    ------
+    ValueError
+        No samples, or none of them could be read.
+    """
+    from pneumoscan import plotting
+    from pneumoscan.evaluation import figures
+
+    samples = list(samples)
+    if not samples:
+        raise ValueError("no images to evaluate: the sample list is empty")
+    t = check_threshold(predictor.threshold if threshold is None else threshold)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [s.path for s in samples]
+    results = predictor.predict_paths(paths, tta=tta, progress=progress)
+    probs = np.asarray(results.p_pneumonia, dtype=np.float64)
+    errors = list(results.errors)
+    if probs.shape != (len(samples),) or len(errors) != len(samples):
+        raise ValueError(
+            f"predictor returned {probs.shape[0]} probabilities and {len(errors)} errors "
+            f"for {len(samples)} files"
+        )
+    for i in np.flatnonzero(~np.isfinite(probs)):
+        if errors[i] is None:
+            errors[i] = "the model returned no finite probability"
+    ok = np.array([e is None for e in errors])
+    skipped = [
+        {"path": str(s.path), "error": e} for s, e in zip(samples, errors, strict=True) if e is not None
+    ]
+    for item in skipped:
+        log.warning("skipped %s: %s", item["path"], item["error"])
+    _write_predictions(out_dir / "predictions.csv", samples, probs, errors, t)
+    if not ok.any():
+        raise ValueError(
+            f"none of the {len(samples)} images could be read; first error: "
+            f"{skipped[0]['path']}: {skipped[0]['error']}"
+        )
+    kept = [s for s, good in zip(samples, ok, strict=True) if good]
+    y = np.array([s.label for s in kept], dtype=np.int64)
+    p = probs[ok]
+    report = metrics_report(
+        y,
+        p,
+        threshold=t,
+        groups=[s.patient_id for s in kept],
+        subtypes=[s.subtype for s in kept],
+        n_boot=n_boot,
+        seed=seed,
+    )
+    model_path = getattr(predictor, "model_path", None)
+    report["skipped"] = skipped
+    report["model"] = None if model_path is None else str(model_path)
+    report["tta"] = bool(tta)
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    both = 0 < y.sum() < y.size
+    cm_figure = figures.confusion_matrix_figure(report["confusion_matrix"])
+    plotting.save(cm_figure, out_dir / "confusion_matrix.png")
+    plotting.save(figures.roc_figure(y, p, threshold=t), out_dir / "roc.png")
+    plotting.save(figures.pr_figure(y, p, threshold=t), out_dir / "pr.png")
+    plotting.save(figures.reliability_figure(y, p), out_dir / "reliability.png")
+    plotting.save(figures.threshold_sweep_figure(y, p, threshold=t), out_dir / "threshold_sweep.png")
+    plotting.save(_worst_mistakes_figure(kept, p, t), out_dir / "worst_mistakes.png")
+    if not both:
+        log.warning("the evaluation set holds only one class: ROC/PR AUC are undefined")
+    log.info("evaluation written to %s", out_dir)
+    return report
+
+
+def _write_predictions(path: Path, samples, probs: np.ndarray, errors, threshold: float) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(PREDICTION_COLUMNS)
+        for s, p, err in zip(samples, probs, errors, strict=True):
+            good = err is None
+            writer.writerow(
+                [
+                    str(s.path),
+                    s.patient_id,
+                    s.subtype,
+                    int(s.label),
+                    f"{p:.6f}" if good else "",
+                    int(p >= threshold) if good else "",
+                    err or "",
+                ]
+            )
+
+
+def worst_mistakes(labels: np.ndarray, probs: np.ndarray, threshold: float, *, limit: int = GALLERY_SIZE):
+    """Indices of the most confident errors: false negatives first, then false positives.
+
+    False negatives are sorted by increasing ``probs`` (most confidently called normal first),
+    false positives by decreasing ``probs``. Up to ``limit`` in all; false negatives get at least
+    half of the places when there are enough of them.
+
+    Returns
+    -------
+    fn, fp : list of int
+    """
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+    pred = probs >= threshold
+    fn = [int(i) for i in sorted(np.flatnonzero((labels == 1) & ~pred), key=lambda i: probs[i])]
+    fp = [int(i) for i in sorted(np.flatnonzero((labels == 0) & pred), key=lambda i: -probs[i])]
+    n_fn = min(len(fn), max(limit // 2, limit - len(fp)))
+    n_fp = min(len(fp), limit - n_fn)
+    return fn[:n_fn], fp[:n_fp]
+
+
+def _worst_mistakes_figure(samples, probs: np.ndarray, threshold: float):
+    from PIL import Image
+
+    from pneumoscan import plotting
+    from pneumoscan.data.imaging import ImageDecodeError, read_image
+
+    labels = np.array([s.label for s in samples])
+    fn, fp = worst_mistakes(labels, probs, threshold)
+    images, captions = [], []
+    for kind, indices in (("missed pneumonia (FN)", fn), ("false alarm (FP)", fp)):
+        for i in indices:
+            try:
+                gray = read_image(samples[i].path).gray
+            except ImageDecodeError as exc:  # it was read a moment ago; stay robust anyway
+                log.warning("gallery: %s", exc)
+                continue
+            thumb = Image.fromarray(gray, "L")
+            thumb.thumbnail((320, 320), Image.Resampling.BILINEAR)
+            images.append(np.asarray(thumb))
+            name = samples[i].path.name
+            name = name if len(name) <= 28 else name[:12] + "..." + name[-13:]
+            captions.append(f"{kind}\n{name}\np(pneumonia) = {probs[i]:.3f}")
+    title = (
+        f"Most confident mistakes at threshold {threshold:.3f} "
+        f"({len(fn)} missed pneumonia, {len(fp)} false alarms shown)"
+    )
+    return plotting.gallery_figure(images, captions, ncols=4, title=title)
+
+
