@@ -558,4 +558,3 @@ def size_distribution_figure(widths, heights, *, title: str = "Image sizes") -> 
     hist_ax.legend(fontsize=8)
     fig.suptitle(title)
     return fig
-

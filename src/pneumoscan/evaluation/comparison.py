@@ -1,6 +1,5 @@
 """``pneumoscan compare``: training runs side by side on their validation predictions."""
 
-
 from __future__ import annotations
 
 import csv
@@ -186,4 +185,3 @@ def compare_runs(run_dirs: Sequence[str | Path], *, out_dir: str | Path) -> str:
     plotting.save(fig, out_dir / "comparison.png")
     log.info("comparison of %d runs written to %s", len(runs), out_dir)
     return markdown
-

@@ -1,6 +1,5 @@
 """``pneumoscan evaluate``: predict a labelled folder, write metrics, predictions and figures."""
 
-
 from __future__ import annotations
 
 import csv
@@ -203,5 +202,3 @@ def _worst_mistakes_figure(samples, probs: np.ndarray, threshold: float):
         f"({len(fn)} missed pneumonia, {len(fp)} false alarms shown)"
     )
     return plotting.gallery_figure(images, captions, ncols=4, title=title)
-
-

@@ -18,7 +18,6 @@ from pneumoscan.plotting import COLOURS, message, new_figure
 log = logging.getLogger(__name__)
 
 
-
 def _arrays(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true).astype(np.int64)
     s = np.asarray(y_score, dtype=np.float64)
@@ -393,5 +392,3 @@ def comparison_figure(
     bar_ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=min(4, len(names)))
     fig.suptitle(title)
     return fig
-
-

@@ -11,7 +11,6 @@ Every function takes ``y_true`` (integer labels 0/1, 1 = PNEUMONIA, the positive
   images, which are not independent evidence.
 """
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -490,5 +489,3 @@ def format_metrics_table(metrics: dict) -> str:
         parts = ", ".join(f"{k} {fmt_metric(v)}" for k, v in per_subtype.items())
         lines += ["", f"Recall by pneumonia subtype: {parts}"]
     return "\n".join(lines)
-
-

@@ -1,18 +1,19 @@
 """The Streamlit screening app: upload chest X-rays, read calibrated probabilities, see Grad-CAM.
 
-Start it with ``pneumoscan app [--model PATH] [--port N]``, which runs
-``streamlit run`` on this file; the model is ``$PNEUMOSCAN_MODEL`` or the bundled LiteRT
-export of the released model (:func:`pneumoscan.config.default_app_model_path`). Grad-CAM needs
-gradients, so for a LiteRT model it runs on the ``.keras`` model the export was made from, loaded
-the first time a heatmap is asked for.
+Start it with ``pneumoscan app [--model PATH] [--port N]``, which runs ``streamlit run`` on this
+file; the model is ``$PNEUMOSCAN_MODEL`` or the bundled LiteRT export of the released model
+(:func:`pneumoscan.config.default_app_model_path`). Grad-CAM needs gradients, so for a LiteRT model
+it runs on the ``.keras`` model the export was made from, loaded the first time a heatmap is asked
+for.
 
 The page is a thin layer over the library: files are decoded by
 :func:`pneumoscan.data.imaging.decode_bytes` and scored by
 :meth:`pneumoscan.inference.predictor.Predictor.predict_image` (the one preprocessing and inference
-path), heatmaps come from :mod:`pneumoscan.inference.explain`. The app adds one policy of its own: colour photographs are refused (see :data:`MAX_COLOURFULNESS`).
+path), heatmaps come from :mod:`pneumoscan.inference.explain`. The app adds one policy of its own:
+colour photographs are refused (see :data:`MAX_COLOURFULNESS`).
 
-Models are loaded by cached loaders, a single time per server process; on the LiteRT model the
-app never imports TensorFlow unless Grad-CAM is switched on, so it starts in seconds.
+Models are loaded by cached loaders, a single time per server process; on the LiteRT model the app
+never imports TensorFlow unless Grad-CAM is switched on, so it starts in seconds.
 
 For education and research only; see :data:`pneumoscan.config.DISCLAIMER`.
 """

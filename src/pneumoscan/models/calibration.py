@@ -1,6 +1,5 @@
 """Calibration of the model's raw pneumonia score into a probability that means what it says."""
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -128,5 +127,3 @@ def _logit(p: np.ndarray) -> np.ndarray:
     from scipy.special import logit
 
     return logit(np.clip(p, _EPS, 1.0 - _EPS))
-
-

@@ -3,9 +3,10 @@
 This module owns the conversion (:func:`convert_keras_model`) and ``pneumoscan export``
 (:func:`export_tflite`). Every exported file keeps the float32 ``(n, size, size, 1)`` input in
 0..255 and the float32 sigmoid output of the Keras model, so the
-:class:`~pneumoscan.inference.predictor.Predictor` feeds it the same arrays, and gets a sidecar ``<stem>.meta.json``: the Keras model's metadata (same
-threshold and calibration) plus an ``"export"`` section saying how it was made and checked (its
-``source`` is the Keras model's path relative to the export's folder).
+:class:`~pneumoscan.inference.predictor.Predictor` feeds it the same arrays, and gets a sidecar
+``<stem>.meta.json``: the Keras model's metadata (same threshold and calibration) plus an
+``"export"`` section saying how it was made and checked (its ``source`` is the Keras model's path
+relative to the export's folder).
 
 Quantization modes:
 
@@ -16,10 +17,10 @@ Quantization modes:
   is recovered from the sidecar's ``data_dir`` and ``split`` entries); input and output stay float32.
 
 The check runs the Keras model and the new file through the Predictor on the *validation* images of
-that split. The export is kept only if the predicted labels agree on at least
-:data:`MIN_AGREEMENT` of them and the ROC AUCs of the calibrated probabilities differ by at most
-:data:`MAX_AUC_DIFF`; otherwise nothing is written and a ValueError gives the numbers. Without
-data there is no check, so there is no export.
+that split. The export is kept only if the predicted labels agree on at least :data:`MIN_AGREEMENT`
+of them and the ROC AUCs of the calibrated probabilities differ by at most :data:`MAX_AUC_DIFF`;
+otherwise nothing is written and a ValueError gives the numbers. Without data there is no check, so
+there is no export.
 """
 
 from __future__ import annotations
