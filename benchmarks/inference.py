@@ -82,26 +82,20 @@ def pick_images(data_dir: Path | None, n: int, tmp: Path) -> list[Path]:
 def untrained_model(tmp: Path, data_dir: Path | None) -> Path:
     import keras
 
-    from pneumoscan.config import CLASS_NAMES, SplitConfig
-    from pneumoscan.inference.predictor import save_metadata
+    from pneumoscan.config import SplitConfig
     from pneumoscan.models.architectures import build_mobilenetv2
+    from pneumoscan.models.artifacts import ModelMetadata
 
     keras.utils.set_random_seed(0)
     path = tmp / "untrained-mobilenetv2.keras"
     build_mobilenetv2(224).save(path)
-    split = SplitConfig()
-    save_metadata(
-        path,
-        {
-            "class_names": list(CLASS_NAMES),
-            "image_size": 224,
-            "threshold": 0.5,
-            "calibration": {"a": 1.0, "b": 0.0},
-            "arch": "mobilenetv2",
-            "data_dir": str(data_dir) if data_dir else None,
-            "split": {"val_fraction": split.val_fraction, "seed": split.seed, "limit": None},
-        },
-    )
+    ModelMetadata(
+        image_size=224,
+        threshold=0.5,
+        arch="mobilenetv2",
+        data_dir=str(data_dir) if data_dir else None,
+        split=SplitConfig(),
+    ).write(path)
     return path
 
 
@@ -227,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from pneumoscan.config import default_model_path
     from pneumoscan.data.imaging import available_cpus
-    from pneumoscan.inference.predictor import Predictor, load_metadata, save_metadata
+    from pneumoscan.inference.predictor import Predictor
+    from pneumoscan.models.artifacts import ModelMetadata
     from pneumoscan.training.export import convert_keras_model, export_tflite
 
     data_dir = args.data if args.data.is_dir() else None
@@ -285,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             out.write_bytes(
                 convert_keras_model(keras_predictor.model, quantize=quantize, representative=representative)
             )
-            save_metadata(out, load_metadata(model_path))
+            ModelMetadata.read(model_path).write(out)
         print(f"{label} ...", flush=True)
         results[label] = bench_predictor(Predictor(out), files, blobs, reps)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pneumoscan.config import CLASS_NAMES
+from pneumoscan.models.artifacts import ModelMetadata
 
 
 def make_tiny_model(
@@ -16,25 +16,19 @@ def make_tiny_model(
     """
     import keras
 
-    from pneumoscan.inference.predictor import save_metadata
     from pneumoscan.models.architectures import build_regularized_cnn
 
     keras.utils.set_random_seed(seed)
     model = build_regularized_cnn(image_size)
     path = Path(folder) / f"{name}.keras"
     model.save(path)
-    save_metadata(
-        path,
-        {
-            "class_names": list(CLASS_NAMES),
-            "image_size": image_size,
-            "arch": "regularized",
-            "threshold": threshold,
-            "calibration": {"a": 1.0, "b": 0.0},
-            "validation": {"accuracy": 0.5, "recall": 0.5, "specificity": 0.5, "roc_auc": 0.5},
-            "pneumoscan_version": "test",
-        },
-    )
+    ModelMetadata(
+        image_size=image_size,
+        threshold=threshold,
+        arch="regularized",
+        validation={"accuracy": 0.5, "recall": 0.5, "specificity": 0.5, "roc_auc": 0.5},
+        pneumoscan_version="test",
+    ).write(path)
     return path
 
 
@@ -46,12 +40,11 @@ def export_tiny_litert(keras_path: Path, out: Path | None = None) -> Path:
     """
     import keras
 
-    from pneumoscan.inference.predictor import load_metadata, save_metadata
     from pneumoscan.training.export import convert_keras_model
 
     keras_path = Path(keras_path)
     out = Path(out) if out is not None else keras_path.with_name(keras_path.stem + "-litert.tflite")
     out.write_bytes(convert_keras_model(keras.saving.load_model(keras_path, compile=False)))
     export = {"format": "tflite", "quantize": "none", "source": str(keras_path)}
-    save_metadata(out, {**load_metadata(keras_path), "export": export})
+    ModelMetadata.read(keras_path).updated(export=export).write(out)
     return out

@@ -18,6 +18,7 @@ from sklearn import metrics as skm
 from pneumoscan.data.dataset import discover_split
 from pneumoscan.evaluation import comparison, evaluate
 from pneumoscan.evaluation import metrics as ev
+from pneumoscan.inference.results import LABELLED_COLUMNS
 from pneumoscan.models.calibration import PlattCalibrator
 
 Y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0])
@@ -409,7 +410,7 @@ def test_evaluate_folder_end_to_end(tmp_path):
     assert set(report["ci95"]) == {"accuracy", "recall", "specificity", "roc_auc"}
 
     rows = list(csv.DictReader((out / "predictions.csv").open()))
-    assert list(rows[0]) == list(evaluate.PREDICTION_COLUMNS)
+    assert list(rows[0]) == list(LABELLED_COLUMNS)
     assert len(rows) == 13
     bad = [r for r in rows if r["error"]]
     assert len(bad) == 1 and bad[0]["p_pneumonia"] == "" and bad[0]["predicted"] == ""

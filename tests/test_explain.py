@@ -18,7 +18,8 @@ from pneumoscan.inference.explain import (
     gradcam_heatmap,
     overlay,
 )
-from pneumoscan.inference.predictor import Predictor, save_metadata
+from pneumoscan.inference.predictor import Predictor
+from pneumoscan.models.artifacts import ModelMetadata
 
 SIZE = 64
 
@@ -68,16 +69,7 @@ def blob_detector(size: int = SIZE):
 def blob_model_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("explain") / "blob.keras"
     blob_detector().save(path)
-    save_metadata(
-        path,
-        {
-            "class_names": list(CLASS_NAMES),
-            "image_size": SIZE,
-            "threshold": 0.5,
-            "calibration": {"a": 1.0, "b": 0.0},
-            "arch": "test",
-        },
-    )
+    ModelMetadata(image_size=SIZE, threshold=0.5).write(path)  # built by hand: no registered arch
     return path
 
 
@@ -177,7 +169,7 @@ def test_gradcam_refuses_a_litert_predictor(blob_model_path, tmp_path):
     model = keras.saving.load_model(blob_model_path, compile=False)
     lite = tmp_path / "blob.tflite"
     lite.write_bytes(convert_keras_model(model))
-    save_metadata(lite, {"class_names": list(CLASS_NAMES), "image_size": SIZE, "threshold": 0.5})
+    ModelMetadata(image_size=SIZE, threshold=0.5).write(lite)
     predictor = Predictor(lite)
     with pytest.raises(ValueError, match="Grad-CAM needs the .keras model"):
         explain_image(predictor, chest("left"))

@@ -11,7 +11,8 @@ import pytest
 from model_factory import export_tiny_litert, make_tiny_model
 from PIL import Image
 
-from pneumoscan.inference.predictor import Predictor, load_metadata, metadata_path, save_metadata
+from pneumoscan.inference.predictor import Predictor
+from pneumoscan.models.artifacts import ModelMetadata, metadata_path
 from pneumoscan.training import export
 from pneumoscan.training.export import export_tflite, model_split
 
@@ -66,12 +67,9 @@ def model_path(tmp_path_factory, data_dir) -> Path:
     from pneumoscan.data.dataset import decode_samples
 
     path = make_tiny_model(tmp_path_factory.mktemp("model"), image_size=SIZE, threshold=0.4)
-    meta = {
-        **load_metadata(path),
-        "data_dir": str(data_dir),
-        "split": SPLIT,
-        "calibration": {"a": 1.3, "b": -0.2},
-    }
+    meta = ModelMetadata.read(path).updated(
+        data_dir=str(data_dir), split=SPLIT, calibration={"a": 1.3, "b": -0.2}
+    )
     train_s, _ = model_split(meta, data_dir)
     train = decode_samples(train_s, SIZE, progress=False)
     model = keras.saving.load_model(path, compile=False)
@@ -83,7 +81,7 @@ def model_path(tmp_path_factory, data_dir) -> Path:
     b = probe.intercept_[0] - float((mu * w).sum())
     model.get_layer("pred").set_weights([w[:, None].astype("float32"), np.array([b], "float32")])
     model.save(path)
-    save_metadata(path, meta)
+    meta.write(path)
     return path
 
 
@@ -141,8 +139,7 @@ def test_max_check_images_limits_the_check(predictor, tmp_path):
 def test_no_data_no_export(predictor, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="mandatory"):
         export_tflite(predictor, out=tmp_path / "m.tflite", data_dir=tmp_path / "nowhere")
-    meta = {k: v for k, v in predictor.metadata.items() if k != "data_dir"}
-    monkeypatch.setattr(predictor, "metadata", meta)
+    monkeypatch.setattr(predictor, "metadata", predictor.metadata.updated(data_dir=None))
     with pytest.raises(ValueError, match="mandatory"):
         export_tflite(predictor, out=tmp_path / "m.tflite")
     assert list(tmp_path.iterdir()) == []

@@ -28,13 +28,34 @@ DISCLAIMER = (
     "to diagnose, treat or exclude any disease; every image needs a qualified clinician's reading."
 )
 
+#: Seed of every random choice that a run does not override: the validation split, augmentation,
+#: weight initialisation, the bootstrap. The published numbers use it.
+DEFAULT_SEED = 1337
+#: Share of the training folder's images (by patient, per class) held out for validation.
+DEFAULT_VAL_FRACTION = 0.15
+#: Pneumonia recall the operating threshold must reach on validation (screening: miss few).
+DEFAULT_TARGET_RECALL = 0.98
+#: The architecture ``pneumoscan train`` builds without ``--arch`` (the released model's);
+#: the list of names is the registry, :data:`pneumoscan.models.architectures.ARCHITECTURES`.
+DEFAULT_ARCH = "mobilenetv2"
+
+#: How ``pneumoscan train`` counters the class imbalance (about 3 pneumonia images per normal one).
+IMBALANCE_MODES = ("class_weight", "balanced_sampling", "none")
+#: ``none``: the default device; ``mirrored``: ``tf.distribute.MirroredStrategy`` over all GPUs.
+DISTRIBUTE_MODES = ("none", "mirrored")
+
+#: Images more colourful than this (Hasler-Suesstrunk colourfulness, see
+#: :attr:`pneumoscan.data.imaging.DecodedImage.colourfulness`) are likely not X-rays: the app refuses
+#: them and the data report counts them. Grey radiographs score 0, a JPEG with a slight colour
+#: cast a few units, ordinary colour photographs 20 and more (Hasler and Suesstrunk rate 15
+#: "slightly colourful", 33 "moderately colourful").
+MAX_COLOURFULNESS = 20.0
+
 #: The released model shipped with the package repository.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_PATH = REPO_ROOT / "models" / "pneumoscan-mobilenetv2.keras"
 #: Its float32 LiteRT export (made and checked by ``pneumoscan export``): what the app serves.
 DEFAULT_APP_MODEL_PATH = REPO_ROOT / "models" / "pneumoscan-mobilenetv2-litert.tflite"
-
-ARCHITECTURES = ("baseline", "regularized", "mobilenetv2")
 
 
 def default_model_path() -> Path:
@@ -57,10 +78,42 @@ def default_app_model_path() -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
-    """How the training folder is cut into train and validation, by patient."""
+    """How the training folder is cut into train and validation, by patient.
 
-    val_fraction: float = 0.15
-    seed: int = 1337
+    Recorded in every model's sidecar (``split``), so that export and comparison recover the very
+    images a model was validated on (:func:`pneumoscan.data.dataset.train_val_split`).
+
+    Attributes
+    ----------
+    val_fraction : float in (0, 1)
+        Share of each class's images moved to validation, whole patients at a time.
+    seed : int
+        Seed of the patient shuffle (and of the subset when ``limit`` is set).
+    limit : int or None
+        Use at most this many images of the folder, both classes in proportion (smoke runs).
+    """
+
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    seed: int = DEFAULT_SEED
+    limit: int | None = None
+
+    def __post_init__(self):
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be a positive number of images or None, got {self.limit}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SplitConfig:
+        """From a sidecar's ``split`` entry; missing keys take the defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"split has unknown keys {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +138,12 @@ class AugmentConfig:
 class TrainConfig:
     """Every option of ``pneumoscan train``; written to ``config.json`` in the run folder."""
 
-    arch: str = "mobilenetv2"
+    arch: str = DEFAULT_ARCH  # a name of pneumoscan.models.architectures.ARCHITECTURES
     image_size: int = DEFAULT_IMAGE_SIZE
     batch_size: int = 32
-    seed: int = 1337
-    val_fraction: float = 0.15
-    imbalance: str = "class_weight"  # or "balanced_sampling" or "none"
+    seed: int = DEFAULT_SEED
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    imbalance: str = "class_weight"  # one of IMBALANCE_MODES
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     # Plain CNNs: one phase.
     epochs: int = 12
@@ -104,26 +157,29 @@ class TrainConfig:
     dense_units: int = 128
     dropout: float = 0.5
     augmented_views: int = 2
-    target_recall: float = 0.98
+    target_recall: float = DEFAULT_TARGET_RECALL
     label_smoothing: float = 0.05
-    distribute: str = "none"  # or "mirrored"
+    distribute: str = "none"  # one of DISTRIBUTE_MODES
     limit: int | None = None  # use at most this many training images (tests, smoke runs)
 
     def __post_init__(self):
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"arch must be one of {ARCHITECTURES}, got {self.arch!r}")
-        if self.imbalance not in ("class_weight", "balanced_sampling", "none"):
-            raise ValueError(
-                f"imbalance must be class_weight, balanced_sampling or none, got {self.imbalance!r}"
-            )
+        # ``arch`` is checked against the registry by the training engine: config is the first
+        # stage and cannot import the models stage.
+        if self.imbalance not in IMBALANCE_MODES:
+            raise ValueError(f"imbalance must be one of {IMBALANCE_MODES}, got {self.imbalance!r}")
         if not 0.0 < self.val_fraction < 0.5:
             raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
         if not 0.5 <= self.target_recall < 1.0:
             raise ValueError(f"target_recall must be in [0.5, 1), got {self.target_recall}")
-        if self.distribute not in ("none", "mirrored"):
-            raise ValueError(f"distribute must be none or mirrored, got {self.distribute!r}")
+        if self.distribute not in DISTRIBUTE_MODES:
+            raise ValueError(f"distribute must be one of {DISTRIBUTE_MODES}, got {self.distribute!r}")
         if self.image_size < MIN_IMAGE_SIDE:
             raise ValueError(f"image_size must be at least {MIN_IMAGE_SIDE}, got {self.image_size}")
+
+    @property
+    def split(self) -> SplitConfig:
+        """The patient-level split this run uses (its ``seed``, ``val_fraction`` and ``limit``)."""
+        return SplitConfig(val_fraction=self.val_fraction, seed=self.seed, limit=self.limit)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.config import CLASS_NAMES, AugmentConfig
+from pneumoscan.config import CLASS_NAMES, DEFAULT_SEED, DEFAULT_VAL_FRACTION, AugmentConfig, SplitConfig
 from pneumoscan.data.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_workers, load_image
 
 log = logging.getLogger(__name__)
 
-SPLIT_NAMES = ("train", "val", "test")
 _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
 _IM = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE)
 _SUBTYPE = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
@@ -167,7 +166,7 @@ def discover_split(path: str | Path, prefer: str = "test") -> list[Sample]:
 
 
 def patient_split(
-    samples: Sequence[Sample], *, val_fraction: float = 0.15, seed: int = 1337
+    samples: Sequence[Sample], *, val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = DEFAULT_SEED
 ) -> tuple[list[Sample], list[Sample]]:
     """Split samples into train and validation by patient, stratified by class.
 
@@ -214,6 +213,28 @@ def stratified_subset(samples: Sequence[Sample], limit: int | None, *, seed: int
         k = max(2, round(limit * len(of_class) / len(samples)))
         picked += [of_class[i] for i in sorted(rng.permutation(len(of_class))[:k])]
     return sorted(picked, key=lambda s: str(s.path))
+
+
+def train_val_split(samples: Sequence[Sample], split: SplitConfig) -> tuple[list[Sample], list[Sample]]:
+    """The training and validation images of a training folder: the one split of pneumoscan.
+
+    Training carves its validation set with it, and export and comparison recover a model's
+    validation set from the ``split`` its sidecar records, so both see the same images.
+
+    Parameters
+    ----------
+    samples : sequence of Sample
+        The training folder's images (:func:`discover_split` with ``prefer="train"``).
+    split : SplitConfig
+        ``limit`` images are kept first (:func:`stratified_subset`), then cut by patient
+        (:func:`patient_split`), both seeded with ``split.seed``.
+
+    Returns
+    -------
+    train, val : list of Sample, each sorted by path; no patient on both sides.
+    """
+    subset = stratified_subset(samples, split.limit, seed=split.seed)
+    return patient_split(subset, val_fraction=split.val_fraction, seed=split.seed)
 
 
 def class_weights(labels: Sequence[int] | np.ndarray) -> dict[int, float]:
@@ -339,7 +360,7 @@ def make_dataset(
     shuffle: bool = False,
     augment: AugmentConfig | None = None,
     balanced: bool = False,
-    seed: int = 1337,
+    seed: int = DEFAULT_SEED,
     drop_remainder: bool = False,
     sample_weight: np.ndarray | None = None,
 ):

@@ -12,36 +12,25 @@ import numpy as np
 
 from pneumoscan.config import CLASS_NAMES
 from pneumoscan.evaluation.metrics import fmt_metric
+from pneumoscan.models.artifacts import RunFolder
 
 log = logging.getLogger(__name__)
-
-#: Probabilities are clipped to this margin before taking their logit.
-_EPS = 1e-6
-#: Metrics that :func:`bootstrap_ci` can resample.
-BOOTSTRAP_METRICS = ("accuracy", "recall", "specificity", "precision", "f1", "roc_auc", "brier")
-#: Metrics with a confidence interval in :func:`metrics_report`.
-REPORT_CI_METRICS = ("accuracy", "recall", "specificity", "roc_auc")
-SUBTYPES = ("bacteria", "virus")
-PREDICTION_COLUMNS = ("path", "patient_id", "subtype", "label", "p_pneumonia", "predicted", "error")
-#: How many of the most confident mistakes the gallery shows.
-GALLERY_SIZE = 12
 
 
 # --------------------------------------------------------------------------- compare runs
 
 
 def _read_run(run_dir: Path) -> dict:
-    names = ("validation.json", "config.json", "validation_predictions.csv")
-    files = {name: run_dir / name for name in names}
-    for path in files.values():
+    run = RunFolder(run_dir)
+    for path in (run.validation, run.config, run.validation_predictions):
         if not path.is_file():
             raise FileNotFoundError(f"{run_dir} is not a complete training run: {path.name} is missing")
-    metrics = json.loads(files["validation.json"].read_text())
-    config = json.loads(files["config.json"].read_text())
-    rows = list(csv.DictReader(files["validation_predictions.csv"].open(newline="")))
+    metrics = json.loads(run.validation.read_text())
+    config = json.loads(run.config.read_text())
+    rows = list(csv.DictReader(run.validation_predictions.open(newline="")))
     missing = {"path", "label", "p_pneumonia"} - set(rows[0] if rows else {})
     if missing:
-        raise ValueError(f"{files['validation_predictions.csv']}: missing columns {sorted(missing)}")
+        raise ValueError(f"{run.validation_predictions}: missing columns {sorted(missing)}")
     rows = [r for r in rows if r["p_pneumonia"] not in ("", None)]
     labels = np.array([_parse_label(r["label"]) for r in rows], dtype=np.int64)
     return {
@@ -61,7 +50,7 @@ def _parse_label(value: str) -> int:
     if value in ("0", "1"):
         return int(value)
     raise ValueError(
-        f"unrecognised label {value!r} in validation_predictions.csv (expected 0/1 or a class name)"
+        f"unrecognised label {value!r} in {RunFolder.VALIDATION_PREDICTIONS} (expected 0/1 or a class name)"
     )
 
 

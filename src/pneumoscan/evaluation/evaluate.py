@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from pneumoscan.config import DEFAULT_SEED
 from pneumoscan.evaluation.metrics import check_threshold, metrics_report
+from pneumoscan.inference.results import LABELLED_COLUMNS, labelled_row, make_prediction, write_rows
 
 log = logging.getLogger(__name__)
 
-#: Probabilities are clipped to this margin before taking their logit.
-_EPS = 1e-6
-#: Metrics that :func:`bootstrap_ci` can resample.
-BOOTSTRAP_METRICS = ("accuracy", "recall", "specificity", "precision", "f1", "roc_auc", "brier")
-#: Metrics with a confidence interval in :func:`metrics_report`.
-REPORT_CI_METRICS = ("accuracy", "recall", "specificity", "roc_auc")
-SUBTYPES = ("bacteria", "virus")
-PREDICTION_COLUMNS = ("path", "patient_id", "subtype", "label", "p_pneumonia", "predicted", "error")
 #: How many of the most confident mistakes the gallery shows.
 GALLERY_SIZE = 12
 
@@ -36,7 +29,7 @@ def evaluate_folder(
     threshold: float | None = None,
     tta: bool = False,
     n_boot: int = 1000,
-    seed: int = 1337,
+    seed: int = DEFAULT_SEED,
     progress: bool = True,
 ) -> dict:
     """Predict every sample, compute the metrics report and write it with its figures.
@@ -98,7 +91,11 @@ def evaluate_folder(
     ]
     for item in skipped:
         log.warning("skipped %s: %s", item["path"], item["error"])
-    _write_predictions(out_dir / "predictions.csv", samples, probs, errors, t)
+    rows = (
+        labelled_row(s, make_prediction(p, t) if e is None else e)
+        for s, p, e in zip(samples, probs, errors, strict=True)
+    )
+    write_rows(out_dir / "predictions.csv", LABELLED_COLUMNS, rows, digits=6)
     if not ok.any():
         raise ValueError(
             f"none of the {len(samples)} images could be read; first error: "
@@ -134,25 +131,6 @@ def evaluate_folder(
         log.warning("the evaluation set holds only one class: ROC/PR AUC are undefined")
     log.info("evaluation written to %s", out_dir)
     return report
-
-
-def _write_predictions(path: Path, samples, probs: np.ndarray, errors, threshold: float) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(PREDICTION_COLUMNS)
-        for s, p, err in zip(samples, probs, errors, strict=True):
-            good = err is None
-            writer.writerow(
-                [
-                    str(s.path),
-                    s.patient_id,
-                    s.subtype,
-                    int(s.label),
-                    f"{p:.6f}" if good else "",
-                    int(p >= threshold) if good else "",
-                    err or "",
-                ]
-            )
 
 
 def worst_mistakes(labels: np.ndarray, probs: np.ndarray, threshold: float, *, limit: int = GALLERY_SIZE):

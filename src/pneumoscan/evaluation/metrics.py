@@ -20,20 +20,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pneumoscan.config import CLASS_NAMES
+from pneumoscan.config import CLASS_NAMES, DEFAULT_SEED, DEFAULT_TARGET_RECALL
 
 log = logging.getLogger(__name__)
 
-#: Probabilities are clipped to this margin before taking their logit.
-_EPS = 1e-6
 #: Metrics that :func:`bootstrap_ci` can resample.
 BOOTSTRAP_METRICS = ("accuracy", "recall", "specificity", "precision", "f1", "roc_auc", "brier")
 #: Metrics with a confidence interval in :func:`metrics_report`.
 REPORT_CI_METRICS = ("accuracy", "recall", "specificity", "roc_auc")
+#: Pneumonia subtypes whose recall :func:`per_subtype_recall` reports.
 SUBTYPES = ("bacteria", "virus")
-PREDICTION_COLUMNS = ("path", "patient_id", "subtype", "label", "p_pneumonia", "predicted", "error")
-#: How many of the most confident mistakes the gallery shows.
-GALLERY_SIZE = 12
 
 
 # --------------------------------------------------------------------------- input checks
@@ -198,7 +194,7 @@ def expected_calibration_error(y_true, y_prob, *, n_bins: int = 15) -> float:
     return float(np.sum(curve.counts[full] * gaps) / total)
 
 
-def threshold_for_recall(y_true, y_score, *, target_recall: float = 0.98) -> float:
+def threshold_for_recall(y_true, y_score, *, target_recall: float = DEFAULT_TARGET_RECALL) -> float:
     """The largest threshold whose recall on these data is at least ``target_recall``.
 
     Predicting PNEUMONIA for ``y_score >= t`` with the returned ``t`` reaches the target on the same
@@ -336,7 +332,7 @@ def bootstrap_ci(
     *,
     threshold: float,
     n_boot: int = 1000,
-    seed: int = 1337,
+    seed: int = DEFAULT_SEED,
     metrics: Sequence[str] = REPORT_CI_METRICS,
 ) -> dict[str, list[float] | None]:
     """95% confidence intervals by a patient-level (cluster) bootstrap.
@@ -407,7 +403,7 @@ def metrics_report(
     groups,
     subtypes,
     n_boot: int = 1000,
-    seed: int = 1337,
+    seed: int = DEFAULT_SEED,
 ) -> dict:
     """Point metrics, patient-level 95% CIs and per-subtype recall: the schema of ``metrics.json``.
 

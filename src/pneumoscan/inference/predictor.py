@@ -6,25 +6,20 @@ are applied in exactly one place.
 
 A model is a ``.keras`` file (loaded in Keras safe mode) or a ``.tflite`` file (run by the LiteRT
 runtime), with a sidecar ``<stem>.meta.json`` beside it that says what the model needs and how to
-read its output::
-
-    {"class_names": ["NORMAL", "PNEUMONIA"], "image_size": 224, "threshold": 0.31,
-     "calibration": {"a": 1.1, "b": -0.4}, "arch": "mobilenetv2", "validation": {...}, ...}
-
-The model's output is read through that sidecar, never by position alone.
+read its output (:class:`~pneumoscan.models.artifacts.ModelMetadata`). The model's output is read
+through that sidecar, never by position alone. Answers are :class:`~pneumoscan.inference.results.Prediction`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.config import CLASS_NAMES, DISCLAIMER, default_model_path
+from pneumoscan.config import DISCLAIMER, default_model_path
 from pneumoscan.data.imaging import (
     DecodedImage,
     ImageDecodeError,
@@ -34,7 +29,8 @@ from pneumoscan.data.imaging import (
     preprocess,
     read_image,
 )
-from pneumoscan.models.calibration import PlattCalibrator
+from pneumoscan.inference.results import Prediction, make_prediction
+from pneumoscan.models.artifacts import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -61,43 +57,7 @@ class _LiteRTSession:
         return np.array(self.interpreter.get_tensor(self.output["index"])).reshape(-1)
 
 
-def metadata_path(model_path: str | Path) -> Path:
-    """``models/x.keras`` -> ``models/x.meta.json``."""
-    model_path = Path(model_path)
-    return model_path.with_name(model_path.stem + ".meta.json")
-
-
-def save_metadata(model_path: str | Path, metadata: dict) -> Path:
-    """Write the sidecar of ``model_path``; returns its path."""
-    path = metadata_path(model_path)
-    path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def load_metadata(model_path: str | Path) -> dict:
-    """Read and check the sidecar of ``model_path``.
-
-    Raises
-    ------
-    FileNotFoundError, ValueError
-        Missing sidecar, or one that does not describe a NORMAL/PNEUMONIA model.
-    """
-    path = metadata_path(model_path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: every pneumoscan model needs its metadata sidecar beside it "
-            "(written by `pneumoscan train` and `pneumoscan export`)"
-        )
-    meta = json.loads(path.read_text())
-    if tuple(meta.get("class_names", ())) != CLASS_NAMES:
-        raise ValueError(f"{path}: class_names must be {list(CLASS_NAMES)}, got {meta.get('class_names')}")
-    for key in ("image_size", "threshold"):
-        if key not in meta:
-            raise ValueError(f"{path}: missing key {key!r}")
-    return meta
-
-
-def source_keras_model(model_path: str | Path, metadata: dict) -> Path | None:
+def source_keras_model(model_path: str | Path, metadata: Mapping) -> Path | None:
     """The ``.keras`` model a LiteRT export was made from (Grad-CAM needs its gradients), or None.
 
     Looked for at the path its sidecar records (``export.source``, relative to the export's
@@ -114,33 +74,6 @@ def source_keras_model(model_path: str | Path, metadata: dict) -> Path | None:
         if candidate.suffix.lower() == ".keras" and candidate.is_file():
             return candidate
     return None
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    """The answer for one image.
-
-    Attributes
-    ----------
-    p_normal, p_pneumonia : float
-        Calibrated probabilities, summing to 1.
-    label : str
-        ``"PNEUMONIA"`` when ``p_pneumonia >= threshold``, else ``"NORMAL"``.
-    confidence : float
-        The calibrated probability of ``label``. Below 0.5 it means the image was flagged only
-        because the screening threshold is set low, for high sensitivity.
-    threshold : float
-        The operating threshold on ``p_pneumonia``.
-    """
-
-    p_normal: float
-    p_pneumonia: float
-    label: str
-    confidence: float
-    threshold: float
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -165,14 +98,6 @@ class PathResults:
             None if err is not None else make_prediction(p, threshold)
             for p, err in zip(self.p_pneumonia, self.errors, strict=True)
         ]
-
-
-def make_prediction(p_pneumonia: float, threshold: float) -> Prediction:
-    """Label and confidence of one calibrated probability at ``threshold``."""
-    p = float(p_pneumonia)
-    label = CLASS_NAMES[1] if p >= threshold else CLASS_NAMES[0]
-    confidence = p if label == CLASS_NAMES[1] else 1.0 - p
-    return Prediction(1.0 - p, p, label, confidence, float(threshold))
 
 
 def tta_views(x: np.ndarray) -> np.ndarray:
@@ -228,12 +153,12 @@ class Predictor:
                 f"model file not found: {self.model_path}. Train one with `pneumoscan train`, or "
                 "pass --model PATH to a .keras or .tflite file."
             )
-        self.metadata = load_metadata(self.model_path)
-        self.image_size = int(self.metadata["image_size"])
-        self.threshold = float(self.metadata["threshold"] if threshold is None else threshold)
+        self.metadata: ModelMetadata = ModelMetadata.read(self.model_path)
+        self.image_size = self.metadata.image_size
+        self.threshold = float(self.metadata.threshold if threshold is None else threshold)
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        self.calibrator = PlattCalibrator.from_dict(self.metadata.get("calibration") or {"a": 1.0, "b": 0.0})
+        self.calibrator = self.metadata.calibration
         self.disclaimer = DISCLAIMER
         self._lock = threading.Lock()
         suffix = self.model_path.suffix.lower()

@@ -10,7 +10,7 @@ The page is a thin layer over the library: files are decoded by
 :func:`pneumoscan.data.imaging.decode_bytes` and scored by
 :meth:`pneumoscan.inference.predictor.Predictor.predict_image` (the one preprocessing and inference
 path), heatmaps come from :mod:`pneumoscan.inference.explain`. The app adds one policy of its own:
-colour photographs are refused (see :data:`MAX_COLOURFULNESS`).
+colour photographs are refused (see :data:`pneumoscan.config.MAX_COLOURFULNESS`).
 
 Models are loaded by cached loaders, a single time per server process; on the LiteRT model the app
 never imports TensorFlow unless Grad-CAM is switched on, so it starts in seconds.
@@ -30,24 +30,21 @@ import numpy as np
 import streamlit as st
 
 from pneumoscan import __version__
-from pneumoscan.config import DISCLAIMER, POSITIVE_CLASS, default_app_model_path
+from pneumoscan.config import DISCLAIMER, MAX_COLOURFULNESS, POSITIVE_CLASS, default_app_model_path
 from pneumoscan.data.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_bytes
+from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row
+from pneumoscan.models.architectures import ARCHITECTURES
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pneumoscan.inference.predictor import Prediction, Predictor
+    from pneumoscan.inference.predictor import Predictor
+    from pneumoscan.inference.results import Prediction
 
 log = logging.getLogger("pneumoscan.interfaces.app")
 
 #: File types offered by the uploader (the suffixes :mod:`pneumoscan.data.imaging` reads).
 UPLOAD_TYPES: list[str] = sorted(s.lstrip(".") for s in IMAGE_SUFFIXES)
-
-#: Images more colourful than this (Hasler-Suesstrunk colourfulness, see
-#: :attr:`pneumoscan.data.imaging.DecodedImage.colourfulness`) are refused as "not an X-ray". Grey
-#: radiographs score 0, a JPEG with a slight colour cast a few units, ordinary colour photographs
-#: 20 and more (Hasler and Suesstrunk rate 15 "slightly colourful", 33 "moderately colourful").
-MAX_COLOURFULNESS = 20.0
 
 #: Longest side, in pixels, of the images sent to the browser (the originals can be 3000 px).
 PREVIEW_SIDE = 768
@@ -55,10 +52,13 @@ PREVIEW_SIDE = 768
 #: A model card next to the model file is shown in the sidebar.
 MODEL_CARD_NAME = "MODEL_CARD.md"
 
-ARCHITECTURE_NAMES = {
-    "baseline": "Baseline CNN (trained from scratch)",
-    "regularized": "Regularised CNN (batch norm, dropout; trained from scratch)",
-    "mobilenetv2": "MobileNetV2 (ImageNet-pretrained, fine-tuned)",
+#: How the results table heads the columns of :data:`pneumoscan.inference.results.PREDICTION_COLUMNS`
+#: (a column without a heading here keeps its own name).
+COLUMN_HEADINGS = {
+    "path": "file",
+    "p_normal": "P(normal)",
+    "p_pneumonia": "P(pneumonia)",
+    "label": "prediction",
 }
 
 #: How the model card names :attr:`Predictor.backend <pneumoscan.inference.predictor.Predictor.backend>`.
@@ -130,8 +130,7 @@ def verdict(prediction: Prediction) -> tuple[str, str | None]:
 
 def threshold_explanation(predictor: Predictor) -> str:
     """What the operating threshold means, in one paragraph of Markdown."""
-    meta = predictor.metadata
-    target = meta.get("target_recall")
+    target = predictor.metadata.target_recall
     chosen = (
         f"chosen on the validation set so that about {percent(target)} of pneumonias are flagged "
         "(sensitivity, or recall)"
@@ -196,25 +195,13 @@ def analyse_upload(data: bytes, name: str, predictor: Predictor) -> dict[str, An
 
 
 def results_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """One row per file: file, P(normal), P(pneumonia), prediction, confidence, threshold, error."""
+    """One row per file (:func:`pneumoscan.inference.results.prediction_row`), headed by
+    :data:`COLUMN_HEADINGS`: file, P(normal), P(pneumonia), prediction, confidence, threshold, error."""
     import pandas as pd
 
-    rows = []
-    for r in results:
-        p = r["prediction"]
-        rows.append(
-            {
-                "file": r["name"],
-                "P(normal)": None if p is None else p.p_normal,
-                "P(pneumonia)": None if p is None else p.p_pneumonia,
-                "prediction": "" if p is None else p.label,
-                "confidence": None if p is None else p.confidence,
-                "threshold": None if p is None else p.threshold,
-                "error": r["error"] or "",
-            }
-        )
-    columns = ["file", "P(normal)", "P(pneumonia)", "prediction", "confidence", "threshold", "error"]
-    return pd.DataFrame(rows, columns=columns)
+    rows = [prediction_row(r["name"], r["prediction"] or r["error"]) for r in results]
+    table = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
+    return table.rename(columns=COLUMN_HEADINGS)
 
 
 def results_csv(results: Sequence[dict[str, Any]]) -> bytes:
@@ -254,9 +241,10 @@ def load_explainer(model_path: str) -> Predictor:
     FileNotFoundError
         A LiteRT model whose source ``.keras`` file cannot be found.
     """
-    from pneumoscan.inference.predictor import Predictor, load_metadata, source_keras_model
+    from pneumoscan.inference.predictor import Predictor, source_keras_model
+    from pneumoscan.models.artifacts import ModelMetadata
 
-    source = source_keras_model(model_path, load_metadata(model_path))
+    source = source_keras_model(model_path, ModelMetadata.read(model_path))
     if source is None:
         raise FileNotFoundError(
             f"Grad-CAM needs the Keras model that {os.path.basename(model_path)} was exported from, and "
@@ -329,19 +317,19 @@ def sidebar_model_card(predictor: Predictor) -> None:
     meta = predictor.metadata
     sb = st.sidebar
     sb.header("Model card")
-    arch = str(meta.get("arch", "unknown"))
+    arch = ARCHITECTURES[meta.arch].label if meta.arch is not None else "unknown"
     lines = [
-        f"**Architecture:** {ARCHITECTURE_NAMES.get(arch, arch)}",
+        f"**Architecture:** {arch}",
         f"**Input:** {predictor.image_size} × {predictor.image_size} px, grey",
         f"**Threshold:** P(pneumonia) ≥ {predictor.threshold:.3f}",
         f"**Model file:** `{predictor.model_path.name}` ({BACKEND_NAMES[predictor.backend]})",
     ]
-    if meta.get("created"):
-        lines.append(f"**Trained:** {str(meta['created'])[:10]}")
+    if meta.created:
+        lines.append(f"**Trained:** {meta.created[:10]}")
     lines.append(f"**pneumoscan:** {__version__}")
     sb.markdown("  \n".join(lines))
 
-    validation = meta.get("validation") or {}
+    validation = meta.validation or {}
     shown = [
         (label, validation[key], kind) for key, label, kind in METRICS if validation.get(key) is not None
     ]

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from pneumoscan import __version__
-from pneumoscan.config import ARCHITECTURES, DISCLAIMER, AugmentConfig, TrainConfig
+from pneumoscan.config import DISCLAIMER, DISTRIBUTE_MODES, IMBALANCE_MODES, AugmentConfig, TrainConfig
 
 log = logging.getLogger("pneumoscan")
 
@@ -138,44 +138,35 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
 
 
 def cmd_predict(args) -> int:
-    import csv
+    from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row, write_rows
 
     files = _expand_inputs(args.paths)
     if not files:
         raise CommandError("no image files found in the given paths")
     predictor = _load_predictor(args, threshold=args.threshold)
     results = predictor.predict_paths(files, tta=args.tta, progress=not args.quiet)
-    rows = []
-    for path, pred, err in zip(files, results.predictions(predictor.threshold), results.errors, strict=True):
-        if pred is None:
-            rows.append([str(path), "", "", "", "", f"{predictor.threshold:.4f}", err])
-        else:
-            rows.append(
-                [
-                    str(path),
-                    f"{pred.p_normal:.4f}",
-                    f"{pred.p_pneumonia:.4f}",
-                    pred.label,
-                    f"{pred.confidence:.4f}",
-                    f"{pred.threshold:.4f}",
-                    "",
-                ]
-            )
-    header = ["path", "p_normal", "p_pneumonia", "label", "confidence", "threshold", "error"]
+    predictions = results.predictions(predictor.threshold)
+    rows = [
+        prediction_row(path, pred or err, threshold=predictor.threshold)
+        for path, pred, err in zip(files, predictions, results.errors, strict=True)
+    ]
     if args.csv:
-        with open(args.csv, "w", newline="") as fh:
-            csv.writer(fh).writerows([header, *rows])
-    width = min(60, max(len(r[0]) for r in rows))
+        write_rows(args.csv, PREDICTION_COLUMNS, rows, digits=4)
+    width = min(60, max(len(r["path"]) for r in rows))
     print(f"{'file':<{width}}  {'P(normal)':>9}  {'P(pneum.)':>9}  {'prediction':<10}  {'confidence':>10}")
     for r in rows:
-        name = r[0] if len(r[0]) <= width else "..." + r[0][-(width - 3) :]
-        if r[6]:
-            print(f"{name:<{width}}  ERROR: {r[6]}")
+        name = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3) :]
+        if r["error"]:
+            print(f"{name:<{width}}  ERROR: {r['error']}")
         else:
-            print(
-                f"{name:<{width}}  {float(r[1]):>9.1%}  {float(r[2]):>9.1%}  {r[3]:<10}  {float(r[4]):>10.1%}"
+            # Rounded as in the CSV first, so the screen and the file never disagree.
+            p_normal, p_pneum, confidence = (
+                round(r[k], 4) for k in ("p_normal", "p_pneumonia", "confidence")
             )
-    failed = sum(1 for r in rows if r[6])
+            print(
+                f"{name:<{width}}  {p_normal:>9.1%}  {p_pneum:>9.1%}  {r['label']:<10}  {confidence:>10.1%}"
+            )
+    failed = sum(1 for r in rows if r["error"])
     print(
         f"\n{len(rows) - failed} predicted, {failed} failed; "
         f"threshold {predictor.threshold:.3f} on P(pneumonia)"
@@ -200,10 +191,11 @@ def cmd_explain(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from pneumoscan.training.export import export_tflite
+    from pneumoscan.training.export import EXPORT_FORMATS
 
     predictor = _load_predictor(args)
-    report = export_tflite(
+    export = EXPORT_FORMATS[args.format]
+    report = export(
         predictor, out=args.out, quantize=args.quantize, data_dir=args.data, progress=not args.quiet
     )
     print(json.dumps(report, indent=2))
@@ -246,15 +238,26 @@ def cmd_app(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pneumoscan",
-        description="Pneumonia screening in chest X-rays. " + DISCLAIMER,
-    )
-    parser.add_argument("--version", action="version", version=f"pneumoscan {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _quiet_arg(parser: argparse.ArgumentParser, what: str = "no progress bar") -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help=what)
 
+
+def _out_arg(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--out", type=Path, default=Path(default), help="output folder (default: %(default)s)"
+    )
+
+
+def _prediction_args(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--threshold`` and ``--tta``, shared by evaluate and predict."""
+    _model_arg(parser)
+    parser.add_argument(
+        "--threshold", type=float, help="operating threshold (default: the model's stored one)"
+    )
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation (4 views)")
+
+
+def add_data_report_parser(sub) -> None:
     p = sub.add_parser(
         "data-report",
         help="scan a dataset: counts, patients, sizes, duplicates, bad files",
@@ -262,19 +265,40 @@ def build_parser() -> argparse.ArgumentParser:
         "PNEUMONIA/), print a summary and write report.json and figures.",
     )
     p.add_argument("data_dir", type=_existing_dir, help="dataset root or split folder")
-    p.add_argument(
-        "--out", type=Path, default=Path("out/data-report"), help="output folder (default: %(default)s)"
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _out_arg(p, "out/data-report")
+    _quiet_arg(p)
     p.set_defaults(func=cmd_data_report)
+
+
+#: ``pneumoscan train`` options that set a TrainConfig field: flag -> (type, help). Every default
+#: shown in the help is read from TrainConfig.
+_TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
+    "image_size": (int, "input side in px"),
+    "batch_size": (int, "images per batch"),
+    "epochs": (int, "epochs of the plain CNNs"),
+    "learning_rate": (float, "plain CNNs"),
+    "head_epochs": (int, "MobileNetV2 phase 1"),
+    "head_learning_rate": (float, "MobileNetV2 phase 1"),
+    "finetune_epochs": (int, "MobileNetV2 phase 2, 0 to skip"),
+    "finetune_learning_rate": (float, "MobileNetV2 phase 2"),
+    "unfreeze_blocks": (int, "top MobileNetV2 blocks to fine-tune"),
+    "augmented_views": (int, "augmented copies of each image in the feature cache"),
+    "val_fraction": (float, "share of each class's images held out for validation, by patient"),
+    "target_recall": (float, "recall the operating threshold must reach on validation"),
+    "seed": (int, "seed of the split, the augmentation and the weights"),
+}
+
+
+def add_train_parser(sub) -> None:
+    from pneumoscan.models.architectures import ARCHITECTURES
 
     d = TrainConfig()
     p = sub.add_parser(
         "train",
         help="train a model into a run folder",
-        description="Train baseline, regularized or mobilenetv2 on a training folder, with a "
-        "patient-level validation split carved from it. Writes model.keras, its "
-        ".meta.json, config.json, history.csv, learning_curves.png, validation.json.",
+        description=f"Train {', '.join(ARCHITECTURES)} on a training folder, with a patient-level "
+        "validation split carved from it. Writes model.keras, its .meta.json, config.json, history.csv, "
+        "learning_curves.png, validation.json.",
     )
     p.add_argument(
         "--data", type=_existing_dir, help="training data: a split folder or a root holding train/"
@@ -286,67 +310,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue an interrupted run from its last checkpoint (other options are read from it)",
     )
-    p.add_argument("--arch", choices=ARCHITECTURES, help=f"model (default: {d.arch})")
-    p.add_argument(
-        "--image-size", dest="image_size", type=int, help=f"input side in px (default: {d.image_size})"
-    )
-    p.add_argument("--batch-size", dest="batch_size", type=int, help=f"default: {d.batch_size}")
-    p.add_argument("--epochs", type=int, help=f"epochs of the plain CNNs (default: {d.epochs})")
-    p.add_argument(
-        "--learning-rate", dest="learning_rate", type=float, help=f"plain CNNs (default: {d.learning_rate})"
-    )
-    p.add_argument(
-        "--head-epochs", dest="head_epochs", type=int, help=f"MobileNetV2 phase 1 (default: {d.head_epochs})"
-    )
-    p.add_argument(
-        "--head-learning-rate", dest="head_learning_rate", type=float, help=f"default: {d.head_learning_rate}"
-    )
-    p.add_argument(
-        "--finetune-epochs",
-        dest="finetune_epochs",
-        type=int,
-        help=f"MobileNetV2 phase 2, 0 to skip (default: {d.finetune_epochs})",
-    )
-    p.add_argument(
-        "--finetune-learning-rate",
-        dest="finetune_learning_rate",
-        type=float,
-        help=f"default: {d.finetune_learning_rate}",
-    )
-    p.add_argument(
-        "--unfreeze-blocks",
-        dest="unfreeze_blocks",
-        type=int,
-        help=f"top MobileNetV2 blocks to fine-tune (default: {d.unfreeze_blocks})",
-    )
-    p.add_argument(
-        "--augmented-views",
-        dest="augmented_views",
-        type=int,
-        help=f"augmented copies of each image in the feature cache (default: {d.augmented_views})",
-    )
+    p.add_argument("--arch", choices=list(ARCHITECTURES), help=f"model (default: {d.arch})")
+    for name, (kind, what) in _TRAIN_OPTIONS.items():
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, dest=name, type=kind, help=f"{what} (default: {getattr(d, name)})")
     p.add_argument(
         "--imbalance",
-        choices=("class_weight", "balanced_sampling", "none"),
+        choices=IMBALANCE_MODES,
         help=f"how class imbalance is handled (default: {d.imbalance})",
     )
-    p.add_argument("--val-fraction", dest="val_fraction", type=float, help=f"default: {d.val_fraction}")
-    p.add_argument(
-        "--target-recall",
-        dest="target_recall",
-        type=float,
-        help=f"recall the operating threshold must reach on validation (default: {d.target_recall})",
-    )
-    p.add_argument("--seed", type=int, help=f"default: {d.seed}")
     p.add_argument(
         "--distribute",
-        choices=("none", "mirrored"),
+        choices=DISTRIBUTE_MODES,
         help="mirrored: tf.distribute.MirroredStrategy over all GPUs (or all logical CPUs)",
     )
     p.add_argument("--limit", type=int, help="use at most this many images (smoke tests)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _quiet_arg(p, "no progress bars")
     p.set_defaults(func=cmd_train)
 
+
+def add_evaluate_parser(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="metrics, confidence intervals and figures on a labelled folder",
@@ -355,34 +338,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data", type=_existing_dir, required=True, help="labelled split folder, or a root with test/"
     )
-    _model_arg(p)
-    p.add_argument("--threshold", type=float, help="operating threshold (default: the model's stored one)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (4 views)")
-    p.add_argument(
-        "--out", type=Path, default=Path("out/evaluation"), help="output folder (default: %(default)s)"
-    )
+    _prediction_args(p)
+    _out_arg(p, "out/evaluation")
     p.add_argument("--json", type=Path, help="also write metrics.json to this path")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _quiet_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
+
+def add_compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="compare training runs on their common validation split")
     p.add_argument(
         "run_dirs", nargs="+", type=_existing_dir, help="run folders written by `pneumoscan train`"
     )
-    p.add_argument(
-        "--out", type=Path, default=Path("out/compare"), help="output folder (default: %(default)s)"
-    )
+    _out_arg(p, "out/compare")
     p.set_defaults(func=cmd_compare)
 
+
+def add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="predict files or folders (JPEG, PNG, DICOM)")
     p.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")
-    _model_arg(p)
+    _prediction_args(p)
     p.add_argument("--csv", type=Path, help="write one row per file here")
-    p.add_argument("--threshold", type=float, help="operating threshold (default: the model's stored one)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (4 views)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _quiet_arg(p)
     p.set_defaults(func=cmd_predict)
 
+
+def add_explain_parser(sub) -> None:
     p = sub.add_parser("explain", help="Grad-CAM heatmap of one image")
     p.add_argument("image", type=Path, help="an X-ray (JPEG, PNG or DICOM)")
     _model_arg(p)
@@ -391,10 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_explain)
 
+
+def add_export_parser(sub) -> None:
+    from pneumoscan.training.export import EXPORT_FORMATS, QUANTIZE_MODES
+
     p = sub.add_parser("export", help="export to LiteRT (TFLite), checked against the Keras model")
     _model_arg(p)
-    p.add_argument("--format", choices=("tflite",), default="tflite", help="only tflite for now")
-    p.add_argument("--quantize", choices=("none", "float16", "int8"), default="none")
+    p.add_argument("--format", choices=list(EXPORT_FORMATS), default="tflite", help="default: %(default)s")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, default="none")
     p.add_argument(
         "--data",
         type=_existing_dir,
@@ -402,9 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the data the model was trained on, when present)",
     )
     p.add_argument("--out", type=Path, required=True, help=".tflite file to write")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _quiet_arg(p)
     p.set_defaults(func=cmd_export)
 
+
+def add_app_parser(sub) -> None:
     p = sub.add_parser("app", help="start the Streamlit screening app")
     _model_arg(
         p,
@@ -421,6 +408,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest upload accepted, in MB (default: %(default)s)",
     )
     p.set_defaults(func=cmd_app)
+
+
+SUBCOMMANDS = (
+    add_data_report_parser,
+    add_train_parser,
+    add_evaluate_parser,
+    add_compare_parser,
+    add_predict_parser,
+    add_explain_parser,
+    add_export_parser,
+    add_app_parser,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pneumoscan`` parser: global flags, then one ``add_*_parser`` per subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="pneumoscan",
+        description="Pneumonia screening in chest X-rays. " + DISCLAIMER,
+    )
+    parser.add_argument("--version", action="version", version=f"pneumoscan {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_parser in SUBCOMMANDS:
+        add_parser(sub)
     return parser
 
 

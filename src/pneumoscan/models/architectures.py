@@ -7,18 +7,26 @@ one sigmoid unit, the probability of PNEUMONIA; scaling lives inside the model s
   applied by the input pipeline).
 - :func:`build_mobilenetv2`: ImageNet MobileNetV2 with a small head (step 4, the released model).
 
-Only standard Keras layers are used, so models load with ``safe_mode=True``.
+:data:`ARCHITECTURES` is the registry, name -> :class:`Architecture`: the training engine builds
+from it, the CLI offers its names, the app shows its labels and the model sidecar is checked
+against it. Adding an architecture is one entry here.
+
+Only standard Keras layers are used, so models load with ``safe_mode=True``. Keras is imported
+inside the builders, so the registry itself (names, labels) is readable without TensorFlow.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
-
-import keras
-from keras import layers
+from typing import TYPE_CHECKING
 
 from pneumoscan.config import TrainConfig
+
+if TYPE_CHECKING:
+    import keras
 
 #: Name of the backbone's last convolutional activation, the Grad-CAM target of MobileNetV2.
 MOBILENET_LAST_CONV = "out_relu"
@@ -31,6 +39,9 @@ class WeightsUnavailableError(RuntimeError):
 
 def build_baseline_cnn(image_size: int) -> keras.Model:
     """Three conv/pool blocks, flatten, a wide dense layer: high capacity, no regularisation."""
+    import keras
+    from keras import layers
+
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
     for i, filters in enumerate((32, 64, 128)):
@@ -45,6 +56,9 @@ def build_baseline_cnn(image_size: int) -> keras.Model:
 
 def build_regularized_cnn(image_size: int, *, dropout: float = 0.5) -> keras.Model:
     """Fewer filters, batch norm, spatial dropout and global pooling instead of a wide flatten."""
+    import keras
+    from keras import layers
+
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
     for i, filters in enumerate((16, 32, 64, 64)):
@@ -74,6 +88,9 @@ def build_mobilenetv2(
         ``weights="imagenet"`` and Keras cannot find or download them. Never falls back to random
         weights.
     """
+    import keras
+    from keras import layers
+
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = layers.Concatenate(name="grey_to_rgb")([inputs, inputs, inputs])
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(x)  # MobileNetV2 expects -1..1
@@ -130,6 +147,8 @@ def set_finetune_trainable(model: keras.Model, cut_layer: str) -> None:
     statistics would wreck them anyway, so BatchNorm layers stay frozen (Keras then runs them in
     inference mode).
     """
+    from keras import layers
+
     after = False
     for layer in model.layers:
         if layer.name == cut_layer:
@@ -139,21 +158,82 @@ def set_finetune_trainable(model: keras.Model, cut_layer: str) -> None:
             layer.trainable = not isinstance(layer, layers.BatchNormalization)
 
 
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """One entry of the registry.
+
+    Attributes
+    ----------
+    name : str
+        What ``--arch`` and the sidecar's ``arch`` say.
+    label : str
+        How people are shown it (the app's model card).
+    build : callable
+        ``build(cfg, weights=...) -> keras.Model``; ``weights`` is ``"imagenet"`` or ``None``.
+    pretrained : bool
+        Starts from ImageNet weights: trained in two phases on a cached frozen stem
+        (:mod:`pneumoscan.training.engine`), instead of one plain fit.
+    augment_inputs : bool
+        The plain fit augments its input batches (:class:`~pneumoscan.config.AugmentConfig`).
+    """
+
+    name: str
+    label: str
+    build: Callable[..., keras.Model]
+    pretrained: bool = False
+    augment_inputs: bool = False
+
+
+#: The registry: every architecture pneumoscan can train, by name.
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture(
+            "baseline",
+            "Baseline CNN (trained from scratch)",
+            lambda cfg, weights=None: build_baseline_cnn(cfg.image_size),
+        ),
+        Architecture(
+            "regularized",
+            "Regularised CNN (batch norm, dropout; trained from scratch)",
+            lambda cfg, weights=None: build_regularized_cnn(cfg.image_size, dropout=cfg.dropout),
+            augment_inputs=True,
+        ),
+        Architecture(
+            "mobilenetv2",
+            "MobileNetV2 (ImageNet-pretrained, fine-tuned)",
+            lambda cfg, weights="imagenet": build_mobilenetv2(
+                cfg.image_size, dense_units=cfg.dense_units, dropout=cfg.dropout, weights=weights
+            ),
+            pretrained=True,
+        ),
+    )
+}
+
+
+def architecture(name: str) -> Architecture:
+    """The registry entry called ``name``.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not in :data:`ARCHITECTURES`; the message lists the names that are.
+    """
+    try:
+        return ARCHITECTURES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}") from None
+
+
 def build_model(cfg: TrainConfig, *, weights: str | None = "imagenet") -> keras.Model:
-    """The model named by ``cfg.arch`` (see :data:`pneumoscan.config.ARCHITECTURES`)."""
-    if cfg.arch == "baseline":
-        return build_baseline_cnn(cfg.image_size)
-    if cfg.arch == "regularized":
-        return build_regularized_cnn(cfg.image_size, dropout=cfg.dropout)
-    if cfg.arch == "mobilenetv2":
-        return build_mobilenetv2(
-            cfg.image_size, dense_units=cfg.dense_units, dropout=cfg.dropout, weights=weights
-        )
-    raise ValueError(f"unknown architecture {cfg.arch!r}")
+    """The model named by ``cfg.arch`` in :data:`ARCHITECTURES`."""
+    return architecture(cfg.arch).build(cfg, weights=weights)
 
 
 def last_conv_layer_name(model: keras.Model) -> str:
     """The last layer with a 4-D output: the Grad-CAM target of any pneumoscan model."""
+    from keras import layers
+
     if any(layer.name == MOBILENET_LAST_CONV for layer in model.layers):
         return MOBILENET_LAST_CONV
     for layer in reversed(model.layers):

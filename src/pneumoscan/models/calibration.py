@@ -12,14 +12,6 @@ log = logging.getLogger(__name__)
 
 #: Probabilities are clipped to this margin before taking their logit.
 _EPS = 1e-6
-#: Metrics that :func:`bootstrap_ci` can resample.
-BOOTSTRAP_METRICS = ("accuracy", "recall", "specificity", "precision", "f1", "roc_auc", "brier")
-#: Metrics with a confidence interval in :func:`metrics_report`.
-REPORT_CI_METRICS = ("accuracy", "recall", "specificity", "roc_auc")
-SUBTYPES = ("bacteria", "virus")
-PREDICTION_COLUMNS = ("path", "patient_id", "subtype", "label", "p_pneumonia", "predicted", "error")
-#: How many of the most confident mistakes the gallery shows.
-GALLERY_SIZE = 12
 
 
 # --------------------------------------------------------------------------- calibration

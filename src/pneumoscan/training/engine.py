@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan import __version__
-from pneumoscan.config import CLASS_NAMES, TrainConfig
+from pneumoscan.config import TrainConfig
 from pneumoscan.data.dataset import (
     DecodedSet,
     build_augmenter,
@@ -42,11 +42,24 @@ from pneumoscan.data.dataset import (
     discover_split,
     fingerprint,
     make_dataset,
-    patient_split,
-    stratified_subset,
+    train_val_split,
 )
+from pneumoscan.models.artifacts import ModelMetadata, RunFolder
 
 log = logging.getLogger(__name__)
+
+#: Validation metrics copied into the model's sidecar (the app's model card shows them).
+SIDECAR_VALIDATION_METRICS = (
+    "n",
+    "accuracy",
+    "recall",
+    "specificity",
+    "precision",
+    "f1",
+    "roc_auc",
+    "pr_auc",
+    "ece",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -135,6 +148,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, *, progress: bool = True):
         self.cfg, self.data_dir, self.run_dir, self.progress = cfg, Path(data_dir), Path(run_dir), progress
+        self.files = RunFolder(self.run_dir)
         self.history_rows: list[dict] = []
         self.phase_boundaries: list[int] = []
         self.timings: dict[str, dict] = {}
@@ -152,14 +166,14 @@ class Trainer:
         }
         log.info("%s: %.1f s", name, seconds)
         if self.run_dir.is_dir():
-            (self.run_dir / "timings.json").write_text(json.dumps(self.timings, indent=2) + "\n")
+            self.files.timings.write_text(json.dumps(self.timings, indent=2) + "\n")
 
     # ------------------------------------------------------------------ data
 
     def load_data(self) -> tuple[DecodedSet, DecodedSet]:
         cfg = self.cfg
-        samples = stratified_subset(discover_split(self.data_dir, prefer="train"), cfg.limit, seed=cfg.seed)
-        train_s, val_s = patient_split(samples, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        train_s, val_s = train_val_split(discover_split(self.data_dir, prefer="train"), cfg.split)
+        samples = train_s + val_s
         if not train_s or not val_s or len({s.label for s in val_s}) < 2:
             raise ValueError(
                 f"{self.data_dir}: too few images or patients ({len(samples)} images) for a patient-level "
@@ -190,7 +204,7 @@ class Trainer:
             "versions": package_versions(),
             "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
-        (self.run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+        self.files.config.write_text(json.dumps(record, indent=2) + "\n")
 
     # ------------------------------------------------------------------ fitting
 
@@ -198,7 +212,7 @@ class Trainer:
         """Fit one phase with best-epoch restore and resumable backups; skip if already done."""
 
         cfg = self.cfg
-        done = self.run_dir / "checkpoints" / f"{phase.name}.weights.h5"
+        done = self.files.phase_weights(phase.name)
         if done.exists():
             log.info("phase %s already finished; loading %s", phase.name, done)
             phase.model.load_weights(done)
@@ -246,7 +260,7 @@ class Trainer:
             }
             for i, epoch in enumerate(history.epoch)
         ]
-        (self.run_dir / "checkpoints" / f"{phase.name}.history.json").write_text(json.dumps(rows))
+        self.files.phase_history(phase.name).write_text(json.dumps(rows))
         self._append_history(rows)
 
     def _fit(self, phase: _Phase, train_ds, val_ds, balanced: bool, restore_best):
@@ -261,14 +275,14 @@ class Trainer:
             steps_per_epoch=int(np.ceil(len(phase.train_y) / cfg.batch_size)) if balanced else None,
             class_weight=class_weights(phase.train_y) if cfg.imbalance == "class_weight" else None,
             callbacks=[
-                keras.callbacks.BackupAndRestore(str(self.run_dir / "backup" / phase.name)),
+                keras.callbacks.BackupAndRestore(str(self.files.phase_backup(phase.name))),
                 restore_best,
             ],
             verbose=1 if self.progress else 0,
         )
 
     def _load_history(self, name: str) -> None:
-        path = self.run_dir / "checkpoints" / f"{name}.history.json"
+        path = self.files.phase_history(name)
         if path.exists():
             self._append_history(json.loads(path.read_text()))
 
@@ -379,26 +393,25 @@ class Trainer:
         from pneumoscan.evaluation import figures
         from pneumoscan.evaluation import metrics as evaluation
         from pneumoscan.evaluation.robustness import stress_report
-        from pneumoscan.inference.predictor import Predictor, save_metadata, tta_views
+        from pneumoscan.inference.predictor import Predictor, tta_views
+        from pneumoscan.inference.results import VALIDATION_COLUMNS, labelled_row, make_prediction, write_rows
         from pneumoscan.models.calibration import PlattCalibrator
 
         cfg = self.cfg
-        model_path = self.run_dir / "model.keras"
+        model_path = self.files.model
         model.save(model_path)
-        meta = {
-            "class_names": list(CLASS_NAMES),
-            "image_size": cfg.image_size,
-            "arch": cfg.arch,
-            "threshold": 0.5,
-            "calibration": {"a": 1.0, "b": 0.0},
-            "target_recall": cfg.target_recall,
-            "data_fingerprint": self.fingerprint,
-            "data_dir": str(self.data_dir),
-            "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed, "limit": cfg.limit},
-            "pneumoscan_version": __version__,
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        }
-        save_metadata(model_path, meta)
+        meta = ModelMetadata(
+            image_size=cfg.image_size,
+            threshold=0.5,
+            arch=cfg.arch,
+            target_recall=cfg.target_recall,
+            split=cfg.split,
+            data_dir=str(self.data_dir),
+            data_fingerprint=self.fingerprint,
+            pneumoscan_version=__version__,
+            created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        )
+        meta.write(model_path)
         # Validation predictions go through the serving path itself, so what we measure is what ships.
         predictor = Predictor(model_path)
         raw = predictor.predict_raw(val.x)
@@ -423,47 +436,24 @@ class Trainer:
         metrics["tta"] = {k: metrics_tta[k] for k in ("accuracy", "recall", "specificity", "roc_auc", "ece")}
         metrics["split"] = "validation (patient-level, carved from the training data)"
         metrics["stress"] = stress_report(predictor, val.x, val.y, threshold=threshold)
-        (self.run_dir / "validation.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        meta.update(
+        self.files.validation.write_text(json.dumps(metrics, indent=2) + "\n")
+        dataclasses.replace(
+            meta,
             threshold=threshold,
-            calibration=calibrator.to_dict(),
-            validation={
-                k: metrics[k]
-                for k in (
-                    "n",
-                    "accuracy",
-                    "recall",
-                    "specificity",
-                    "precision",
-                    "f1",
-                    "roc_auc",
-                    "pr_auc",
-                    "ece",
-                )
-            },
-        )
-        save_metadata(model_path, meta)
+            calibration=calibrator,
+            validation={k: metrics[k] for k in SIDECAR_VALIDATION_METRICS},
+        ).write(model_path)
 
-        with open(self.run_dir / "validation_predictions.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", "patient_id", "subtype", "label", "p_raw", "p_pneumonia", "predicted"])
-            for s, r, p in zip(val.samples, raw, p_cal, strict=True):
-                writer.writerow(
-                    [
-                        str(s.path),
-                        s.patient_id,
-                        s.subtype,
-                        s.label,
-                        f"{r:.6f}",
-                        f"{p:.6f}",
-                        int(p >= threshold),
-                    ]
-                )
+        rows = (
+            {**labelled_row(s, make_prediction(p, threshold)), "p_raw": r}
+            for s, r, p in zip(val.samples, raw, p_cal, strict=True)
+        )
+        write_rows(self.files.validation_predictions, VALIDATION_COLUMNS, rows, digits=6)
         if self.history_rows:
             keys = sorted(
                 {k for row in self.history_rows for k in row}, key=lambda k: (k not in ("phase", "epoch"), k)
             )
-            with open(self.run_dir / "history.csv", "w", newline="") as fh:
+            with open(self.files.history, "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=keys)
                 writer.writeheader()
                 writer.writerows(self.history_rows)
@@ -474,10 +464,10 @@ class Trainer:
             }
             plotting.save(
                 figures.learning_curves_figure(series, phase_boundaries=self.phase_boundaries),
-                self.run_dir / "learning_curves.png",
+                self.files.learning_curves,
             )
-        plotting.save(figures.reliability_figure(val.y, raw, p_cal), self.run_dir / "reliability.png")
-        shutil.rmtree(self.run_dir / "backup", ignore_errors=True)
+        plotting.save(figures.reliability_figure(val.y, raw, p_cal), self.files.reliability)
+        shutil.rmtree(self.files.backup, ignore_errors=True)
         return metrics
 
     def run(self, *, resume: bool = False) -> dict:
@@ -487,11 +477,11 @@ class Trainer:
 
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume and (self.run_dir / "model.keras").exists():
+        if not resume and self.files.model.exists():
             raise FileExistsError(f"{self.run_dir} already holds a finished run; choose another --out")
         if not resume:
-            shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
-            shutil.rmtree(self.run_dir / "backup", ignore_errors=True)
+            shutil.rmtree(self.files.checkpoints, ignore_errors=True)
+            shutil.rmtree(self.files.backup, ignore_errors=True)
         keras.utils.set_random_seed(cfg.seed)
         train, val = self.load_data()
         self.write_config(train, val)
@@ -506,7 +496,7 @@ class Trainer:
         with self.timed("finalise", len(val.y)):
             metrics = self.finalise(model, val)
         self.timings["total_after_decode"] = {"seconds": round(time.perf_counter() - start, 2)}
-        (self.run_dir / "timings.json").write_text(json.dumps(self.timings, indent=2) + "\n")
+        self.files.timings.write_text(json.dumps(self.timings, indent=2) + "\n")
         return metrics
 
 
@@ -518,7 +508,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, *, progre
 def resume(run_dir: str | Path, *, progress: bool = True) -> dict:
     """Continue an interrupted run from its last checkpoint, with the options it was started with."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
+    config_path = RunFolder(run_dir).config
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: is {run_dir} a pneumoscan run folder?")
     record = json.loads(config_path.read_text())

@@ -36,7 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.config import SplitConfig
-from pneumoscan.inference.predictor import Predictor, metadata_path, save_metadata
+from pneumoscan.data.dataset import Sample, decode_samples, discover_split, stratified_subset, train_val_split
+from pneumoscan.inference.predictor import Predictor
+from pneumoscan.models.artifacts import ModelMetadata, metadata_path
 
 log = logging.getLogger(__name__)
 
@@ -96,30 +98,27 @@ def convert_keras_model(model, *, quantize: str = "none", representative: np.nda
         return converter.convert()
 
 
-def model_split(metadata: dict, data_dir: str | Path):
+def model_split(metadata: ModelMetadata, data_dir: str | Path) -> tuple[list[Sample], list[Sample]]:
     """Recover the patient-level train/validation split a model was trained with.
 
     Parameters
     ----------
-    metadata : dict
-        The model's sidecar; its ``split`` entry (``val_fraction``, ``seed``, ``limit``) is used,
-        :class:`pneumoscan.config.SplitConfig` defaults where missing.
+    metadata : ModelMetadata
+        The model's sidecar; its ``split`` (:class:`pneumoscan.config.SplitConfig`) is used, the
+        default split when it has none.
     data_dir : path
         The training data: a split folder or a root holding ``train/``.
 
     Returns
     -------
-    train, val : list of pneumoscan.data.Sample
+    train, val : list of pneumoscan.data.dataset.Sample
+        :func:`pneumoscan.data.dataset.train_val_split`, as in training.
     """
-    from pneumoscan.data.dataset import discover_split, patient_split, stratified_subset
-
-    split = metadata.get("split") or {}
-    if not split:
-        log.warning("the model's sidecar has no 'split' entry; assuming the default split %s", SplitConfig())
-    val_fraction = float(split.get("val_fraction", SplitConfig.val_fraction))
-    seed = int(split.get("seed", SplitConfig.seed))
-    samples = stratified_subset(discover_split(data_dir, prefer="train"), split.get("limit"), seed=seed)
-    return patient_split(samples, val_fraction=val_fraction, seed=seed)
+    split = metadata.split
+    if split is None:
+        split = SplitConfig()
+        log.warning("the model's sidecar has no 'split' entry; assuming the default split %s", split)
+    return train_val_split(discover_split(data_dir, prefer="train"), split)
 
 
 def export_tflite(
@@ -166,8 +165,6 @@ def export_tflite(
     """
     from sklearn.metrics import roc_auc_score
 
-    from pneumoscan.data.dataset import decode_samples, stratified_subset
-
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
     if predictor.backend != "keras":
@@ -183,7 +180,7 @@ def export_tflite(
     if max_check_images is not None and max_check_images < 4:
         raise ValueError(f"max_check_images must be at least 4, got {max_check_images}")
     meta = predictor.metadata
-    data_dir = data_dir if data_dir is not None else meta.get("data_dir")
+    data_dir = data_dir if data_dir is not None else meta.data_dir
     if data_dir is None:
         raise ValueError(
             f"{predictor.model_path}: its sidecar names no data_dir and none was given; the export "
@@ -197,7 +194,7 @@ def export_tflite(
         )
 
     train_s, val_s = model_split(meta, data_dir)
-    seed = int((meta.get("split") or {}).get("seed", SplitConfig.seed))
+    seed = (meta.split or SplitConfig()).seed
     if max_check_images is not None:
         val_s = stratified_subset(val_s, max_check_images, seed=seed)
     size = predictor.image_size
@@ -232,7 +229,7 @@ def export_tflite(
             "tensorflow": _tf_version(),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
-        save_metadata(tmp_model, {**meta, "export": export_info})
+        meta.updated(export=export_info).write(tmp_model)
 
         log.info("checking the export on %d validation images", len(val.y))
         p_keras = predictor.predict_proba(val.x)
@@ -263,13 +260,17 @@ def export_tflite(
         check = {
             k: report[k] for k in ("n_check", "agreement", "auc_keras", "auc_tflite", "max_abs_prob_diff")
         }
-        save_metadata(tmp_model, {**meta, "export": {**export_info, "check": check}})
+        meta.updated(export={**export_info, "check": check}).write(tmp_model)
         os.replace(metadata_path(tmp_model), metadata_path(out))
         os.replace(tmp_model, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s (%d bytes): %s", out, report["size_bytes"], json.dumps(check))
     return report
+
+
+#: ``pneumoscan export --format``: format name -> exporter (same keyword arguments).
+EXPORT_FORMATS = {"tflite": export_tflite}
 
 
 def _relative_to(path: Path, folder: Path) -> str:

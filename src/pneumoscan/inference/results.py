@@ -1,0 +1,196 @@
+"""What a prediction is, and the per-image rows every table of predictions is made of.
+
+- :class:`Prediction`: the answer for one image (:meth:`Predictor.predict_image
+  <pneumoscan.inference.predictor.Predictor.predict_image>`).
+- :data:`PREDICTION_COLUMNS` / :func:`prediction_row`: one image's prediction, or why there is
+  none. ``pneumoscan predict --csv`` writes these columns, the app shows and downloads them under
+  its own headings (:data:`pneumoscan.interfaces.app.COLUMN_HEADINGS`).
+- :data:`LABELLED_COLUMNS` / :func:`labelled_row`: the same for an image whose true class is known,
+  with its patient and subtype: ``predictions.csv`` of ``pneumoscan evaluate``, and with the raw
+  score added (:data:`VALIDATION_COLUMNS`) ``validation_predictions.csv`` of a training run, which
+  ``pneumoscan compare`` reads. In these two ``label`` is the *true* class index (0/1) and
+  ``predicted`` the model's; in the prediction row ``label`` is the predicted class name.
+- :func:`write_rows`: the one CSV writer (floats with a fixed number of decimals, ``None`` empty).
+
+Growing the row: a new per-image column (``decision``, ``uncertainty``, ``in_scope``,
+``scope_reason``) is added to :class:`Prediction`, to :data:`PREDICTION_COLUMNS` (before
+``error``) and to :func:`prediction_row`; add it to :data:`LABELLED_COLUMNS` too and
+:func:`labelled_row` carries it over, so the CLI, the app and evaluation all gain it at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from pneumoscan.config import CLASS_NAMES, POSITIVE_CLASS
+
+if TYPE_CHECKING:
+    from pneumoscan.data.dataset import Sample
+
+#: One image's prediction: ``label`` is the predicted class name; on failure only ``path``,
+#: ``threshold`` (when given) and ``error`` are filled.
+PREDICTION_COLUMNS: tuple[str, ...] = (
+    "path",
+    "p_normal",
+    "p_pneumonia",
+    "label",
+    "confidence",
+    "threshold",
+    "error",
+)
+#: One labelled image: ``label`` is its true class index, ``predicted`` the model's (0/1).
+LABELLED_COLUMNS: tuple[str, ...] = (
+    "path",
+    "patient_id",
+    "subtype",
+    "label",
+    "p_pneumonia",
+    "predicted",
+    "error",
+)
+#: A training run's validation images: ``p_raw`` is the uncalibrated model output; no image fails
+#: (undecodable files were left out of the split before training).
+VALIDATION_COLUMNS: tuple[str, ...] = (
+    "path",
+    "patient_id",
+    "subtype",
+    "label",
+    "p_raw",
+    "p_pneumonia",
+    "predicted",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """The answer for one image.
+
+    Attributes
+    ----------
+    p_normal, p_pneumonia : float
+        Calibrated probabilities, summing to 1.
+    label : str
+        ``"PNEUMONIA"`` when ``p_pneumonia >= threshold``, else ``"NORMAL"``.
+    confidence : float
+        The calibrated probability of ``label``. Below 0.5 it means the image was flagged only
+        because the screening threshold is set low, for high sensitivity.
+    threshold : float
+        The operating threshold on ``p_pneumonia``.
+    """
+
+    p_normal: float
+    p_pneumonia: float
+    label: str
+    confidence: float
+    threshold: float
+
+
+def make_prediction(p_pneumonia: float, threshold: float) -> Prediction:
+    """Label and confidence of one calibrated probability at ``threshold``."""
+    p = float(p_pneumonia)
+    label = CLASS_NAMES[1] if p >= threshold else CLASS_NAMES[0]
+    confidence = p if label == CLASS_NAMES[1] else 1.0 - p
+    return Prediction(1.0 - p, p, label, confidence, float(threshold))
+
+
+def prediction_row(
+    path: str | Path, outcome: Prediction | str, *, threshold: float | None = None
+) -> dict[str, Any]:
+    """One row of :data:`PREDICTION_COLUMNS`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file (or upload name) the row is about.
+    outcome : Prediction or str
+        The prediction, or why there is none (an error message).
+    threshold : float, optional
+        Written in the ``threshold`` column of a failed row (the one that would have applied);
+        a prediction carries its own.
+
+    Returns
+    -------
+    dict
+        Column -> value: floats for probabilities, ``None`` for numbers a failed row lacks, ``""``
+        for its ``label`` and for the ``error`` of a good row.
+    """
+    if isinstance(outcome, Prediction):
+        return {
+            "path": str(path),
+            "p_normal": outcome.p_normal,
+            "p_pneumonia": outcome.p_pneumonia,
+            "label": outcome.label,
+            "confidence": outcome.confidence,
+            "threshold": outcome.threshold,
+            "error": "",
+        }
+    if not isinstance(outcome, str) or not outcome:
+        raise TypeError(f"outcome must be a Prediction or a non-empty error message, got {outcome!r}")
+    return {
+        "path": str(path),
+        "p_normal": None,
+        "p_pneumonia": None,
+        "label": "",
+        "confidence": None,
+        "threshold": None if threshold is None else float(threshold),
+        "error": outcome,
+    }
+
+
+def labelled_row(sample: Sample, outcome: Prediction | str) -> dict[str, Any]:
+    """One row of :data:`LABELLED_COLUMNS`: the sample's truth beside :func:`prediction_row`.
+
+    Parameters
+    ----------
+    sample : pneumoscan.data.dataset.Sample
+        The image, with its true ``label`` (0/1), ``patient_id`` and ``subtype``.
+    outcome : Prediction or str
+        As in :func:`prediction_row`.
+    """
+    row = prediction_row(sample.path, outcome)
+    failed = bool(row["error"])
+    return {
+        **{k: v for k, v in row.items() if k in LABELLED_COLUMNS},
+        "patient_id": sample.patient_id,
+        "subtype": sample.subtype,
+        "label": int(sample.label),
+        "predicted": None if failed else int(row["label"] == POSITIVE_CLASS),
+    }
+
+
+def _cell(value: Any, digits: int) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):  # numpy float64 included; ints and bools stay as they are
+        return f"{value:.{digits}f}"
+    return value
+
+
+def write_rows(
+    out: str | Path | IO[str], columns: Sequence[str], rows: Iterable[Mapping[str, Any]], *, digits: int
+) -> None:
+    """Write rows as CSV: a header of ``columns``, floats with ``digits`` decimals, ``None`` empty.
+
+    Parameters
+    ----------
+    out : path or text file
+        A path is created (overwritten); an open file must have been opened with ``newline=""``.
+    columns : sequence of str
+        The header; keys of a row outside it are ignored.
+    rows : iterable of mapping
+        E.g. :func:`prediction_row` or :func:`labelled_row` results.
+    digits : int
+        Decimals of float cells.
+    """
+    if isinstance(out, str | Path):
+        with open(out, "w", newline="") as fh:
+            write_rows(fh, columns, rows, digits=digits)
+        return
+    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k), digits) for k in columns})

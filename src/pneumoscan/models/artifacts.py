@@ -1,0 +1,351 @@
+"""What a trained model is on disk: its metadata sidecar and the files of a run folder.
+
+Two contracts, each defined here and nowhere else:
+
+- :class:`ModelMetadata`, the sidecar ``<stem>.meta.json`` beside every model file. Training and
+  export write it, the :class:`~pneumoscan.inference.predictor.Predictor` reads it, the tests and
+  benchmarks build it; it is checked when it is made, so a bad sidecar is never written. On disk::
+
+      {"arch": "mobilenetv2", "calibration": {"a": 1.46, "b": -0.32},
+       "class_names": ["NORMAL", "PNEUMONIA"], "image_size": 224, "threshold": 0.912,
+       "split": {"limit": null, "seed": 1337, "val_fraction": 0.15}, "validation": {...}, ...}
+
+- :class:`RunFolder`, the file names of a ``pneumoscan train`` run folder, used by the training
+  engine that writes them and by ``pneumoscan compare`` and ``--resume`` that read them.
+
+Growing the sidecar: a new optional section (ensemble members, an uncertainty band, a scope guard)
+is a new field defaulting to ``None``, converted in :meth:`ModelMetadata.from_json` /
+:meth:`ModelMetadata.to_json` and checked in ``__post_init__``. ``None`` fields are not written, so
+older sidecars stay valid. Keys this version does not know are kept in ``extra`` and written back
+unchanged, so reading and rewriting a newer sidecar loses nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pneumoscan.config import CLASS_NAMES, MIN_IMAGE_SIDE, SplitConfig
+from pneumoscan.models.architectures import architecture
+from pneumoscan.models.calibration import PlattCalibrator
+
+SIDECAR_SUFFIX = ".meta.json"
+
+
+def metadata_path(model_path: str | Path) -> Path:
+    """The sidecar of a model file: ``models/x.keras`` -> ``models/x.meta.json``."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + SIDECAR_SUFFIX)
+
+
+def _frozen(value: Any) -> Any:
+    """A read-only deep copy of a JSON value (mappings become ``MappingProxyType``, lists tuples)."""
+    if isinstance(value, Mapping):
+        return types.MappingProxyType({str(k): _frozen(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _thawed(value: Any) -> Any:
+    """The plain JSON value (dicts, lists) of a :func:`_frozen` one."""
+    if isinstance(value, Mapping):
+        return {k: _thawed(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thawed(v) for v in value]
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMetadata(Mapping):
+    """The sidecar of one model file: what the model needs and how to read its output.
+
+    Also a read-only :class:`~collections.abc.Mapping` of its JSON form (``meta["threshold"]``,
+    ``meta.get("export")``), for code that reads the sidecar's keys.
+
+    Attributes
+    ----------
+    image_size : int
+        Side, in pixels, of the square grey ``(n, size, size, 1)`` input, at least
+        :data:`~pneumoscan.config.MIN_IMAGE_SIDE`.
+    threshold : float in (0, 1)
+        Operating threshold on the calibrated P(pneumonia).
+    class_names : tuple of str
+        Must be :data:`~pneumoscan.config.CLASS_NAMES`: the output is P(class 1 = PNEUMONIA).
+    calibration : PlattCalibrator
+        Maps the raw output to a calibrated probability; the identity when the file has none.
+    arch : str or None
+        A name of :data:`~pneumoscan.models.architectures.ARCHITECTURES`; ``None`` for a model
+        built by hand (tests).
+    target_recall : float in (0, 1], optional
+        The validation recall the threshold was chosen to reach.
+    split : SplitConfig, optional
+        The patient-level split of ``data_dir`` the model was validated on.
+    data_dir, data_fingerprint : str, optional
+        The training data and a hash of its files (:func:`pneumoscan.data.dataset.fingerprint`).
+    validation : mapping of str to number or None, optional
+        Validation metrics at the threshold (``n``, ``accuracy``, ``recall``, ...).
+    export : mapping, optional
+        How a LiteRT file was made from a Keras model and checked (``source``, ``quantize``,
+        ``check``, ...; :mod:`pneumoscan.training.export`).
+    pneumoscan_version, created, released_from : str, optional
+        Provenance: the version that trained it, when (ISO 8601, UTC), and a release note.
+    extra : mapping
+        Keys this version does not know, kept as they were.
+    """
+
+    image_size: int
+    threshold: float
+    class_names: tuple[str, ...] = CLASS_NAMES
+    calibration: PlattCalibrator = PlattCalibrator()
+    arch: str | None = None
+    target_recall: float | None = None
+    split: SplitConfig | None = None
+    data_dir: str | None = None
+    data_fingerprint: str | None = None
+    validation: Mapping[str, float | int | None] | None = None
+    export: Mapping[str, Any] | None = None
+    pneumoscan_version: str | None = None
+    created: str | None = None
+    released_from: str | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    #: Fields read and written as JSON values as they are (strings, numbers).
+    _PLAIN: ClassVar[tuple[str, ...]] = (
+        "image_size",
+        "threshold",
+        "arch",
+        "target_recall",
+        "data_dir",
+        "data_fingerprint",
+        "pneumoscan_version",
+        "created",
+        "released_from",
+    )
+
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen: normalise the nested values once, here
+        set_(self, "class_names", tuple(self.class_names))
+        for name in ("validation", "export", "extra"):
+            if getattr(self, name) is not None:
+                if not isinstance(getattr(self, name), Mapping):
+                    raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
+                set_(self, name, _frozen(getattr(self, name)))
+        self._check()
+
+    def _check(self) -> None:
+        if self.class_names != CLASS_NAMES:
+            raise ValueError(f"class_names must be {list(CLASS_NAMES)}, got {list(self.class_names)}")
+        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool):
+            raise ValueError(f"image_size must be an integer, got {self.image_size!r}")
+        if self.image_size < MIN_IMAGE_SIDE:
+            raise ValueError(f"image_size must be at least {MIN_IMAGE_SIDE}, got {self.image_size}")
+        if not (_is_number(self.threshold) and 0.0 < self.threshold < 1.0):
+            raise ValueError(f"threshold must be a number in (0, 1), got {self.threshold!r}")
+        if self.target_recall is not None and not (
+            _is_number(self.target_recall) and 0.0 < self.target_recall <= 1.0
+        ):
+            raise ValueError(f"target_recall must be a number in (0, 1], got {self.target_recall!r}")
+        if not isinstance(self.calibration, PlattCalibrator):
+            raise ValueError(f"calibration must be a PlattCalibrator, got {self.calibration!r}")
+        if self.split is not None and not isinstance(self.split, SplitConfig):
+            raise ValueError(f"split must be a SplitConfig, got {self.split!r}")
+        if self.arch is not None:
+            architecture(self.arch)  # ValueError naming the registered ones
+        for key, value in (self.validation or {}).items():
+            if value is not None and not _is_number(value):
+                raise ValueError(f"validation[{key!r}] must be a number or null, got {value!r}")
+        source = (self.export or {}).get("source")
+        if source is not None and not isinstance(source, str):
+            raise ValueError(f"export.source must be a path string, got {source!r}")
+        clash = set(self.extra) & {f.name for f in dataclasses.fields(self)}
+        if clash:
+            raise ValueError(f"extra must not repeat known keys, got {sorted(clash)}")
+
+    # ------------------------------------------------------------------ JSON
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelMetadata:
+        """Parse and check the JSON form (a mapping, as ``json.load`` returns it).
+
+        Raises
+        ------
+        ValueError
+            A missing ``image_size`` or ``threshold``, or any value that fails the checks; the
+            message names the key and the bad value.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a model sidecar must be a JSON object, got {type(data).__name__}")
+        for key in ("image_size", "threshold"):
+            if data.get(key) is None:
+                raise ValueError(f"missing key {key!r}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        values: dict[str, Any] = {k: data[k] for k in cls._PLAIN if data.get(k) is not None}
+        values["class_names"] = tuple(data.get("class_names") or ())
+        if data.get("calibration") is not None:
+            values["calibration"] = PlattCalibrator.from_dict(data["calibration"])
+        if data.get("split") is not None:
+            if not isinstance(data["split"], Mapping):
+                raise ValueError(f"split must be a mapping, got {data['split']!r}")
+            values["split"] = SplitConfig.from_dict(dict(data["split"]))
+        for key in ("validation", "export"):
+            if data.get(key) is not None:
+                values[key] = data[key]
+        values["extra"] = {k: v for k, v in data.items() if k not in known}
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form: plain dicts and lists, ``None`` fields left out, ``extra`` merged in."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in self._PLAIN if getattr(self, k) is not None}
+        out["class_names"] = list(self.class_names)
+        out["calibration"] = self.calibration.to_dict()
+        if self.split is not None:
+            out["split"] = self.split.to_dict()
+        for key in ("validation", "export"):
+            if getattr(self, key) is not None:
+                out[key] = _thawed(getattr(self, key))
+        out.update(_thawed(self.extra))
+        return out
+
+    def updated(self, **changes: Any) -> ModelMetadata:
+        """A copy with some keys replaced, given in their JSON form (``None`` removes a key).
+
+        ``meta.updated(threshold=0.3, export={...})``; checked like :meth:`from_json`.
+        """
+        return type(self).from_json({**self.to_json(), **changes})
+
+    # ------------------------------------------------------------------ files
+
+    @classmethod
+    def read(cls, model_path: str | Path) -> ModelMetadata:
+        """Read and check the sidecar of ``model_path``.
+
+        Raises
+        ------
+        FileNotFoundError
+            No sidecar beside the model.
+        ValueError
+            Not JSON, or not a NORMAL/PNEUMONIA model's sidecar; the message starts with its path.
+        """
+        path = metadata_path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: every pneumoscan model needs its metadata sidecar beside it "
+                "(written by `pneumoscan train` and `pneumoscan export`)"
+            )
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+    def write(self, model_path: str | Path) -> Path:
+        """Write the sidecar of ``model_path`` (keys sorted, indented); returns its path."""
+        path = metadata_path(model_path)
+        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    # ------------------------------------------------------------------ read-only mapping
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_json())
+
+    def __len__(self) -> int:
+        return len(self.to_json())
+
+    __hash__ = None  # holds mappings; equality is by value
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFolder:
+    """The files of one ``pneumoscan train --out RUN`` folder.
+
+    Written by :mod:`pneumoscan.training.engine`; read by ``pneumoscan compare``
+    (:mod:`pneumoscan.evaluation.comparison`) and ``--resume``.
+
+    Attributes
+    ----------
+    root : Path
+        The run folder.
+    """
+
+    root: Path
+
+    MODEL: ClassVar[str] = "model.keras"  # the best model, chosen on validation; its sidecar beside it
+    CONFIG: ClassVar[str] = "config.json"  # every option, data fingerprint, split sizes, versions
+    HISTORY: ClassVar[str] = "history.csv"  # per-epoch metrics of every phase
+    LEARNING_CURVES: ClassVar[str] = "learning_curves.png"
+    RELIABILITY: ClassVar[str] = "reliability.png"
+    VALIDATION: ClassVar[str] = "validation.json"  # metrics on validation at the threshold
+    VALIDATION_PREDICTIONS: ClassVar[str] = "validation_predictions.csv"  # one row per image
+    TIMINGS: ClassVar[str] = "timings.json"
+    CHECKPOINTS: ClassVar[str] = "checkpoints"  # finished phases, for --resume
+    BACKUP: ClassVar[str] = "backup"  # Keras BackupAndRestore of the running phase
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def model(self) -> Path:
+        return self.root / self.MODEL
+
+    @property
+    def config(self) -> Path:
+        return self.root / self.CONFIG
+
+    @property
+    def history(self) -> Path:
+        return self.root / self.HISTORY
+
+    @property
+    def learning_curves(self) -> Path:
+        return self.root / self.LEARNING_CURVES
+
+    @property
+    def reliability(self) -> Path:
+        return self.root / self.RELIABILITY
+
+    @property
+    def validation(self) -> Path:
+        return self.root / self.VALIDATION
+
+    @property
+    def validation_predictions(self) -> Path:
+        return self.root / self.VALIDATION_PREDICTIONS
+
+    @property
+    def timings(self) -> Path:
+        return self.root / self.TIMINGS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / self.CHECKPOINTS
+
+    @property
+    def backup(self) -> Path:
+        return self.root / self.BACKUP
+
+    def phase_weights(self, phase: str) -> Path:
+        """Weights saved when training phase ``phase`` finished."""
+        return self.checkpoints / f"{phase}.weights.h5"
+
+    def phase_history(self, phase: str) -> Path:
+        """Per-epoch history rows of a finished phase (JSON)."""
+        return self.checkpoints / f"{phase}.history.json"
+
+    def phase_backup(self, phase: str) -> Path:
+        """Keras ``BackupAndRestore`` folder of a phase in progress."""
+        return self.backup / phase

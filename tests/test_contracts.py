@@ -1,0 +1,214 @@
+"""The contracts between stages, each defined once: the model sidecar, the run folder's file names,
+the per-image prediction rows, the architecture registry and the training/validation split."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from pneumoscan.config import CLASS_NAMES, REPO_ROOT, SplitConfig, TrainConfig
+from pneumoscan.inference.results import (
+    LABELLED_COLUMNS,
+    PREDICTION_COLUMNS,
+    VALIDATION_COLUMNS,
+    labelled_row,
+    make_prediction,
+    prediction_row,
+    write_rows,
+)
+from pneumoscan.models.architectures import ARCHITECTURES, architecture
+from pneumoscan.models.artifacts import ModelMetadata, RunFolder, metadata_path
+from pneumoscan.models.calibration import PlattCalibrator
+
+RELEASED_SIDECARS = sorted((REPO_ROOT / "models").glob("*.meta.json"))
+
+
+# --------------------------------------------------------------------------- model metadata
+
+
+@pytest.mark.parametrize("sidecar", RELEASED_SIDECARS, ids=lambda p: p.name)
+def test_released_sidecars_round_trip_unchanged(sidecar, tmp_path):
+    data = json.loads(sidecar.read_text())
+    meta = ModelMetadata.from_json(data)
+    assert meta.to_json() == data
+    assert meta.arch == "mobilenetv2" and meta.split == SplitConfig(0.15, 1337, None)
+    # Written back, the file is the released one (which was saved without a final newline).
+    model = tmp_path / sidecar.name.replace(".meta.json", ".keras")
+    meta.write(model)
+    assert metadata_path(model).read_text() == sidecar.read_text().rstrip("\n") + "\n"
+    assert ModelMetadata.read(model) == meta
+
+
+def test_released_sidecars_exist():
+    assert {p.name for p in RELEASED_SIDECARS} == {
+        "pneumoscan-mobilenetv2.meta.json",
+        "pneumoscan-mobilenetv2-litert.meta.json",
+    }
+
+
+def test_metadata_defaults_unknown_keys_and_mapping_view(tmp_path):
+    names = list(CLASS_NAMES)  # required in a file: the output is never read by position alone
+    meta = ModelMetadata.from_json(
+        {"image_size": 64, "threshold": 0.3, "class_names": names, "ensemble": {"members": 5}}
+    )
+    assert meta.calibration == PlattCalibrator()
+    assert meta.arch is None and meta.split is None and meta.extra == {"ensemble": {"members": 5}}
+    # Unknown sections survive a rewrite; None fields are not written.
+    assert meta.to_json() == {
+        "image_size": 64,
+        "threshold": 0.3,
+        "class_names": list(CLASS_NAMES),
+        "calibration": {"a": 1.0, "b": 0.0},
+        "ensemble": {"members": 5},
+    }
+    assert meta["threshold"] == 0.3 and meta.get("arch") is None and "ensemble" in meta
+    assert dict(meta) == meta.to_json()
+    changed = meta.updated(threshold=0.4, data_dir="d")
+    assert (changed.threshold, changed.data_dir, meta.threshold) == (0.4, "d", 0.3)
+    assert changed.updated(data_dir=None).data_dir is None
+
+
+def test_metadata_is_frozen_all_the_way_down():
+    meta = ModelMetadata(image_size=64, threshold=0.5, export={"check": {"agreement": 1.0}})
+    with pytest.raises(AttributeError):
+        meta.threshold = 0.1
+    with pytest.raises(TypeError):
+        meta.export["check"]["agreement"] = 0.0
+    assert meta.to_json()["export"] == {"check": {"agreement": 1.0}}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"class_names": ["PNEUMONIA", "NORMAL"]}, "class_names must be"),
+        ({"threshold": 1.0}, r"threshold must be a number in \(0, 1\), got 1.0"),
+        ({"threshold": "0.5"}, "threshold must be a number"),
+        ({"image_size": 8}, "image_size must be at least 32, got 8"),
+        ({"image_size": 64.0}, "image_size must be an integer"),
+        ({"arch": "resnet"}, "unknown architecture 'resnet'"),
+        ({"calibration": {"a": -1.0, "b": 0.0}}, "slope a must be a finite positive number"),
+        ({"split": {"val_fraction": 0.2, "sed": 1}}, "split has unknown keys"),
+        ({"validation": {"recall": "high"}}, r"validation\['recall'\] must be a number"),
+        ({"export": {"source": 3}}, "export.source must be a path string"),
+        ({"threshold": None}, "missing key 'threshold'"),
+        ({"class_names": None}, r"class_names must be \['NORMAL', 'PNEUMONIA'\], got \[\]"),
+    ],
+)
+def test_metadata_refuses_bad_values_naming_them(changes, message):
+    good = {"image_size": 64, "threshold": 0.5, "class_names": list(CLASS_NAMES)}
+    with pytest.raises(ValueError, match=message):
+        ModelMetadata.from_json({**good, **changes})
+
+
+def test_read_names_the_file(tmp_path):
+    model = tmp_path / "m.keras"
+    with pytest.raises(FileNotFoundError, match=r"m\.meta\.json not found"):
+        ModelMetadata.read(model)
+    metadata_path(model).write_text("{not json")
+    with pytest.raises(ValueError, match=r"m\.meta\.json: not valid JSON"):
+        ModelMetadata.read(model)
+    metadata_path(model).write_text(
+        json.dumps({"image_size": 64, "threshold": 2, "class_names": CLASS_NAMES})
+    )
+    with pytest.raises(ValueError, match=r"m\.meta\.json: threshold must be"):
+        ModelMetadata.read(model)
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def test_run_folder_names(tmp_path):
+    run = RunFolder(tmp_path)
+    assert run.model == tmp_path / "model.keras" and metadata_path(run.model).name == "model.meta.json"
+    names = [run.config, run.history, run.learning_curves, run.reliability, run.validation]
+    names += [run.validation_predictions, run.timings]
+    assert [p.name for p in names] == [
+        "config.json",
+        "history.csv",
+        "learning_curves.png",
+        "reliability.png",
+        "validation.json",
+        "validation_predictions.csv",
+        "timings.json",
+    ]
+    assert run.phase_weights("head") == tmp_path / "checkpoints" / "head.weights.h5"
+    assert run.phase_history("head") == tmp_path / "checkpoints" / "head.history.json"
+    assert run.phase_backup("head") == tmp_path / "backup" / "head"
+
+
+# --------------------------------------------------------------------------- prediction rows
+
+
+def _csv(columns, rows, digits) -> list[dict]:
+    buffer = io.StringIO(newline="")
+    write_rows(buffer, columns, rows, digits=digits)
+    return list(csv.DictReader(io.StringIO(buffer.getvalue())))
+
+
+def test_prediction_row_round_trips_through_csv():
+    good = prediction_row(Path("a.png"), make_prediction(0.8, 0.3))
+    bad = prediction_row("b.txt", "not a recognised image", threshold=0.3)
+    assert list(good) == list(bad) == list(PREDICTION_COLUMNS)
+    assert good["label"] == "PNEUMONIA" and good["error"] == "" and good["p_normal"] == pytest.approx(0.2)
+    assert bad["p_pneumonia"] is None and bad["label"] == "" and bad["threshold"] == 0.3
+    read = _csv(PREDICTION_COLUMNS, [good, bad], 4)
+    assert read[0] == {
+        "path": "a.png",
+        "p_normal": "0.2000",
+        "p_pneumonia": "0.8000",
+        "label": "PNEUMONIA",
+        "confidence": "0.8000",
+        "threshold": "0.3000",
+        "error": "",
+    }
+    assert read[1] == {**{k: "" for k in PREDICTION_COLUMNS}, "path": "b.txt", "threshold": "0.3000"} | {
+        "error": "not a recognised image"
+    }
+    with pytest.raises(TypeError, match="outcome must be a Prediction"):
+        prediction_row("c.png", None)
+
+
+def test_labelled_rows_keep_the_truth_beside_the_prediction():
+    from pneumoscan.data.dataset import Sample
+
+    sample = Sample(Path("PNEUMONIA/person1_virus_2.jpeg"), 1, "person1", "virus", "val")
+    good = labelled_row(sample, make_prediction(0.25, 0.3))
+    bad = labelled_row(sample, "truncated file")
+    assert set(good) == set(LABELLED_COLUMNS)
+    assert (good["label"], good["predicted"], good["p_pneumonia"]) == (1, 0, 0.25)
+    read = _csv(LABELLED_COLUMNS, [good, bad], 6)
+    assert read[0]["p_pneumonia"] == "0.250000" and read[0]["patient_id"] == "person1"
+    assert (read[1]["p_pneumonia"], read[1]["predicted"], read[1]["error"]) == ("", "", "truncated file")
+    read = _csv(VALIDATION_COLUMNS, [{**good, "p_raw": 0.125}], 6)
+    assert list(read[0]) == list(VALIDATION_COLUMNS) and read[0]["p_raw"] == "0.125000"
+
+
+# --------------------------------------------------------------------------- registry and split
+
+
+def test_registry_feeds_the_cli_the_app_and_the_default():
+    from pneumoscan.interfaces.cli import build_parser
+
+    assert TrainConfig().arch in ARCHITECTURES
+    assert all(name == a.name and a.label for name, a in ARCHITECTURES.items())
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    arch_action = next(a for a in train._actions if a.dest == "arch")
+    assert list(arch_action.choices) == list(ARCHITECTURES)
+    with pytest.raises(ValueError, match=r"unknown architecture 'vgg'; choose one of \['baseline'"):
+        architecture("vgg")
+
+
+def test_one_split_for_training_and_export(make_tree):
+    from pneumoscan.data.dataset import discover_split, train_val_split
+    from pneumoscan.training.export import model_split
+
+    data = make_tree() / "train"
+    cfg = TrainConfig(arch="baseline", val_fraction=0.3, seed=5)
+    meta = ModelMetadata(image_size=64, threshold=0.5, split=cfg.split)
+    train, val = train_val_split(discover_split(data), cfg.split)
+    assert model_split(meta, data) == (train, val)
+    assert {s.patient_id for s in train}.isdisjoint({s.patient_id for s in val}) and val
