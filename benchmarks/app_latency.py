@@ -33,11 +33,8 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the app-in-a-subprocess harness the browser test uses
-from app_server import CHROMIUM, CHROMIUM_ARGS, pneumoscan_app, running_app  # noqa: E402
+from pneumoscan.testing.app_server import CHROMIUM, CHROMIUM_ARGS, pneumoscan_app, running_app
+from pneumoscan.testing.synthetic import xray_image
 
 TARGET_PREDICTION_S = 1.0
 TARGET_READY_S = 20.0
@@ -70,22 +67,6 @@ OBSERVE_JS = """
   return performance.now();
 }
 """
-
-
-def xray_png(path: Path, seed: int, size: int = 224) -> Path:
-    """A grey X-ray-like image: two dark lung fields in a bright body, noise, a random blob."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    img = np.full((size, size), 170.0)
-    for cx in (0.32, 0.68):
-        img[((xx - cx) / 0.15) ** 2 + ((yy - 0.5) / 0.32) ** 2 < 1] = 60.0
-    bx, by = rng.uniform(0.25, 0.75), rng.uniform(0.3, 0.7)
-    img += 80.0 * np.exp(-(((xx - bx) / 0.06) ** 2 + ((yy - by) / 0.06) ** 2))
-    img += rng.normal(0, 8, img.shape)
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
-    return path
 
 
 def measure(browser, name: str, command, done: str, images: list[Path], tmp: Path) -> dict:
@@ -127,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     tmp = Path(tempfile.mkdtemp(prefix="pneumoscan-app-bench-"))
-    images = [xray_png(tmp / f"xray-{i:02d}.png", seed=i) for i in range(args.uploads + 1)]
+    images = [tmp / f"xray-{i:02d}.png" for i in range(args.uploads + 1)]
+    for i, path in enumerate(images):
+        xray_image(224, seed=i, pneumonia=i % 2 == 1).save(path)
     baseline_script = tmp / "baseline_app.py"
     baseline_script.write_text(BASELINE_APP)
 

@@ -55,27 +55,21 @@ def percentile_ms(times: list[float], q: float) -> float:
 
 def pick_images(data_dir: Path | None, n: int, tmp: Path) -> list[Path]:
     """``n`` files spread over both classes of ``data_dir``, or ``n`` generated 224-px JPEGs."""
-    from PIL import Image
-
     from pneumoscan.data.imaging import IMAGE_SUFFIXES
+    from pneumoscan.testing.synthetic import write_image, xray_like
 
     if data_dir is not None and data_dir.is_dir():
         files = sorted(p for p in data_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if len(files) >= n:
             step = len(files) / n
             return [files[int(i * step)] for i in range(n)]
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:224, 0:224] / 224.0
     out = []
     for i in range(n):
-        img = np.full((224, 224), 20.0)
-        for cx in (0.3, 0.7):
-            img[((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1] = 110.0 + 40 * rng.random()
-        img += rng.normal(0, 10, img.shape)
         path = tmp / "images" / f"IM-{i:04d}-0001.jpeg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).convert("RGB").save(path, quality=90)
-        out.append(path)
+        # RGB JPEGs, as many real files are: decoding includes the grey conversion.
+        out.append(
+            write_image(path, np.repeat(xray_like(224, 224, seed=i)[..., None], 3, axis=2), quality=90)
+        )
     return out
 
 

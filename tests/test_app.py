@@ -2,7 +2,7 @@
 
 The page runs as a script, exactly as ``streamlit run`` runs it; uploads go through the real
 ``st.file_uploader`` (AppTest can set its files), the model is a real Keras model from
-:mod:`model_factory`.
+:mod:`pneumoscan.testing.models`.
 """
 
 from __future__ import annotations
@@ -19,31 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_factory import export_tiny_litert, make_tiny_model
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from pneumoscan.config import DISCLAIMER
+from pneumoscan.testing.models import export_tiny_litert, make_tiny_model
+from pneumoscan.testing.synthetic import xray_image
 
 APP = Path(__file__).resolve().parents[1] / "src" / "pneumoscan" / "interfaces" / "app.py"
 TIMEOUT = 120  # the first run in a process loads TensorFlow and the model
 
 
 # --------------------------------------------------------------------------- test images
-
-
-def xray_like(size: int = 512, seed: int = 0) -> Image.Image:
-    """A grey image that looks vaguely like a chest X-ray: dark field, two bright lungs, noise."""
-    rng = np.random.default_rng(seed)
-    img = Image.new("L", (size, size), 20)
-    draw = ImageDraw.Draw(img)
-    draw.rectangle([size * 0.12, size * 0.08, size * 0.88, size * 0.98], fill=70)  # the chest
-    for x0 in (0.18, 0.55):
-        draw.ellipse([size * x0, size * 0.18, size * (x0 + 0.27), size * 0.85], fill=150)
-    draw.rectangle([size * 0.46, size * 0.1, size * 0.54, size * 0.95], fill=200)  # the spine
-    img = img.filter(ImageFilter.GaussianBlur(size / 60))
-    noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, 8, (size, size))
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "L")
 
 
 def png_bytes(img: Image.Image) -> bytes:
@@ -132,7 +119,7 @@ def test_page_shows_title_disclaimer_uploader_and_model_card(app, tiny_model):
 
 
 def test_one_upload_gives_probabilities_prediction_threshold_and_disclaimer(app):
-    upload(app, ("chest.png", png_bytes(xray_like())))
+    upload(app, ("chest.png", png_bytes(xray_image())))
     assert not app.error
     bars = app.progress
     assert len(bars) == 2
@@ -151,9 +138,9 @@ def test_one_upload_gives_probabilities_prediction_threshold_and_disclaimer(app)
 def test_bad_files_are_named_and_the_good_one_is_still_served(app):
     upload(
         app,
-        ("good.png", png_bytes(xray_like())),
+        ("good.png", png_bytes(xray_image())),
         ("notes.png", b"this is not an image at all"),
-        ("truncated.png", png_bytes(xray_like())[:300]),
+        ("truncated.png", png_bytes(xray_image())[:300]),
         ("pixel.png", png_bytes(Image.new("L", (1, 1), 128))),
         ("bomb.png", huge_png_header()),
         ("empty.jpg", b""),
@@ -181,7 +168,7 @@ def test_bad_files_are_named_and_the_good_one_is_still_served(app):
 
 
 def test_several_files_give_a_table_and_a_csv_download(app):
-    upload(app, *[(f"xray-{i}.png", png_bytes(xray_like(seed=i))) for i in range(3)])
+    upload(app, *[(f"xray-{i}.png", png_bytes(xray_image(seed=i))) for i in range(3)])
     assert len(app.progress) == 6 and len(headlines(app)) == 3
     table = app.dataframe[0].value
     assert list(table.columns) == ["file", "P(normal)", "P(pneumonia)", "prediction", "confidence", "error"]
@@ -224,7 +211,7 @@ def test_model_card_file_beside_the_model_is_shown(tiny_model, tmp_path, monkeyp
 
 
 def test_gradcam_is_computed_only_when_switched_on(app):
-    upload(app, ("chest.png", png_bytes(xray_like())))
+    upload(app, ("chest.png", png_bytes(xray_image())))
     assert len(app.image) == 1
     app.sidebar.toggle(key="show_gradcam").set_value(True).run()
     assert not app.exception
@@ -248,7 +235,7 @@ def tiny_litert(tiny_model, tmp_path_factory) -> Path:
 def test_litert_model_is_served_and_gradcam_uses_its_keras_source(tiny_litert, monkeypatch):
     monkeypatch.setenv("PNEUMOSCAN_MODEL", str(tiny_litert))
     at = upload(
-        AppTest.from_file(str(APP), default_timeout=TIMEOUT).run(), ("chest.png", png_bytes(xray_like()))
+        AppTest.from_file(str(APP), default_timeout=TIMEOUT).run(), ("chest.png", png_bytes(xray_image()))
     )
     assert len(at.progress) == 2 and len(headlines(at)) == 1
     assert f"`{tiny_litert.name}` (LiteRT)" in "\n".join(texts(at.sidebar.markdown))
@@ -270,7 +257,7 @@ def test_litert_model_without_its_keras_source_says_why_there_is_no_gradcam(
     )
     monkeypatch.setenv("PNEUMOSCAN_MODEL", str(lonely))
     at = upload(
-        AppTest.from_file(str(APP), default_timeout=TIMEOUT).run(), ("chest.png", png_bytes(xray_like()))
+        AppTest.from_file(str(APP), default_timeout=TIMEOUT).run(), ("chest.png", png_bytes(xray_image()))
     )
     at.sidebar.toggle(key="show_gradcam").set_value(True).run()
     assert not at.exception
@@ -282,7 +269,7 @@ def test_the_app_on_a_litert_model_never_imports_tensorflow(tiny_litert, tmp_pat
     # What makes it start in seconds and answer in milliseconds: no TensorFlow, so no Keras
     # session for Streamlit to clear after each run (see config.default_app_model_path).
     image = tmp_path / "chest.png"
-    xray_like(256).save(image)
+    xray_image(256).save(image)
     script = tmp_path / "run_app.py"
     script.write_text(
         f"""

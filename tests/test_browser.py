@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from app_server import CHROMIUM, CHROMIUM_ARGS, pneumoscan_app, running_app
-from test_app import xray_like
 
 from pneumoscan.config import DISCLAIMER
+from pneumoscan.testing.app_server import CHROMIUM, CHROMIUM_ARGS, pneumoscan_app, running_app
+from pneumoscan.testing.synthetic import xray_image
 
 pytestmark = pytest.mark.browser
 
@@ -31,7 +31,7 @@ def app_url(tmp_path):
     """``pneumoscan app`` on a free port; yields (url, start time)."""
     model = os.environ.get("PNEUMOSCAN_SCREENSHOT_MODEL")
     if model is None:
-        from model_factory import export_tiny_litert, make_tiny_model
+        from pneumoscan.testing.models import export_tiny_litert, make_tiny_model
 
         # The app's production path: a LiteRT export, with its Keras source beside it.
         model = export_tiny_litert(make_tiny_model(tmp_path))
@@ -47,7 +47,7 @@ def test_upload_in_a_real_browser(app_url, tmp_path):
     url, started = app_url
     image = Path(os.environ.get("PNEUMOSCAN_SCREENSHOT_IMAGE") or tmp_path / "chest-xray.png")
     if not image.exists():
-        xray_like(768).save(image)
+        xray_image(768).save(image)
 
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -73,7 +73,7 @@ def test_upload_in_a_real_browser(app_url, tmp_path):
 
             # A second file, once everything is warm: two results and the table with its CSV button.
             second = tmp_path / "second.png"
-            xray_like(640, seed=1).save(second)
+            xray_image(640, seed=1).save(second)
             t0 = time.monotonic()
             page.set_input_files("input[type=file]", str(second))
             page.wait_for_function(

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEFAULT_NAMES, write_image, xray_like
 
 from pneumoscan.config import CLASS_NAMES, AugmentConfig, SplitConfig
 from pneumoscan.data.dataset import (
@@ -22,6 +21,7 @@ from pneumoscan.data.dataset import (
     patient_split,
     pneumonia_subtype,
 )
+from pneumoscan.testing.synthetic import DEFAULT_NAMES, write_image, xray_like
 
 # --------------------------------------------------------------------------- file names
 

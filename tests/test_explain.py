@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_factory import make_tiny_model
 from PIL import Image
 
 from pneumoscan.config import CLASS_NAMES
@@ -20,6 +19,7 @@ from pneumoscan.inference.explain import (
 )
 from pneumoscan.inference.predictor import Predictor
 from pneumoscan.models.artifacts import ModelMetadata
+from pneumoscan.testing.models import make_tiny_model
 
 SIZE = 64
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_image, xray_like
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -25,6 +24,7 @@ from pneumoscan.data.imaging import (
     preprocess,
     read_image,
 )
+from pneumoscan.testing.synthetic import write_image, xray_like
 
 SIZE = 48
 

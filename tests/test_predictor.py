@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_factory import export_tiny_litert, make_tiny_model
 from PIL import Image
 
 from pneumoscan.inference.predictor import Predictor
 from pneumoscan.inference.results import make_prediction
 from pneumoscan.models.artifacts import ModelMetadata, metadata_path
+from pneumoscan.testing.models import export_tiny_litert, make_tiny_model
 
 SIZE = 64
 CAL = {"a": 1.7, "b": -0.3}

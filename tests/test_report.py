@@ -7,13 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import write_image
 from PIL import Image
 
 from pneumoscan import __version__
 from pneumoscan.data import report as report_module
 from pneumoscan.data.dataset import discover, fingerprint
 from pneumoscan.data.report import build_report, format_report
+from pneumoscan.testing.synthetic import write_image
 
 FIGURES = ("class_balance.png", "image_sizes.png", "samples_NORMAL.png", "samples_PNEUMONIA.png")
 

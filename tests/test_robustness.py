@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import xray_like
-from model_factory import make_tiny_model
 
 from pneumoscan.evaluation.robustness import SHIFTS, stress_report
 from pneumoscan.inference.predictor import Predictor
+from pneumoscan.testing.models import make_tiny_model
+from pneumoscan.testing.synthetic import xray_like
 
 
 def batch(n=4, size=64):

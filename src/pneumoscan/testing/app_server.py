@@ -1,8 +1,8 @@
 """A Streamlit app in a subprocess on a free localhost port, and the Chromium that drives it.
 
-Shared by the browser test (``tests/test_browser.py``) and the app benchmark
-(``benchmarks/app_latency.py``). Chromium is Debian's (``/usr/bin/chromium``), since Playwright's
-own browser download needs the internet.
+Shared by the browser test (``tests/test_browser.py``), the installed-wheel test and the app
+benchmark (``benchmarks/app_latency.py``). Chromium is Debian's (``/usr/bin/chromium``), since
+Playwright's own browser download needs the internet.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("PNEUMOSCAN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps dialling out, refused by a closed network.
 CHROMIUM_ARGS = [
@@ -33,6 +32,7 @@ CHROMIUM_ARGS = [
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -40,9 +40,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_app(
-    command: Callable[[int], list[str]], log_path: Path, *, timeout: float = 60.0, env: dict | None = None
+    command: Callable[[int], list[str]],
+    log_path: Path,
+    *,
+    timeout: float = 60.0,
+    env: dict | None = None,
+    cwd: str | Path | None = None,
 ) -> Iterator[tuple[str, float]]:
-    """Start ``command(port)`` and wait for Streamlit's health endpoint.
+    """Start ``command(port)`` (in ``cwd``, default the current folder) and wait for Streamlit's
+    health endpoint.
 
     Yields ``(url, started)``, ``started`` being the ``time.monotonic()`` of the start; stops the
     whole process group on exit (``pneumoscan app`` runs Streamlit as a child).
@@ -57,7 +63,7 @@ def running_app(
     started = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            command(port), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command(port), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         url = f"http://127.0.0.1:{port}"

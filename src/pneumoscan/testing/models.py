@@ -1,4 +1,5 @@
-"""Small real Keras models with sidecars, for tests that need a model but not a trained one."""
+"""Small real Keras models with their sidecars, for tests and benchmarks that need a model but
+not a trained one."""
 
 from __future__ import annotations
 
