@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan.config import CLASS_NAMES, REPO_ROOT, SplitConfig, TrainConfig
+from pneumoscan.config import BUNDLED_MODELS_DIR, CLASS_NAMES, SplitConfig, TrainConfig
 from pneumoscan.inference.results import (
     LABELLED_COLUMNS,
     PREDICTION_COLUMNS,
@@ -24,7 +24,7 @@ from pneumoscan.models.architectures import ARCHITECTURES, architecture
 from pneumoscan.models.artifacts import ModelMetadata, RunFolder, metadata_path
 from pneumoscan.models.calibration import PlattCalibrator
 
-RELEASED_SIDECARS = sorted((REPO_ROOT / "models").glob("*.meta.json"))
+RELEASED_SIDECARS = sorted(BUNDLED_MODELS_DIR.glob("*.meta.json"))
 
 
 # --------------------------------------------------------------------------- model metadata

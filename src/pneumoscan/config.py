@@ -51,15 +51,27 @@ DISTRIBUTE_MODES = ("none", "mirrored")
 #: "slightly colourful", 33 "moderately colourful").
 MAX_COLOURFULNESS = 20.0
 
-#: The released model shipped with the package repository.
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL_PATH = REPO_ROOT / "models" / "pneumoscan-mobilenetv2.keras"
+BUNDLED_MODEL_NAME = "pneumoscan-mobilenetv2.keras"
+
+
+def _bundled_models_dir() -> Path:
+    """Where the released model lives: inside the installed package (``pneumoscan/bundled/``,
+    where the wheel puts the repository's ``models/``), else in the source checkout's ``models/``."""
+    here = Path(__file__).resolve().parent
+    installed = here / "bundled"
+    return installed if (installed / BUNDLED_MODEL_NAME).is_file() else here.parents[1] / "models"
+
+
+#: The folder of the released model, its LiteRT export, their sidecars and the model card.
+BUNDLED_MODELS_DIR = _bundled_models_dir()
+#: The released model.
+DEFAULT_MODEL_PATH = BUNDLED_MODELS_DIR / BUNDLED_MODEL_NAME
 #: Its float32 LiteRT export (made and checked by ``pneumoscan export``): what the app serves.
-DEFAULT_APP_MODEL_PATH = REPO_ROOT / "models" / "pneumoscan-mobilenetv2-litert.tflite"
+DEFAULT_APP_MODEL_PATH = BUNDLED_MODELS_DIR / "pneumoscan-mobilenetv2-litert.tflite"
 
 
 def default_model_path() -> Path:
-    """The bundled model: ``$PNEUMOSCAN_MODEL`` when set, else ``models/pneumoscan-mobilenetv2.keras``."""
+    """The model to use: ``$PNEUMOSCAN_MODEL`` when set, else the bundled :data:`DEFAULT_MODEL_PATH`."""
     return Path(os.environ.get("PNEUMOSCAN_MODEL", DEFAULT_MODEL_PATH))
 
 
