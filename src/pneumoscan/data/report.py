@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from pneumoscan._version import __version__
-from pneumoscan.config import CLASS_NAMES
+from pneumoscan.config import CLASS_NAMES, MAX_COLOURFULNESS
 from pneumoscan.data.dataset import Sample, discover, fingerprint
 from pneumoscan.data.imaging import ImageDecodeError, decode_bytes, decode_workers, read_file_bytes
 from pneumoscan.plotting import CLASS_COLOURS, COLOURS, gallery_figure, message, new_figure, save
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.json"
 SUBTYPES = ("bacteria", "virus", "none")
-#: Colourfulness (Hasler-Suesstrunk) above which an image is flagged as a colour picture, not an X-ray.
-COLOURFUL_THRESHOLD = 20.0
 #: Longest side of the thumbnails kept for the sample galleries.
 THUMBNAIL_SIDE = 256
 #: Seed of the (reproducible) choice of gallery images.
@@ -174,7 +172,7 @@ def build_report(
           {min, max, mean, median} of the original sizes in pixels (None when nothing decoded)
         - ``modes``, ``formats``: decoded mode / format -> count (``"L"``, ``"RGB"``, ``"JPEG"``, ...)
         - ``colourful``: [{"path", "colourfulness"}] readable images above
-          :data:`COLOURFUL_THRESHOLD`, likely not X-rays
+          :data:`pneumoscan.config.MAX_COLOURFULNESS`, likely not X-rays
         - ``duplicates``: groups of byte-identical files, each {"hash", "files", "splits", "labels",
           "patients", "crosses_splits", "crosses_labels", "crosses_patients"}, files as paths
           relative to ``root``. A group crossing patients defeats a patient-level split.
@@ -317,7 +315,7 @@ def _summarise(root: Path, splits: Mapping[str, list[Sample]], scans: Sequence[_
         "colourful": [
             {"path": _rel(s.sample.path, root), "colourfulness": round(s.colourfulness, 2)}
             for s in sorted(ok, key=lambda s: str(s.sample.path))
-            if s.colourfulness > COLOURFUL_THRESHOLD
+            if s.colourfulness > MAX_COLOURFULNESS
         ],
         "duplicates": duplicates,
         "duplicate_counts": duplicate_counts,

@@ -371,9 +371,6 @@ def show_gradcam(data: bytes, name: str, predictor: Predictor) -> None:
     try:
         with st.spinner("Computing Grad-CAM… (the first heatmap also loads the Keras model)"):
             overlay = _cached_overlay(data, name, _model_key(predictor), predictor)
-    except ImportError:
-        st.info("Grad-CAM is not available in this installation (pneumoscan.inference.explain is missing).")
-        return
     except FileNotFoundError as exc:
         st.info(str(exc), icon=":material/info:")
         return
