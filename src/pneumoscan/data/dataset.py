@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import hashlib
 import logging
 import re
@@ -25,7 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.config import CLASS_NAMES, DEFAULT_SEED, DEFAULT_VAL_FRACTION, AugmentConfig, SplitConfig
+from pneumoscan.config import (
+    CLASS_NAMES,
+    DEFAULT_SEED,
+    DEFAULT_VAL_FRACTION,
+    AugmentConfig,
+    SplitConfig,
+)
 from pneumoscan.data.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_workers, load_image
 
 log = logging.getLogger(__name__)
@@ -290,68 +295,6 @@ def decode_samples(
 # --------------------------------------------------------------------------- tf.data pipelines
 
 
-def build_augmenter(cfg: AugmentConfig, *, seed: int):
-    """A Keras model that augments ``float32`` batches in 0..255 of shape ``(n, s, s, 1)``.
-
-    Geometric: rotation, shift, zoom (no flips, see :class:`~pneumoscan.config.AugmentConfig`).
-    Photometric: brightness, contrast, gamma, occasional blur and sensor noise: X-rays from another
-    machine or hospital differ mostly in exposure, contrast curve and sharpness.
-    """
-    import keras
-    from keras import layers
-
-    return keras.Sequential(
-        [
-            layers.RandomRotation(cfg.rotation_deg / 360.0, fill_mode="constant", seed=seed),
-            layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="constant", seed=seed + 1),
-            layers.RandomZoom((-cfg.zoom, cfg.zoom), fill_mode="constant", seed=seed + 2),
-            random_gamma_blur_noise_layer()(cfg.gamma, cfg.blur_prob, cfg.noise_std, seed=seed + 3),
-            layers.RandomBrightness(cfg.brightness, value_range=(0.0, 255.0), seed=seed + 4),
-            layers.RandomContrast(cfg.contrast, value_range=(0.0, 255.0), seed=seed + 5),
-        ],
-        name="augment",
-    )
-
-
-@functools.cache
-def random_gamma_blur_noise_layer():
-    """The ``RandomGammaBlurNoise`` layer class (defined on first use so Keras loads lazily)."""
-    import keras
-    from keras import ops
-
-    class RandomGammaBlurNoise(keras.layers.Layer):
-        """Random gamma curve, occasional 3x3 blur and Gaussian noise, on 0..255 images (training only)."""
-
-        def __init__(self, gamma=0.3, blur_prob=0.25, noise_std=6.0, seed=None, **kwargs):
-            super().__init__(**kwargs)
-            self.gamma, self.blur_prob, self.noise_std, self.seed = gamma, blur_prob, noise_std, seed
-            self.seed_generator = keras.random.SeedGenerator(seed)
-
-        def call(self, images, training=True):
-            if not training:
-                return images
-            n = ops.shape(images)[0]
-            log_gamma = keras.random.uniform((n, 1, 1, 1), -self.gamma, self.gamma, seed=self.seed_generator)
-            x = ops.power(ops.clip(images / 255.0, 0.0, 1.0), ops.exp(log_gamma)) * 255.0
-            kernel = ops.ones((3, 3, 1, 1), dtype=x.dtype) / 9.0
-            blurred = ops.conv(x, kernel, padding="same")
-            use_blur = keras.random.uniform((n, 1, 1, 1), seed=self.seed_generator) < self.blur_prob
-            x = ops.where(use_blur, blurred, x)
-            x = x + keras.random.normal(ops.shape(x), stddev=self.noise_std, seed=self.seed_generator)
-            return ops.clip(x, 0.0, 255.0)
-
-        def get_config(self):
-            return {
-                **super().get_config(),
-                "gamma": self.gamma,
-                "blur_prob": self.blur_prob,
-                "noise_std": self.noise_std,
-                "seed": self.seed,
-            }
-
-    return RandomGammaBlurNoise
-
-
 def make_dataset(
     x: np.ndarray,
     y: np.ndarray | None = None,
@@ -374,8 +317,8 @@ def make_dataset(
     shuffle : bool
         Reshuffle every epoch, seeded.
     augment : AugmentConfig, optional
-        Apply :func:`build_augmenter` to each batch (sequential map, so that the same seed gives
-        the same batches).
+        Apply :func:`pneumoscan.data.augment.build_augmenter` to each batch (sequential map, so
+        that the same seed gives the same batches).
     balanced : bool
         Sample both classes equally (infinite dataset; pass ``steps_per_epoch`` to ``fit``).
     drop_remainder : bool
@@ -414,6 +357,8 @@ def make_dataset(
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=autotune)
     if augment is not None:
+        from pneumoscan.data.augment import build_augmenter  # Keras: only when augmenting
+
         augmenter = build_augmenter(augment, seed=seed)
         # Sequential on purpose: the augmenter draws from stateful seed generators, and parallel
         # calls would race for that state, so the same seed would not give the same batches.

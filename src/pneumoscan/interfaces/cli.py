@@ -67,10 +67,10 @@ def cmd_data_report(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from pneumoscan import training
+    from pneumoscan.training import engine
 
     if args.resume:
-        metrics = training.resume(args.resume, progress=not args.quiet)
+        metrics = engine.resume(args.resume, progress=not args.quiet)
         run_dir = args.resume
     else:
         if args.data is None or args.out is None:
@@ -81,7 +81,7 @@ def cmd_train(args) -> int:
         }
         cfg = TrainConfig(**{**defaults.to_dict(), "augment": AugmentConfig(), **options})
         run_dir = args.out
-        metrics = training.train(cfg, args.data, args.out, progress=not args.quiet)
+        metrics = engine.train(cfg, args.data, args.out, progress=not args.quiet)
     from pneumoscan.evaluation.metrics import format_metrics_table
 
     print(format_metrics_table(metrics))

@@ -30,13 +30,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from pneumoscan import __version__
 from pneumoscan.config import TrainConfig
+from pneumoscan.data.augment import build_augmenter
 from pneumoscan.data.dataset import (
     DecodedSet,
-    build_augmenter,
     class_weights,
     decode_samples,
     discover_split,
@@ -44,7 +45,12 @@ from pneumoscan.data.dataset import (
     make_dataset,
     train_val_split,
 )
+from pneumoscan.evaluation import figures
+from pneumoscan.evaluation import metrics as metrics_lib
+from pneumoscan.models.architectures import architecture, mobilenet_cut_layer, set_finetune_trainable
 from pneumoscan.models.artifacts import ModelMetadata, RunFolder
+from pneumoscan.models.calibration import PlattCalibrator
+from pneumoscan.plotting import save as save_figure
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,6 @@ SIDECAR_VALIDATION_METRICS = (
 
 def package_versions() -> dict[str, str]:
     """Versions of Python and the libraries a run depends on."""
-    import keras
     import sklearn
     import tensorflow as tf
 
@@ -79,34 +84,33 @@ def package_versions() -> dict[str, str]:
     }
 
 
-class _RestoreBest:
-    """Keras callback factory: remember the weights of the best validation epoch, restore at end."""
+class _RestoreBest(keras.callbacks.Callback):
+    """Remember the weights of the best validation epoch and restore them when training ends.
 
-    def __new__(cls, monitor: str = "val_auc"):
-        import keras
+    Parameters
+    ----------
+    monitor : str
+        The logged metric to maximise, e.g. ``"val_auc"``.
+    """
 
-        class RestoreBest(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.best, self.best_weights, self.best_epoch = -np.inf, None, None
+    def __init__(self, monitor: str = "val_auc"):
+        super().__init__()
+        self.monitor = monitor
+        self.best, self.best_weights, self.best_epoch = -np.inf, None, None
 
-            def on_epoch_end(self, epoch, logs=None):
-                value = (logs or {}).get(monitor)
-                if value is not None and value > self.best:
-                    self.best, self.best_epoch = value, epoch
-                    self.best_weights = self.model.get_weights()
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and value > self.best:
+            self.best, self.best_epoch = value, epoch
+            self.best_weights = self.model.get_weights()
 
-            def on_train_end(self, logs=None):
-                if self.best_weights is not None:
-                    self.model.set_weights(self.best_weights)
-                    log.info("restored epoch %d (%s=%.4f)", self.best_epoch + 1, monitor, self.best)
-
-        return RestoreBest()
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+            log.info("restored epoch %d (%s=%.4f)", self.best_epoch + 1, self.monitor, self.best)
 
 
 def _compile(model, learning_rate: float, label_smoothing: float) -> None:
-    import keras
-
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
@@ -149,6 +153,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, *, progress: bool = True):
         self.cfg, self.data_dir, self.run_dir, self.progress = cfg, Path(data_dir), Path(run_dir), progress
         self.files = RunFolder(self.run_dir)
+        self.arch = architecture(cfg.arch)  # ValueError naming the registered ones
         self.history_rows: list[dict] = []
         self.phase_boundaries: list[int] = []
         self.timings: dict[str, dict] = {}
@@ -264,8 +269,6 @@ class Trainer:
         self._append_history(rows)
 
     def _fit(self, phase: _Phase, train_ds, val_ds, balanced: bool, restore_best):
-        import keras
-
         cfg = self.cfg
         return phase.model.fit(
             train_ds,
@@ -292,7 +295,7 @@ class Trainer:
         self.history_rows += rows
 
     def train_cnn(self, model, train: DecodedSet, val: DecodedSet) -> None:
-        augment = self.cfg.augment if self.cfg.arch == "regularized" else None
+        augment = self.cfg.augment if self.arch.augment_inputs else None
         self.fit_phase(
             _Phase(
                 "train",
@@ -330,10 +333,7 @@ class Trainer:
         return np.concatenate(out)
 
     def train_mobilenet(self, model, train: DecodedSet, val: DecodedSet) -> None:
-        import keras
-
-        from pneumoscan.models.architectures import mobilenet_cut_layer, set_finetune_trainable
-
+        """Two phases on a cached frozen stem: the head on pooled features, then the top blocks."""
         cfg = self.cfg
         cut = mobilenet_cut_layer(model, cfg.unfreeze_blocks)
         cut_tensor = model.get_layer(cut).output
@@ -388,21 +388,17 @@ class Trainer:
     # ------------------------------------------------------------------ after fitting
 
     def finalise(self, model, val: DecodedSet) -> dict:
-        """Save the model, calibrate and pick the threshold on validation, write the reports."""
-        from pneumoscan import plotting
-        from pneumoscan.evaluation import figures
-        from pneumoscan.evaluation import metrics as evaluation
-        from pneumoscan.evaluation.robustness import stress_report
-        from pneumoscan.inference.predictor import Predictor, tta_views
-        from pneumoscan.inference.results import VALIDATION_COLUMNS, labelled_row, make_prediction, write_rows
-        from pneumoscan.models.calibration import PlattCalibrator
+        """Save the model, calibrate and pick the threshold on validation, write the reports.
+
+        Validation predictions go through the serving path itself (the Predictor on the saved
+        file), so what is measured is what ships.
+        """
+        from pneumoscan.inference.predictor import Predictor
 
         cfg = self.cfg
-        model_path = self.files.model
-        model.save(model_path)
         meta = ModelMetadata(
             image_size=cfg.image_size,
-            threshold=0.5,
+            threshold=0.5,  # until calibration picks it, below
             arch=cfg.arch,
             target_recall=cfg.target_recall,
             split=cfg.split,
@@ -411,70 +407,27 @@ class Trainer:
             pneumoscan_version=__version__,
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         )
-        meta.write(model_path)
-        # Validation predictions go through the serving path itself, so what we measure is what ships.
-        predictor = Predictor(model_path)
+        model.save(self.files.model)
+        meta.write(self.files.model)
+        predictor = Predictor(self.files.model)
         raw = predictor.predict_raw(val.x)
-        # The first TTA view is the image itself: reuse ``raw`` instead of predicting it again.
-        raw_tta = np.mean([raw, *(predictor.predict_raw(v) for v in tta_views(val.x)[1:])], axis=0)
-        calibrator = PlattCalibrator.fit(val.y, raw)
-        p_cal = calibrator.transform(raw)
-        threshold = evaluation.threshold_for_recall(val.y, p_cal, target_recall=cfg.target_recall)
-        groups = [s.patient_id for s in val.samples]
-        subtypes = [s.subtype for s in val.samples]
-        metrics = evaluation.metrics_report(
-            val.y, p_cal, threshold=threshold, groups=groups, subtypes=subtypes, seed=cfg.seed
-        )
-        p_cal_tta = calibrator.transform(raw_tta)
-        metrics_tta = evaluation.binary_metrics(val.y, p_cal_tta, threshold=threshold)
-        metrics["calibration"] = {
-            "method": "platt",
-            **calibrator.to_dict(),
-            "ece_before": evaluation.expected_calibration_error(val.y, raw),
-            "ece_after": evaluation.expected_calibration_error(val.y, p_cal),
-        }
-        metrics["tta"] = {k: metrics_tta[k] for k in ("accuracy", "recall", "specificity", "roc_auc", "ece")}
-        metrics["split"] = "validation (patient-level, carved from the training data)"
-        metrics["stress"] = stress_report(predictor, val.x, val.y, threshold=threshold)
+        calibrator, threshold = calibrate(val.y, raw, target_recall=cfg.target_recall)
+        metrics = validation_metrics(predictor, val, raw, calibrator, threshold, seed=cfg.seed)
         self.files.validation.write_text(json.dumps(metrics, indent=2) + "\n")
-        dataclasses.replace(
-            meta,
-            threshold=threshold,
-            calibration=calibrator,
-            validation={k: metrics[k] for k in SIDECAR_VALIDATION_METRICS},
-        ).write(model_path)
-
-        rows = (
-            {**labelled_row(s, make_prediction(p, threshold)), "p_raw": r}
-            for s, r, p in zip(val.samples, raw, p_cal, strict=True)
+        validation = {k: metrics[k] for k in SIDECAR_VALIDATION_METRICS}
+        dataclasses.replace(meta, threshold=threshold, calibration=calibrator, validation=validation).write(
+            self.files.model
         )
-        write_rows(self.files.validation_predictions, VALIDATION_COLUMNS, rows, digits=6)
+        p_cal = calibrator.transform(raw)
+        write_validation_predictions(self.files.validation_predictions, val, raw, p_cal, threshold)
         if self.history_rows:
-            keys = sorted(
-                {k for row in self.history_rows for k in row}, key=lambda k: (k not in ("phase", "epoch"), k)
-            )
-            with open(self.files.history, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=keys)
-                writer.writeheader()
-                writer.writerows(self.history_rows)
-            series = {
-                k: [row.get(k, np.nan) for row in self.history_rows]
-                for k in keys
-                if k not in ("phase", "epoch", "best")
-            }
-            plotting.save(
-                figures.learning_curves_figure(series, phase_boundaries=self.phase_boundaries),
-                self.files.learning_curves,
-            )
-        plotting.save(figures.reliability_figure(val.y, raw, p_cal), self.files.reliability)
+            write_history(self.files, self.history_rows, self.phase_boundaries)
+        save_figure(figures.reliability_figure(val.y, raw, p_cal), self.files.reliability)
         shutil.rmtree(self.files.backup, ignore_errors=True)
         return metrics
 
     def run(self, *, resume: bool = False) -> dict:
-        import keras
-
-        from pneumoscan.models.architectures import build_model
-
+        """Load the data, fit, finalise; with ``resume``, skip the phases already finished."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume and self.files.model.exists():
@@ -487,9 +440,9 @@ class Trainer:
         self.write_config(train, val)
         self.strategy = _strategy(cfg.distribute)
         with self.strategy.scope():
-            model = build_model(cfg)
+            model = self.arch.build(cfg)
         start = time.perf_counter()
-        if cfg.arch == "mobilenetv2":
+        if self.arch.pretrained:
             self.train_mobilenet(model, train, val)
         else:
             self.train_cnn(model, train, val)
@@ -498,6 +451,96 @@ class Trainer:
         self.timings["total_after_decode"] = {"seconds": round(time.perf_counter() - start, 2)}
         self.files.timings.write_text(json.dumps(self.timings, indent=2) + "\n")
         return metrics
+
+
+# --------------------------------------------------------------------------- finalising a run
+
+
+def calibrate(y: np.ndarray, raw: np.ndarray, *, target_recall: float) -> tuple[PlattCalibrator, float]:
+    """Fit Platt calibration on validation and the threshold that reaches ``target_recall`` there.
+
+    Parameters
+    ----------
+    y : ndarray of shape (n,), int 0/1
+    raw : ndarray of shape (n,), float in 0..1
+        Uncalibrated model outputs.
+
+    Returns
+    -------
+    calibrator : PlattCalibrator
+    threshold : float
+        On the calibrated probability.
+    """
+    calibrator = PlattCalibrator.fit(y, raw)
+    threshold = metrics_lib.threshold_for_recall(y, calibrator.transform(raw), target_recall=target_recall)
+    return calibrator, threshold
+
+
+def validation_metrics(
+    predictor, val: DecodedSet, raw: np.ndarray, calibrator: PlattCalibrator, threshold: float, *, seed: int
+) -> dict:
+    """``validation.json``: the metrics report at ``threshold``, plus the calibration before and
+    after, test-time augmentation and the acquisition-shift stress report.
+
+    Parameters
+    ----------
+    predictor : Predictor
+        On the saved model (uncalibrated: its sidecar still holds the identity).
+    val : DecodedSet
+    raw : ndarray of shape (n,)
+        ``predictor.predict_raw(val.x)``.
+    """
+    from pneumoscan.evaluation.robustness import stress_report
+    from pneumoscan.inference.predictor import tta_views
+
+    p_cal = calibrator.transform(raw)
+    metrics = metrics_lib.metrics_report(
+        val.y,
+        p_cal,
+        threshold=threshold,
+        groups=[s.patient_id for s in val.samples],
+        subtypes=[s.subtype for s in val.samples],
+        seed=seed,
+    )
+    # The first TTA view is the image itself: reuse ``raw`` instead of predicting it again.
+    raw_tta = np.mean([raw, *(predictor.predict_raw(v) for v in tta_views(val.x)[1:])], axis=0)
+    metrics_tta = metrics_lib.binary_metrics(val.y, calibrator.transform(raw_tta), threshold=threshold)
+    metrics["calibration"] = {
+        "method": "platt",
+        **calibrator.to_dict(),
+        "ece_before": metrics_lib.expected_calibration_error(val.y, raw),
+        "ece_after": metrics_lib.expected_calibration_error(val.y, p_cal),
+    }
+    metrics["tta"] = {k: metrics_tta[k] for k in ("accuracy", "recall", "specificity", "roc_auc", "ece")}
+    metrics["split"] = "validation (patient-level, carved from the training data)"
+    metrics["stress"] = stress_report(predictor, val.x, val.y, threshold=threshold)
+    return metrics
+
+
+def write_validation_predictions(
+    path: Path, val: DecodedSet, raw: np.ndarray, p_cal: np.ndarray, threshold: float
+) -> None:
+    """``validation_predictions.csv``: :data:`~pneumoscan.inference.results.VALIDATION_COLUMNS`."""
+    from pneumoscan.inference.results import VALIDATION_COLUMNS, labelled_row, make_prediction, write_rows
+
+    rows = (
+        {**labelled_row(s, make_prediction(p, threshold)), "p_raw": r}
+        for s, r, p in zip(val.samples, raw, p_cal, strict=True)
+    )
+    write_rows(path, VALIDATION_COLUMNS, rows, digits=6)
+
+
+def write_history(files: RunFolder, rows: list[dict], phase_boundaries: list[int]) -> None:
+    """``history.csv`` (phase and epoch first, then the metrics by name) and ``learning_curves.png``."""
+    keys = sorted({k for row in rows for k in row}, key=lambda k: (k not in ("phase", "epoch"), k))
+    with open(files.history, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    series = {k: [row.get(k, np.nan) for row in rows] for k in keys if k not in ("phase", "epoch", "best")}
+    save_figure(
+        figures.learning_curves_figure(series, phase_boundaries=phase_boundaries), files.learning_curves
+    )
 
 
 def train(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, *, progress: bool = True) -> dict:
