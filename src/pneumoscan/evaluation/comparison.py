@@ -79,39 +79,8 @@ def _stress_table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_runs(run_dirs: Sequence[str | Path], *, out_dir: str | Path) -> str:
-    """Compare training runs on their (identical) validation sets.
-
-    Parameters
-    ----------
-    run_dirs : sequence of path
-        Run folders of ``pneumoscan train``, each with ``validation.json``, ``config.json`` and
-        ``validation_predictions.csv``.
-    out_dir : path
-        Receives ``comparison.md`` and ``comparison.png``.
-
-    Returns
-    -------
-    str
-        The Markdown table written to ``comparison.md``.
-
-    Raises
-    ------
-    ValueError
-        No runs, or runs validated on different images (their metrics would not be comparable).
-    FileNotFoundError
-        A run folder lacks one of its files.
-    """
-    from pneumoscan import plotting
-    from pneumoscan.evaluation import figures
-
-    if not run_dirs:
-        raise ValueError("compare_runs needs at least one run folder")
-    runs = [_read_run(Path(d)) for d in run_dirs]
-    names = [r["name"] for r in runs]
-    for run, d in zip(runs, run_dirs, strict=True):
-        if names.count(run["name"]) > 1:
-            run["name"] = str(d)
+def _check_same_images(runs: list[dict], run_dirs: Sequence[str | Path]) -> None:
+    """ValueError unless every run was validated on the first run's images."""
     reference = set(runs[0]["paths"])
     for run, d in zip(runs[1:], run_dirs[1:], strict=True):
         other = set(run["paths"])
@@ -125,6 +94,9 @@ def compare_runs(run_dirs: Sequence[str | Path], *, out_dir: str | Path) -> str:
                 "val_fraction and seed."
             )
 
+
+def _metrics_table(runs: list[dict]) -> str:
+    """Markdown: one row of validation metrics per run."""
     header = [
         "run",
         "arch",
@@ -163,7 +135,44 @@ def compare_runs(run_dirs: Sequence[str | Path], *, out_dir: str | Path) -> str:
             fmt_metric(m.get("threshold"), 4),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    markdown = "\n".join(lines) + "\n" + _stress_table(runs)
+    return "\n".join(lines) + "\n"
+
+
+def compare_runs(run_dirs: Sequence[str | Path], *, out_dir: str | Path) -> str:
+    """Compare training runs on their (identical) validation sets.
+
+    Parameters
+    ----------
+    run_dirs : sequence of path
+        Run folders of ``pneumoscan train``, each with ``validation.json``, ``config.json`` and
+        ``validation_predictions.csv``.
+    out_dir : path
+        Receives ``comparison.md`` and ``comparison.png``.
+
+    Returns
+    -------
+    str
+        The Markdown table written to ``comparison.md``.
+
+    Raises
+    ------
+    ValueError
+        No runs, or runs validated on different images (their metrics would not be comparable).
+    FileNotFoundError
+        A run folder lacks one of its files.
+    """
+    from pneumoscan import plotting
+    from pneumoscan.evaluation import figures
+
+    if not run_dirs:
+        raise ValueError("compare_runs needs at least one run folder")
+    runs = [_read_run(Path(d)) for d in run_dirs]
+    names = [r["name"] for r in runs]
+    for run, d in zip(runs, run_dirs, strict=True):
+        if names.count(run["name"]) > 1:
+            run["name"] = str(d)
+    _check_same_images(runs, run_dirs)
+    markdown = _metrics_table(runs) + _stress_table(runs)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

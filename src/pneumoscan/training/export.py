@@ -163,36 +163,10 @@ def export_tflite(
     FileNotFoundError
         ``data_dir`` does not exist.
     """
-    from sklearn.metrics import roc_auc_score
-
-    if quantize not in QUANTIZE_MODES:
-        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
-    if predictor.backend != "keras":
-        raise ValueError(f"export needs a .keras model, got {predictor.model_path} ({predictor.backend})")
+    _check_arguments(predictor, out, quantize, max_check_images)
     out = Path(out)
-    if out.suffix.lower() != ".tflite":
-        raise ValueError(f"out must be a .tflite file, got {out}")
-    if metadata_path(out).resolve() == metadata_path(predictor.model_path).resolve():
-        raise ValueError(
-            f"{out} would share its sidecar {metadata_path(out).name} with {predictor.model_path} and "
-            f"overwrite it; give the export another name (e.g. {out.with_stem(out.stem + '-litert').name})"
-        )
-    if max_check_images is not None and max_check_images < 4:
-        raise ValueError(f"max_check_images must be at least 4, got {max_check_images}")
     meta = predictor.metadata
-    data_dir = data_dir if data_dir is not None else meta.data_dir
-    if data_dir is None:
-        raise ValueError(
-            f"{predictor.model_path}: its sidecar names no data_dir and none was given; the export "
-            "check against the Keras model is mandatory, so pass the training data (--data DATA_DIR)"
-        )
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(
-            f"training data not found at {data_dir}; the export check against the Keras model is "
-            "mandatory, so pass the folder the model was trained on (--data DATA_DIR)"
-        )
-
+    data_dir = _training_data(predictor, data_dir)
     train_s, val_s = model_split(meta, data_dir)
     seed = (meta.split or SplitConfig()).seed
     if max_check_images is not None:
@@ -230,33 +204,8 @@ def export_tflite(
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         meta.updated(export=export_info).write(tmp_model)
-
-        log.info("checking the export on %d validation images", len(val.y))
-        p_keras = predictor.predict_proba(val.x)
-        p_lite = Predictor(tmp_model, threshold=predictor.threshold).predict_proba(val.x)
-        agreement = float(np.mean((p_keras >= predictor.threshold) == (p_lite >= predictor.threshold)))
-        auc_keras = float(roc_auc_score(val.y, p_keras))
-        auc_lite = float(roc_auc_score(val.y, p_lite))
-        report = {
-            "quantize": quantize,
-            "path": str(out),
-            "size_bytes": len(flatbuffer),
-            "n_check": len(val.y),
-            "n_representative": export_info["n_representative"],
-            "agreement": agreement,
-            "auc_keras": auc_keras,
-            "auc_tflite": auc_lite,
-            "max_abs_prob_diff": float(np.max(np.abs(p_keras - p_lite))),
-            "passed": bool(agreement >= MIN_AGREEMENT and abs(auc_keras - auc_lite) <= MAX_AUC_DIFF),
-        }
-        if not report["passed"]:
-            raise ValueError(
-                f"LiteRT export ({quantize}) failed its check on {report['n_check']} validation images: "
-                f"label agreement {agreement:.2%} (needs >= {MIN_AGREEMENT:.0%}), ROC AUC Keras "
-                f"{auc_keras:.4f} vs LiteRT {auc_lite:.4f} (|diff| {abs(auc_keras - auc_lite):.4f}, "
-                f"allowed {MAX_AUC_DIFF}), max |prob diff| {report['max_abs_prob_diff']:.4f}; "
-                f"nothing was written to {out}"
-            )
+        report = _compare_with_keras(predictor, tmp_model, val, quantize=quantize, out=out)
+        report["n_representative"] = export_info["n_representative"]
         check = {
             k: report[k] for k in ("n_check", "agreement", "auc_keras", "auc_tflite", "max_abs_prob_diff")
         }
@@ -266,6 +215,75 @@ def export_tflite(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s (%d bytes): %s", out, report["size_bytes"], json.dumps(check))
+    return report
+
+
+def _check_arguments(predictor: Predictor, out, quantize: str, max_check_images: int | None) -> None:
+    """The ValueErrors of :func:`export_tflite` that need no data."""
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
+    if predictor.backend != "keras":
+        raise ValueError(f"export needs a .keras model, got {predictor.model_path} ({predictor.backend})")
+    out = Path(out)
+    if out.suffix.lower() != ".tflite":
+        raise ValueError(f"out must be a .tflite file, got {out}")
+    if metadata_path(out).resolve() == metadata_path(predictor.model_path).resolve():
+        raise ValueError(
+            f"{out} would share its sidecar {metadata_path(out).name} with {predictor.model_path} and "
+            f"overwrite it; give the export another name (e.g. {out.with_stem(out.stem + '-litert').name})"
+        )
+    if max_check_images is not None and max_check_images < 4:
+        raise ValueError(f"max_check_images must be at least 4, got {max_check_images}")
+
+
+def _training_data(predictor: Predictor, data_dir: str | Path | None) -> Path:
+    """``data_dir``, else the one the model's sidecar names; it must exist (the check needs it)."""
+    data_dir = data_dir if data_dir is not None else predictor.metadata.data_dir
+    if data_dir is None:
+        raise ValueError(
+            f"{predictor.model_path}: its sidecar names no data_dir and none was given; the export "
+            "check against the Keras model is mandatory, so pass the training data (--data DATA_DIR)"
+        )
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"training data not found at {data_dir}; the export check against the Keras model is "
+            "mandatory, so pass the folder the model was trained on (--data DATA_DIR)"
+        )
+    return data_dir
+
+
+def _compare_with_keras(predictor: Predictor, tflite: Path, val, *, quantize: str, out: Path) -> dict:
+    """Run the Keras model and the export at ``tflite`` on the validation images; the report of
+    :func:`export_tflite` (without ``n_representative``). Raises ValueError when the check fails."""
+    from sklearn.metrics import roc_auc_score
+
+    log.info("checking the export on %d validation images", len(val.y))
+    p_keras = predictor.predict_proba(val.x)
+    p_lite = Predictor(tflite, threshold=predictor.threshold).predict_proba(val.x)
+    agreement = float(np.mean((p_keras >= predictor.threshold) == (p_lite >= predictor.threshold)))
+    auc_keras = float(roc_auc_score(val.y, p_keras))
+    auc_lite = float(roc_auc_score(val.y, p_lite))
+    report = {
+        "quantize": quantize,
+        "path": str(out),
+        "size_bytes": tflite.stat().st_size,
+        "n_check": len(val.y),
+        "n_representative": 0,
+        "agreement": agreement,
+        "auc_keras": auc_keras,
+        "auc_tflite": auc_lite,
+        "max_abs_prob_diff": float(np.max(np.abs(p_keras - p_lite))),
+        "passed": bool(agreement >= MIN_AGREEMENT and abs(auc_keras - auc_lite) <= MAX_AUC_DIFF),
+    }
+    if not report["passed"]:
+        raise ValueError(
+            f"LiteRT export ({quantize}) failed its check on {report['n_check']} validation images: "
+            f"label agreement {agreement:.2%} (needs >= {MIN_AGREEMENT:.0%}), ROC AUC Keras "
+            f"{auc_keras:.4f} vs LiteRT {auc_lite:.4f} (|diff| {abs(auc_keras - auc_lite):.4f}, "
+            f"allowed {MAX_AUC_DIFF}), max |prob diff| {report['max_abs_prob_diff']:.4f}; "
+            f"nothing was written to {out}"
+        )
     return report
 
 
