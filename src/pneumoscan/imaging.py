@@ -47,6 +47,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import re
 import struct
 import threading
 import zlib
@@ -436,9 +437,13 @@ _MODE_SAMPLE_BYTES = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N"
 def _decode_pil(data: bytes, name: str, fmt: str) -> DecodedImage:
     try:
         img = Image.open(io.BytesIO(data), formats=[fmt])
-    except Image.DecompressionBombError as exc:  # Pillow's own limit, far above ours
+    except Image.DecompressionBombError as exc:  # Pillow's own limit (at open), far above ours
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else str(exc)
         raise ImageDecodeError(
-            name, f"image too large ({exc}): refused as a possible decompression bomb"
+            name,
+            f"image too large ({size}; limit {MAX_IMAGE_PIXELS / 1e6:.0f} MP): refused as a possible "
+            "decompression bomb",
         ) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(name, f"corrupt {fmt} file: its header cannot be read") from exc
