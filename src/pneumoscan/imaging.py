@@ -470,8 +470,9 @@ def _pil_to_gray(img: Image.Image) -> tuple[np.ndarray, float]:
         background = Image.new(img.mode, img.size, (0, 0, 0, 255) if img.mode == "RGBA" else (0, 255))
         img = Image.alpha_composite(background, img) if img.mode == "RGBA" else _composite_la(img)
     if img.mode not in ("1", "L", "I", "F") and not img.mode.startswith("I;16"):
-        img = img.convert("RGB")  # RGB, RGBA, CMYK, YCbCr, LAB, HSV, RGBX
-        colourfulness = _colourfulness(np.asarray(img))
+        if img.mode != "RGB":
+            img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, RGBA laid on black
+        colourfulness = _colourfulness(_sample_image(img), sampled=True)
         img = img.convert("L")
     if img.mode in ("1", "L"):
         return np.asarray(img.convert("L"), dtype=np.uint8), colourfulness
@@ -517,13 +518,33 @@ _OPPONENT = np.array([[1.0, -1.0, 0.0], [0.5, 0.5, -1.0]])
 _YCBCR_TO_RGB = np.array([[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]])
 
 
-def _colourfulness(pixels: np.ndarray, *, ycbcr: bool = False) -> float:
+def _sample_step(height: int, width: int) -> int:
+    """Every k-th pixel of each k-th row, k chosen for about 64 samples along the shorter side."""
+    return max(1, min(height, width) // 64)
+
+
+def _sample_image(img: Image.Image) -> np.ndarray:
+    """``np.asarray(img)[::k, ::k]`` (k of :func:`_sample_step`) of an RGB image, read in strips
+    of about a megapixel, so no full-size array copy is made."""
+    width, height = img.size
+    step = _sample_step(height, width)
+    strip = step * max(1, _CHUNK_PIXELS // max(1, width * step))  # a multiple of step: rows align
+    return np.concatenate(
+        [
+            np.asarray(img.crop((0, top, width, min(height, top + strip))))[::step, ::step]
+            for top in range(0, height, strip)
+        ]
+    )
+
+
+def _colourfulness(pixels: np.ndarray, *, ycbcr: bool = False, sampled: bool = False) -> float:
     """Hasler-Suesstrunk colourfulness of an ``(h, w, 3)`` RGB (or JPEG YCbCr) array.
 
-    Measured on every k-th pixel, k chosen for about 64 samples a side: enough to tell a colour
-    photograph from a grey radiograph, at a fraction of a full pass.
+    Measured on every k-th pixel (:func:`_sample_step`): enough to tell a colour photograph from a
+    grey radiograph, at a fraction of a full pass. An already sampled array (:func:`_sample_image`)
+    is passed with ``sampled=True``.
     """
-    step = max(1, min(pixels.shape[:2]) // 64)
+    step = 1 if sampled else _sample_step(*pixels.shape[:2])
     sample = np.asarray(pixels[::step, ::step, :3], dtype=np.float64).reshape(-1, 3)
     to_opponent = _OPPONENT
     if ycbcr:
