@@ -27,7 +27,8 @@ most :data:`_CHUNK_PIXELS` float64 values, never a float64 copy of the whole ima
 reserves an estimate of its peak (:func:`_decode_estimate`, about 3 to 11 bytes a pixel) from a
 process-wide budget of :data:`DECODE_MEMORY_BUDGET` bytes, so threads decoding many files at once
 stay within it (a single image over the budget decodes alone). Measured with
-``benchmarks/decode_memory.py``: a 50 MP 16-bit grey image adds about 0.3 GB to the process's peak.
+``benchmarks/decode_memory.py``: a 49 MP image adds about 0.25 GB (16-bit grey PNG or DICOM) to
+0.34 GB (RGB PNG) to the 0.94 GB peak of a ``pneumoscan predict`` process on one small JPEG.
 
 Preprocessing policy (written down because models depend on it):
 
