@@ -597,17 +597,24 @@ def _stretch(values: np.ndarray, transform: Callable[[np.ndarray], np.ndarray] |
 # --------------------------------------------------------------------------- DICOM
 
 
-def _inflate_capped(compressed: memoryview, name: str, limit: int) -> bytearray:
-    """Raw-deflate ``compressed`` (a Deflated DICOM's data set), stopping past ``limit`` bytes."""
+def _inflate_capped(compressed: memoryview, name: str, limit: int) -> bytes:
+    """Raw-deflate ``compressed`` (a Deflated DICOM's data set), stopping past ``limit`` bytes.
+
+    Pieces are kept in a list and joined once: a refused bomb never holds more than ``limit``
+    bytes, an accepted data set twice its size for the moment of the join.
+    """
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    out = bytearray()
-    piece = 1 << 16
-    for start in range(0, len(compressed), piece):
-        chunk = compressed[start : start + piece]
-        while chunk and len(out) <= limit:
-            out += inflater.decompress(chunk, limit + 1 - len(out))
+    pieces: list[bytes] = []
+    total = 0
+    step = 1 << 16
+    for start in range(0, len(compressed), step):
+        chunk = compressed[start : start + step]
+        while chunk and total <= limit:
+            pieces.append(inflater.decompress(chunk, limit + 1 - total))
+            total += len(pieces[-1])
             chunk = inflater.unconsumed_tail
-        if len(out) > limit:
+        if total > limit:
+            pieces.clear()
             raise ImageDecodeError(
                 name,
                 f"Deflated DICOM inflates to more than {limit / 2**20:.0f} MB (from "
@@ -617,7 +624,7 @@ def _inflate_capped(compressed: memoryview, name: str, limit: int) -> bytearray:
             break
     if not inflater.eof:
         raise ImageDecodeError(name, "truncated Deflated DICOM: the compressed data set ends early")
-    return out
+    return b"".join(pieces)
 
 
 def _dicom_header(data: bytes, name: str):
