@@ -151,6 +151,8 @@ def cmd_predict(args) -> int:
     if not files:
         raise CommandError("no image files found in the given paths")
     predictor = _load_predictor(args, threshold=args.threshold)
+    if args.csv:  # before predicting, so a CSV path that cannot be made fails fast
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
     results = predictor.predict_paths(files, tta=args.tta, progress=not args.quiet)
     predictions = results.predictions(predictor.threshold)
     rows = [
@@ -290,6 +292,11 @@ _TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
     "finetune_learning_rate": (float, "MobileNetV2 phase 2"),
     "unfreeze_blocks": (int, "top MobileNetV2 blocks to fine-tune"),
     "augmented_views": (int, "augmented copies of each image in the feature cache"),
+    "members": (
+        int,
+        "MobileNetV2: ensemble members, each cross-fitted on all patient folds but its own; 1 trains "
+        "one model on a validation split",
+    ),
     "val_fraction": (float, "share of each class's images held out for validation, by patient"),
     "target_recall": (float, "recall the operating threshold must reach on validation"),
     "seed": (int, "seed of the split, the augmentation and the weights"),
@@ -303,8 +310,10 @@ def add_train_parser(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model into a run folder",
-        description=f"Train {', '.join(ARCHITECTURES)} on a training folder, with a patient-level "
-        "validation split carved from it. Writes model.keras, its .meta.json, config.json, history.csv, "
+        description=f"Train {', '.join(ARCHITECTURES)} on a training folder. MobileNetV2 (the default) "
+        "trains a deep ensemble cross-fitted on patient-level folds, calibrated and thresholded on the "
+        "out-of-fold predictions; the CNNs (and --members 1) use a patient-level validation split "
+        "carved from the folder. Writes model.keras, its .meta.json, config.json, history.csv, "
         "learning_curves.png, validation.json.",
     )
     p.add_argument(
