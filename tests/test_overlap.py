@@ -87,6 +87,24 @@ def test_renamed_copies_are_found_by_content(data, tmp_path):
     assert check.validation == (str(val_copy),)
 
 
+def test_every_image_a_cross_fitted_ensemble_saw_is_a_training_image(data):
+    from pneumoscan.data.dataset import stratified_subset
+
+    folder = discover_split(data / "train")
+    subset = stratified_subset(folder, 10, seed=7)
+    meta = ModelMetadata(
+        image_size=64,
+        threshold=0.5,
+        data_dir=str(data / "train"),
+        data_fingerprint=fingerprint(subset),
+        ensemble={"members": 3, "embedding_dim": 0, "folds": 3, "fold_seed": 7, "limit": 10},
+    )
+    check = check_training_overlap(folder, meta)
+    assert check.checked and check.note is None and "cross-fitted" in check.compared_with
+    assert sorted(check.training) == [str(s.path) for s in subset] and check.validation == ()
+    assert len(check.training) == 10 < len(folder)  # images outside the limit were never seen
+
+
 def test_the_check_says_when_it_cannot_run(data, tmp_path, caplog):
     samples = discover_split(data / "test")
     for meta, why in [

@@ -10,8 +10,10 @@ that is available:
    files' bytes (a prefix of at least :data:`MIN_HASH_CHARS` characters is enough);
 2. the model's split re-derived from its sidecar: ``data_dir`` (relative paths are tried from the
    current folder, then from the folders above the model file) cut with ``split`` by
-   :func:`pneumoscan.data.dataset.train_val_split`, exactly as training cut it; the sidecar's
-   ``data_fingerprint`` tells whether the folder still holds the files the model was trained on;
+   :func:`pneumoscan.data.dataset.train_val_split`, exactly as training cut it; for a cross-fitted
+   ensemble (an ``ensemble`` section) every image of its ``limit`` subset is a training image, since
+   each trained all members but one; the sidecar's ``data_fingerprint`` tells whether the folder
+   still holds the files the model was trained on;
 3. nothing: the check could not run, and says why.
 
 Training images make :func:`pneumoscan.evaluation.evaluate.evaluate_folder` refuse unless allowed;
@@ -192,14 +194,20 @@ def _against_stored_hashes(paths: Sequence[Path], extra: Mapping[str, Any]) -> O
 
 
 def _against_split(paths: Sequence[Path], metadata, data_dir: Path) -> OverlapCheck:
-    from pneumoscan.data.dataset import discover_split, fingerprint, train_val_split
+    from pneumoscan.config import DEFAULT_SEED
+    from pneumoscan.data.dataset import discover_split, fingerprint, stratified_subset, train_val_split
 
     notes = []
     try:
         folder = discover_split(data_dir, prefer="train")
     except (FileNotFoundError, ValueError) as exc:
         return _unchecked(f"the model's training data {data_dir} could not be read ({exc})")
-    if metadata.split is not None:
+    ensemble = getattr(metadata, "ensemble", None)
+    if ensemble is not None:  # cross-fitted: every image (of the limit) trained all members but one
+        seed = ensemble.get("fold_seed", DEFAULT_SEED)
+        train, val = stratified_subset(folder, ensemble.get("limit"), seed=seed), []
+        compared = f"the images the ensemble was cross-fitted on, in {data_dir} (seed {seed})"
+    elif metadata.split is not None:
         train, val = train_val_split(folder, metadata.split)
         compared = f"the model's training split of {data_dir} (seed {metadata.split.seed})"
     else:  # no split recorded: every image of the folder may have been trained on
