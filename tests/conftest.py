@@ -60,3 +60,15 @@ def shared_data() -> Path:
             f"real data not found at {SHARED_DATA} (set PNEUMOSCAN_SHARED_DATA to its chest_xray folder)"
         )
     return SHARED_DATA
+
+
+#: The out-of-scope development set (adult frontal, lateral, CT), beside ``chest_xray``.
+OOD_DATA = SHARED_DATA.parent / "ood"
+
+
+@pytest.fixture(scope="session")
+def ood_data() -> Path:
+    """The ``ood`` development set (``adult_frontal/``, ``lateral/``, ``ct/``); skips when absent."""
+    if not (OOD_DATA / "adult_frontal").is_dir():
+        pytest.skip(f"out-of-scope development set not found at {OOD_DATA}")
+    return OOD_DATA
