@@ -174,13 +174,13 @@ class EnsembleTrainer(Trainer):
         """Fit member ``k`` on every fold but ``k``; returns its top (cut features -> probability)."""
         cfg = self.cfg
         keras.utils.set_random_seed(cfg.seed + 1000 * (k + 1))  # members differ in seed and in data
+        # Models made inside the scope carry the strategy into fit (optimizer variables included).
         with self.strategy.scope():
             full, top = mobilenet_member(cfg, cut, name=f"member_{k}")
+            head = keras.Model(full.get_layer("avg_pool").output, full.output, name=f"member_{k}_head")
         train, held = folds != k, folds == k
         n_train_views = 1 + cfg.augmented_views
         train_y = np.tile(y[train], n_train_views)
-        pooled_layer = full.get_layer("avg_pool").output
-        head = keras.Model(pooled_layer, full.output, name=f"member_{k}_head")
         self.fit_phase(
             _Phase(
                 f"member{k}_head",
