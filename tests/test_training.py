@@ -230,6 +230,9 @@ def test_ensemble_is_cross_fitted_and_serves_its_members(make_tree, tmp_path):
 
     predictor = Predictor(run_dir / "model.keras")
     assert predictor.members == 3 and predictor.metadata.ensemble["members"] == 3
+    # Weights only: no optimizer state saved with the members (it would triple the file).
+    n_weights = sum(int(np.prod(w.shape)) for w in predictor.model.weights)
+    assert (run_dir / "model.keras").stat().st_size < 4 * n_weights * 1.2
     x = np.stack([np.full((64, 64, 1), v, np.uint8) for v in (40, 120, 200)])
     details = predictor.predict_details(x)
     assert details.members.shape == (3, 3) and details.embedding.shape == (3, predictor.embedding_dim)
