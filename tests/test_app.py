@@ -149,7 +149,7 @@ def test_bad_files_are_named_and_the_good_one_is_still_served(app):
     assert len(errors) == 5
     by_file = {e.split("**")[1]: e for e in errors}
     assert "not a recognised image" in by_file["notes.png"]
-    assert "corrupt or truncated" in by_file["truncated.png"]
+    assert "corrupt or undecodable PNG data" in by_file["truncated.png"]  # the README's wording
     assert "too small" in by_file["pixel.png"]
     assert "too large" in by_file["bomb.png"]
     assert "empty" in by_file["empty.jpg"]
