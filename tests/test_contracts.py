@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan.config import BUNDLED_MODELS_DIR, CLASS_NAMES, SplitConfig, TrainConfig
+from pneumoscan.config import BUNDLED_MODELS_DIR, CLASS_NAMES, TrainConfig
 from pneumoscan.inference.results import (
     LABELLED_COLUMNS,
     PREDICTION_COLUMNS,
@@ -35,7 +35,12 @@ def test_released_sidecars_round_trip_unchanged(sidecar, tmp_path):
     data = json.loads(sidecar.read_text())
     meta = ModelMetadata.from_json(data)
     assert meta.to_json() == data
-    assert meta.arch == "mobilenetv2" and meta.split == SplitConfig(0.15, 1337, None)
+    # The release is the cross-fitted ensemble: it says how it was validated (its folds), not a split.
+    assert (
+        meta.arch == "mobilenetv2"
+        and meta.split is None
+        and meta.ensemble["folds"] == meta.ensemble["members"]
+    )
     # Written back, the file is the released one (which was saved without a final newline).
     model = tmp_path / sidecar.name.replace(".meta.json", ".keras")
     meta.write(model)

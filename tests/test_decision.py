@@ -41,13 +41,20 @@ def stored_band(meta: ModelMetadata) -> UncertaintyBand:
 # --------------------------------------------------------------------------- at the stored threshold
 
 
-def test_issue_case_between_half_and_stored_threshold_is_uncertain(stored):
-    # IM-0015-0001.jpeg scored 0.851 and read "No pneumonia detected — confidence 15 %".
-    assert stored.threshold > 0.851
-    d = decide(0.851, threshold=stored.threshold, band=stored_band(stored))
+def test_issue_case_between_half_and_the_threshold_is_uncertain():
+    # IM-0015-0001.jpeg scored 0.851 under the previous release's threshold 0.912 and read
+    # "No pneumonia detected — confidence 15 %"; with that threshold and no fitted band it is uncertain.
+    d = decide(0.851, threshold=0.912, band=UncertaintyBand.minimal(0.912))
     assert d.outcome == UNCERTAIN
     assert d.stated_probability is None
     assert "uncertain band" in d.reason
+
+
+def test_between_half_and_stored_threshold_is_uncertain(stored):
+    t = stored.threshold
+    for p in np.linspace(min(0.5, t), max(0.5, t), 7)[:-1]:
+        d = decide(p, threshold=t, band=stored_band(stored))
+        assert d.outcome == UNCERTAIN and d.stated_probability is None
 
 
 def test_stored_threshold_clear_cases(stored):

@@ -259,16 +259,22 @@ class EnsembleTrainer(Trainer):
             with self.timed(f"member_{k}", int((folds != k).sum()) * (1 + cfg.augmented_views)):
                 tops.append(self.train_member(k, cut, views, pooled, data.y, folds))
         oof = self.out_of_fold(tops, views, folds, shift_names)
+        # The embedding the model outputs (and the scope guard reads): the stem's pooled features.
+        embeddings = views["clean"].astype(np.float32).mean(axis=(1, 2))
         del views, pooled
         with self.timed("finalise", len(data.y)):
             model = build_ensemble(base, cut, serving_members(cfg, cut, tops))
-            metrics = self.finalise_ensemble(model, data, oof)
+            metrics = self.finalise_ensemble(model, data, oof, embeddings)
         self.timings["total_after_decode"] = {"seconds": round(time.perf_counter() - start, 2)}
         self.files.timings.write_text(json.dumps(self.timings, indent=2) + "\n")
         return metrics
 
-    def finalise_ensemble(self, model, data: DecodedSet, oof: OutOfFold) -> dict:
-        """Calibrate and choose the threshold on the OOF predictions; write the model and reports."""
+    def finalise_ensemble(self, model, data: DecodedSet, oof: OutOfFold, embeddings: np.ndarray) -> dict:
+        """Calibrate and choose the threshold on the OOF predictions, fit the uncertainty band and
+        the scope guard; write the model, its sidecar and the reports.
+
+        ``embeddings`` : ndarray of shape (n, e), the stem's pooled features of every image.
+        """
         from pneumoscan.inference.predictor import Predictor
 
         cfg = self.cfg
@@ -289,6 +295,9 @@ class EnsembleTrainer(Trainer):
             "ece_after": metrics_lib.expected_calibration_error(data.y, calibrator.transform(oof.clean)),
         }
         embedding_dim = int(model.output.shape[-1]) - 1 - cfg.members
+        band, guard = fit_band_and_guard(data, oof, calibrator, threshold, embeddings, seed=cfg.seed)
+        metrics["decision"] = {"band": band.to_dict()}
+        metrics["scope"] = {k: v for k, v in guard.to_dict().items() if not isinstance(v, list)}
         meta = ModelMetadata(
             image_size=cfg.image_size,
             threshold=threshold,
@@ -298,6 +307,8 @@ class EnsembleTrainer(Trainer):
             data_dir=str(self.data_dir),
             data_fingerprint=self.fingerprint,
             validation={k: metrics[k] for k in SIDECAR_VALIDATION_METRICS},
+            decision={"band": band.to_dict()},
+            scope=guard.to_dict(),
             ensemble={
                 "members": cfg.members,
                 "embedding_dim": embedding_dim,
@@ -324,6 +335,20 @@ class EnsembleTrainer(Trainer):
         )
         shutil.rmtree(self.files.backup, ignore_errors=True)
         return metrics
+
+
+def fit_band_and_guard(
+    data: DecodedSet, oof: OutOfFold, calibrator, threshold: float, embeddings, *, seed: int
+):
+    """The uncertainty band (on the calibrated OOF predictions, clean and shifted) and the scope
+    guard (on the training images' embeddings, threshold on patient-level out-of-fold scores)."""
+    from pneumoscan.inference.decision import fit_uncertainty_band
+    from pneumoscan.inference.scope import ScopeGuard
+
+    p = calibrator.transform(np.r_[oof.clean, oof.shifted])
+    band = fit_uncertainty_band(p, np.r_[data.y, data.y], threshold=threshold)
+    guard = ScopeGuard.fit(embeddings, groups=[s.patient_id for s in data.samples], seed=seed)
+    return band, guard
 
 
 def serving_members(cfg, cut: str, tops) -> list:
