@@ -235,6 +235,79 @@ def cmd_app(args) -> int:
     return 0  # not reached
 
 
+# --------------------------------------------------------------------------- serve
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _api_key(args) -> str | None:
+    """The API key from ``--api-key-file`` or ``$PNEUMOSCAN_API_KEY`` (never from the command line,
+    where other users of the machine could read it in the process list)."""
+    if args.api_key_file is not None:
+        try:
+            key = args.api_key_file.read_text().strip()
+        except OSError as exc:
+            raise CommandError(
+                f"cannot read the API key file {args.api_key_file}: {exc.strerror or exc}"
+            ) from exc
+        if not key:
+            raise CommandError(f"the API key file {args.api_key_file} is empty")
+        return key
+    return os.environ.get("PNEUMOSCAN_API_KEY") or None
+
+
+def cmd_serve(args) -> int:
+    import socket
+
+    import uvicorn
+
+    from pneumoscan.config import default_app_model_path
+    from pneumoscan.interfaces.service import API_KEY_HEADER, ServiceLimits, create_app
+    from pneumoscan.models.artifacts import ModelMetadata
+
+    model = args.model if args.model is not None else default_app_model_path()
+    if not model.is_file():
+        raise CommandError(f"model file not found: {model}; pass --model PATH to a .keras or .tflite file")
+    ModelMetadata.read(model)  # a missing or bad sidecar fails here, before the server starts
+    key = _api_key(args)
+    if args.insecure_no_auth and key:
+        raise CommandError("an API key was given together with --insecure-no-auth; choose one")
+    if not _is_loopback(args.host) and not key and not args.insecure_no_auth:
+        raise CommandError(
+            f"--host {args.host} makes the service reachable from other machines: set an API key "
+            "($PNEUMOSCAN_API_KEY or --api-key-file FILE), or pass --insecure-no-auth to serve "
+            "without one"
+        )
+    limits = ServiceLimits(max_files=args.max_files, max_body_bytes=int(args.max_body_mb * 2**20))
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        sock.close()
+        raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from exc
+    port = sock.getsockname()[1]
+    app = create_app(model, limits=limits, api_key=key)
+    config = uvicorn.Config(
+        app, log_config=None, access_log=not args.no_access_log, timeout_graceful_shutdown=10
+    )
+    shown = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+    auth = f"API key required in {API_KEY_HEADER}" if key else "no API key"
+    print(f"pneumoscan serve on http://{shown}:{port} ({auth}; docs at /docs; Ctrl+C to stop)", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -410,6 +483,36 @@ def add_app_parser(sub) -> None:
     p.set_defaults(func=cmd_app)
 
 
+def add_serve_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the model over HTTP (FastAPI): POST /v1/predictions",
+        description="Serve the model over HTTP: POST /v1/predictions (multipart field 'files'), "
+        "GET /v1/model, GET /healthz, GET /readyz, docs at /docs. Listens on 127.0.0.1 unless --host "
+        "says otherwise; another address needs an API key ($PNEUMOSCAN_API_KEY or --api-key-file), "
+        "sent by clients in the X-API-Key header, or an explicit --insecure-no-auth.",
+    )
+    _model_arg(p, "the bundled model's LiteRT export models/pneumoscan-mobilenetv2-litert.tflite")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="default: %(default)s; 0 picks a free port")
+    p.add_argument(
+        "--api-key-file",
+        type=Path,
+        help="file holding the API key clients must send (default: $PNEUMOSCAN_API_KEY; none)",
+    )
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve on a non-loopback --host without an API key (anyone who can reach it can use it)",
+    )
+    p.add_argument("--max-files", type=int, default=16, help="files per request (default: %(default)s)")
+    p.add_argument(
+        "--max-body-mb", type=float, default=64, help="request body limit in MB (default: %(default)s)"
+    )
+    p.add_argument("--no-access-log", action="store_true", help="do not log one line per HTTP request")
+    p.set_defaults(func=cmd_serve)
+
+
 SUBCOMMANDS = (
     add_data_report_parser,
     add_train_parser,
@@ -419,6 +522,7 @@ SUBCOMMANDS = (
     add_explain_parser,
     add_export_parser,
     add_app_parser,
+    add_serve_parser,
 )
 
 
