@@ -266,6 +266,7 @@ def _api_key(args) -> str | None:
 
 
 def cmd_serve(args) -> int:
+    import signal
     import socket
 
     import uvicorn
@@ -304,7 +305,15 @@ def cmd_serve(args) -> int:
     shown = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     auth = f"API key required in {API_KEY_HEADER}" if key else "no API key"
     print(f"pneumoscan serve on http://{shown}:{port} ({auth}; docs at /docs; Ctrl+C to stop)", flush=True)
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn finishes the requests in flight on Ctrl+C or SIGTERM, then raises the signal again
+    # for the handler it found: these ones make that a clean exit 0 instead of 130 or a kill.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("pneumoscan serve stopped", flush=True)
     return 0
 
 
