@@ -1,6 +1,7 @@
 # The two commands of the README. Each sets itself up on a fresh machine (venv, package, tools).
 #   make app    start the screening app on the bundled model (http://localhost:8501)
 #   make test   run the whole test suite (installs headless Chromium for the browser test)
+#   CI: .ci/run (CI=true: any skipped test fails the run)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -26,11 +27,16 @@ app: $(STAMP)
 	$(VENV)/bin/pneumoscan app --port $(PORT)
 
 # Debian's Chromium drives the browser test (Playwright's own browser download needs the internet).
+# Without it the browser test skips, except under CI=true, where a skip is a failure: stop here.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; } \
-	  || echo "warning: could not install chromium; the browser test will be skipped"
+	  || case "$$(echo "$$CI" | tr A-Z a-z)" in \
+	    1|true|yes|on) echo "error: could not install chromium, which CI needs for the browser test" \
+	      "(apt-get install chromium)" >&2; exit 1;; \
+	    *) echo "warning: could not install chromium; the browser test will be skipped";; \
+	  esac
 
 test: $(STAMP) browser
 	$(PY) -m pytest -ra

@@ -1,4 +1,7 @@
-"""Shared fixtures: generated dataset trees (:mod:`pneumoscan.testing.synthetic`), the real data's path."""
+"""Shared fixtures: generated dataset trees (:mod:`pneumoscan.testing.synthetic`), the real data's path;
+and, under ``CI=true``, no skips: a test skipped for anything (no Chromium, no ``../shared`` data, no
+ImageNet weights, a missing package) fails, since CI must run every test.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from pneumoscan.testing.ci import pytest_runtest_makereport  # noqa: F401  (the CI=true no-skip hook)
 from pneumoscan.testing.synthetic import write_tree
+
+pytest_plugins = ["pytester"]  # tests/test_ci.py runs pytest on generated test files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The real training data, ``../shared/data/chest_xray`` beside the repository checkout, unless

@@ -1,7 +1,9 @@
 """End-to-end test of the app in a real browser: ``pneumoscan app`` in a subprocess, headless Chromium.
 
 Uses Debian's Chromium (``/usr/bin/chromium``; Playwright's own browser download needs the
-internet) and is skipped when it is missing. Set ``PNEUMOSCAN_SCREENSHOT=docs/screenshot.png`` to
+internet) and is skipped when it is missing (a failure under ``CI=true``). Every check on the page
+waits for what it asserts (Playwright's ``expect``), since Streamlit renders a run's elements in no
+fixed order. Set ``PNEUMOSCAN_SCREENSHOT=docs/screenshot.png`` to
 keep the screenshot; ``PNEUMOSCAN_SCREENSHOT_MODEL`` and ``PNEUMOSCAN_SCREENSHOT_IMAGE`` replace the
 tiny test model and the synthetic X-ray (e.g. with the released model and a real radiograph).
 """
@@ -23,6 +25,8 @@ from pneumoscan.testing.synthetic import xray_image
 pytestmark = pytest.mark.browser
 
 READY_TIMEOUT_S = 60
+#: How long a check waits for the element it asserts on, in ms.
+WAIT_MS = 30_000
 HEADLINE = re.compile(r"(Pneumonia suspected|No pneumonia detected) — confidence \d+\s%")
 
 
@@ -49,6 +53,7 @@ def test_upload_in_a_real_browser(app_url, tmp_path):
     if not image.exists():
         xray_image(768).save(image)
 
+    expect = sync_api.expect
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -67,6 +72,14 @@ def test_upload_in_a_real_browser(app_url, tmp_path):
             page.wait_for_function(
                 "() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=30_000
             )
+            # Wait for each thing asserted on: a finished script run is not a finished render.
+            for text in (
+                re.compile(r"P\(normal\): \d+\.\d\s%"),
+                re.compile(r"P\(pneumonia\): \d+\.\d\s%"),
+                re.compile(r"Operating threshold \d\.\d\d: pneumonia is flagged"),
+            ):
+                expect(page.get_by_text(text).first).to_be_visible(timeout=WAIT_MS)
+            expect(page.get_by_text(DISCLAIMER).nth(1)).to_be_attached(timeout=WAIT_MS)  # top and result
             body = page.inner_text("body")
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -83,7 +96,8 @@ def test_upload_in_a_real_browser(app_url, tmp_path):
             )
             warm_prediction_s = time.monotonic() - t0
             page.get_by_text("Download results (CSV)").wait_for(timeout=30_000)
-            assert page.locator("[data-testid=stDataFrame]").count() == 1
+            # The table renders after the button often enough: wait for it rather than count once.
+            expect(page.locator("[data-testid=stDataFrame]")).to_have_count(1, timeout=WAIT_MS)
             page.screenshot(path=str(tmp_path / "app-two-files.png"), full_page=True)
         finally:
             browser.close()

@@ -339,7 +339,8 @@ def test_dicom_is_recognised_by_its_magic_without_suffix(tmp_path):
     data = _write_dicom(tmp_path / "x.dcm", _ramp()).read_bytes()
     assert is_dicom(data) and data[128:132] == b"DICM"
     assert decode_bytes(data, name="upload").format == "DICOM"
-    assert is_dicom(b"", "scan.DCM") and not is_dicom(b"\x89PNG" + b"\0" * 200, "x.png")
+    # content decides, not the name: an empty ".DCM" is not DICOM, a PNG named ".dcm" is a PNG
+    assert not is_dicom(b"", "scan.DCM") and not is_dicom(b"\x89PNG" + b"\0" * 200, "x.dcm")
 
 
 def test_dicom_without_pixel_data_is_refused(tmp_path):

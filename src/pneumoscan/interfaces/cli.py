@@ -126,12 +126,12 @@ def cmd_compare(args) -> int:
 
 
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
-    from pneumoscan.data.imaging import IMAGE_SUFFIXES
+    from pneumoscan.data.imaging import list_input_files
 
     files = []
     for item in inputs:
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files += list_input_files(item)  # every file, whatever its suffix: each gets a row
         else:
             files.append(item)  # a missing or odd file is reported as an error row, not dropped
     return files
