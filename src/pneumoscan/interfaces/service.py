@@ -62,21 +62,22 @@ log = logging.getLogger(__name__)
 FILES_FIELD = "files"
 #: The request header that carries the API key.
 API_KEY_HEADER = "X-API-Key"
-#: Media types a file part may declare; the decoder recognises the format from the bytes, so a
-#: part without a type or with ``application/octet-stream`` is accepted too.
+#: Media types a file part may declare, per format the decoder reads
+#: (:data:`~pneumoscan.data.imaging.SUPPORTED_FORMATS`).
+MEDIA_TYPES: dict[str, tuple[str, ...]] = {
+    "JPEG": ("image/jpeg", "image/jpg", "image/pjpeg"),
+    "PNG": ("image/png", "image/x-png"),
+    "TIFF": ("image/tiff", "image/tif"),
+    "BMP": ("image/bmp", "image/x-bmp", "image/x-ms-bmp"),
+    "WEBP": ("image/webp",),
+    "DICOM": ("application/dicom", "image/dicom"),
+}
+#: What a file part may declare: a type of :data:`MEDIA_TYPES`, or nothing specific (no type,
+#: ``application/octet-stream``), since the decoder recognises the format from the bytes.
 ACCEPTED_MEDIA_TYPES = frozenset(
-    {
-        "",
-        "application/octet-stream",
-        "image/jpeg",
-        "image/jpg",
-        "image/pjpeg",
-        "image/png",
-        "image/x-png",
-        "application/dicom",
-        "image/dicom",
-    }
+    {"", "application/octet-stream", *(t for ts in MEDIA_TYPES.values() for t in ts)}
 )
+_FORMATS = ", ".join(MEDIA_TYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,8 +288,8 @@ def predict_upload(predictor: Predictor, upload: Upload) -> dict[str, Any]:
     outcome: Any
     if upload.content_type not in ACCEPTED_MEDIA_TYPES:
         outcome = (
-            f"unsupported media type {upload.content_type!r}: send JPEG, PNG or DICOM files "
-            "(image/jpeg, image/png, application/dicom or application/octet-stream)"
+            f"unsupported media type {upload.content_type!r}: send {_FORMATS} files (declared as "
+            "their image/... or application/dicom type, or as application/octet-stream)"
         )
     else:
         try:
@@ -478,7 +479,7 @@ def create_app(
             FILES_FIELD: {
                 "type": "array",
                 "items": {"type": "string", "format": "binary"},
-                "description": "JPEG, PNG or DICOM files",
+                "description": f"images: {_FORMATS}",
             }
         },
     }
@@ -532,7 +533,7 @@ def create_app(
             return JSONResponse(body)
         unsupported = all(u.content_type not in ACCEPTED_MEDIA_TYPES for u in uploads)
         detail = (
-            f"none of the {len(rows)} file(s) is a supported image: send JPEG, PNG or DICOM"
+            f"none of the {len(rows)} file(s) is a supported image: send {_FORMATS}"
             if unsupported
             else f"none of the {len(rows)} file(s) could be read; each row's error says why"
         )
