@@ -140,7 +140,11 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
 def cmd_predict(args) -> int:
     from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row, write_rows
 
-    files = _expand_inputs(args.paths)
+    if args.engine == "ray":
+        return _predict_on_ray(args)
+    if args.ray_address is not None or args.ray_actors is not None:
+        raise CommandError("--ray-address and --ray-actors need --engine ray")
+    files = _expand_inputs([Path(p) for p in args.paths])
     if not files:
         raise CommandError("no image files found in the given paths")
     predictor = _load_predictor(args, threshold=args.threshold)
@@ -152,6 +156,8 @@ def cmd_predict(args) -> int:
     ]
     if args.csv:
         write_rows(args.csv, PREDICTION_COLUMNS, rows, digits=4)
+    if args.out:
+        _write_parquet(args.out, rows)
     width = min(60, max(len(r["path"]) for r in rows))
     print(f"{'file':<{width}}  {'P(normal)':>9}  {'P(pneum.)':>9}  {'prediction':<10}  {'confidence':>10}")
     for r in rows:
@@ -173,8 +179,66 @@ def cmd_predict(args) -> int:
     )
     if args.csv:
         print(f"CSV written to {args.csv}")
+    if args.out:
+        print(f"Parquet written to {args.out}")
     print(DISCLAIMER)
     return 1 if failed else 0
+
+
+def _write_parquet(out: Path, rows: list[dict]) -> None:
+    from pneumoscan.inference.batch import write_parquet
+
+    try:
+        write_parquet(out, rows)
+    except ImportError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _predict_on_ray(args) -> int:
+    """``predict --engine ray``: the same rows, scored by Ray actors, committed as they come."""
+    from pneumoscan.inference.batch import expand_uris, is_uri, parts_dir, score_archive
+
+    if args.out is None:
+        raise CommandError(
+            "--engine ray needs --out RESULTS.parquet: rows are committed beside it as they are "
+            "scored, so that an interrupted run resumes"
+        )
+    files: list[str] = []
+    for item in args.paths:
+        files += expand_uris(item) if is_uri(item) else [str(p) for p in _expand_inputs([Path(item)])]
+    if not files:
+        raise CommandError("no image files found in the given paths")
+    try:
+        summary = score_archive(
+            files,
+            args.out,
+            model_path=args.model,
+            threshold=args.threshold,
+            tta=args.tta,
+            csv=args.csv,
+            ray_address=args.ray_address,
+            actors=args.ray_actors,
+            commit_rows=args.commit_rows,
+            progress=not args.quiet,
+            verbose=args.verbose,
+        )
+    except ImportError as exc:
+        raise CommandError(str(exc)) from exc
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: the rows scored so far are kept in {parts_dir(args.out)}; run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    rate = summary.n_scored / summary.seconds if summary.seconds > 0 else 0.0
+    print(
+        f"{summary.n_files} files: {summary.n_scored} scored in this run ({rate:.1f} files/s, Ray start "
+        f"included), {summary.n_resumed} already scored by an earlier run; {summary.n_failed} failed"
+    )
+    print(f"Parquet written to {summary.out}" + (f", CSV to {summary.csv}" if summary.csv else ""))
+    print(DISCLAIMER)
+    return 1 if summary.n_failed else 0
 
 
 def cmd_explain(args) -> int:
@@ -437,10 +501,41 @@ def add_compare_parser(sub) -> None:
 
 
 def add_predict_parser(sub) -> None:
-    p = sub.add_parser("predict", help="predict files or folders (JPEG, PNG, DICOM)")
-    p.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")
+    from pneumoscan.inference.batch import DEFAULT_COMMIT_ROWS
+
+    p = sub.add_parser(
+        "predict",
+        help="predict files or folders (JPEG, PNG, DICOM, ...)",
+        description="Predict files or folders: one row per file. --engine ray scores an archive on "
+        "Ray (a local one, or the cluster at --ray-address), resumably: rerun the same command after "
+        "a crash or Ctrl+C and the files already in --out are skipped.",
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        help="image files or folders (searched recursively); with --engine ray also URIs pyarrow "
+        "reads (s3://bucket/prefix, gs://..., file:///...)",
+    )
     _prediction_args(p)
     p.add_argument("--csv", type=Path, help="write one row per file here")
+    p.add_argument("--out", type=Path, help="write one row per file here as Parquet (needed by --engine ray)")
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: Ray actors, pip install 'pneumoscan[ray]'",
+    )
+    p.add_argument(
+        "--ray-address",
+        help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start Ray on this machine",
+    )
+    p.add_argument("--ray-actors", type=int, help="Predictor actors (default: one per CPU of the cluster)")
+    p.add_argument(
+        "--commit-rows",
+        type=int,
+        default=DEFAULT_COMMIT_ROWS,
+        help="--engine ray: rows per committed part file, at most what a crash loses (default: %(default)s)",
+    )
     _quiet_arg(p)
     p.set_defaults(func=cmd_predict)
 
