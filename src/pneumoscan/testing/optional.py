@@ -1,20 +1,17 @@
 """Optional dependencies in tests: skip where they are missing, fail in CI.
 
-``make test`` installs every extra (``.[dev,ray]``), so in CI (``CI`` set to a true value) a test
-that needs fastapi or ray must fail when it is missing, not pass by skipping; on a developer's
-machine without the extra it is skipped with the command that installs it.
+``make test`` installs every extra (``.[dev,ray]``), so in CI (:func:`pneumoscan.testing.ci.in_ci`) a
+test module that needs fastapi or ray fails to import when it is missing, rather than being skipped
+at collection (which the CI plugin's per-test hook would not see); on a developer's machine without
+the extra it is skipped with the command that installs it.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
-
-def in_ci() -> bool:
-    """True when ``$CI`` is set to anything but an empty string, ``0``, ``false`` or ``no``."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+from pneumoscan.testing.ci import in_ci
 
 
 def require(module: str, *, extra: str) -> ModuleType:
