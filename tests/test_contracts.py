@@ -53,19 +53,19 @@ def test_released_sidecars_exist():
 def test_metadata_defaults_unknown_keys_and_mapping_view(tmp_path):
     names = list(CLASS_NAMES)  # required in a file: the output is never read by position alone
     meta = ModelMetadata.from_json(
-        {"image_size": 64, "threshold": 0.3, "class_names": names, "ensemble": {"members": 5}}
+        {"image_size": 64, "threshold": 0.3, "class_names": names, "future_section": {"members": 5}}
     )
     assert meta.calibration == PlattCalibrator()
-    assert meta.arch is None and meta.split is None and meta.extra == {"ensemble": {"members": 5}}
+    assert meta.arch is None and meta.split is None and meta.extra == {"future_section": {"members": 5}}
     # Unknown sections survive a rewrite; None fields are not written.
     assert meta.to_json() == {
         "image_size": 64,
         "threshold": 0.3,
         "class_names": list(CLASS_NAMES),
         "calibration": {"a": 1.0, "b": 0.0},
-        "ensemble": {"members": 5},
+        "future_section": {"members": 5},
     }
-    assert meta["threshold"] == 0.3 and meta.get("arch") is None and "ensemble" in meta
+    assert meta["threshold"] == 0.3 and meta.get("arch") is None and "future_section" in meta
     assert dict(meta) == meta.to_json()
     changed = meta.updated(threshold=0.4, data_dir="d")
     assert (changed.threshold, changed.data_dir, meta.threshold) == (0.4, "d", 0.3)

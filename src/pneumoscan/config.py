@@ -168,7 +168,10 @@ class TrainConfig:
     unfreeze_blocks: int = 3
     dense_units: int = 128
     dropout: float = 0.5
-    augmented_views: int = 2
+    augmented_views: int = 1
+    # MobileNetV2: a deep ensemble of ``members`` tops on one frozen stem, each trained on all
+    # patient-level folds but its own (cross-fitting); 1 trains one model on a validation split.
+    members: int = 3
     target_recall: float = DEFAULT_TARGET_RECALL
     label_smoothing: float = 0.05
     distribute: str = "none"  # one of DISTRIBUTE_MODES
@@ -187,6 +190,11 @@ class TrainConfig:
             raise ValueError(f"distribute must be one of {DISTRIBUTE_MODES}, got {self.distribute!r}")
         if self.image_size < MIN_IMAGE_SIDE:
             raise ValueError(f"image_size must be at least {MIN_IMAGE_SIDE}, got {self.image_size}")
+        if self.members < 1 or self.members == 2 or self.members > 10:
+            raise ValueError(
+                f"members must be 1 (one model) or 3..10 (an ensemble cross-fitted on that many "
+                f"patient folds), got {self.members}"
+            )
 
     @property
     def split(self) -> SplitConfig:

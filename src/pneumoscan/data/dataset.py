@@ -242,6 +242,46 @@ def train_val_split(samples: Sequence[Sample], split: SplitConfig) -> tuple[list
     return patient_split(subset, val_fraction=split.val_fraction, seed=split.seed)
 
 
+def patient_folds(samples: Sequence[Sample], folds: int, *, seed: int) -> np.ndarray:
+    """Assign every sample to one of ``folds`` patient-level folds, stratified by class.
+
+    Patients (labelled with their majority class) of each class are shuffled with ``seed`` and
+    dealt to the folds in turn, largest fold last, so every fold holds both classes in about the
+    training folder's proportion and no patient is in two folds. Cross-fitting uses it: member
+    ``k`` of an ensemble trains on the other folds and predicts fold ``k``.
+
+    Parameters
+    ----------
+    samples : sequence of Sample
+    folds : int, at least 2
+    seed : int
+
+    Returns
+    -------
+    ndarray of shape (len(samples),), int64
+        The fold of each sample, in ``0 .. folds - 1``.
+    """
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2, got {folds}")
+    by_patient: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        by_patient[s.patient_id].append(i)
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(samples), dtype=np.int64)
+    for label in range(len(CLASS_NAMES)):
+        patients = sorted(
+            p for p, idx in by_patient.items() if round(np.mean([samples[i].label for i in idx])) == label
+        )
+        sizes = np.zeros(folds)
+        for index in rng.permutation(len(patients)):
+            fold = int(np.argmin(sizes))  # the emptiest fold so far: folds stay balanced in images
+            out[by_patient[patients[index]]] = fold
+            sizes[fold] += len(by_patient[patients[index]])
+    if len(by_patient) < folds:
+        raise ValueError(f"{len(by_patient)} patients cannot fill {folds} patient-level folds")
+    return out
+
+
 def class_weights(labels: Sequence[int] | np.ndarray) -> dict[int, float]:
     """Balanced class weights, ``n / (n_classes * count)``, keyed by class index."""
     labels = np.asarray(labels)

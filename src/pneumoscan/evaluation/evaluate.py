@@ -10,6 +10,7 @@ import numpy as np
 
 from pneumoscan.config import DEFAULT_SEED
 from pneumoscan.evaluation.metrics import check_threshold, metrics_report
+from pneumoscan.evaluation.overlap import TrainingDataOverlapError, check_training_overlap
 from pneumoscan.inference.results import LABELLED_COLUMNS, labelled_row, make_prediction, write_rows
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,13 @@ def evaluate_folder(
     n_boot: int = 1000,
     seed: int = DEFAULT_SEED,
     progress: bool = True,
+    allow_training_data: bool = False,
 ) -> dict:
     """Predict every sample, compute the metrics report and write it with its figures.
+
+    First the samples are compared with the model's own training and validation images
+    (:func:`pneumoscan.evaluation.overlap.check_training_overlap`): training images are refused
+    unless ``allow_training_data``, validation images (which chose the model) only mark the report.
 
     Parameters
     ----------
@@ -52,15 +58,23 @@ def evaluate_folder(
         Bootstrap resamples and seed (:func:`bootstrap_ci`).
     progress : bool
         Show a progress bar.
+    allow_training_data : bool
+        Score images the model was trained on anyway; the report says how many.
 
     Returns
     -------
     dict
-        :func:`metrics_report` plus ``skipped`` (``[{"path", "error"}]``), ``model`` (str or None)
-        and ``tta``. Unreadable files are skipped, never fatal.
+        :func:`metrics_report` plus ``skipped`` (``[{"path", "error"}]``), ``model`` (str or None),
+        ``tta``, and the overlap with the model's data: ``overlaps_training_data`` (how many
+        training images were scored; ``None`` when the check could not run), ``chose_the_model``
+        (whether validation images were; ``None`` likewise) and ``data_overlap``
+        (:meth:`OverlapCheck.to_json`). Unreadable files are skipped, never fatal.
 
     Raises
     ------
+    TrainingDataOverlapError
+        Some samples are the model's training images and ``allow_training_data`` is false; raised
+        before anything is predicted or written. A ``ValueError``.
     ValueError
         No samples, or none of them could be read.
     """
@@ -71,6 +85,12 @@ def evaluate_folder(
     if not samples:
         raise ValueError("no images to evaluate: the sample list is empty")
     t = check_threshold(predictor.threshold if threshold is None else threshold)
+    model_path = getattr(predictor, "model_path", None)
+    overlap = check_training_overlap(samples, getattr(predictor, "metadata", None), model_path=model_path)
+    if overlap.training:
+        if not allow_training_data:
+            raise TrainingDataOverlapError(overlap.refusal(len(samples), model_path))
+        log.warning("scoring %d of the model's own training images, as asked", len(overlap.training))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [s.path for s in samples]
@@ -113,10 +133,12 @@ def evaluate_folder(
         n_boot=n_boot,
         seed=seed,
     )
-    model_path = getattr(predictor, "model_path", None)
     report["skipped"] = skipped
     report["model"] = None if model_path is None else str(model_path)
     report["tta"] = bool(tta)
+    report["overlaps_training_data"] = overlap.overlaps_training_data
+    report["chose_the_model"] = overlap.chose_the_model
+    report["data_overlap"] = overlap.to_json()
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
 
     both = 0 < y.sum() < y.size

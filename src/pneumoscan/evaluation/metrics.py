@@ -443,7 +443,11 @@ def fmt_metric(value, digits: int = 3) -> str:
 
 
 def format_metrics_table(metrics: dict) -> str:
-    """A plain-text table of a :func:`metrics_report` (or :func:`binary_metrics`) dict."""
+    """A plain-text table of a :func:`metrics_report` (or :func:`binary_metrics`) dict.
+
+    A report of :func:`pneumoscan.evaluation.evaluate.evaluate_folder` that scored the model's own
+    training or validation images (its ``data_overlap`` entry) starts with a warning saying so.
+    """
     ci = metrics.get("ci95") or {}
     rows = [
         ("Accuracy", "accuracy"),
@@ -484,4 +488,7 @@ def format_metrics_table(metrics: dict) -> str:
     if per_subtype:
         parts = ", ".join(f"{k} {fmt_metric(v)}" for k, v in per_subtype.items())
         lines += ["", f"Recall by pneumonia subtype: {parts}"]
-    return "\n".join(lines)
+    from pneumoscan.evaluation.overlap import overlap_lines
+
+    marks = overlap_lines(metrics)  # training or validation images among those evaluated: said first
+    return "\n".join([*marks, *([""] if marks else []), *lines])

@@ -93,3 +93,29 @@ def stress_report(predictor, x: np.ndarray, y: np.ndarray, *, threshold: float) 
         shifts[name] = {k: m[k] for k in keys}
     worst = {k: min(v[k] for v in shifts.values() if v[k] is not None) for k in keys}
     return {"shifts": shifts, "worst": worst}
+
+
+def stress_from_predictions(y: np.ndarray, p: np.ndarray, shift_names, *, threshold: float) -> dict:
+    """:func:`stress_report`'s result from predictions already made, one shift per image.
+
+    Parameters
+    ----------
+    y : ndarray of shape (n,), 0/1
+    p : ndarray of shape (n,)
+        Calibrated P(pneumonia) of each image under its shift.
+    shift_names : sequence of str, length n
+        Keys of :data:`SHIFTS`.
+    threshold : float
+    """
+    from pneumoscan.evaluation.metrics import binary_metrics
+
+    keys = ("accuracy", "recall", "specificity", "roc_auc")
+    names = np.asarray(shift_names)
+    shifts = {}
+    for name in SHIFTS:
+        held = names == name
+        if held.any():
+            m = binary_metrics(np.asarray(y)[held], np.asarray(p)[held], threshold=threshold)
+            shifts[name] = {k: m[k] for k in keys} | {"n": int(held.sum())}
+    worst = {k: min((v[k] for v in shifts.values() if v[k] is not None), default=None) for k in keys}
+    return {"shifts": shifts, "worst": worst}

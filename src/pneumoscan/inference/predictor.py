@@ -47,14 +47,14 @@ class _LiteRTSession:
         self.batch: int | None = None
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """``(n, s, s, 1)`` -> ``(n,)`` raw model output."""
+        """``(n, s, s, 1)`` -> ``(n, width)`` raw model output (width 1, or an ensemble's)."""
         if self.batch != len(x):
             self.interpreter.resize_tensor_input(self.input["index"], list(x.shape))
             self.interpreter.allocate_tensors()
             self.batch = len(x)
         self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"], copy=False))
         self.interpreter.invoke()  # releases the GIL: sessions in other threads run meanwhile
-        return np.array(self.interpreter.get_tensor(self.output["index"])).reshape(-1)
+        return np.array(self.interpreter.get_tensor(self.output["index"])).reshape(len(x), -1)
 
 
 def source_keras_model(model_path: str | Path, metadata: Mapping) -> Path | None:
@@ -76,6 +76,31 @@ def source_keras_model(model_path: str | Path, metadata: Mapping) -> Path | None
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Details:
+    """Everything a model says about a batch of images, calibrated.
+
+    Attributes
+    ----------
+    p_pneumonia : ndarray of shape (n,), float64
+        Calibrated probability of pneumonia. For an ensemble, the mean of the members' calibrated
+        probabilities.
+    members : ndarray of shape (n, k), float64, or None
+        Each ensemble member's calibrated probability; ``None`` for a single model.
+    spread : ndarray of shape (n,), float64, or None
+        Standard deviation of ``members`` across members (0 when they agree); ``None`` for a
+        single model.
+    embedding : ndarray of shape (n, e), float32, or None
+        The shared frozen stem's pooled features, for the out-of-scope guard; ``None`` when the
+        model has no embedding output.
+    """
+
+    p_pneumonia: np.ndarray
+    members: np.ndarray | None = None
+    spread: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+
+
 @dataclasses.dataclass
 class PathResults:
     """Results of :meth:`Predictor.predict_paths`, aligned with the input paths.
@@ -87,11 +112,17 @@ class PathResults:
         Calibrated; NaN where the file failed.
     errors : list of (str or None)
         ``None`` when the file was read, else why not.
+    spread : ndarray of shape (n,), float64, or None
+        Ensemble member spread (:class:`Details`); NaN where the file failed.
+    embedding : ndarray of shape (n, e), float32, or None
+        Stem embeddings (:class:`Details`); NaN rows where the file failed.
     """
 
     paths: list[Path]
     p_pneumonia: np.ndarray
     errors: list[str | None]
+    spread: np.ndarray | None = None
+    embedding: np.ndarray | None = None
 
     def predictions(self, threshold: float) -> list[Prediction | None]:
         return [
@@ -159,6 +190,10 @@ class Predictor:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         self.calibrator = self.metadata.calibration
+        ensemble = self.metadata.ensemble or {}
+        #: Ensemble members (0 for a single model) and the width of the embedding output.
+        self.members = int(ensemble.get("members", 0))
+        self.embedding_dim = int(ensemble.get("embedding_dim", 0)) if self.members else 0
         self.disclaimer = DISCLAIMER
         self._lock = threading.Lock()
         suffix = self.model_path.suffix.lower()
@@ -225,8 +260,8 @@ class Predictor:
 
     # ------------------------------------------------------------------ arrays
 
-    def predict_raw(self, x: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
-        """Uncalibrated model output.
+    def predict_outputs(self, x: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+        """The model's whole raw output.
 
         Parameters
         ----------
@@ -234,30 +269,58 @@ class Predictor:
 
         Returns
         -------
-        ndarray of shape (n,), float64
+        ndarray of shape (n, width), float64
+            ``width`` is 1 for a single model; for an ensemble ``1 + members + embedding_dim``:
+            the mean raw probability, each member's raw probability, then the embedding.
         """
         x = np.asarray(x)
         expected = (self.image_size, self.image_size, 1)
         if x.ndim != 4 or x.shape[1:] != expected:
             raise ValueError(f"expected images of shape (n, {expected}), got {x.shape}")
+        width = 1 + self.members + self.embedding_dim
         out = []
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size].astype(np.float32)
             if self.backend == "keras":
-                out.append(np.asarray(self._call(batch)).reshape(-1))
+                out.append(np.asarray(self._call(batch)).reshape(len(batch), -1))
             else:
                 out.append(self._raw_litert(batch))
-        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+        if not out:
+            return np.zeros((0, width))
+        outputs = np.concatenate(out).astype(np.float64)
+        if outputs.shape[1] != width:
+            raise ValueError(
+                f"{self.model_path}: the model outputs {outputs.shape[1]} values per image but its sidecar "
+                f"describes {width}; the sidecar does not belong to this model file"
+            )
+        return outputs
+
+    def predict_raw(self, x: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+        """Uncalibrated probability of pneumonia (an ensemble's mean over members), shape ``(n,)``."""
+        return self.predict_outputs(x, batch_size=batch_size)[:, 0]
+
+    def predict_details(self, x: np.ndarray, *, tta: bool = False, batch_size: int = 64) -> Details:
+        """Calibrated probabilities, member spread and embedding of a batch (see :class:`Details`).
+
+        ``tta`` averages the raw outputs over :func:`tta_views` before calibrating.
+        """
+        if tta:
+            views = tta_views(np.asarray(x))
+            outputs = np.mean([self.predict_outputs(v, batch_size=batch_size) for v in views], axis=0)
+        else:
+            outputs = self.predict_outputs(x, batch_size=batch_size)
+        if not self.members:
+            return Details(np.asarray(self.calibrator.transform(outputs[:, 0]), dtype=np.float64))
+        # Each member is calibrated by the map fitted on out-of-fold member predictions, then the
+        # calibrated probabilities are averaged: the mean of calibrated forecasts errs on the
+        # side of caution, never of overconfidence.
+        members = np.asarray(self.calibrator.transform(outputs[:, 1 : 1 + self.members]), dtype=np.float64)
+        embedding = outputs[:, 1 + self.members :].astype(np.float32) if self.embedding_dim else None
+        return Details(members.mean(axis=1), members, members.std(axis=1), embedding)
 
     def predict_proba(self, x: np.ndarray, *, tta: bool = False, batch_size: int = 64) -> np.ndarray:
         """Calibrated probability of PNEUMONIA, shape ``(n,)``; ``tta`` averages :func:`tta_views`."""
-        if tta:
-            raw = np.mean(
-                [self.predict_raw(v, batch_size=batch_size) for v in tta_views(np.asarray(x))], axis=0
-            )
-        else:
-            raw = self.predict_raw(x, batch_size=batch_size)
-        return np.asarray(self.calibrator.transform(raw), dtype=np.float64)
+        return self.predict_details(x, tta=tta, batch_size=batch_size).p_pneumonia
 
     # ------------------------------------------------------------------ images and files
 
@@ -280,6 +343,10 @@ class Predictor:
 
         paths = [Path(p) for p in paths]
         probs = np.full(len(paths), np.nan)
+        spread = np.full(len(paths), np.nan) if self.members else None
+        embedding = (
+            np.full((len(paths), self.embedding_dim), np.nan, np.float32) if self.embedding_dim else None
+        )
         errors: list[str | None] = [None] * len(paths)
         bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress)
 
@@ -307,10 +374,15 @@ class Predictor:
                         arrays.append(result)
                         kept.append(i)
                 if arrays:
-                    probs[kept] = self.predict_proba(np.stack(arrays), tta=tta, batch_size=batch_size)
+                    details = self.predict_details(np.stack(arrays), tta=tta, batch_size=batch_size)
+                    probs[kept] = details.p_pneumonia
+                    if spread is not None:
+                        spread[kept] = details.spread
+                    if embedding is not None:
+                        embedding[kept] = details.embedding
                 bar.update(len(chunk))
         bar.close()
-        return PathResults(paths, probs, errors)
+        return PathResults(paths, probs, errors, spread, embedding)
 
     def __repr__(self) -> str:
         return (

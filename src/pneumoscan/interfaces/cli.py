@@ -101,7 +101,14 @@ def cmd_evaluate(args) -> int:
     if not samples:
         raise CommandError(f"{args.data}: no images found under NORMAL/ and PNEUMONIA/")
     predictor = _load_predictor(args, threshold=args.threshold)
-    metrics = evaluate_folder(samples, predictor, out_dir=args.out, tta=args.tta, progress=not args.quiet)
+    metrics = evaluate_folder(
+        samples,
+        predictor,
+        out_dir=args.out,
+        tta=args.tta,
+        progress=not args.quiet,
+        allow_training_data=args.allow_training_data,
+    )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -111,7 +118,7 @@ def cmd_evaluate(args) -> int:
         for item in metrics["skipped"]:
             print(f"  {item['path']}: {item['error']}")
     print(f"\nmetrics.json and figures written to {args.out}")
-    return 0
+    return 1 if metrics.get("skipped") else 0  # some input failed: the report holds the rest
 
 
 def cmd_compare(args) -> int:
@@ -148,6 +155,8 @@ def cmd_predict(args) -> int:
     if not files:
         raise CommandError("no image files found in the given paths")
     predictor = _load_predictor(args, threshold=args.threshold)
+    if args.csv:  # before predicting, so a CSV path that cannot be made fails fast
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
     results = predictor.predict_paths(files, tta=args.tta, progress=not args.quiet)
     predictions = results.predictions(predictor.threshold)
     rows = [
@@ -429,6 +438,11 @@ _TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
     "finetune_learning_rate": (float, "MobileNetV2 phase 2"),
     "unfreeze_blocks": (int, "top MobileNetV2 blocks to fine-tune"),
     "augmented_views": (int, "augmented copies of each image in the feature cache"),
+    "members": (
+        int,
+        "MobileNetV2: ensemble members, each cross-fitted on all patient folds but its own; 1 trains "
+        "one model on a validation split",
+    ),
     "val_fraction": (float, "share of each class's images held out for validation, by patient"),
     "target_recall": (float, "recall the operating threshold must reach on validation"),
     "seed": (int, "seed of the split, the augmentation and the weights"),
@@ -442,8 +456,10 @@ def add_train_parser(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model into a run folder",
-        description=f"Train {', '.join(ARCHITECTURES)} on a training folder, with a patient-level "
-        "validation split carved from it. Writes model.keras, its .meta.json, config.json, history.csv, "
+        description=f"Train {', '.join(ARCHITECTURES)} on a training folder. MobileNetV2 (the default) "
+        "trains a deep ensemble cross-fitted on patient-level folds, calibrated and thresholded on the "
+        "out-of-fold predictions; the CNNs (and --members 1) use a patient-level validation split "
+        "carved from the folder. Writes model.keras, its .meta.json, config.json, history.csv, "
         "learning_curves.png, validation.json.",
     )
     p.add_argument(
@@ -479,7 +495,10 @@ def add_evaluate_parser(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="metrics, confidence intervals and figures on a labelled folder",
-        description="Evaluate a model on SPLIT_DIR (NORMAL/ and PNEUMONIA/, or a root with test/).",
+        description="Evaluate a model on SPLIT_DIR (NORMAL/ and PNEUMONIA/, or a root with test/). "
+        "Images the model was trained on are refused (compared by path and content with the training "
+        "split its sidecar records); its validation images are scored and the report says so. Exit "
+        "codes: 0 done, 1 done but some files could not be read (listed), 2 bad usage or refused.",
     )
     p.add_argument(
         "--data", type=_existing_dir, required=True, help="labelled split folder, or a root with test/"
@@ -487,6 +506,12 @@ def add_evaluate_parser(sub) -> None:
     _prediction_args(p)
     _out_arg(p, "out/evaluation")
     p.add_argument("--json", type=Path, help="also write metrics.json to this path")
+    p.add_argument(
+        "--allow-training-data",
+        action="store_true",
+        help="score images the model was trained on instead of refusing; the report is marked "
+        "(overlaps_training_data)",
+    )
     _quiet_arg(p)
     p.set_defaults(func=cmd_evaluate)
 

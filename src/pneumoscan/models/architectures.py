@@ -5,7 +5,8 @@ one sigmoid unit, the probability of PNEUMONIA; scaling lives inside the model s
 - :func:`build_baseline_cnn`: a plain CNN from scratch (the seed's step 2: it overfits).
 - :func:`build_regularized_cnn`: smaller, with dropout and global pooling (step 3; augmentation is
   applied by the input pipeline).
-- :func:`build_mobilenetv2`: ImageNet MobileNetV2 with a small head (step 4, the released model).
+- :func:`build_mobilenetv2`: ImageNet MobileNetV2 with a small head (step 4).
+- :func:`build_ensemble`: K MobileNetV2 tops on one frozen stem, in one model (the released model).
 
 :data:`ARCHITECTURES` is the registry, name -> :class:`Architecture`: the training engine builds
 from it, the CLI offers its names, the app shows its labels and the model sidecar is checked
@@ -223,6 +224,57 @@ def architecture(name: str) -> Architecture:
         return ARCHITECTURES[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}") from None
+
+
+def mobilenet_member(cfg: TrainConfig, cut_layer: str, *, name: str, weights: str | None = "imagenet"):
+    """One ensemble member: a fresh ImageNet MobileNetV2 from ``cut_layer`` to the sigmoid.
+
+    Returns
+    -------
+    full : keras.Model
+        The whole MobileNetV2 it was cut from (its ``avg_pool`` and head layers are the member's).
+    top : keras.Model, named ``name``
+        ``cut features -> P(pneumonia)``, the blocks after ``cut_layer`` trainable (BatchNorm
+        frozen, :func:`set_finetune_trainable`), shape ``(n, h, w, c) -> (n, 1)``.
+    """
+    import keras
+
+    full = build_mobilenetv2(
+        cfg.image_size, dense_units=cfg.dense_units, dropout=cfg.dropout, weights=weights
+    )
+    set_finetune_trainable(full, cut_layer)
+    return full, keras.Model(full.get_layer(cut_layer).output, full.output, name=name)
+
+
+def build_ensemble(stem_source: keras.Model, cut_layer: str, members) -> keras.Model:
+    """One model: the frozen stem of ``stem_source`` up to ``cut_layer``, then every member on it.
+
+    The stem runs once per image and the members share its output, so an ensemble of K costs
+    the stem plus K tops. The output is one tensor of shape ``(n, 1 + K + e)``: the mean of the
+    members' probabilities, each member's probability, and the stem's pooled features (the
+    embedding of the out-of-scope guard, ``e`` channels). The sidecar's ``ensemble`` section says
+    how to read it (:class:`~pneumoscan.models.artifacts.ModelMetadata`).
+
+    Parameters
+    ----------
+    stem_source : keras.Model
+        A :func:`build_mobilenetv2` model whose layers up to ``cut_layer`` are the frozen stem.
+    cut_layer : str
+        :func:`mobilenet_cut_layer`.
+    members : sequence of keras.Model
+        Member tops, ``(n, h, w, c) -> (n, 1)``, with distinct names.
+    """
+    import keras
+    from keras import layers
+
+    for layer in stem_source.layers:
+        layer.trainable = False
+    cut = stem_source.get_layer(cut_layer).output
+    probabilities = [member(cut) for member in members]
+    mean = layers.Average(name="ensemble_mean")(probabilities)
+    embedding = layers.GlobalAveragePooling2D(name="embedding")(cut)
+    output = layers.Concatenate(name="ensemble_output")([mean, *probabilities, embedding])
+    return keras.Model(stem_source.input, output, name="pneumoscan_ensemble")
 
 
 def build_model(cfg: TrainConfig, *, weights: str | None = "imagenet") -> keras.Model:

@@ -32,7 +32,12 @@ from typing import Any, ClassVar
 
 from pneumoscan.config import CLASS_NAMES, MIN_IMAGE_SIDE, SplitConfig
 from pneumoscan.models.architectures import architecture
-from pneumoscan.models.calibration import PlattCalibrator
+from pneumoscan.models.calibration import (
+    Calibrator,
+    IsotonicCalibrator,
+    PlattCalibrator,
+    calibrator_from_dict,
+)
 
 SIDECAR_SUFFIX = ".meta.json"
 
@@ -81,8 +86,9 @@ class ModelMetadata(Mapping):
         Operating threshold on the calibrated P(pneumonia).
     class_names : tuple of str
         Must be :data:`~pneumoscan.config.CLASS_NAMES`: the output is P(class 1 = PNEUMONIA).
-    calibration : PlattCalibrator
-        Maps the raw output to a calibrated probability; the identity when the file has none.
+    calibration : PlattCalibrator or IsotonicCalibrator
+        Maps the raw output (each member's, for an ensemble) to a calibrated probability; the
+        identity when the file has none.
     arch : str or None
         A name of :data:`~pneumoscan.models.architectures.ARCHITECTURES`; ``None`` for a model
         built by hand (tests).
@@ -94,6 +100,12 @@ class ModelMetadata(Mapping):
         The training data and a hash of its files (:func:`pneumoscan.data.dataset.fingerprint`).
     validation : mapping of str to number or None, optional
         Validation metrics at the threshold (``n``, ``accuracy``, ``recall``, ...).
+    ensemble : mapping, optional
+        Present for a deep ensemble (:func:`pneumoscan.models.architectures.build_ensemble`): the
+        model's output is then ``(n, 1 + members + embedding_dim)``: the mean raw probability,
+        each member's raw probability, and the embedding of the shared frozen stem. Keys
+        ``members`` (int >= 2), ``embedding_dim`` (int >= 0), and how it was trained (``folds``,
+        ``unfreeze_blocks``, ...).
     export : mapping, optional
         How a LiteRT file was made from a Keras model and checked (``source``, ``quantize``,
         ``check``, ...; :mod:`pneumoscan.training.export`).
@@ -106,13 +118,14 @@ class ModelMetadata(Mapping):
     image_size: int
     threshold: float
     class_names: tuple[str, ...] = CLASS_NAMES
-    calibration: PlattCalibrator = PlattCalibrator()
+    calibration: Calibrator = PlattCalibrator()
     arch: str | None = None
     target_recall: float | None = None
     split: SplitConfig | None = None
     data_dir: str | None = None
     data_fingerprint: str | None = None
     validation: Mapping[str, float | int | None] | None = None
+    ensemble: Mapping[str, Any] | None = None
     export: Mapping[str, Any] | None = None
     pneumoscan_version: str | None = None
     created: str | None = None
@@ -135,7 +148,7 @@ class ModelMetadata(Mapping):
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise the nested values once, here
         set_(self, "class_names", tuple(self.class_names))
-        for name in ("validation", "export", "extra"):
+        for name in ("validation", "ensemble", "export", "extra"):
             if getattr(self, name) is not None:
                 if not isinstance(getattr(self, name), Mapping):
                     raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
@@ -155,8 +168,14 @@ class ModelMetadata(Mapping):
             _is_number(self.target_recall) and 0.0 < self.target_recall <= 1.0
         ):
             raise ValueError(f"target_recall must be a number in (0, 1], got {self.target_recall!r}")
-        if not isinstance(self.calibration, PlattCalibrator):
-            raise ValueError(f"calibration must be a PlattCalibrator, got {self.calibration!r}")
+        if not isinstance(self.calibration, PlattCalibrator | IsotonicCalibrator):
+            raise ValueError(f"calibration must be a calibration map, got {self.calibration!r}")
+        if self.ensemble is not None:
+            members, dim = self.ensemble.get("members"), self.ensemble.get("embedding_dim", 0)
+            if not (isinstance(members, int) and not isinstance(members, bool) and members >= 2):
+                raise ValueError(f"ensemble.members must be an integer >= 2, got {members!r}")
+            if not (isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0):
+                raise ValueError(f"ensemble.embedding_dim must be an integer >= 0, got {dim!r}")
         if self.split is not None and not isinstance(self.split, SplitConfig):
             raise ValueError(f"split must be a SplitConfig, got {self.split!r}")
         if self.arch is not None:
@@ -192,12 +211,12 @@ class ModelMetadata(Mapping):
         values: dict[str, Any] = {k: data[k] for k in cls._PLAIN if data.get(k) is not None}
         values["class_names"] = tuple(data.get("class_names") or ())
         if data.get("calibration") is not None:
-            values["calibration"] = PlattCalibrator.from_dict(data["calibration"])
+            values["calibration"] = calibrator_from_dict(data["calibration"])
         if data.get("split") is not None:
             if not isinstance(data["split"], Mapping):
                 raise ValueError(f"split must be a mapping, got {data['split']!r}")
             values["split"] = SplitConfig.from_dict(dict(data["split"]))
-        for key in ("validation", "export"):
+        for key in ("validation", "ensemble", "export"):
             if data.get(key) is not None:
                 values[key] = data[key]
         values["extra"] = {k: v for k, v in data.items() if k not in known}
@@ -210,7 +229,7 @@ class ModelMetadata(Mapping):
         out["calibration"] = self.calibration.to_dict()
         if self.split is not None:
             out["split"] = self.split.to_dict()
-        for key in ("validation", "export"):
+        for key in ("validation", "ensemble", "export"):
             if getattr(self, key) is not None:
                 out[key] = _thawed(getattr(self, key))
         out.update(_thawed(self.extra))

@@ -89,17 +89,17 @@ class _RestoreBest(keras.callbacks.Callback):
 
     Parameters
     ----------
-    monitor : str
-        The logged metric to maximise, e.g. ``"val_auc"``.
+    monitor : str or None
+        The logged metric to maximise, e.g. ``"val_auc"``; ``None`` keeps the last epoch.
     """
 
-    def __init__(self, monitor: str = "val_auc"):
+    def __init__(self, monitor: str | None = "val_auc"):
         super().__init__()
         self.monitor = monitor
         self.best, self.best_weights, self.best_epoch = -np.inf, None, None
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
+        value = (logs or {}).get(self.monitor) if self.monitor else None
         if value is not None and value > self.best:
             self.best, self.best_epoch = value, epoch
             self.best_weights = self.model.get_weights()
@@ -145,6 +145,10 @@ class _Phase:
     epochs: int
     learning_rate: float
     augment: object = None
+    # Keep the epoch with the best validation AUC. Off for cross-fitted ensemble members, whose
+    # "validation" is the fold they predict out of fold: choosing on it would flatter those
+    # predictions, and every calibration and threshold fitted on them.
+    restore_best: bool = True
 
 
 class Trainer:
@@ -250,7 +254,7 @@ class Trainer:
             )
         else:
             val_ds = make_dataset(phase.val_x, phase.val_y, batch_size=val_batch)
-        restore_best = _RestoreBest("val_auc")
+        restore_best = _RestoreBest("val_auc" if phase.restore_best else None)
         with self.timed(f"fit_{phase.name}", len(phase.train_y) * phase.epochs):
             history = self._fit(phase, train_ds, val_ds, balanced, restore_best)
         done.parent.mkdir(parents=True, exist_ok=True)
@@ -543,9 +547,19 @@ def write_history(files: RunFolder, rows: list[dict], phase_boundaries: list[int
     )
 
 
+def trainer_for(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, *, progress: bool = True):
+    """The engine for ``cfg``: the cross-fitted ensemble for a pretrained architecture with
+    ``members > 1`` (:mod:`pneumoscan.training.ensemble`), else one model on a validation split."""
+    if cfg.members > 1 and architecture(cfg.arch).pretrained:
+        from pneumoscan.training.ensemble import EnsembleTrainer
+
+        return EnsembleTrainer(cfg, data_dir, run_dir, progress=progress)
+    return Trainer(cfg, data_dir, run_dir, progress=progress)
+
+
 def train(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, *, progress: bool = True) -> dict:
     """Train ``cfg.arch`` on ``data_dir`` into ``run_dir``; returns the validation metrics."""
-    return Trainer(cfg, data_dir, run_dir, progress=progress).run()
+    return trainer_for(cfg, data_dir, run_dir, progress=progress).run()
 
 
 def resume(run_dir: str | Path, *, progress: bool = True) -> dict:
@@ -556,4 +570,4 @@ def resume(run_dir: str | Path, *, progress: bool = True) -> dict:
         raise FileNotFoundError(f"{config_path} not found: is {run_dir} a pneumoscan run folder?")
     record = json.loads(config_path.read_text())
     cfg = TrainConfig.from_dict(record)
-    return Trainer(cfg, record["data_dir"], run_dir, progress=progress).run(resume=True)
+    return trainer_for(cfg, record["data_dir"], run_dir, progress=progress).run(resume=True)

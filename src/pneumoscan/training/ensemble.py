@@ -1,0 +1,388 @@
+"""The released recipe: a deep ensemble on one frozen MobileNetV2 stem, cross-fitted.
+
+The training folder is cut into K patient-level folds (:func:`~pneumoscan.data.dataset.patient_folds`).
+Member ``k`` trains on every fold but ``k`` and predicts fold ``k``, so every training image gets
+one out-of-fold (OOF) prediction from a member that never saw its patient. Calibration (the method
+chosen on evidence, :func:`~pneumoscan.models.calibration.choose_calibrator`) and the operating
+threshold are fitted on all of them, clean and under an acquisition shift
+(:data:`~pneumoscan.evaluation.robustness.SHIFTS`, one per image), instead of on a few hundred
+clean validation images the model separates almost perfectly.
+
+What it costs: the frozen stem (MobileNetV2 up to the last frozen block) runs once per image and
+view for all members together; each member trains its own top blocks and head on that cache
+(:class:`~pneumoscan.training.engine.Trainer` phases, fixed epochs: no epoch is chosen on the
+fold a member predicts). The members are then put on the stem in one Keras model
+(:func:`~pneumoscan.models.architectures.build_ensemble`) whose output also carries each member's
+probability and the stem's embedding.
+
+Honest reading of the OOF numbers (``validation.json``): each image is scored by *one* member,
+so they describe a single cross-fitted member, not the averaged ensemble, which no image of the
+training folder can score without having been seen; and the recipe (epochs, members, views) was
+chosen on a patient split of the same folder, so they are optimistic for a new intake.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import shutil
+import time
+
+import keras
+import numpy as np
+
+from pneumoscan import __version__
+from pneumoscan.data.dataset import (
+    DecodedSet,
+    class_weights,
+    decode_samples,
+    discover_split,
+    fingerprint,
+    patient_folds,
+    stratified_subset,
+)
+from pneumoscan.evaluation import figures
+from pneumoscan.evaluation import metrics as metrics_lib
+from pneumoscan.evaluation.robustness import SHIFTS, stress_from_predictions
+from pneumoscan.models.architectures import build_ensemble, mobilenet_cut_layer, mobilenet_member
+from pneumoscan.models.artifacts import ModelMetadata
+from pneumoscan.models.calibration import choose_calibrator
+from pneumoscan.plotting import save as save_figure
+from pneumoscan.training.engine import (
+    SIDECAR_VALIDATION_METRICS,
+    Trainer,
+    _Phase,
+    _strategy,
+    package_versions,
+    write_history,
+)
+
+log = logging.getLogger(__name__)
+
+#: Metrics summarised over the members (each on the fold it predicts out of fold).
+MEMBER_METRICS = ("roc_auc", "recall", "specificity", "ece", "brier")
+
+
+@dataclasses.dataclass
+class OutOfFold:
+    """Out-of-fold raw predictions of the members, aligned with the training images.
+
+    Attributes
+    ----------
+    fold : ndarray of shape (n,), int
+        The fold of each image (= the member that predicted it).
+    clean, shifted : ndarray of shape (n,), float64
+        Raw P(pneumonia) of the image as it is, and under its acquisition shift.
+    shift_names : list of str, length n
+        Which :data:`~pneumoscan.evaluation.robustness.SHIFTS` entry each image got.
+    """
+
+    fold: np.ndarray
+    clean: np.ndarray
+    shifted: np.ndarray
+    shift_names: list[str]
+
+
+def assign_shifts(n: int, *, seed: int) -> list[str]:
+    """One acquisition shift per image, each shift given to about ``n / len(SHIFTS)`` images."""
+    names = list(SHIFTS)
+    order = np.random.default_rng(seed).permutation(n)
+    out = [""] * n
+    for rank, i in enumerate(order):
+        out[i] = names[rank % len(names)]
+    return out
+
+
+def apply_shifts(x: np.ndarray, shift_names: list[str]) -> np.ndarray:
+    """``x`` (n, s, s, 1) uint8 with image ``i`` re-rendered by ``SHIFTS[shift_names[i]]``."""
+    out = np.empty_like(x)
+    names = np.asarray(shift_names)
+    for name, transform in SHIFTS.items():
+        idx = np.flatnonzero(names == name)
+        if idx.size:
+            out[idx] = transform(x[idx])
+    return out
+
+
+class EnsembleTrainer(Trainer):
+    """Trains the cross-fitted ensemble into ``run_dir``; see the module docstring.
+
+    ``cfg.members`` is the number of folds and members; the other options are those of the
+    single MobileNetV2 recipe (:class:`~pneumoscan.config.TrainConfig`).
+    """
+
+    # ------------------------------------------------------------------ data
+
+    def load_all(self) -> tuple[DecodedSet, np.ndarray]:
+        """Every image of the training folder (or ``cfg.limit`` of them) and its fold."""
+        cfg = self.cfg
+        samples = stratified_subset(discover_split(self.data_dir, prefer="train"), cfg.limit, seed=cfg.seed)
+        with self.timed("decode", len(samples)):
+            data = decode_samples(samples, cfg.image_size, progress=self.progress)
+        self.fingerprint = fingerprint(samples)
+        folds = patient_folds(data.samples, cfg.members, seed=cfg.seed)
+        for k in range(cfg.members):
+            if len(set(data.y[folds == k].tolist())) < 2:
+                raise ValueError(
+                    f"{self.data_dir}: fold {k} of {cfg.members} holds one class only "
+                    f"({len(data.y)} images); use more images or fewer --members"
+                )
+        return data, folds
+
+    def write_config(self, data: DecodedSet, folds: np.ndarray) -> None:
+        record = {
+            **self.cfg.to_dict(),
+            "data_dir": str(self.data_dir),
+            "data_fingerprint": self.fingerprint,
+            "crossfit": {
+                "folds": self.cfg.members,
+                "images": len(data.y),
+                "patients": len({s.patient_id for s in data.samples}),
+                "images_by_fold_and_class": [
+                    np.bincount(data.y[folds == k], minlength=2).tolist() for k in range(self.cfg.members)
+                ],
+            },
+            "class_weight": class_weights(data.y) if self.cfg.imbalance == "class_weight" else None,
+            "skipped": [{"path": str(s.path), "error": e} for s, e in data.skipped],
+            "versions": package_versions(),
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        self.files.config.write_text(json.dumps(record, indent=2) + "\n")
+
+    def cache_views(self, stem, data: DecodedSet, shift_names: list[str]) -> dict[str, np.ndarray]:
+        """Stem features of every image: ``clean``, ``augmented`` (views stacked) and ``shifted``."""
+        cfg = self.cfg
+        n_views = 2 + cfg.augmented_views
+        with self.timed("stem_features", len(data.y) * n_views):
+            clean = self.stem_features(stem, data.x, augment=False, seed=cfg.seed, desc="stem (clean)")
+            augmented = [
+                self.stem_features(
+                    stem, data.x, augment=True, seed=cfg.seed + 101 * (v + 1), desc=f"stem (view {v + 1})"
+                )
+                for v in range(cfg.augmented_views)
+            ]
+            shifted = self.stem_features(
+                stem, apply_shifts(data.x, shift_names), augment=False, seed=cfg.seed, desc="stem (shifted)"
+            )
+        return {"clean": clean, "augmented": augmented, "shifted": shifted}
+
+    # ------------------------------------------------------------------ members
+
+    def train_member(self, k: int, cut: str, views: dict, pooled: dict, y: np.ndarray, folds: np.ndarray):
+        """Fit member ``k`` on every fold but ``k``; returns its top (cut features -> probability)."""
+        cfg = self.cfg
+        keras.utils.set_random_seed(cfg.seed + 1000 * (k + 1))  # members differ in seed and in data
+        with self.strategy.scope():
+            full, top = mobilenet_member(cfg, cut, name=f"member_{k}")
+        train, held = folds != k, folds == k
+        n_train_views = 1 + cfg.augmented_views
+        train_y = np.tile(y[train], n_train_views)
+        pooled_layer = full.get_layer("avg_pool").output
+        head = keras.Model(pooled_layer, full.output, name=f"member_{k}_head")
+        self.fit_phase(
+            _Phase(
+                f"member{k}_head",
+                head,
+                np.concatenate([pooled["clean"][train], *(p[train] for p in pooled["augmented"])]),
+                train_y,
+                pooled["clean"][held],
+                y[held],
+                cfg.head_epochs,
+                cfg.head_learning_rate,
+                restore_best=False,
+            )
+        )
+        if cfg.finetune_epochs > 0:
+            self.fit_phase(
+                _Phase(
+                    f"member{k}_finetune",
+                    top,
+                    np.concatenate([views["clean"][train], *(v[train] for v in views["augmented"])]),
+                    train_y,
+                    views["clean"][held],
+                    y[held],
+                    cfg.finetune_epochs,
+                    cfg.finetune_learning_rate,
+                    restore_best=False,
+                )
+            )
+        return top
+
+    def out_of_fold(self, tops, views: dict, folds: np.ndarray, shift_names: list[str]) -> OutOfFold:
+        clean = np.zeros(len(folds))
+        shifted = np.zeros(len(folds))
+        for k, top in enumerate(tops):
+            held = folds == k
+            for out, key in ((clean, "clean"), (shifted, "shifted")):
+                x = views[key][held].astype(np.float32)
+                out[held] = top.predict(x, batch_size=256, verbose=0).reshape(-1)
+        return OutOfFold(folds, clean, shifted, shift_names)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, *, resume: bool = False) -> dict:
+        cfg = self.cfg
+        if not self.arch.pretrained:
+            raise ValueError(f"an ensemble needs a pretrained architecture; {cfg.arch!r} is not one")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and self.files.model.exists():
+            raise FileExistsError(f"{self.run_dir} already holds a finished run; choose another --out")
+        if not resume:
+            shutil.rmtree(self.files.checkpoints, ignore_errors=True)
+            shutil.rmtree(self.files.backup, ignore_errors=True)
+        keras.utils.set_random_seed(cfg.seed)
+        data, folds = self.load_all()
+        self.write_config(data, folds)
+        self.strategy = _strategy(cfg.distribute)
+        start = time.perf_counter()
+        with self.strategy.scope():
+            base = self.arch.build(cfg)
+        cut = mobilenet_cut_layer(base, cfg.unfreeze_blocks)
+        stem = keras.Model(base.input, base.get_layer(cut).output, name="stem")
+        shift_names = assign_shifts(len(data.y), seed=cfg.seed)
+        views = self.cache_views(stem, data, shift_names)
+        # The head phase of every member starts on the frozen top's pooled features: the same
+        # ImageNet weights for all members, so computed once.
+        frozen_top = keras.Model(base.get_layer(cut).output, base.get_layer("avg_pool").output)
+        with self.timed("pooled_features", len(data.y) * (1 + cfg.augmented_views)):
+            pooled = {
+                "clean": frozen_top.predict(views["clean"].astype(np.float32), batch_size=256, verbose=0),
+                "augmented": [
+                    frozen_top.predict(v.astype(np.float32), batch_size=256, verbose=0)
+                    for v in views["augmented"]
+                ],
+            }
+        tops = []
+        for k in range(cfg.members):
+            with self.timed(f"member_{k}", int((folds != k).sum()) * (1 + cfg.augmented_views)):
+                tops.append(self.train_member(k, cut, views, pooled, data.y, folds))
+        oof = self.out_of_fold(tops, views, folds, shift_names)
+        del views, pooled
+        with self.timed("finalise", len(data.y)):
+            model = build_ensemble(base, cut, tops)
+            metrics = self.finalise_ensemble(model, data, oof)
+        self.timings["total_after_decode"] = {"seconds": round(time.perf_counter() - start, 2)}
+        self.files.timings.write_text(json.dumps(self.timings, indent=2) + "\n")
+        return metrics
+
+    def finalise_ensemble(self, model, data: DecodedSet, oof: OutOfFold) -> dict:
+        """Calibrate and choose the threshold on the OOF predictions; write the model and reports."""
+        from pneumoscan.inference.predictor import Predictor
+
+        cfg = self.cfg
+        groups = [s.patient_id for s in data.samples]
+        y2 = np.r_[data.y, data.y]
+        p2 = np.r_[oof.clean, oof.shifted]
+        calibrator, calibration_evidence = choose_calibrator(y2, p2, groups=groups + groups, seed=cfg.seed)
+        threshold = metrics_lib.threshold_for_recall(
+            y2, calibrator.transform(p2), target_recall=cfg.target_recall
+        )
+        metrics = oof_metrics(data, oof, calibrator, threshold, seed=cfg.seed)
+        metrics["calibration"] = {
+            **calibrator.to_dict(),
+            "method": calibrator.method,
+            "fitted_on": "out-of-fold predictions, each image clean and under one acquisition shift",
+            "cross_validated": calibration_evidence,
+            "ece_before": metrics_lib.expected_calibration_error(data.y, oof.clean),
+            "ece_after": metrics_lib.expected_calibration_error(data.y, calibrator.transform(oof.clean)),
+        }
+        embedding_dim = int(model.output.shape[-1]) - 1 - cfg.members
+        meta = ModelMetadata(
+            image_size=cfg.image_size,
+            threshold=threshold,
+            calibration=calibrator,
+            arch=cfg.arch,
+            target_recall=cfg.target_recall,
+            data_dir=str(self.data_dir),
+            data_fingerprint=self.fingerprint,
+            validation={k: metrics[k] for k in SIDECAR_VALIDATION_METRICS},
+            ensemble={
+                "members": cfg.members,
+                "embedding_dim": embedding_dim,
+                "folds": cfg.members,
+                "fold_seed": cfg.seed,
+                "limit": cfg.limit,
+                "unfreeze_blocks": cfg.unfreeze_blocks,
+                "combine": "mean of the members' calibrated probabilities",
+                "validation": "out-of-fold: each training image scored by the member that did not see it",
+            },
+            pneumoscan_version=__version__,
+            created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        )
+        model.save(self.files.model)
+        meta.write(self.files.model)
+        metrics["serving_check"] = serving_check(Predictor(self.files.model), data, oof)
+        self.files.validation.write_text(json.dumps(metrics, indent=2) + "\n")
+        write_oof_predictions(self.files.validation_predictions, data, oof, calibrator, threshold)
+        if self.history_rows:
+            write_history(self.files, self.history_rows, self.phase_boundaries)
+        save_figure(
+            figures.reliability_figure(data.y, oof.clean, calibrator.transform(oof.clean)),
+            self.files.reliability,
+        )
+        shutil.rmtree(self.files.backup, ignore_errors=True)
+        return metrics
+
+
+def oof_metrics(data: DecodedSet, oof: OutOfFold, calibrator, threshold: float, *, seed: int) -> dict:
+    """``validation.json`` of an ensemble: OOF metrics with patient-bootstrap CIs, per shift, per member."""
+    p_clean = calibrator.transform(oof.clean)
+    p_shifted = calibrator.transform(oof.shifted)
+    metrics = metrics_lib.metrics_report(
+        data.y,
+        p_clean,
+        threshold=threshold,
+        groups=[s.patient_id for s in data.samples],
+        subtypes=[s.subtype for s in data.samples],
+        seed=seed,
+    )
+    metrics["split"] = (
+        "out-of-fold over the whole training folder (each image scored by the one cross-fitted member "
+        "that did not see its patient); the same data chose the threshold and the calibration"
+    )
+    metrics["stress"] = stress_from_predictions(data.y, p_shifted, oof.shift_names, threshold=threshold)
+    shifted = metrics_lib.binary_metrics(data.y, p_shifted, threshold=threshold)
+    metrics["shifted"] = {
+        k: shifted[k] for k in ("accuracy", "recall", "specificity", "roc_auc", "ece", "brier")
+    }
+    per_member = []
+    for k in range(int(oof.fold.max()) + 1):
+        held = oof.fold == k
+        m = metrics_lib.binary_metrics(data.y[held], p_clean[held], threshold=threshold)
+        per_member.append({"member": k, "n": int(held.sum()), **{key: m[key] for key in MEMBER_METRICS}})
+    metrics["members"] = {
+        "each": per_member,
+        "mean": {k: float(np.mean([m[k] for m in per_member])) for k in MEMBER_METRICS},
+        "sd": {k: float(np.std([m[k] for m in per_member], ddof=1)) for k in MEMBER_METRICS},
+    }
+    return metrics
+
+
+def serving_check(predictor, data: DecodedSet, oof: OutOfFold, *, n: int = 64) -> dict:
+    """Score a few training images through the saved model and the Predictor, and compare each
+    member's output with the OOF prediction made on the cached stem features.
+
+    They differ only by the float16 feature cache; a large difference means the saved model is
+    not the one that was validated.
+    """
+    idx = np.linspace(0, len(data.y) - 1, min(n, len(data.y))).astype(int)
+    outputs = predictor.predict_outputs(data.x[idx])
+    served = outputs[np.arange(len(idx)), 1 + oof.fold[idx]]
+    diff = float(np.max(np.abs(served - oof.clean[idx])))
+    if diff > 0.02:
+        log.warning("served member outputs differ from the OOF predictions by up to %.4f", diff)
+    return {"images": int(len(idx)), "max_abs_diff": diff, "passed": diff <= 0.02}
+
+
+def write_oof_predictions(path, data: DecodedSet, oof: OutOfFold, calibrator, threshold: float) -> None:
+    """``validation_predictions.csv`` of an ensemble: one OOF row per training image."""
+    from pneumoscan.inference.results import VALIDATION_COLUMNS, labelled_row, make_prediction, write_rows
+
+    p = calibrator.transform(oof.clean)
+    rows = (
+        {**labelled_row(s, make_prediction(pk, threshold)), "p_raw": r}
+        for s, r, pk in zip(data.samples, oof.clean, p, strict=True)
+    )
+    write_rows(path, VALIDATION_COLUMNS, rows, digits=6)
