@@ -123,6 +123,7 @@ def test_model_card(client, predictor):
     assert card["architecture"] == "regularized" and card["backend"] == "litert"
     assert card["image_size"] == SIZE
     assert card["validation"]["roc_auc"] == 0.5
+    assert card["ensemble"] is None and card["calibration"] is not None
     assert card["independent"] is None  # the tiny model's sidecar records no independent figures
     assert card["export"]["format"] == "tflite"
     assert card["version"]["model_pneumoscan_version"] == "test"
@@ -279,7 +280,7 @@ def test_an_unexpected_failure_is_an_error_row_not_a_500(client, predictor, monk
     answer = client.post(URL, files=files(("odd.jpeg", jpeg(1)), ("fine.jpeg", jpeg(2))))
     assert answer.status_code == 200
     odd, fine = answer.json()["predictions"]
-    assert odd["error"] == "could not process this file (RuntimeError); the server logged the failure"
+    assert odd["error"] == "could not process this file (RuntimeError); the failure was logged"
     assert fine["error"] == ""
 
 

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import time
+import traceback
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -127,6 +128,46 @@ def read_rows(files: Iterable[str | Path], *, columns: Sequence[str] | None = No
     return rows
 
 
+# --------------------------------------------------------------------------- one file's row
+
+
+def bytes_row(predictor, data: bytes, *, name: str, tta: bool = False) -> dict[str, Any]:
+    """The row of one in-memory file: its prediction, or why there is none. Never raises for bad
+    input. The one bytes-to-row step of the HTTP service and the Ray actors.
+
+    A file the decoder refuses gets the decoder's reason, as in ``pneumoscan predict``; any other
+    failure (a bug, an exotic file) gets an error row too, and is logged by exception type and
+    traceback only, since a message may quote the file (a DICOM tag, pixel bytes).
+
+    Parameters
+    ----------
+    predictor : Predictor
+    data : bytes
+        The whole file.
+    name : str
+        The ``path`` of the row; its suffix helps recognise DICOM.
+    tta : bool
+        Test-time augmentation.
+
+    Returns
+    -------
+    dict
+        Exactly the keys of :data:`~pneumoscan.inference.results.PREDICTION_COLUMNS`, in order.
+    """
+    try:
+        outcome: Any = predictor.predict_bytes(data, name=name, tta=tta)
+    except ImageDecodeError as exc:
+        outcome = exc.reason
+    except Exception as exc:  # one odd file must not fail the others
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        log.error(
+            "a file failed with %s (message withheld: it may quote the file)\n%s", type(exc).__name__, frames
+        )
+        outcome = f"could not process this file ({type(exc).__name__}); the failure was logged"
+    row = prediction_row(name, outcome, threshold=predictor.threshold)
+    return {column: row[column] for column in PREDICTION_COLUMNS}
+
+
 # --------------------------------------------------------------------------- the actors
 
 
@@ -156,21 +197,11 @@ class PredictorActor:
         self.tta = tta
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, list[str]]:
-        rows = []
-        for path, data in zip(batch["path"], batch["bytes"], strict=True):
-            rows.append(json.dumps(self.row(str(path), bytes(data))))
+        rows = [
+            json.dumps(bytes_row(self.predictor, bytes(data), name=str(path), tta=self.tta))
+            for path, data in zip(batch["path"], batch["bytes"], strict=True)
+        ]
         return {"row": rows}
-
-    def row(self, path: str, data: bytes) -> dict[str, Any]:
-        """The row of one file's bytes; a file that cannot be used is an error row, never a crash."""
-        try:
-            outcome = self.predictor.predict_bytes(data, name=path, tta=self.tta)
-        except ImageDecodeError as exc:
-            outcome = exc.reason
-        except Exception as exc:  # one odd file in a million must not stop the archive
-            log.error("%s failed with %s", path, type(exc).__name__)
-            outcome = f"could not process this file ({type(exc).__name__}: {exc})"
-        return prediction_row(path, outcome, threshold=self.predictor.threshold)
 
 
 # --------------------------------------------------------------------------- the run

@@ -52,7 +52,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from pneumoscan import __version__
 from pneumoscan.config import DISCLAIMER, default_app_model_path
-from pneumoscan.data.imaging import ImageDecodeError, decode_workers
+from pneumoscan.data.imaging import decode_workers
+from pneumoscan.inference.batch import bytes_row
 from pneumoscan.inference.predictor import Predictor
 from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row
 
@@ -285,26 +286,13 @@ def predict_upload(predictor: Predictor, upload: Upload) -> dict[str, Any]:
     dict
         Exactly the keys of :data:`~pneumoscan.inference.results.PREDICTION_COLUMNS`, in order.
     """
-    outcome: Any
-    if upload.content_type not in ACCEPTED_MEDIA_TYPES:
-        outcome = (
-            f"unsupported media type {upload.content_type!r}: send {_FORMATS} files (declared as "
-            "their image/... or application/dicom type, or as application/octet-stream)"
-        )
-    else:
-        try:
-            outcome = predictor.predict_bytes(bytes(upload.data), name=upload.name)
-        except ImageDecodeError as exc:
-            outcome = exc.reason
-        except Exception as exc:  # one odd file must not fail the others; logged without its data
-            frames = "".join(traceback.format_tb(exc.__traceback__))
-            log.error(
-                "a file failed with %s (message withheld: it may quote the file)\n%s",
-                type(exc).__name__,
-                frames,
-            )
-            outcome = f"could not process this file ({type(exc).__name__}); the server logged the failure"
-    row = prediction_row(upload.name, outcome, threshold=predictor.threshold)
+    if upload.content_type in ACCEPTED_MEDIA_TYPES:
+        return bytes_row(predictor, bytes(upload.data), name=upload.name)
+    refusal = (
+        f"unsupported media type {upload.content_type!r}: send {_FORMATS} files (declared as "
+        "their image/... or application/dicom type, or as application/octet-stream)"
+    )
+    row = prediction_row(upload.name, refusal, threshold=predictor.threshold)
     return {column: row[column] for column in PREDICTION_COLUMNS}
 
 
@@ -324,7 +312,8 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
         "class_names": list(meta.class_names),
         "threshold": predictor.threshold,
         "target_recall": meta.target_recall,
-        "calibration": {"method": "platt", "a": meta.calibration.a, "b": meta.calibration.b},
+        "calibration": _plain(meta.to_json().get("calibration")),
+        "ensemble": _plain(meta.ensemble),
         "validation": _plain(meta.validation),
         "independent": _plain(meta.get("independent")),
         "export": {
