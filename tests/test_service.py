@@ -266,6 +266,9 @@ def test_malformed_multipart_is_400(client):
         URL, content=b"\x00garbage\r\n--zz", headers={"content-type": "multipart/form-data; boundary=zz"}
     )
     assert garbage.status_code == 400 and "malformed multipart" in garbage.json()["detail"]
+    body, content_type = _multipart([("a.jpeg", jpeg())])
+    cut = client.post(URL, content=body[:-40], headers={"content-type": content_type})
+    assert cut.status_code == 400 and "closing boundary" in cut.json()["detail"]
 
 
 def test_an_unexpected_failure_is_an_error_row_not_a_500(client, predictor, monkeypatch):

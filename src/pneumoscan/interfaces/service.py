@@ -194,7 +194,7 @@ async def read_uploads(request: Request, limits: ServiceLimits) -> list[Upload]:
 
     uploads: list[Upload] = []
     unexpected: list[str] = []
-    state: dict[str, Any] = {"part": None, "field": b"", "value": b"", "headers": {}}
+    state: dict[str, Any] = {"part": None, "field": b"", "value": b"", "headers": {}, "ended": False}
 
     def on_part_begin() -> None:
         state["headers"] = {}
@@ -230,6 +230,9 @@ async def read_uploads(request: Request, limits: ServiceLimits) -> list[Upload]:
         if state["part"] is not None:
             state["part"].data += data[start:end]
 
+    def on_end() -> None:
+        state["ended"] = True
+
     parser = MultipartParser(
         boundary,
         {
@@ -239,6 +242,7 @@ async def read_uploads(request: Request, limits: ServiceLimits) -> list[Upload]:
             "on_header_end": on_header_end,
             "on_headers_finished": on_headers_finished,
             "on_part_data": on_part_data,
+            "on_end": on_end,
         },
     )
     received = 0
@@ -253,6 +257,12 @@ async def read_uploads(request: Request, limits: ServiceLimits) -> list[Upload]:
         raise RequestError(
             400, f"malformed multipart body ({exc}); let the HTTP client build it (e.g. curl -F)"
         ) from None
+    if not state["ended"]:
+        raise RequestError(
+            400,
+            "the multipart body ended before its closing boundary (a truncated upload?); send the "
+            "whole request again",
+        )
     if unexpected:
         names = ", ".join(sorted({repr(n) for n in unexpected}))
         raise RequestError(
