@@ -5,10 +5,11 @@ Measured, in one run:
 
 - the baseline: the in-process Predictor (``predict_bytes``) on the same 224-px files, from N
   threads, the same concurrency as the client (and from one thread, for reference);
-- the service: N connections sending one image per request (``POST /v1/predictions``), every
-  tenth request malformed (a corrupt image, a body that is not multipart, a misnamed field, too
-  many files, a truncated multipart body, a text file); then full-size images (upscaled to about
-  2000 px, PNG and JPEG) the same way;
+- the service: N connections (a minimal asyncio HTTP/1.1 client; ``--client httpx`` for httpx)
+  sending one image per request (``POST /v1/predictions``), every tenth request malformed (a
+  corrupt image, a body that is not multipart, a misnamed field, too many files, a truncated
+  multipart body, a text file); then full-size images (upscaled to about 2000 px, PNG and JPEG)
+  the same way;
 - for good requests: failures (anything but a 200 with the row the in-process Predictor gives for
   that file, bit for bit), latency p50/p95/p99, throughput and its ratio to the baseline;
 - for malformed ones: answers other than the expected 4xx (a 5xx or a dropped connection fails);
@@ -184,30 +185,79 @@ class Phase:
         return [r for r in self.results if r.kind == "good"]
 
 
-async def run_phase(url: str, requests: list[Request], concurrency: int, expected_rows: dict) -> Phase:
+class RawConnection:
+    """A minimal HTTP/1.1 keep-alive client connection on asyncio streams.
+
+    The load generator shares this machine's cores with the server; httpx spent about 3 ms of CPU
+    per request here (against the server's ~13), so the default client is this one (~0.3 ms):
+    the benchmark then measures the server, not the client. ``--client httpx`` uses httpx.
+    """
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        try:
+            self.writer.write(head + body)
+            await self.writer.drain()
+            status_line, *lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            headers = dict(line.lower().split(": ", 1) for line in lines if ": " in line)
+            data = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        except (OSError, asyncio.IncompleteReadError):
+            await self.close()
+            raise
+        if headers.get("connection") == "close":
+            await self.close()
+        return int(status_line.split()[1]), data
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = self.reader = None
+
+
+async def run_phase(
+    url: str, requests: list[Request], concurrency: int, expected_rows: dict, *, client: str = "raw"
+) -> Phase:
     """Send ``requests`` over ``concurrency`` connections; check every answer."""
+    import urllib.parse
+
     import httpx
 
     queue: asyncio.Queue[Request] = asyncio.Queue()
     for r in requests:
         queue.put_nowait(r)
     phase = Phase()
+    parsed = urllib.parse.urlsplit(url)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=120) as shared:
 
         async def worker():
+            raw = RawConnection(parsed.hostname, parsed.port)
             while True:
                 try:
                     req = queue.get_nowait()
                 except asyncio.QueueEmpty:
+                    await raw.close()
                     return
                 t0 = time.perf_counter()
                 try:
-                    resp = await client.post(
-                        url, content=req.body, headers={"content-type": req.content_type}
-                    )
-                    status, body = resp.status_code, resp.content
-                except httpx.HTTPError as exc:
+                    if client == "raw":
+                        status, body = await raw.post(parsed.path, req.body, req.content_type)
+                    else:
+                        resp = await shared.post(
+                            url, content=req.body, headers={"content-type": req.content_type}
+                        )
+                        status, body = resp.status_code, resp.content
+                except (httpx.HTTPError, OSError, asyncio.IncompleteReadError) as exc:
                     status, body = 0, repr(exc).encode()
                 t1 = time.perf_counter()
                 ok, problem = check(req, status, body, expected_rows)
@@ -316,7 +366,7 @@ class Block:
         return self.service_rate / self.base_rate
 
 
-def run_blocks(url, predictor, images, requests, n_blocks, concurrency, rows) -> list[Block]:
+def run_blocks(url, predictor, images, requests, n_blocks, concurrency, rows, client) -> list[Block]:
     size = -(-len(requests) // n_blocks)
     blocks = []
     for start in range(0, len(requests), size):
@@ -324,7 +374,8 @@ def run_blocks(url, predictor, images, requests, n_blocks, concurrency, rows) ->
         base_n, base_s = in_process(
             predictor, images, [r.name for r in chunk if r.kind == "good"], concurrency
         )
-        blocks.append(Block(asyncio.run(run_phase(url, chunk, concurrency, rows)), base_n, base_s))
+        phase = asyncio.run(run_phase(url, chunk, concurrency, rows, client=client))
+        blocks.append(Block(phase, base_n, base_s))
     return blocks
 
 
@@ -361,6 +412,12 @@ def main(argv: list[str] | None = None) -> int:
         "--full-size", type=int, default=300, help="full-size requests (default: %(default)s)"
     )
     parser.add_argument("--concurrency", type=int, default=8, help="connections (default: %(default)s)")
+    parser.add_argument(
+        "--client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="raw: a minimal asyncio HTTP/1.1 client (default; light on the shared cores); httpx",
+    )
     parser.add_argument(
         "--warmup", type=int, default=100, help="224-px and full-size requests each, before RSS is first read"
     )
@@ -402,7 +459,13 @@ def main(argv: list[str] | None = None) -> int:
             # allocator's first reach for full-size buffers.
             for images, seed in ((small, 1), (full, 4)):
                 asyncio.run(
-                    run_phase(url, request_mix(images, args.warmup, seed=seed), args.concurrency, rows)
+                    run_phase(
+                        url,
+                        request_mix(images, args.warmup, seed=seed),
+                        args.concurrency,
+                        rows,
+                        client=args.client,
+                    )
                 )
             rss_start = rss_mb(proc.pid)
             sampler.start()
@@ -414,9 +477,17 @@ def main(argv: list[str] | None = None) -> int:
                 BLOCKS,
                 args.concurrency,
                 rows,
+                args.client,
             )
             full_blocks = run_blocks(
-                url, predictor, full, request_mix(full, args.full_size, seed=3), 2, args.concurrency, rows
+                url,
+                predictor,
+                full,
+                request_mix(full, args.full_size, seed=3),
+                2,
+                args.concurrency,
+                rows,
+                args.client,
             )
             rss_end = rss_mb(proc.pid)
         finally:
@@ -445,8 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     growth = rss_end - rss_start
     print(
         f"service: {total} requests over {args.concurrency} connections ({2 * args.warmup} warm-up), "
-        f"10 % malformed; each block of requests follows an in-process run ({args.concurrency} threads) "
-        "on the same good images"
+        f"10 % malformed, {args.client} client; each block of requests follows an in-process run "
+        f"({args.concurrency} threads) on the same good images"
     )
     for label, phase, service, base, r in (
         ("224 px", main_phase, rate, base_rate, ratio),
