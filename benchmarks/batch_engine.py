@@ -12,7 +12,10 @@ Measured:
 
 Ray on one machine pays for its scheduler, the object store, the actors' start-up and the
 committed output; that price buys scaling out and resuming, and this benchmark says what it is.
-Verdict: PASS when the rows are identical and Ray keeps >= 0.5x the single process's throughput.
+The job's throughput includes a fixed cost per job (Ray's start, the actors' start-up), which a
+short job of 50 files measures; the rate of each further file is what an archive of millions runs
+at. Verdict: PASS when the rows are identical and each file beyond the fixed cost runs at >= 0.7x
+the single process's rate; the job's own ratio is printed beside it.
 
 Images: ``--n`` (default 1000) real 224-px JPEGs from ``../shared/data/chest_xray/train``, else
 generated ones in a temporary folder. Model: ``--model`` (default: the bundled LiteRT export, what
@@ -35,7 +38,9 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_TRAIN = REPO_ROOT.parent / "shared" / "data" / "chest_xray" / "train"
-TARGET_RATIO = 0.5
+TARGET_RATIO = 0.7
+#: Files of the short job that measures a job's fixed cost.
+FEW = 50
 
 
 def pick_files(n: int, tmp: Path) -> tuple[list[str], str]:
@@ -87,13 +92,17 @@ def main(argv: list[str] | None = None) -> int:
             include_dashboard=False,
             object_store_memory=LOCAL_OBJECT_STORE_BYTES,
             logging_level="warning",
+            log_to_driver=False,
         )
         ray_start = time.perf_counter() - t0
         try:
+            # A short job first: what a job costs before its first file (actors' start-up, planning).
+            few = score_archive(files[:FEW], tmp / "few.parquet", model_path=model, progress=False)
             summary = score_archive(files, tmp / "out.parquet", model_path=model, progress=False)
         finally:
             ray.shutdown()
         ray_rate = len(files) / summary.seconds
+        marginal = (len(files) - FEW) / (summary.seconds - few.seconds)
         rows = read_rows([tmp / "out.parquet"])
 
     same_paths = [r["path"] for r in rows] == files
@@ -101,20 +110,26 @@ def main(argv: list[str] | None = None) -> int:
     same_values = same_paths and np.array_equal(ray_p, local.p_pneumonia, equal_nan=True)
     same_errors = same_paths and [r["error"] or None for r in rows] == local.errors
     ratio = ray_rate / local_rate
+    print(f"Ray, local on {cores} cores: start {ray_start:.1f} s; a job of {FEW} files {few.seconds:.1f} s")
     print(
-        f"Ray, local on {cores} cores: start {ray_start:.1f} s, then {summary.seconds:.1f} s for the job "
-        f"(actors' start-up and output included): {ray_rate:.1f} images/s, {ray_rate / cores:.1f} per core"
+        f"  the job of {len(files)}: {summary.seconds:.1f} s (actors' start-up and output included), "
+        f"{ray_rate:.1f} images/s = {ray_rate / cores:.1f} per core; each file beyond the first {FEW}: "
+        f"{marginal:.1f} images/s = {marginal / cores:.1f} per core"
     )
     with_start = len(files) / (summary.seconds + ray_start) / local_rate
-    print(f"Ray / local throughput: {ratio:.2f}x; counting Ray's start too: {with_start:.2f}x")
     print(
-        f"rows: {len(rows)} for {len(files)} files; identical paths, probabilities (bit for bit) and errors: "
-        f"{same_paths and same_values and same_errors}"
+        f"Ray / local throughput: {ratio:.2f}x for the job; {with_start:.2f}x counting Ray's start; "
+        f"{marginal / local_rate:.2f}x per file once the job runs"
     )
-    ok = same_paths and same_values and same_errors and ratio >= TARGET_RATIO
+    print(
+        f"rows: {len(rows)} for {len(files)} files; identical paths, probabilities (bit for bit) and "
+        f"errors: {same_paths and same_values and same_errors}"
+    )
+    ok = same_paths and same_values and same_errors and marginal / local_rate >= TARGET_RATIO
     print(
         f"verdict: {'PASS' if ok else 'FAIL'} (same rows: {same_paths and same_values and same_errors}; "
-        f"Ray at {ratio:.2f}x the single process, target >= {TARGET_RATIO}x on one machine)"
+        f"Ray at {marginal / local_rate:.2f}x the single process per file once running, target >= "
+        f"{TARGET_RATIO}x; {ratio:.2f}x for the whole job of {len(files)})"
     )
     return 0 if ok else 1
 
