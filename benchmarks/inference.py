@@ -20,7 +20,12 @@ X-ray-like JPEGs. Model: ``--model`` (default the bundled model); when it does n
 *untrained* MobileNetV2 head on ImageNet weights is built in a temporary folder so the benchmark
 still runs (speed does not depend on training; the agreement check then compares untrained outputs).
 
-Run: ``python benchmarks/inference.py [--model M.keras] [--n 256]``.
+With ``--single-model S.tflite`` (a single model's LiteRT export with its sidecar, e.g. the release
+before the ensemble), that model is timed in the same run and the ensemble's fastest passing
+backend is compared with it: an ensemble must keep >= 60 % of the single model's batch throughput
+and of its single-image speed (p50 end to end).
+
+Run: ``python benchmarks/inference.py [--model M.keras] [--n 256] [--single-model S.tflite]``.
 """
 
 from __future__ import annotations
@@ -207,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="validation images of the export check (default: all, as `pneumoscan export` does)",
     )
+    parser.add_argument(
+        "--single-model",
+        type=Path,
+        default=None,
+        help="a single model's .tflite (with sidecar) to compare the ensemble with, in the same run",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -325,7 +336,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not trained:
         print("  (untrained model: speeds are representative, the agreement check is on untrained outputs)")
-    return 0 if ok_tp and ok_lat else 1
+    ok_single = compare_with_single(args.single_model, r, fastest, files, blobs, reps)
+    return 0 if ok_tp and ok_lat and ok_single else 1
+
+
+#: Share of a single model's speed an ensemble must keep (throughput and single-image p50).
+MIN_ENSEMBLE_SPEED_SHARE = 0.60
+
+
+def compare_with_single(single: Path | None, r: dict, name: str, files, blobs, reps: int) -> bool:
+    """Time the single model's export now, in the same run, and compare ``r`` (the ensemble's
+    fastest passing backend ``name``) with it. True when there is nothing to compare."""
+    if single is None:
+        return True
+    from pneumoscan.inference.predictor import Predictor
+
+    print(f"\nsingle model for comparison: {single} ...", flush=True)
+    s = bench_predictor(Predictor(single), files, blobs, reps)
+    share_tp = r["throughput"] / s["throughput"]
+    share_p50 = percentile_ms(s["e2e"], 50) / percentile_ms(r["e2e"], 50)
+    ok = share_tp >= MIN_ENSEMBLE_SPEED_SHARE and share_p50 >= MIN_ENSEMBLE_SPEED_SHARE
+    print(
+        f"  single model: e2e p50 {percentile_ms(s['e2e'], 50):.2f} ms, batch {s['throughput']:.1f} img/s\n"
+        f"  ensemble ({name}): e2e p50 {percentile_ms(r['e2e'], 50):.2f} ms, "
+        f"batch {r['throughput']:.1f} img/s\n"
+        f"  ensemble keeps {share_tp:.0%} of the throughput and {share_p50:.0%} of the single-image speed "
+        f"(target >= {MIN_ENSEMBLE_SPEED_SHARE:.0%} each): {'MET' if ok else 'MISSED'}"
+    )
+    return ok
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ pytest_plugins = ["pytester"]  # tests/test_ci.py runs pytest on generated test 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The real training data, ``../shared/data/chest_xray`` beside the repository checkout, unless
-#: ``$PNEUMOSCAN_SHARED_DATA`` names another folder. Absent on a user's machine: tests skip.
+#: ``$PNEUMOSCAN_SHARED_DATA`` names another folder. Absent on a user's machine: tests skip (fail in CI).
 SHARED_DATA = Path(
     os.environ.get("PNEUMOSCAN_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data" / "chest_xray"
 )
@@ -54,9 +54,22 @@ def make_tree(tmp_path: Path) -> TreeFactory:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real ``chest_xray`` folder; skips the test when it is not on this machine."""
+    """The real ``chest_xray`` folder; skips the test when it is not on this machine (a failure
+    under ``CI=true``, :mod:`pneumoscan.testing.ci`)."""
     if not (SHARED_DATA / "train").is_dir():
         pytest.skip(
             f"real data not found at {SHARED_DATA} (set PNEUMOSCAN_SHARED_DATA to its chest_xray folder)"
         )
     return SHARED_DATA
+
+
+#: The out-of-scope development set (adult frontal, lateral, CT), beside ``chest_xray``.
+OOD_DATA = SHARED_DATA.parent / "ood"
+
+
+@pytest.fixture(scope="session")
+def ood_data() -> Path:
+    """The ``ood`` development set (``adult_frontal/``, ``lateral/``, ``ct/``); skips when absent."""
+    if not (OOD_DATA / "adult_frontal").is_dir():
+        pytest.skip(f"out-of-scope development set not found at {OOD_DATA}")
+    return OOD_DATA

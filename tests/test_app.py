@@ -97,7 +97,8 @@ def texts(elements) -> list[str]:
 
 
 def headlines(at: AppTest) -> list[str]:
-    return [m for m in texts(at.markdown) if "Pneumonia suspected" in m or "No pneumonia detected" in m]
+    """The decision headline of each result (markdown level-4 headings)."""
+    return [m for m in texts(at.markdown) if m.startswith("####")]
 
 
 # --------------------------------------------------------------------------- the page
@@ -129,7 +130,7 @@ def test_one_upload_gives_probabilities_prediction_threshold_and_disclaimer(app)
     (headline,) = headlines(app)
     assert "confidence" in headline and "%" in headline
     captions = texts(app.caption)
-    assert any("Operating threshold 0.50" in c and "false alarms" in c for c in captions)
+    assert any("Operating threshold 0.50" in c and "uncertain when" in c for c in captions)
     assert any(DISCLAIMER in c for c in captions)  # next to the prediction, not only at the top
     assert len(app.image) == 1
     assert not app.dataframe  # one file: no table
@@ -149,7 +150,7 @@ def test_bad_files_are_named_and_the_good_one_is_still_served(app):
     assert len(errors) == 5
     by_file = {e.split("**")[1]: e for e in errors}
     assert "not a recognised image" in by_file["notes.png"]
-    assert "corrupt or truncated" in by_file["truncated.png"]
+    assert "corrupt or undecodable PNG data" in by_file["truncated.png"]  # the README's wording
     assert "too small" in by_file["pixel.png"]
     assert "too large" in by_file["bomb.png"]
     assert "empty" in by_file["empty.jpg"]
@@ -171,7 +172,18 @@ def test_several_files_give_a_table_and_a_csv_download(app):
     upload(app, *[(f"xray-{i}.png", png_bytes(xray_image(seed=i))) for i in range(3)])
     assert len(app.progress) == 6 and len(headlines(app)) == 3
     table = app.dataframe[0].value
-    assert list(table.columns) == ["file", "P(normal)", "P(pneumonia)", "prediction", "confidence", "error"]
+    assert list(table.columns) == [
+        "file",
+        "P(normal)",
+        "P(pneumonia)",
+        "prediction",
+        "confidence",
+        "decision",
+        "uncertainty",
+        "in_scope",
+        "scope_reason",
+        "error",
+    ]
     assert list(table["file"]) == ["xray-0.png", "xray-1.png", "xray-2.png"]
     p_normal, p_pneumonia = (table[c].str.rstrip("%").astype(float) for c in ("P(normal)", "P(pneumonia)"))
     assert np.allclose(p_normal + p_pneumonia, 100.0, atol=0.11)
@@ -183,7 +195,7 @@ def test_several_files_give_a_table_and_a_csv_download(app):
 def test_colour_photograph_is_refused(app):
     upload(app, ("holiday.jpg", colour_photo()))
     (error,) = texts(app.error)
-    assert "holiday.jpg" in error and "colour photograph" in error
+    assert "holiday.jpg" in error and "colour image: not a radiograph" in error
     assert not app.progress and not headlines(app)
 
 
@@ -304,17 +316,19 @@ def test_default_app_model_is_the_bundled_litert_export(monkeypatch):
 # --------------------------------------------------------------------------- helpers of the page
 
 
-def test_verdict_wording_including_a_flag_below_fifty_percent():
+@pytest.mark.parametrize("threshold", [0.3, 0.9123794438495197])  # a low one and the released model's
+def test_verdict_never_states_an_outcome_below_fifty_percent(threshold):
     from pneumoscan.inference.predictor import make_prediction
     from pneumoscan.interfaces.app import verdict
 
-    headline, note = verdict(make_prediction(0.93, 0.3))
+    headline, note = verdict(make_prediction(0.93, threshold))
     assert headline == "Pneumonia suspected — confidence 93\u00a0%" and note is None
-    headline, note = verdict(make_prediction(0.1, 0.3))
+    headline, note = verdict(make_prediction(0.1, threshold))
     assert headline == "No pneumonia detected — confidence 90\u00a0%" and note is None
-    headline, note = verdict(make_prediction(0.35, 0.3))
-    assert headline == "Pneumonia suspected — confidence 35\u00a0%"
-    assert "threshold of 30.0\u00a0%" in note and "normal chest more likely" in note
+    between = (threshold + 0.5) / 2  # between 0.5 and the threshold: the issue's 15 % case
+    headline, note = verdict(make_prediction(between, threshold))
+    assert headline == "Uncertain — needs a closer look" and "confidence" not in headline
+    assert f"operating threshold of {100 * threshold:.1f}\u00a0%" in note and "clinician" in note
 
 
 def test_results_csv_has_one_row_per_file():
@@ -326,6 +340,10 @@ def test_results_csv_has_one_row_per_file():
         {"name": "b.txt", "prediction": None, "error": "not a recognised image"},
     ]
     lines = results_csv(rows).decode().splitlines()
-    assert lines[0] == "file,P(normal),P(pneumonia),prediction,confidence,threshold,error"
-    assert lines[1] == "a.png,0.2000,0.8000,PNEUMONIA,0.8000,0.3000,"
-    assert lines[2] == "b.txt,,,,,,not a recognised image"
+    header = (
+        "file,P(normal),P(pneumonia),prediction,confidence,threshold,decision,uncertainty,in_scope,"
+        "scope_reason,error"
+    )
+    assert lines[0] == header
+    assert lines[1] == "a.png,0.2000,0.8000,PNEUMONIA,0.8000,0.3000,pneumonia suspected,,True,,"
+    assert lines[2] == "b.txt,,,,,,,,,,not a recognised image"

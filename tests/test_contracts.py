@@ -149,6 +149,17 @@ def _csv(columns, rows, digits) -> list[dict]:
     return list(csv.DictReader(io.StringIO(buffer.getvalue())))
 
 
+def test_refused_non_radiograph_row_has_a_reason_and_no_probabilities():
+    from pneumoscan.inference.scope import REASON_COLOUR, ScopeCheck
+
+    row = prediction_row("photo.jpg", ScopeCheck(False, radiograph=False, reason=REASON_COLOUR))
+    assert row["decision"] == "out of scope" and row["in_scope"] is False
+    assert row["scope_reason"] == REASON_COLOUR and row["p_pneumonia"] is None and row["error"] == ""
+    flagged = make_prediction(0.7, 0.9, scope=ScopeCheck(False, True, "unlike the training images"))
+    row = prediction_row("adult.png", flagged)
+    assert row["in_scope"] is False and row["p_pneumonia"] == 0.7 and row["decision"] == "uncertain"
+
+
 def test_prediction_row_round_trips_through_csv():
     good = prediction_row(Path("a.png"), make_prediction(0.8, 0.3))
     bad = prediction_row("b.txt", "not a recognised image", threshold=0.3)
@@ -163,6 +174,10 @@ def test_prediction_row_round_trips_through_csv():
         "label": "PNEUMONIA",
         "confidence": "0.8000",
         "threshold": "0.3000",
+        "decision": "pneumonia suspected",
+        "uncertainty": "",
+        "in_scope": "True",
+        "scope_reason": "",
         "error": "",
     }
     assert read[1] == {**{k: "" for k in PREDICTION_COLUMNS}, "path": "b.txt", "threshold": "0.3000"} | {

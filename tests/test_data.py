@@ -286,3 +286,30 @@ def test_real_training_split(shared_data):
     for label in (0, 1):
         share = sum(s.label == label for s in val) / sum(s.label == label for s in train)
         assert cfg.val_fraction <= share < cfg.val_fraction + 0.01
+
+
+def test_patient_folds_keep_patients_together_and_both_classes_in_every_fold(make_tree):
+    from pneumoscan.data.dataset import patient_folds
+
+    samples = discover_split(make_tree(TINY_FOLD_NAMES) / "train", prefer="train")
+    folds = patient_folds(samples, 3, seed=5)
+    assert folds.shape == (len(samples),) and set(folds.tolist()) == {0, 1, 2}
+    by_patient = {}
+    for s, f in zip(samples, folds, strict=True):
+        assert by_patient.setdefault(s.patient_id, f) == f, f"{s.patient_id} is in two folds"
+    for k in range(3):
+        assert {s.label for s, f in zip(samples, folds, strict=True) if f == k} == {0, 1}
+    sizes = np.bincount(folds)
+    assert sizes.max() - sizes.min() <= 3  # dealt to the emptiest fold: balanced in images
+    assert (patient_folds(list(reversed(samples)), 3, seed=5)[::-1] == folds).all()
+    assert not (patient_folds(samples, 3, seed=6) == folds).all()
+    with pytest.raises(ValueError, match="at least 2"):
+        patient_folds(samples, 1, seed=5)
+
+
+TINY_FOLD_NAMES = {
+    "train": {
+        "NORMAL": [f"IM-{100 + i:04d}-0001.jpeg" for i in range(9)] + ["IM-0100-0002.jpeg"],
+        "PNEUMONIA": [f"person{i}_bacteria_{i}.jpeg" for i in range(1, 13)] + ["person1_virus_99.jpeg"],
+    }
+}

@@ -66,8 +66,8 @@ def test_predict_raw_rejects_wrong_shapes(predictor):
 
 
 def test_label_threshold_confidence_semantics():
-    flagged = make_prediction(0.3, 0.25)
-    assert flagged.label == "PNEUMONIA" and flagged.confidence == pytest.approx(0.3)
+    flagged = make_prediction(0.3, 0.25)  # at the threshold, yet P(pneumonia) < 0.5: not stated
+    assert flagged.label == "PNEUMONIA" and flagged.decision == "uncertain" and flagged.confidence is None
     assert flagged.p_normal + flagged.p_pneumonia == pytest.approx(1.0)
     normal = make_prediction(0.2, 0.25)
     assert normal.label == "NORMAL" and normal.confidence == pytest.approx(0.8)

@@ -51,6 +51,7 @@ def tiny_config(arch: str, **overrides) -> TrainConfig:
         augmented_views=1,
         val_fraction=0.3,
         seed=7,
+        members=1,  # one model on a validation split; the ensemble has tests of its own below
     )
     return TrainConfig(**{**options, **overrides})
 
@@ -197,3 +198,109 @@ def test_mobilenetv2_trains_on_a_slice_of_the_real_data(shared_data, tmp_path):
     metrics = train(cfg, shared_data / "train", tmp_path / "run", progress=False)
     assert metrics["n"] >= 10
     assert np.isfinite(metrics["brier"])
+
+
+# --------------------------------------------------------------------------- the ensemble
+
+
+def tiny_ensemble_config(**overrides) -> TrainConfig:
+    return tiny_config("mobilenetv2", members=3, **overrides)
+
+
+@pytest.mark.slow
+@needs_weights
+def test_ensemble_is_cross_fitted_and_serves_its_members(make_tree, tmp_path):
+    from pneumoscan.inference.predictor import Predictor
+
+    data = make_tree(TINY_NAMES, size=(80, 72))
+    run_dir = tmp_path / "ens"
+    metrics = train(tiny_ensemble_config(), data / "train", run_dir, progress=False)
+
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), f"{name} missing from the run folder"
+    config = json.loads((run_dir / "config.json").read_text())
+    folds = config["crossfit"]["images_by_fold_and_class"]
+    assert len(folds) == 3 and all(n_normal > 0 and n_pneumonia > 0 for n_normal, n_pneumonia in folds)
+    assert sum(map(sum, folds)) == 25 == metrics["n"]  # every image has an out-of-fold prediction
+    assert len((run_dir / "validation_predictions.csv").read_text().splitlines()) == 1 + 25
+    assert metrics["serving_check"]["passed"], metrics["serving_check"]
+    assert metrics["calibration"]["cross_validated"]["chosen"] == metrics["calibration"]["method"]
+    assert len(metrics["members"]["each"]) == 3
+    assert set(metrics["stress"]["shifts"]) and metrics["recall"] is not None
+
+    predictor = Predictor(run_dir / "model.keras")
+    assert predictor.members == 3 and predictor.metadata.ensemble["members"] == 3
+    # Weights only: no optimizer state saved with the members (it would triple the file).
+    n_weights = sum(int(np.prod(w.shape)) for w in predictor.model.weights)
+    assert (run_dir / "model.keras").stat().st_size < 4 * n_weights * 1.2
+    x = np.stack([np.full((64, 64, 1), v, np.uint8) for v in (40, 120, 200)])
+    details = predictor.predict_details(x)
+    assert details.members.shape == (3, 3) and details.embedding.shape == (3, predictor.embedding_dim)
+    np.testing.assert_allclose(details.p_pneumonia, details.members.mean(axis=1))
+    np.testing.assert_allclose(details.spread, details.members.std(axis=1))
+    assert ((details.p_pneumonia > 0) & (details.p_pneumonia < 1)).all()
+
+
+@pytest.mark.slow
+@needs_weights
+def test_ensemble_resume_skips_the_members_already_trained(make_tree, tmp_path, monkeypatch):
+    from pneumoscan.training import ensemble
+
+    data = make_tree(TINY_NAMES)
+    run_dir = tmp_path / "ens"
+    real = ensemble.EnsembleTrainer.train_member
+    trained = []
+
+    def crash_on_member_1(self, k, *args, **kwargs):
+        if k == 1:
+            raise KeyboardInterrupt("simulated interruption in member 1")
+        return real(self, k, *args, **kwargs)
+
+    monkeypatch.setattr(ensemble.EnsembleTrainer, "train_member", crash_on_member_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_ensemble_config(), data / "train", run_dir, progress=False)
+    assert (run_dir / "checkpoints" / "member0_finetune.weights.h5").is_file()
+    assert not (run_dir / "model.keras").exists()
+
+    from pneumoscan.training import engine
+
+    real_fit = engine.Trainer._fit
+
+    def spy_fit(self, phase, *args, **kwargs):
+        trained.append(phase.name)
+        return real_fit(self, phase, *args, **kwargs)
+
+    monkeypatch.setattr(ensemble.EnsembleTrainer, "train_member", real)
+    monkeypatch.setattr(engine.Trainer, "_fit", spy_fit)
+    resume(run_dir, progress=False)
+    assert (run_dir / "model.keras").is_file()
+    assert trained == ["member1_head", "member1_finetune", "member2_head", "member2_finetune"]
+
+
+@pytest.mark.slow
+@needs_weights
+def test_mirrored_strategy_trains_the_default_recipe(make_tree, tmp_path):
+    data = make_tree(TINY_NAMES)
+    script = f"""
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pneumoscan.config import TrainConfig
+from pneumoscan.training.engine import train, _strategy
+print("replicas", _strategy("mirrored").num_replicas_in_sync)
+default = TrainConfig()
+cfg = TrainConfig(arch=default.arch, members=default.members, image_size=64, batch_size=8, head_epochs=1,
+                  finetune_epochs=1, seed=7, distribute="mirrored")
+train(cfg, {str(data / "train")!r}, {str(tmp_path / "run")!r}, progress=False)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "replicas 2" in result.stdout
+    meta = json.loads((tmp_path / "run" / "model.meta.json").read_text())
+    assert meta["ensemble"]["members"] == TrainConfig().members > 1

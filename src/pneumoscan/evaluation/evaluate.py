@@ -12,6 +12,7 @@ from pneumoscan.config import DEFAULT_SEED
 from pneumoscan.evaluation.metrics import check_threshold, metrics_report
 from pneumoscan.evaluation.overlap import TrainingDataOverlapError, check_training_overlap
 from pneumoscan.inference.results import LABELLED_COLUMNS, labelled_row, make_prediction, write_rows
+from pneumoscan.inference.scope import IN_SCOPE
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,59 @@ GALLERY_SIZE = 12
 
 
 # --------------------------------------------------------------------------- evaluate a folder
+
+
+def scope_report(samples, predictions, ok, probs, threshold, *, n_boot: int, seed: int) -> dict:
+    """How many images the out-of-scope guard flagged, the decisions, and metrics on in-scope ones.
+
+    Returns
+    -------
+    dict
+        ``flagged`` (images out of scope, radiographs or not), ``not_radiograph``, ``reasons``
+        (reason -> count), ``decisions`` (outcome -> count) and ``in_scope`` (the metrics of
+        :func:`metrics_report` on the scored images the guard kept; ``None`` when it flagged none,
+        as they equal the main report, or kept none).
+    """
+    from collections import Counter
+
+    from pneumoscan.inference.results import Prediction
+
+    reasons: Counter[str] = Counter()
+    decisions: Counter[str] = Counter()
+    keep = np.zeros(len(samples), bool)
+    not_radiograph = 0
+    for i, outcome in enumerate(predictions):
+        if isinstance(outcome, str):
+            continue
+        if isinstance(outcome, Prediction):
+            decisions[outcome.decision] += 1
+            keep[i] = outcome.in_scope and ok[i]
+            if not outcome.in_scope:
+                reasons[outcome.scope_reason] += 1
+        else:  # a ScopeCheck refusing a non-radiograph
+            not_radiograph += 1
+            decisions["out of scope"] += 1
+            reasons[outcome.reason] += 1
+    flagged = int(sum(reasons.values()))
+    in_scope = None
+    if flagged and keep.any():
+        kept = [s for s, k in zip(samples, keep, strict=True) if k]
+        in_scope = metrics_report(
+            np.array([s.label for s in kept], dtype=np.int64),
+            probs[keep],
+            threshold=threshold,
+            groups=[s.patient_id for s in kept],
+            subtypes=[s.subtype for s in kept],
+            n_boot=n_boot,
+            seed=seed,
+        )
+    return {
+        "flagged": flagged,
+        "not_radiograph": not_radiograph,
+        "reasons": dict(reasons),
+        "decisions": dict(decisions),
+        "in_scope": in_scope,
+    }
 
 
 def evaluate_folder(
@@ -102,19 +156,35 @@ def evaluate_folder(
             f"predictor returned {probs.shape[0]} probabilities and {len(errors)} errors "
             f"for {len(samples)} files"
         )
+    scope = list(getattr(results, "scope", None) or [IN_SCOPE] * len(samples))
+    spread = getattr(results, "spread", None)
+    band = getattr(predictor, "band", None)
+    if band is not None:
+        try:
+            band.check(t)
+        except ValueError:
+            band = None  # a --threshold the stored band does not fit: the minimal band at t
+    refused = [c if not c.radiograph else None for c in scope]
     for i in np.flatnonzero(~np.isfinite(probs)):
-        if errors[i] is None:
+        if errors[i] is None and refused[i] is None:
             errors[i] = "the model returned no finite probability"
-    ok = np.array([e is None for e in errors])
+    ok = np.array([e is None and r is None for e, r in zip(errors, refused, strict=True)])
     skipped = [
         {"path": str(s.path), "error": e} for s, e in zip(samples, errors, strict=True) if e is not None
     ]
     for item in skipped:
         log.warning("skipped %s: %s", item["path"], item["error"])
-    rows = (
-        labelled_row(s, make_prediction(p, t) if e is None else e)
-        for s, p, e in zip(samples, probs, errors, strict=True)
-    )
+
+    def outcome(i: int):
+        if errors[i] is not None:
+            return errors[i]
+        if refused[i] is not None:
+            return refused[i]
+        sp = None if spread is None else spread[i]
+        return make_prediction(probs[i], t, band=band, spread=sp, scope=scope[i])
+
+    predictions = [outcome(i) for i in range(len(samples))]
+    rows = (labelled_row(s, o) for s, o in zip(samples, predictions, strict=True))
     write_rows(out_dir / "predictions.csv", LABELLED_COLUMNS, rows, digits=6)
     if not ok.any():
         raise ValueError(
@@ -134,6 +204,7 @@ def evaluate_folder(
         seed=seed,
     )
     report["skipped"] = skipped
+    report["scope"] = scope_report(samples, predictions, ok, probs, t, n_boot=n_boot, seed=seed)
     report["model"] = None if model_path is None else str(model_path)
     report["tta"] = bool(tta)
     report["overlaps_training_data"] = overlap.overlaps_training_data

@@ -29,7 +29,9 @@ from pneumoscan.data.imaging import (
     preprocess,
     read_image,
 )
+from pneumoscan.inference.decision import UncertaintyBand
 from pneumoscan.inference.results import Prediction, make_prediction
+from pneumoscan.inference.scope import IN_SCOPE, ScopeCheck, ScopeGuard, check_image
 from pneumoscan.models.artifacts import ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,9 @@ class PathResults:
         Ensemble member spread (:class:`Details`); NaN where the file failed.
     embedding : ndarray of shape (n, e), float32, or None
         Stem embeddings (:class:`Details`); NaN rows where the file failed.
+    scope : list of ScopeCheck
+        The out-of-scope guard's verdict per file (:data:`~pneumoscan.inference.scope.IN_SCOPE`
+        for failed files); a file that is not a radiograph has NaN probabilities and no error.
     """
 
     paths: list[Path]
@@ -123,12 +128,24 @@ class PathResults:
     errors: list[str | None]
     spread: np.ndarray | None = None
     embedding: np.ndarray | None = None
+    scope: list[ScopeCheck] | None = None
 
-    def predictions(self, threshold: float) -> list[Prediction | None]:
-        return [
-            None if err is not None else make_prediction(p, threshold)
-            for p, err in zip(self.p_pneumonia, self.errors, strict=True)
-        ]
+    def predictions(
+        self, threshold: float, *, band: UncertaintyBand | None = None
+    ) -> list[Prediction | ScopeCheck | None]:
+        """Per file: a :class:`Prediction`, the :class:`ScopeCheck` refusing a non-radiograph, or
+        ``None`` where the file failed (its reason is in :attr:`errors`)."""
+        scope = self.scope or [IN_SCOPE] * len(self.paths)
+        spread = self.spread if self.spread is not None else [None] * len(self.paths)
+        out: list[Prediction | ScopeCheck | None] = []
+        for p, err, check, sp in zip(self.p_pneumonia, self.errors, scope, spread, strict=True):
+            if err is not None:
+                out.append(None)
+            elif not check.radiograph:
+                out.append(check)
+            else:
+                out.append(make_prediction(p, threshold, band=band, spread=sp, scope=check))
+        return out
 
 
 def tta_views(x: np.ndarray) -> np.ndarray:
@@ -190,6 +207,21 @@ class Predictor:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         self.calibrator = self.metadata.calibration
+        #: The three-outcome rule's band (:mod:`pneumoscan.inference.decision`): the fitted one when
+        #: it covers the stretch between 0.5 and this threshold, else the minimal one.
+        self.band = UncertaintyBand.minimal(self.threshold)
+        if self.metadata.decision is not None:
+            fitted = UncertaintyBand.from_dict(self.metadata.decision["band"])
+            try:
+                fitted.check(self.threshold)
+                self.band = fitted
+            except ValueError:
+                log.warning(
+                    "the stored uncertainty band does not fit threshold %.3f: using 0.5..threshold",
+                    self.threshold,
+                )
+        #: The out-of-scope guard on the embedding (:mod:`pneumoscan.inference.scope`), or None.
+        self.guard = ScopeGuard.from_dict(self.metadata.scope) if self.metadata.scope is not None else None
         ensemble = self.metadata.ensemble or {}
         #: Ensemble members (0 for a single model) and the width of the embedding output.
         self.members = int(ensemble.get("members", 0))
@@ -324,14 +356,56 @@ class Predictor:
 
     # ------------------------------------------------------------------ images and files
 
-    def predict_image(self, image: DecodedImage | np.ndarray, *, tta: bool = False) -> Prediction:
-        """Predict one decoded image (or a 2-D uint8 grey array of any size)."""
-        x = preprocess(image, self.image_size)[None]
-        return make_prediction(self.predict_proba(x, tta=tta)[0], self.threshold)
+    def embedding_checks(self, embedding: np.ndarray | None, n: int) -> list[ScopeCheck]:
+        """The guard's verdict on ``n`` embeddings; :data:`IN_SCOPE` each without a guard."""
+        if self.guard is None or embedding is None:
+            return [IN_SCOPE] * n
+        return self.guard.check(embedding)
 
-    def predict_bytes(self, data: bytes, *, name: str = "<upload>", tta: bool = False) -> Prediction:
-        """Decode and predict an in-memory file; raises :class:`ImageDecodeError` for bad input."""
-        return self.predict_image(decode_bytes(data, name=name), tta=tta)
+    def assess(self, image: DecodedImage | np.ndarray, *, tta: bool = False) -> Prediction | ScopeCheck:
+        """The whole answer for one image: the out-of-scope guard, then the decision.
+
+        Parameters
+        ----------
+        image : DecodedImage, or ndarray of shape (h, w), uint8
+            A bare grey array skips the pixel checks (it has no colour to judge).
+
+        Returns
+        -------
+        Prediction or ScopeCheck
+            The guard's refusal when the image is not a radiograph (no probabilities), else the
+            prediction with its decision and scope verdict.
+        """
+        if isinstance(image, DecodedImage):
+            pixel_check = check_image(image)
+            if not pixel_check.radiograph:
+                return pixel_check
+        x = preprocess(image, self.image_size)[None]
+        details = self.predict_details(x, tta=tta)
+        scope = self.embedding_checks(details.embedding, 1)[0]
+        spread = None if details.spread is None else details.spread[0]
+        return make_prediction(
+            details.p_pneumonia[0], self.threshold, band=self.band, spread=spread, scope=scope
+        )
+
+    def predict_image(self, image: DecodedImage | np.ndarray, *, tta: bool = False) -> Prediction:
+        """Predict one decoded image (or a 2-D uint8 grey array of any size), whatever it is.
+
+        Prefer :meth:`assess`, which refuses images that are not radiographs; this method scores
+        them anyway (marked out of scope), for callers that need a number.
+        """
+        outcome = self.assess(image, tta=tta)
+        if isinstance(outcome, ScopeCheck):
+            gray = image.gray if isinstance(image, DecodedImage) else image
+            prediction = self.assess(gray, tta=tta)
+            return dataclasses.replace(prediction, in_scope=False, scope_reason=outcome.reason)
+        return outcome
+
+    def predict_bytes(
+        self, data: bytes, *, name: str = "<upload>", tta: bool = False
+    ) -> Prediction | ScopeCheck:
+        """Decode and :meth:`assess` an in-memory file; raises :class:`ImageDecodeError` for bad input."""
+        return self.assess(decode_bytes(data, name=name), tta=tta)
 
     def predict_paths(
         self, paths: Sequence[str | Path], *, tta: bool = False, batch_size: int = 64, progress: bool = True
@@ -348,13 +422,16 @@ class Predictor:
             np.full((len(paths), self.embedding_dim), np.nan, np.float32) if self.embedding_dim else None
         )
         errors: list[str | None] = [None] * len(paths)
+        scope: list[ScopeCheck] = [IN_SCOPE] * len(paths)
         bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress)
 
-        def load(path: Path) -> np.ndarray | str:
+        def load(path: Path) -> np.ndarray | str | ScopeCheck:
             try:
-                return preprocess(read_image(path), self.image_size)
+                image = read_image(path)
             except ImageDecodeError as exc:
                 return exc.reason
+            pixel_check = check_image(image)
+            return pixel_check if not pixel_check.radiograph else preprocess(image, self.image_size)
 
         chunks = [list(range(s, min(s + batch_size, len(paths)))) for s in range(0, len(paths), batch_size)]
         with concurrent.futures.ThreadPoolExecutor(decode_workers()) as pool:
@@ -370,6 +447,9 @@ class Predictor:
                     if isinstance(result, str):
                         errors[i] = result
                         log.warning("skipped %s: %s", paths[i], result)
+                    elif isinstance(result, ScopeCheck):
+                        scope[i] = result
+                        log.warning("not scored %s: %s", paths[i], result.reason)
                     else:
                         arrays.append(result)
                         kept.append(i)
@@ -380,9 +460,13 @@ class Predictor:
                         spread[kept] = details.spread
                     if embedding is not None:
                         embedding[kept] = details.embedding
+                    for i, check in zip(
+                        kept, self.embedding_checks(details.embedding, len(kept)), strict=True
+                    ):
+                        scope[i] = check
                 bar.update(len(chunk))
         bar.close()
-        return PathResults(paths, probs, errors, spread, embedding)
+        return PathResults(paths, probs, errors, spread, embedding, scope)
 
     def __repr__(self) -> str:
         return (

@@ -12,8 +12,12 @@
   ``predicted`` the model's; in the prediction row ``label`` is the predicted class name.
 - :func:`write_rows`: the one CSV writer (floats with a fixed number of decimals, ``None`` empty).
 
-Growing the row: a new per-image column (``decision``, ``uncertainty``, ``in_scope``,
-``scope_reason``) is added to :class:`Prediction`, to :data:`PREDICTION_COLUMNS` (before
+The row states the three-outcome decision (:mod:`pneumoscan.inference.decision`) and the
+out-of-scope guard's verdict (:mod:`pneumoscan.inference.scope`): ``decision``, ``uncertainty``
+(the ensemble members' spread of P(pneumonia)), ``in_scope`` and ``scope_reason``. An image that is
+not a radiograph at all gets a row with its reason and decision ``out of scope``, no probabilities.
+
+Growing the row: a new per-image column is added to :class:`Prediction`, to :data:`PREDICTION_COLUMNS` (before
 ``error``) and to :func:`prediction_row`; add it to :data:`LABELLED_COLUMNS` too and
 :func:`labelled_row` carries it over, so the CLI, the app and evaluation all gain it at once.
 """
@@ -27,6 +31,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from pneumoscan.config import CLASS_NAMES, POSITIVE_CLASS
+from pneumoscan.inference.decision import OUT_OF_SCOPE, UncertaintyBand, decide
+from pneumoscan.inference.scope import IN_SCOPE, ScopeCheck
 
 if TYPE_CHECKING:
     from pneumoscan.data.dataset import Sample
@@ -40,6 +46,10 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
     "label",
     "confidence",
     "threshold",
+    "decision",
+    "uncertainty",
+    "in_scope",
+    "scope_reason",
     "error",
 )
 #: One labelled image: ``label`` is its true class index, ``predicted`` the model's (0/1).
@@ -50,6 +60,10 @@ LABELLED_COLUMNS: tuple[str, ...] = (
     "label",
     "p_pneumonia",
     "predicted",
+    "decision",
+    "uncertainty",
+    "in_scope",
+    "scope_reason",
     "error",
 )
 #: A training run's validation images: ``p_raw`` is the uncalibrated model output; no image fails
@@ -74,31 +88,74 @@ class Prediction:
     p_normal, p_pneumonia : float
         Calibrated probabilities, summing to 1.
     label : str
-        ``"PNEUMONIA"`` when ``p_pneumonia >= threshold``, else ``"NORMAL"``.
-    confidence : float
-        The calibrated probability of ``label``. Below 0.5 it means the image was flagged only
-        because the screening threshold is set low, for high sensitivity.
+        The class at the operating threshold: ``"PNEUMONIA"`` when ``p_pneumonia >= threshold``,
+        else ``"NORMAL"`` (what metrics at the threshold count; people read ``decision``).
+    confidence : float or None
+        The probability of the stated ``decision``: P(pneumonia) for "pneumonia suspected",
+        P(normal) for "no pneumonia detected", always >= 0.5; ``None`` when uncertain.
     threshold : float
         The operating threshold on ``p_pneumonia``.
+    decision : str
+        :data:`~pneumoscan.inference.decision.PNEUMONIA`, ``NO_PNEUMONIA`` or ``UNCERTAIN``.
+    uncertainty : float or None
+        Spread (standard deviation) of the ensemble members' P(pneumonia); ``None`` for one model.
+    in_scope : bool
+        False when the out-of-scope guard flagged the image: its probabilities are unreliable.
+    scope_reason : str
+        Why it was flagged, in plain words; ``""`` when in scope.
     """
 
     p_normal: float
     p_pneumonia: float
     label: str
-    confidence: float
+    confidence: float | None
     threshold: float
+    decision: str = ""
+    uncertainty: float | None = None
+    in_scope: bool = True
+    scope_reason: str = ""
 
 
-def make_prediction(p_pneumonia: float, threshold: float) -> Prediction:
-    """Label and confidence of one calibrated probability at ``threshold``."""
+def make_prediction(
+    p_pneumonia: float,
+    threshold: float,
+    *,
+    band: UncertaintyBand | None = None,
+    spread: float | None = None,
+    scope: ScopeCheck = IN_SCOPE,
+) -> Prediction:
+    """The prediction for one calibrated probability: label at ``threshold``, decision by the rule.
+
+    Parameters
+    ----------
+    p_pneumonia : float in [0, 1]
+    threshold : float in (0, 1)
+    band : UncertaintyBand, optional
+        The model's band (default: the minimal one, between 0.5 and the threshold).
+    spread : float, optional
+        The ensemble members' spread of P(pneumonia).
+    scope : ScopeCheck, default=IN_SCOPE
+        The out-of-scope guard's verdict (a radiograph; not-a-radiograph gets no prediction).
+    """
     p = float(p_pneumonia)
     label = CLASS_NAMES[1] if p >= threshold else CLASS_NAMES[0]
-    confidence = p if label == CLASS_NAMES[1] else 1.0 - p
-    return Prediction(1.0 - p, p, label, confidence, float(threshold))
+    spread = None if spread is None or spread != spread else float(spread)  # NaN: no spread
+    decision = decide(p, threshold=float(threshold), band=band, spread=spread)
+    return Prediction(
+        p_normal=1.0 - p,
+        p_pneumonia=p,
+        label=label,
+        confidence=decision.stated_probability,
+        threshold=float(threshold),
+        decision=decision.outcome,
+        uncertainty=spread,
+        in_scope=scope.in_scope,
+        scope_reason=scope.reason,
+    )
 
 
 def prediction_row(
-    path: str | Path, outcome: Prediction | str, *, threshold: float | None = None
+    path: str | Path, outcome: Prediction | ScopeCheck | str, *, threshold: float | None = None
 ) -> dict[str, Any]:
     """One row of :data:`PREDICTION_COLUMNS`.
 
@@ -106,8 +163,9 @@ def prediction_row(
     ----------
     path : str or Path
         The file (or upload name) the row is about.
-    outcome : Prediction or str
-        The prediction, or why there is none (an error message).
+    outcome : Prediction, ScopeCheck or str
+        The prediction; or the guard's refusal of an image that is not a radiograph (decision
+        ``out of scope``, no probabilities); or why there is none (an error message).
     threshold : float, optional
         Written in the ``threshold`` column of a failed row (the one that would have applied);
         a prediction carries its own.
@@ -126,22 +184,39 @@ def prediction_row(
             "label": outcome.label,
             "confidence": outcome.confidence,
             "threshold": outcome.threshold,
+            "decision": outcome.decision,
+            "uncertainty": outcome.uncertainty,
+            "in_scope": outcome.in_scope,
+            "scope_reason": outcome.scope_reason,
             "error": "",
         }
-    if not isinstance(outcome, str) or not outcome:
-        raise TypeError(f"outcome must be a Prediction or a non-empty error message, got {outcome!r}")
-    return {
+    empty = {
         "path": str(path),
         "p_normal": None,
         "p_pneumonia": None,
         "label": "",
         "confidence": None,
         "threshold": None if threshold is None else float(threshold),
-        "error": outcome,
+        "decision": "",
+        "uncertainty": None,
+        "in_scope": None,
+        "scope_reason": "",
+        "error": "",
     }
+    if isinstance(outcome, ScopeCheck):
+        if outcome.radiograph:
+            raise ValueError(
+                "a ScopeCheck row is only for images that are not radiographs; predict the others"
+            )
+        return {**empty, "decision": OUT_OF_SCOPE, "in_scope": False, "scope_reason": outcome.reason}
+    if not isinstance(outcome, str) or not outcome:
+        raise TypeError(
+            f"outcome must be a Prediction, a ScopeCheck or a non-empty error message, got {outcome!r}"
+        )
+    return {**empty, "error": outcome}
 
 
-def labelled_row(sample: Sample, outcome: Prediction | str) -> dict[str, Any]:
+def labelled_row(sample: Sample, outcome: Prediction | ScopeCheck | str) -> dict[str, Any]:
     """One row of :data:`LABELLED_COLUMNS`: the sample's truth beside :func:`prediction_row`.
 
     Parameters
@@ -152,7 +227,7 @@ def labelled_row(sample: Sample, outcome: Prediction | str) -> dict[str, Any]:
         As in :func:`prediction_row`.
     """
     row = prediction_row(sample.path, outcome)
-    failed = bool(row["error"])
+    failed = row["p_pneumonia"] is None
     return {
         **{k: v for k, v in row.items() if k in LABELLED_COLUMNS},
         "patient_id": sample.patient_id,

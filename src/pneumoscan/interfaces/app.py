@@ -9,8 +9,8 @@ for.
 The page is a thin layer over the library: files are decoded by
 :func:`pneumoscan.data.imaging.decode_bytes` and scored by
 :meth:`pneumoscan.inference.predictor.Predictor.predict_image` (the one preprocessing and inference
-path), heatmaps come from :mod:`pneumoscan.inference.explain`. The app adds one policy of its own:
-colour photographs are refused (see :data:`pneumoscan.config.MAX_COLOURFULNESS`).
+path, with the out-of-scope guard of :mod:`pneumoscan.inference.scope` and the decision of
+:mod:`pneumoscan.inference.decision`), heatmaps come from :mod:`pneumoscan.inference.explain`.
 
 Models are loaded by cached loaders, a single time per server process; on the LiteRT model the app
 never imports TensorFlow unless Grad-CAM is switched on, so it starts in seconds.
@@ -30,9 +30,11 @@ import numpy as np
 import streamlit as st
 
 from pneumoscan import __version__
-from pneumoscan.config import DISCLAIMER, MAX_COLOURFULNESS, POSITIVE_CLASS, default_app_model_path
+from pneumoscan.config import DISCLAIMER, default_app_model_path
 from pneumoscan.data.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_bytes
+from pneumoscan.inference.decision import HEADLINES, NO_PNEUMONIA, OUT_OF_SCOPE, PNEUMONIA, band_summary
 from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row
+from pneumoscan.inference.scope import ScopeCheck
 from pneumoscan.models.architectures import ARCHITECTURES
 
 if TYPE_CHECKING:
@@ -99,7 +101,7 @@ def preview(gray: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
 
 
 def verdict(prediction: Prediction) -> tuple[str, str | None]:
-    """The prediction in plain words.
+    """The decision in plain words; the confidence shown is always that of the stated outcome.
 
     Parameters
     ----------
@@ -108,24 +110,22 @@ def verdict(prediction: Prediction) -> tuple[str, str | None]:
     Returns
     -------
     headline : str
-        e.g. ``"Pneumonia suspected — confidence 93 %"``.
+        e.g. ``"Pneumonia suspected — confidence 93 %"`` (P(pneumonia)), ``"No pneumonia detected —
+        confidence 90 %"`` (P(normal)) or ``"Uncertain — needs a closer look"``; never a confidence
+        below 50 % (:mod:`pneumoscan.inference.decision`).
     note : str or None
-        When the image is flagged although P(pneumonia) < 0.5 (possible because the screening
-        threshold is low), a sentence that says so; else ``None``.
+        For an uncertain image, why; else ``None``.
     """
-    confidence = percent(prediction.confidence)
-    if prediction.label != POSITIVE_CLASS:
-        return f"No pneumonia detected — confidence {confidence}", None
-    headline = f"Pneumonia suspected — confidence {confidence}"
-    if prediction.confidence >= 0.5:
-        return headline, None
+    if prediction.decision in (PNEUMONIA, NO_PNEUMONIA):
+        return f"{HEADLINES[prediction.decision]} — confidence {percent(prediction.confidence)}", None
     note = (
-        f"Flagged only because P(pneumonia) = {percent(prediction.p_pneumonia, 1)} reaches the screening "
-        f"threshold of {percent(prediction.threshold, 1)}: the model still finds a normal chest more "
-        f"likely ({percent(prediction.p_normal, 1)}). The threshold is set low on purpose, to miss few "
-        'pneumonias; read this as "worth a second look".'
+        f"P(pneumonia) is {percent(prediction.p_pneumonia, 1)} and "
+        f"P(normal) {percent(prediction.p_normal, 1)}: "
+        f"too close to the operating threshold of {percent(prediction.threshold, 1)} for either answer"
     )
-    return headline, note
+    if prediction.uncertainty is not None:
+        note += f", with the ensemble's models differing by {percent(prediction.uncertainty, 1)} (spread)"
+    return HEADLINES[prediction.decision], note + ". A clinician should read this image."
 
 
 def threshold_explanation(predictor: Predictor) -> str:
@@ -137,10 +137,14 @@ def threshold_explanation(predictor: Predictor) -> str:
         if target
         else "chosen on the validation set for high sensitivity (recall)"
     )
+    if predictor.threshold != predictor.metadata.threshold:
+        chosen = f"set by hand for this session (the model's own is {predictor.metadata.threshold:.2f})"
+    band = predictor.band
     return (
-        f"The model flags pneumonia when **P(pneumonia) ≥ {predictor.threshold:.2f}** "
-        f"({percent(predictor.threshold, 1)}). This is a *screening* setting, {chosen}: few pneumonias "
-        "are missed, and in exchange **expect false alarms** among normal chests."
+        f"The operating threshold is **P(pneumonia) ≥ {predictor.threshold:.2f}** "
+        f"({percent(predictor.threshold, 1)}), {chosen}. Around it lies an *uncertain band*: "
+        f'{band_summary(band)}. Above the band the page says "Pneumonia suspected", below it '
+        '"No pneumonia detected", in it "Uncertain — needs a closer look".'
     )
 
 
@@ -170,18 +174,16 @@ def analyse_upload(data: bytes, name: str, predictor: Predictor) -> dict[str, An
         result["error"] = exc.reason
         return result
     result["info"] = f"{decoded.width} × {decoded.height} px, {decoded.format} ({decoded.mode})"
-    if decoded.colourfulness > MAX_COLOURFULNESS:
-        result["error"] = (
-            f"this looks like a colour photograph, not an X-ray (colourfulness {decoded.colourfulness:.0f}; "
-            f"X-rays are grey and score below {MAX_COLOURFULNESS:.0f}). No prediction was made."
-        )
-        log.warning("refused %s: colourfulness %.1f", name, decoded.colourfulness)
-        return result
     try:
-        prediction = predictor.predict_image(decoded)
+        prediction = predictor.assess(decoded)
     except Exception as exc:  # the page must keep serving the other files
         log.exception("prediction failed for %s", name)
         result["error"] = f"prediction failed ({type(exc).__name__}: {exc})"
+        return result
+    if isinstance(prediction, ScopeCheck):  # not a radiograph: no probabilities
+        log.warning("refused %s: %s", name, prediction.reason)
+        result["scope"] = prediction
+        result["error"] = f"{HEADLINES[OUT_OF_SCOPE]}: {prediction.reason}. No prediction was made."
         return result
     log.info(
         "%s: %s (P(pneumonia) %.3f, threshold %.3f)",
@@ -199,7 +201,7 @@ def results_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     :data:`COLUMN_HEADINGS`: file, P(normal), P(pneumonia), prediction, confidence, threshold, error."""
     import pandas as pd
 
-    rows = [prediction_row(r["name"], r["prediction"] or r["error"]) for r in results]
+    rows = [prediction_row(r["name"], r["prediction"] or r.get("scope") or r["error"]) for r in results]
     table = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
     return table.rename(columns=COLUMN_HEADINGS)
 
@@ -291,12 +293,16 @@ def show_how_to_read(predictor: Predictor) -> None:
             "- **P(normal)** and **P(pneumonia)** are *calibrated* probabilities: among validation "
             "images given 80 %, about 80 % had pneumonia. They add up to 100 %.\n"
             f"- **Operating threshold.** {threshold_explanation(predictor)}\n"
-            "- **Confidence** is the probability of the label shown. A flagged image can show a "
-            "confidence below 50 %: it passed the low screening threshold without pneumonia being the "
-            "more likely answer.\n"
+            '- **Confidence** is the probability of the outcome stated: P(pneumonia) for "Pneumonia '
+            'suspected", P(normal) for "No pneumonia detected"; always at least 50 %. An uncertain '
+            "image shows no confidence.\n"
+            "- **Out of scope.** The model knows children's frontal chest X-rays only. Images unlike them "
+            "(adults, lateral views, CT, other body parts) are marked and their probabilities are "
+            "unreliable; images that are not radiographs (colour photos, documents, drawings) are not "
+            "scored.\n"
             "- **Grad-CAM** (switch in the sidebar) colours the regions that pushed the score towards "
             "pneumonia. It shows where the model looked, not an outline of a lesion.\n"
-            "- Colour photographs and files that are not images are refused."
+            "- Files that are not images are refused."
         )
 
 
@@ -334,7 +340,7 @@ def sidebar_model_card(predictor: Predictor) -> None:
         (label, validation[key], kind) for key, label, kind in METRICS if validation.get(key) is not None
     ]
     if shown:
-        sb.subheader("Validation metrics")
+        sb.subheader("Out-of-fold metrics" if meta.ensemble else "Validation metrics")
         table = ["| metric | value |", "|---|---:|"]
         for label, value, kind in shown:
             if kind == "percent":
@@ -345,9 +351,36 @@ def sidebar_model_card(predictor: Predictor) -> None:
                 text = f"{float(value):.3f}"
             table.append(f"| {label} | {text} |")
         sb.markdown("\n".join(table))
-        sb.caption("At the operating threshold, on a patient-level validation split.")
+        sb.caption(
+            "At the operating threshold, on out-of-fold training images (each scored by members that "
+            "never saw its patient); they chose the calibration and threshold, so they are optimistic."
+            if meta.ensemble
+            else "At the operating threshold, on a patient-level validation split that chose the model: "
+            "optimistic."
+        )
     else:
         sb.caption("No validation metrics are stored with this model.")
+    test = meta.test_split or {}
+    shown = [(label, test[key], kind) for key, label, kind in METRICS if test.get(key) is not None]
+    if shown:
+        sb.subheader("Official test split (measured independently)")
+        intervals = test.get("ci") or {}
+        table = ["| metric | value | 95 % CI |", "|---|---:|---:|"]
+        for key, label, kind in ((k, lab, kd) for k, lab, kd in METRICS if test.get(k) is not None):
+            value = test[key]
+            text = (
+                percent(value, 1)
+                if kind == "percent"
+                else f"{int(value):,}"
+                if kind == "count"
+                else f"{value:.3f}"
+            )
+            ci = intervals.get(key)
+            table.append(f"| {label} | {text} | {f'{ci[0]:.3f}–{ci[1]:.3f}' if ci else ''} |")
+        sb.markdown("\n".join(table))
+        sb.caption(
+            test.get("source") or "Measured on the official test split, never used to choose the model."
+        )
 
     card = predictor.model_path.parent / MODEL_CARD_NAME
     if card.is_file():
@@ -402,18 +435,22 @@ def show_result(result: dict[str, Any], data: bytes, predictor: Predictor, *, gr
             else:
                 st.image(result["image"], caption=result["info"], width="stretch")
         with right:
-            if prediction.label == POSITIVE_CLASS:
+            if prediction.decision == PNEUMONIA:
                 st.markdown(f"#### :red[:material/report: {headline}]")
-            else:
+            elif prediction.decision == NO_PNEUMONIA:
                 st.markdown(f"#### :green[:material/check_circle: {headline}]")
+            else:
+                st.markdown(f"#### :orange[:material/help: {headline}]")
+            if not prediction.in_scope:
+                st.warning(f"**Out of scope:** {prediction.scope_reason}.", icon=":material/warning:")
             if note:
                 st.info(note, icon=":material/info:")
             show_probabilities(prediction)
-            st.caption(
-                f"Operating threshold {prediction.threshold:.2f}: pneumonia is flagged when "
-                f"P(pneumonia) ≥ {percent(prediction.threshold, 1)} — a screening setting tuned for "
-                "high sensitivity, so expect false alarms."
-            )
+            if prediction.uncertainty is not None:
+                st.caption(
+                    f"Uncertainty: the ensemble's models differ by {percent(prediction.uncertainty, 1)}."
+                )
+            st.caption(f"Operating threshold {prediction.threshold:.2f}. {band_summary(predictor.band)}.")
             st.caption(f":material/warning: {DISCLAIMER}")
 
 

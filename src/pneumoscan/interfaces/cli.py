@@ -113,6 +113,15 @@ def cmd_evaluate(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
     print(format_metrics_table(metrics))
+    scope = metrics.get("scope") or {}
+    print(
+        f"\nOut-of-scope guard: {scope.get('flagged', 0)} of {len(samples)} image(s) flagged "
+        f"({scope.get('not_radiograph', 0)} not radiographs); decisions: "
+        + ", ".join(f"{k} {v}" for k, v in sorted((scope.get("decisions") or {}).items()))
+    )
+    if scope.get("in_scope"):
+        print("Metrics on the in-scope images only:")
+        print(format_metrics_table(scope["in_scope"]))
     if metrics.get("skipped"):
         print(f"\n{len(metrics['skipped'])} file(s) could not be read and were skipped:")
         for item in metrics["skipped"]:
@@ -158,7 +167,7 @@ def cmd_predict(args) -> int:
     if args.csv:  # before predicting, so a CSV path that cannot be made fails fast
         args.csv.parent.mkdir(parents=True, exist_ok=True)
     results = predictor.predict_paths(files, tta=args.tta, progress=not args.quiet)
-    predictions = results.predictions(predictor.threshold)
+    predictions = results.predictions(predictor.threshold, band=predictor.band)
     rows = [
         prediction_row(path, pred or err, threshold=predictor.threshold)
         for path, pred, err in zip(files, predictions, results.errors, strict=True)
@@ -168,19 +177,22 @@ def cmd_predict(args) -> int:
     if args.out:
         _write_parquet(args.out, rows)
     width = min(60, max(len(r["path"]) for r in rows))
-    print(f"{'file':<{width}}  {'P(normal)':>9}  {'P(pneum.)':>9}  {'prediction':<10}  {'confidence':>10}")
+    print(f"{'file':<{width}}  {'P(normal)':>9}  {'P(pneum.)':>9}  {'decision':<21}  {'confidence':>10}")
     for r in rows:
         name = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3) :]
         if r["error"]:
             print(f"{name:<{width}}  ERROR: {r['error']}")
+        elif r["p_pneumonia"] is None:  # not a radiograph: no probabilities
+            print(f"{name:<{width}}  OUT OF SCOPE: {r['scope_reason']}")
         else:
             # Rounded as in the CSV first, so the screen and the file never disagree.
-            p_normal, p_pneum, confidence = (
-                round(r[k], 4) for k in ("p_normal", "p_pneumonia", "confidence")
-            )
+            p_normal, p_pneum = (round(r[k], 4) for k in ("p_normal", "p_pneumonia"))
+            confidence = "" if r["confidence"] is None else f"{round(r['confidence'], 4):.1%}"
             print(
-                f"{name:<{width}}  {p_normal:>9.1%}  {p_pneum:>9.1%}  {r['label']:<10}  {confidence:>10.1%}"
+                f"{name:<{width}}  {p_normal:>9.1%}  {p_pneum:>9.1%}  {r['decision']:<21}  {confidence:>10}"
             )
+            if not r["in_scope"]:
+                print(f"{'':<{width}}  WARNING: {r['scope_reason']}")
     failed = sum(1 for r in rows if r["error"])
     print(
         f"\n{len(rows) - failed} predicted, {failed} failed; "
@@ -256,9 +268,11 @@ def cmd_explain(args) -> int:
     predictor = _load_predictor(args)
     prediction = explain_file(predictor, args.image, out=args.out)
     print(
-        f"{args.image}: {prediction.label} (P(pneumonia) {prediction.p_pneumonia:.1%}, "
+        f"{args.image}: {prediction.decision} (P(pneumonia) {prediction.p_pneumonia:.1%}, "
         f"threshold {prediction.threshold:.3f}); Grad-CAM overlay written to {args.out}"
     )
+    if not prediction.in_scope:
+        print(f"WARNING: {prediction.scope_reason}")
     print(DISCLAIMER)
     return 0
 

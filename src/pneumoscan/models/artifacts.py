@@ -106,6 +106,16 @@ class ModelMetadata(Mapping):
         each member's raw probability, and the embedding of the shared frozen stem. Keys
         ``members`` (int >= 2), ``embedding_dim`` (int >= 0), and how it was trained (``folds``,
         ``unfreeze_blocks``, ...).
+    decision : mapping, optional
+        The three-outcome rule's uncertainty band, ``{"band": {...}}``
+        (:class:`pneumoscan.inference.decision.UncertaintyBand`, fitted on out-of-fold predictions).
+    scope : mapping, optional
+        The out-of-scope guard on the model's embedding
+        (:class:`pneumoscan.inference.scope.ScopeGuard`); needs ``ensemble.embedding_dim`` > 0.
+    test_split : mapping, optional
+        Metrics of *this* model measured independently on the official test split (``n``,
+        ``accuracy``, ``recall``, ..., and ``ci`` with 95 % intervals, ``source``); shown beside
+        ``validation`` and only for this model.
     export : mapping, optional
         How a LiteRT file was made from a Keras model and checked (``source``, ``quantize``,
         ``check``, ...; :mod:`pneumoscan.training.export`).
@@ -126,6 +136,9 @@ class ModelMetadata(Mapping):
     data_fingerprint: str | None = None
     validation: Mapping[str, float | int | None] | None = None
     ensemble: Mapping[str, Any] | None = None
+    decision: Mapping[str, Any] | None = None
+    scope: Mapping[str, Any] | None = None
+    test_split: Mapping[str, Any] | None = None
     export: Mapping[str, Any] | None = None
     pneumoscan_version: str | None = None
     created: str | None = None
@@ -148,7 +161,7 @@ class ModelMetadata(Mapping):
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise the nested values once, here
         set_(self, "class_names", tuple(self.class_names))
-        for name in ("validation", "ensemble", "export", "extra"):
+        for name in ("validation", "ensemble", "decision", "scope", "test_split", "export", "extra"):
             if getattr(self, name) is not None:
                 if not isinstance(getattr(self, name), Mapping):
                     raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
@@ -176,6 +189,16 @@ class ModelMetadata(Mapping):
                 raise ValueError(f"ensemble.members must be an integer >= 2, got {members!r}")
             if not (isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0):
                 raise ValueError(f"ensemble.embedding_dim must be an integer >= 0, got {dim!r}")
+        # The band and the guard are parsed (and fully checked) by the inference stage that uses them.
+        if self.decision is not None and not isinstance(self.decision.get("band"), Mapping):
+            raise ValueError(f"decision must hold a 'band' mapping, got {_thawed(self.decision)!r}")
+        if self.scope is not None:
+            dim = (self.ensemble or {}).get("embedding_dim", 0)
+            if not dim or len(self.scope.get("mean", ())) != dim:
+                raise ValueError(
+                    f"scope guard is for {len(self.scope.get('mean', ()))}-d embeddings but the model's "
+                    f"embedding_dim is {dim}; refit it on this model's embeddings"
+                )
         if self.split is not None and not isinstance(self.split, SplitConfig):
             raise ValueError(f"split must be a SplitConfig, got {self.split!r}")
         if self.arch is not None:
@@ -216,7 +239,7 @@ class ModelMetadata(Mapping):
             if not isinstance(data["split"], Mapping):
                 raise ValueError(f"split must be a mapping, got {data['split']!r}")
             values["split"] = SplitConfig.from_dict(dict(data["split"]))
-        for key in ("validation", "ensemble", "export"):
+        for key in ("validation", "ensemble", "decision", "scope", "test_split", "export"):
             if data.get(key) is not None:
                 values[key] = data[key]
         values["extra"] = {k: v for k, v in data.items() if k not in known}
@@ -229,7 +252,7 @@ class ModelMetadata(Mapping):
         out["calibration"] = self.calibration.to_dict()
         if self.split is not None:
             out["split"] = self.split.to_dict()
-        for key in ("validation", "ensemble", "export"):
+        for key in ("validation", "ensemble", "decision", "scope", "test_split", "export"):
             if getattr(self, key) is not None:
                 out[key] = _thawed(getattr(self, key))
         out.update(_thawed(self.extra))

@@ -163,7 +163,7 @@ class IsotonicCalibrator:
         return np.interp(np.asarray(p_raw, dtype=np.float64), self.x, self.y)
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "x": [round(v, 7) for v in self.x], "y": [round(v, 7) for v in self.y]}
+        return {"method": self.method, "x": list(self.x), "y": list(self.y)}
 
 
 #: Every calibration map a sidecar may hold.

@@ -367,7 +367,9 @@ class Trainer:
         with self.timed("pooled_features", len(train_f) + len(val_f)):
             train_p = frozen_top.predict(train_f.astype(np.float32), batch_size=256, verbose=0)
             val_p = frozen_top.predict(val_f.astype(np.float32), batch_size=256, verbose=0)
-        head = keras.Model(pooled_tensor, model.output, name="head")
+        # Models made inside the scope carry the strategy into fit (optimizer variables included).
+        with self.strategy.scope():
+            head = keras.Model(pooled_tensor, model.output, name="head")
         self.fit_phase(
             _Phase("head", head, train_p, train_y, val_p, val.y, cfg.head_epochs, cfg.head_learning_rate)
         )
@@ -375,7 +377,8 @@ class Trainer:
         # Phase 2: fine-tune the top blocks and the head together, BatchNorm kept frozen.
         if cfg.finetune_epochs > 0:
             set_finetune_trainable(model, cut)
-            top = keras.Model(cut_tensor, model.output, name="top")
+            with self.strategy.scope():
+                top = keras.Model(cut_tensor, model.output, name="top")
             self.fit_phase(
                 _Phase(
                     "finetune",

@@ -115,7 +115,14 @@ def model_split(metadata: ModelMetadata, data_dir: str | Path) -> tuple[list[Sam
         :func:`pneumoscan.data.dataset.train_val_split`, as in training.
     """
     split = metadata.split
-    if split is None:
+    if split is None and metadata.ensemble is not None:
+        # A cross-fitted ensemble has no held-out split: every image was seen by all members but
+        # one. The export check compares the export with the Keras model (parity), for which any
+        # images do; this is the same deterministic patient-level share of the folder.
+        split = SplitConfig(
+            seed=metadata.ensemble.get("fold_seed", SplitConfig().seed), limit=metadata.ensemble.get("limit")
+        )
+    elif split is None:
         split = SplitConfig()
         log.warning("the model's sidecar has no 'split' entry; assuming the default split %s", split)
     return train_val_split(discover_split(data_dir, prefer="train"), split)

@@ -1,0 +1,169 @@
+"""The out-of-scope guard (:mod:`pneumoscan.inference.scope`): each reason, the fitted threshold."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from pneumoscan.data.imaging import decode_bytes, list_input_files, read_image
+from pneumoscan.inference.scope import (
+    IN_SCOPE,
+    REASON_COLOUR,
+    REASON_DOCUMENT,
+    REASON_POPULATION,
+    ScopeCheck,
+    ScopeGuard,
+    check_image,
+    combine,
+    patient_folds,
+    pixel_statistics,
+)
+from pneumoscan.testing.synthetic import xray_image
+
+
+def encoded(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def document(seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    img = Image.new("L", (600, 800), 250)
+    draw = ImageDraw.Draw(img)
+    for row in range(40):
+        draw.text(
+            (30, 20 + 19 * row),
+            "Discharge summary: patient seen, chest clear " * 2,
+            fill=int(rng.integers(0, 60)),
+        )
+    return img
+
+
+def drawing() -> Image.Image:
+    img = Image.new("L", (500, 500), 255)
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((100, 60, 400, 440), outline=0, width=3)  # a sketched chest
+    draw.line((250, 60, 250, 440), fill=30, width=2)
+    draw.rectangle((160, 150, 230, 350), outline=20, width=2)
+    return img
+
+
+# --------------------------------------------------------------------------- pixel checks
+
+
+def test_colour_photograph_is_not_a_radiograph():
+    rng = np.random.default_rng(0)
+    photo = np.zeros((200, 300, 3), np.uint8)
+    photo[..., 0] = rng.integers(150, 255, (200, 300))
+    photo[..., 2] = rng.integers(0, 80, (200, 300))
+    check = check_image(decode_bytes(encoded(Image.fromarray(photo, "RGB"), "JPEG")))
+    assert not check.in_scope and not check.radiograph
+    assert check.reason.startswith(REASON_COLOUR) and "colourfulness" in check.reason
+
+
+@pytest.mark.parametrize("make", [document, drawing], ids=["document", "drawing"])
+def test_document_or_drawing_is_not_a_radiograph(make):
+    check = check_image(decode_bytes(encoded(make())))
+    assert not check.radiograph and check.reason.startswith(REASON_DOCUMENT)
+    assert "flat background" in check.reason
+
+
+def test_xray_like_image_passes_the_pixel_checks():
+    image = decode_bytes(encoded(xray_image(512, seed=3)), name="x.png")
+    assert check_image(image) == IN_SCOPE
+
+
+def test_pixel_statistics_of_flat_and_noisy_images():
+    flat = np.full((50, 50), 200, np.uint8)
+    assert pixel_statistics(flat) == (1.0, 1.0)
+    noisy = np.random.default_rng(0).integers(0, 256, (100, 100)).astype(np.uint8)
+    f, s = pixel_statistics(noisy)
+    assert f < 0.1 and s < 0.05
+    with pytest.raises(ValueError, match="2-D uint8"):
+        pixel_statistics(np.zeros((4, 4, 3), np.uint8))
+
+
+def test_real_radiographs_pass_the_pixel_checks(shared_data, ood_data):
+    """Training X-rays and out-of-scope X-rays and CT slices are all radiographs (the embedding
+    check, not the pixel check, must flag the latter)."""
+    files = (
+        list_input_files(shared_data / "train" / "NORMAL")[:40]
+        + list_input_files(shared_data / "train" / "PNEUMONIA")[:40]
+    )
+    for sub in ("adult_frontal", "lateral", "ct"):
+        files += list_input_files(ood_data / sub)[:30]
+    refused = [(f.name, c.reason) for f in files if not (c := check_image(read_image(f))).radiograph]
+    assert refused == []
+
+
+# --------------------------------------------------------------------------- embedding guard
+
+
+def clustered(n: int, dim: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of ``n`` images from ``n // 2`` patients: a correlated Gaussian cloud."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(dim, dim))
+    return rng.normal(size=(n, dim)) @ mixing + 3.0, np.repeat(np.arange(n // 2), 2)[:n]
+
+
+def test_guard_threshold_holds_its_false_alarm_rate_on_held_out_patients():
+    x, groups = clustered(3000)
+    fit, held = groups < 1000, groups >= 1000
+    guard = ScopeGuard.fit(x[fit], groups=groups[fit], false_alarm_rate=0.02, seed=0)
+    assert guard.false_alarm_rate == pytest.approx(0.02, abs=0.002)
+    flagged = np.mean([not c.in_scope for c in guard.check(x[held])])
+    assert 0.005 < flagged < 0.05
+
+
+def test_guard_flags_embeddings_from_elsewhere_with_the_population_reason():
+    x, groups = clustered(2000)
+    guard = ScopeGuard.fit(x, groups=groups, seed=0)
+    rng = np.random.default_rng(5)
+    elsewhere = x[:200] + rng.normal(0, 4.0, size=(200, x.shape[1]))  # a shifted population
+    checks = guard.check(elsewhere)
+    assert np.mean([not c.in_scope for c in checks]) > 0.95
+    flagged = next(c for c in checks if not c.in_scope)
+    assert flagged.radiograph and flagged.reason == REASON_POPULATION and flagged.distance > 1.0
+    assert "probabilities unreliable" in REASON_POPULATION
+
+
+def test_guard_round_trips_through_json_and_scores_the_same():
+    x, groups = clustered(600)
+    guard = ScopeGuard.fit(x, groups=groups, seed=1, dims=8)
+    again = ScopeGuard.from_dict(json.loads(json.dumps(guard.to_dict())))
+    assert again.whitening.shape == (8, 12)
+    np.testing.assert_allclose(again.score(x[:50]), guard.score(x[:50]), rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown scope guard method"):
+        ScopeGuard.from_dict({**guard.to_dict(), "method": "knn"})
+
+
+def test_guard_refuses_bad_input():
+    x, groups = clustered(600)
+    with pytest.raises(ValueError, match="one group per row"):
+        ScopeGuard.fit(x, groups=groups[:-1], seed=0)
+    with pytest.raises(ValueError, match="NaN"):
+        ScopeGuard.fit(np.where(np.arange(600)[:, None] == 3, np.nan, x), groups=groups, seed=0)
+    guard = ScopeGuard.fit(x, groups=groups, seed=0)
+    with pytest.raises(ValueError, match=r"shape \(n, 12\)"):
+        guard.score(np.zeros((2, 13)))
+
+
+def test_patient_folds_keep_each_patient_in_one_fold():
+    groups = np.repeat(np.arange(50), 3)
+    folds = patient_folds(groups, 5, seed=0)
+    for g in range(50):
+        assert len(set(folds[groups == g])) == 1
+    assert np.bincount(folds).tolist() == [30] * 5
+
+
+def test_pixel_refusal_wins_over_the_embedding():
+    refusal = ScopeCheck(False, radiograph=False, reason=REASON_COLOUR)
+    assert combine(refusal, ScopeCheck(True)) is refusal
+    population = ScopeCheck(False, True, REASON_POPULATION, 3.0)
+    assert combine(IN_SCOPE, population) is population
+    assert combine(IN_SCOPE, None) is IN_SCOPE
