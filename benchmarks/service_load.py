@@ -458,8 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             # Warm-up on both kinds of image, so that RSS growth afterwards means a leak, not the
             # allocator's first reach for full-size buffers.
+            warmups = []
             for images, seed in ((small, 1), (full, 4)):
-                asyncio.run(
+                warmups += asyncio.run(
                     run_phase(
                         url,
                         request_mix(images, args.warmup, seed=seed),
@@ -499,7 +500,10 @@ def main(argv: list[str] | None = None) -> int:
 
     main_phase, full_phase = merged(main_blocks), merged(full_blocks)
     total = 2 * args.warmup + args.requests + args.full_size
-    problems = [r for ph in (main_phase, full_phase) for r in ph.results if not r.ok]
+    # Warm-up answers are checked too: a failure there is a failure.
+    problems = [r for r in warmups if not r.ok] + [
+        r for ph in (main_phase, full_phase) for r in ph.results if not r.ok
+    ]
     failed_good = [r for r in problems if r.kind == "good"]
     wrong_malformed = [r for r in problems if r.kind != "good"]
 
@@ -547,8 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for r in problems[:5]:
         print(f"  problem: {r.problem}")
+    for line in [ln for ln in server_log.splitlines() if re.search(r'HTTP/1.1" 5[0-9][0-9]|ERROR', ln)][:10]:
+        print(f"  server log: {line}")
     checks = {
         "0 failed good requests": not failed_good,
+        "no 5xx": server_5xx == 0,
         "every malformed request got its 4xx": not wrong_malformed,
         f"throughput >= {TARGET_RATIO}x in-process": ratio >= TARGET_RATIO,
         f"RSS growth <= {TARGET_RSS_MB:.0f} MB": growth <= TARGET_RSS_MB,

@@ -125,6 +125,7 @@ def test_model_card(client, predictor):
     assert card["validation"]["roc_auc"] == 0.5
     assert card["ensemble"] is None and card["calibration"] is not None
     assert card["independent"] is None  # the tiny model's sidecar records no independent figures
+    assert card["decision_band"] == predictor.band.to_dict() and card["scope_guard"] is False
     assert card["export"]["format"] == "tflite"
     assert card["version"]["model_pneumoscan_version"] == "test"
     assert card["columns"] == list(PREDICTION_COLUMNS)
@@ -183,7 +184,8 @@ def test_rows_equal_pneumoscan_predict_bit_for_bit(client, predictor, lite_model
     # Full precision: the CLI's rows are prediction_row over Predictor.predict_paths.
     paths = sorted(folder.iterdir())
     results = predictor.predict_paths(paths, progress=False)
-    for path, pred, err in zip(paths, results.predictions(predictor.threshold), results.errors, strict=True):
+    predictions = results.predictions(predictor.threshold, band=predictor.band)
+    for path, pred, err in zip(paths, predictions, results.errors, strict=True):
         row = prediction_row(f"images/{path.name}", pred or err, threshold=predictor.threshold)
         assert served[path.name] == row
     # The CSV the CLI wrote, byte for byte, from the served rows.

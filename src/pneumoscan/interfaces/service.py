@@ -309,8 +309,8 @@ def predict_upload(predictor: Predictor, upload: Upload) -> dict[str, Any]:
 def model_card(predictor: Predictor) -> dict[str, Any]:
     """What ``GET /v1/model`` answers: the model's identity, operating point and figures.
 
-    ``independent`` holds figures measured on data that chose nothing about the model (the
-    sidecar's ``independent`` section), ``None`` until such a measurement is recorded.
+    ``independent`` holds the figures measured on data that chose nothing about the model (the
+    sidecar's ``test_split`` section), ``None`` when the sidecar records none.
     """
     meta = predictor.metadata
     export = meta.get("export") or {}
@@ -325,7 +325,9 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
         "calibration": _plain(meta.to_json().get("calibration")),
         "ensemble": _plain(meta.ensemble),
         "validation": _plain(meta.validation),
-        "independent": _plain(meta.get("independent")),
+        "independent": _plain(meta.test_split),
+        "decision_band": predictor.band.to_dict(),
+        "scope_guard": predictor.guard is not None,
         "export": {
             "format": export.get("format"),
             "quantize": export.get("quantize"),
