@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
                         rows,
                         client=args.client,
                     )
-                )
+                ).results
             rss_start = rss_mb(proc.pid)
             sampler.start()
             main_blocks = run_blocks(
@@ -538,11 +538,11 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{b.ratio:.2f}" for b in main_blocks)
         + f"; last 3 / first 3 = {last_vs_first:.2f}"
     )
-    server_5xx = len(re.findall(r'HTTP/1.1" 5[0-9][0-9]', server_log))
+    server_5xx = len(re.findall(r'"POST /v1/predictions HTTP/1.1" 5[0-9][0-9]', server_log))
     print(
         f"  malformed: {sum(r.kind != 'good' for ph in (main_phase, full_phase) for r in ph.results)} sent, "
         f"{len(wrong_malformed)} answered other than their expected 4xx; "
-        f"5xx answers in the server's access log: {server_5xx}"
+        f"5xx answers to predictions in the server log: {server_5xx}"
     )
     print(
         f"  server RSS: {rss_start:.0f} MB after warm-up, {rss_end:.0f} MB after "
@@ -551,7 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for r in problems[:5]:
         print(f"  problem: {r.problem}")
-    for line in [ln for ln in server_log.splitlines() if re.search(r'HTTP/1.1" 5[0-9][0-9]|ERROR', ln)][:10]:
+    for line in [
+        ln
+        for ln in server_log.splitlines()
+        if re.search(r'"POST /v1/predictions HTTP/1.1" 5[0-9][0-9]|ERROR', ln)
+    ][:10]:
         print(f"  server log: {line}")
     checks = {
         "0 failed good requests": not failed_good,
