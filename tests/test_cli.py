@@ -27,7 +27,7 @@ from pneumoscan.models.artifacts import ModelMetadata
 from pneumoscan.testing.synthetic import write_tree, xray_image
 
 SPLIT = SplitConfig(val_fraction=0.3, seed=7)
-SUBCOMMANDS = ["data-report", "train", "evaluate", "compare", "predict", "explain", "export", "app"]
+SUBCOMMANDS = ["data-report", "train", "evaluate", "compare", "predict", "explain", "export", "app", "serve"]
 #: A training folder big enough for a patient-level split with both classes on each side.
 TRAIN_NAMES = {
     "train": {

@@ -156,7 +156,11 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
 def cmd_predict(args) -> int:
     from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row, write_rows
 
-    files = _expand_inputs(args.paths)
+    if args.engine == "ray":
+        return _predict_on_ray(args)
+    if args.ray_address is not None or args.ray_actors is not None:
+        raise CommandError("--ray-address and --ray-actors need --engine ray")
+    files = _expand_inputs([Path(p) for p in args.paths])
     if not files:
         raise CommandError("no image files found in the given paths")
     predictor = _load_predictor(args, threshold=args.threshold)
@@ -170,6 +174,8 @@ def cmd_predict(args) -> int:
     ]
     if args.csv:
         write_rows(args.csv, PREDICTION_COLUMNS, rows, digits=4)
+    if args.out:
+        _write_parquet(args.out, rows)
     width = min(60, max(len(r["path"]) for r in rows))
     print(f"{'file':<{width}}  {'P(normal)':>9}  {'P(pneum.)':>9}  {'decision':<21}  {'confidence':>10}")
     for r in rows:
@@ -194,8 +200,66 @@ def cmd_predict(args) -> int:
     )
     if args.csv:
         print(f"CSV written to {args.csv}")
+    if args.out:
+        print(f"Parquet written to {args.out}")
     print(DISCLAIMER)
     return 1 if failed else 0
+
+
+def _write_parquet(out: Path, rows: list[dict]) -> None:
+    from pneumoscan.inference.batch import write_parquet
+
+    try:
+        write_parquet(out, rows)
+    except ImportError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _predict_on_ray(args) -> int:
+    """``predict --engine ray``: the same rows, scored by Ray actors, committed as they come."""
+    from pneumoscan.inference.batch import expand_uris, is_uri, parts_dir, score_archive
+
+    if args.out is None:
+        raise CommandError(
+            "--engine ray needs --out RESULTS.parquet: rows are committed beside it as they are "
+            "scored, so that an interrupted run resumes"
+        )
+    files: list[str] = []
+    for item in args.paths:
+        files += expand_uris(item) if is_uri(item) else [str(p) for p in _expand_inputs([Path(item)])]
+    if not files:
+        raise CommandError("no image files found in the given paths")
+    try:
+        summary = score_archive(
+            files,
+            args.out,
+            model_path=args.model,
+            threshold=args.threshold,
+            tta=args.tta,
+            csv=args.csv,
+            ray_address=args.ray_address,
+            actors=args.ray_actors,
+            commit_rows=args.commit_rows,
+            progress=not args.quiet,
+            verbose=args.verbose,
+        )
+    except ImportError as exc:
+        raise CommandError(str(exc)) from exc
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: the rows scored so far are kept in {parts_dir(args.out)}; run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    rate = summary.n_scored / summary.seconds if summary.seconds > 0 else 0.0
+    print(
+        f"{summary.n_files} files: {summary.n_scored} scored in this run ({rate:.1f} files/s, Ray start "
+        f"included), {summary.n_resumed} already scored by an earlier run; {summary.n_failed} failed"
+    )
+    print(f"Parquet written to {summary.out}" + (f", CSV to {summary.csv}" if summary.csv else ""))
+    print(DISCLAIMER)
+    return 1 if summary.n_failed else 0
 
 
 def cmd_explain(args) -> int:
@@ -256,6 +320,88 @@ def cmd_app(args) -> int:
     # Replace this process with Streamlit so that signals (Ctrl+C, SIGTERM) reach the server itself.
     os.execve(sys.executable, command, env)
     return 0  # not reached
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _api_key(args) -> str | None:
+    """The API key from ``--api-key-file`` or ``$PNEUMOSCAN_API_KEY`` (never from the command line,
+    where other users of the machine could read it in the process list)."""
+    if args.api_key_file is not None:
+        try:
+            key = args.api_key_file.read_text().strip()
+        except OSError as exc:
+            raise CommandError(
+                f"cannot read the API key file {args.api_key_file}: {exc.strerror or exc}"
+            ) from exc
+        if not key:
+            raise CommandError(f"the API key file {args.api_key_file} is empty")
+        return key
+    return os.environ.get("PNEUMOSCAN_API_KEY") or None
+
+
+def cmd_serve(args) -> int:
+    import signal
+    import socket
+
+    import uvicorn
+
+    from pneumoscan.config import default_app_model_path
+    from pneumoscan.interfaces.service import API_KEY_HEADER, ServiceLimits, create_app
+    from pneumoscan.models.artifacts import ModelMetadata
+
+    model = args.model if args.model is not None else default_app_model_path()
+    if not model.is_file():
+        raise CommandError(f"model file not found: {model}; pass --model PATH to a .keras or .tflite file")
+    ModelMetadata.read(model)  # a missing or bad sidecar fails here, before the server starts
+    key = _api_key(args)
+    if args.insecure_no_auth and key:
+        raise CommandError("an API key was given together with --insecure-no-auth; choose one")
+    if not _is_loopback(args.host) and not key and not args.insecure_no_auth:
+        raise CommandError(
+            f"--host {args.host} makes the service reachable from other machines: set an API key "
+            "($PNEUMOSCAN_API_KEY or --api-key-file FILE), or pass --insecure-no-auth to serve "
+            "without one"
+        )
+    limits = ServiceLimits(max_files=args.max_files, max_body_bytes=int(args.max_body_mb * 2**20))
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        sock.close()
+        raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from exc
+    port = sock.getsockname()[1]
+    app = create_app(model, limits=limits, api_key=key)
+    config = uvicorn.Config(
+        app, log_config=None, access_log=not args.no_access_log, timeout_graceful_shutdown=10
+    )
+    shown = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+    auth = f"API key required in {API_KEY_HEADER}" if key else "no API key"
+    print(f"pneumoscan serve on http://{shown}:{port} ({auth}; docs at /docs; Ctrl+C to stop)", flush=True)
+    # uvicorn finishes the requests in flight on Ctrl+C or SIGTERM, then raises the signal again
+    # for the handler it found: these ones make that a clean exit 0 instead of 130 or a kill.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("pneumoscan serve stopped", flush=True)
+    return 0
 
 
 # --------------------------------------------------------------------------- parser
@@ -394,10 +540,41 @@ def add_compare_parser(sub) -> None:
 
 
 def add_predict_parser(sub) -> None:
-    p = sub.add_parser("predict", help="predict files or folders (JPEG, PNG, DICOM)")
-    p.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")
+    from pneumoscan.inference.batch import DEFAULT_COMMIT_ROWS
+
+    p = sub.add_parser(
+        "predict",
+        help="predict files or folders (JPEG, PNG, DICOM, ...)",
+        description="Predict files or folders: one row per file. --engine ray scores an archive on "
+        "Ray (a local one, or the cluster at --ray-address), resumably: rerun the same command after "
+        "a crash or Ctrl+C and the files already in --out are skipped.",
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        help="image files or folders (searched recursively); with --engine ray also URIs pyarrow "
+        "reads (s3://bucket/prefix, gs://..., file:///...)",
+    )
     _prediction_args(p)
     p.add_argument("--csv", type=Path, help="write one row per file here")
+    p.add_argument("--out", type=Path, help="write one row per file here as Parquet (needed by --engine ray)")
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: Ray actors, pip install 'pneumoscan[ray]'",
+    )
+    p.add_argument(
+        "--ray-address",
+        help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start Ray on this machine",
+    )
+    p.add_argument("--ray-actors", type=int, help="Predictor actors (default: one per CPU of the cluster)")
+    p.add_argument(
+        "--commit-rows",
+        type=int,
+        default=DEFAULT_COMMIT_ROWS,
+        help="--engine ray: rows per committed part file, at most what a crash loses (default: %(default)s)",
+    )
     _quiet_arg(p)
     p.set_defaults(func=cmd_predict)
 
@@ -449,6 +626,36 @@ def add_app_parser(sub) -> None:
     p.set_defaults(func=cmd_app)
 
 
+def add_serve_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the model over HTTP (FastAPI): POST /v1/predictions",
+        description="Serve the model over HTTP: POST /v1/predictions (multipart field 'files'), "
+        "GET /v1/model, GET /healthz, GET /readyz, docs at /docs. Listens on 127.0.0.1 unless --host "
+        "says otherwise; another address needs an API key ($PNEUMOSCAN_API_KEY or --api-key-file), "
+        "sent by clients in the X-API-Key header, or an explicit --insecure-no-auth.",
+    )
+    _model_arg(p, "the bundled model's LiteRT export models/pneumoscan-mobilenetv2-litert.tflite")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="default: %(default)s; 0 picks a free port")
+    p.add_argument(
+        "--api-key-file",
+        type=Path,
+        help="file holding the API key clients must send (default: $PNEUMOSCAN_API_KEY; none)",
+    )
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve on a non-loopback --host without an API key (anyone who can reach it can use it)",
+    )
+    p.add_argument("--max-files", type=int, default=16, help="files per request (default: %(default)s)")
+    p.add_argument(
+        "--max-body-mb", type=float, default=64, help="request body limit in MB (default: %(default)s)"
+    )
+    p.add_argument("--no-access-log", action="store_true", help="do not log one line per HTTP request")
+    p.set_defaults(func=cmd_serve)
+
+
 SUBCOMMANDS = (
     add_data_report_parser,
     add_train_parser,
@@ -458,6 +665,7 @@ SUBCOMMANDS = (
     add_explain_parser,
     add_export_parser,
     add_app_parser,
+    add_serve_parser,
 )
 
 

@@ -1,0 +1,138 @@
+"""Archive scoring: the same files scored by the single-process Predictor (``pneumoscan predict``'s
+local engine) and by Ray on this machine's cores (``--engine ray``), in one run.
+
+Measured:
+
+- local: ``Predictor.predict_paths`` over all files (reading, decoding and the model, one process,
+  one single-threaded LiteRT interpreter per core), images/s;
+- Ray: the start of a local Ray (``ray.init``), then :func:`pneumoscan.inference.batch.score_archive`
+  (Ray Data reads the files, one Predictor actor per core, rows committed as Parquet parts and
+  consolidated), images/s over the whole job including actor start-up, and per core;
+- that both give the same rows (paths, probabilities bit for bit, errors).
+
+Ray on one machine pays for its scheduler, the object store, the actors' start-up and the
+committed output; that price buys scaling out and resuming, and this benchmark says what it is.
+The job's throughput includes a fixed cost per job (Ray's start, the actors' start-up), which a
+short job of 50 files measures; the rate of each further file is what an archive of millions runs
+at. Verdict: PASS when the rows are identical and each file beyond the fixed cost runs at >= 0.7x
+the single process's rate; the job's own ratio is printed beside it.
+
+Images: ``--n`` (default 1000) real 224-px JPEGs from ``../shared/data/chest_xray/train``, else
+generated ones in a temporary folder. Model: ``--model`` (default: the bundled LiteRT export, what
+an archive run should use; the Keras model gives the same rows more slowly).
+
+Run: ``python benchmarks/batch_engine.py [--n 1000] [--model M]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_TRAIN = REPO_ROOT.parent / "shared" / "data" / "chest_xray" / "train"
+TARGET_RATIO = 0.7
+#: Files of the short job that measures a job's fixed cost.
+FEW = 50
+
+
+def pick_files(n: int, tmp: Path) -> tuple[list[str], str]:
+    files = sorted(SHARED_TRAIN.glob("*/*.jpeg")) if SHARED_TRAIN.is_dir() else []
+    if len(files) >= n:
+        return sorted(str(p) for p in random.Random(0).sample(files, n)), f"{n} real 224-px JPEGs"
+    from pneumoscan.testing.synthetic import write_image, xray_like
+
+    paths = [
+        str(write_image(tmp / f"gen-{i:05d}.jpeg", xray_like(224, 224, seed=i, pneumonia=i % 2 == 1)))
+        for i in range(n)
+    ]
+    return paths, f"{n} generated 224-px JPEGs (no real data at {SHARED_TRAIN})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1000, help="images (default: %(default)s)")
+    parser.add_argument("--model", type=Path, help="default: the bundled LiteRT export")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+    import ray
+
+    from pneumoscan.config import DEFAULT_APP_MODEL_PATH
+    from pneumoscan.data.imaging import available_cpus
+    from pneumoscan.inference.batch import LOCAL_OBJECT_STORE_BYTES, read_rows, score_archive
+    from pneumoscan.inference.predictor import Predictor
+
+    model = args.model or DEFAULT_APP_MODEL_PATH
+    cores = available_cpus()
+    with tempfile.TemporaryDirectory(prefix="pneumoscan-batch-") as tmp_name:
+        tmp = Path(tmp_name)
+        files, source = pick_files(args.n, tmp)
+        print(f"machine: {cores} cores for this process, load average at start {os.getloadavg()[0]:.1f}")
+        print(f"model: {model}; images: {source}")
+
+        t0 = time.perf_counter()
+        predictor = Predictor(model)
+        local = predictor.predict_paths(files, progress=False)
+        local_s = time.perf_counter() - t0
+        local_rate = len(files) / local_s
+        print(f"local, one process: {local_s:.1f} s, {local_rate:.1f} images/s (model load included)")
+        del predictor
+
+        t0 = time.perf_counter()
+        ray.init(
+            num_cpus=cores,
+            include_dashboard=False,
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            logging_level="warning",
+            log_to_driver=False,
+        )
+        ray_start = time.perf_counter() - t0
+        try:
+            # A short job first: what a job costs before its first file (actors' start-up, planning).
+            few = score_archive(files[:FEW], tmp / "few.parquet", model_path=model, progress=False)
+            summary = score_archive(files, tmp / "out.parquet", model_path=model, progress=False)
+        finally:
+            ray.shutdown()
+        ray_rate = len(files) / summary.seconds
+        marginal = (len(files) - FEW) / (summary.seconds - few.seconds)
+        rows = read_rows([tmp / "out.parquet"])
+
+    same_paths = [r["path"] for r in rows] == files
+    ray_p = np.array([np.nan if r["p_pneumonia"] is None else r["p_pneumonia"] for r in rows])
+    same_values = same_paths and np.array_equal(ray_p, local.p_pneumonia, equal_nan=True)
+    same_errors = same_paths and [r["error"] or None for r in rows] == local.errors
+    ratio = ray_rate / local_rate
+    print(f"Ray, local on {cores} cores: start {ray_start:.1f} s; a job of {FEW} files {few.seconds:.1f} s")
+    print(
+        f"  the job of {len(files)}: {summary.seconds:.1f} s (actors' start-up and output included), "
+        f"{ray_rate:.1f} images/s = {ray_rate / cores:.1f} per core; each file beyond the first {FEW}: "
+        f"{marginal:.1f} images/s = {marginal / cores:.1f} per core"
+    )
+    with_start = len(files) / (summary.seconds + ray_start) / local_rate
+    print(
+        f"Ray / local throughput: {ratio:.2f}x for the job; {with_start:.2f}x counting Ray's start; "
+        f"{marginal / local_rate:.2f}x per file once the job runs"
+    )
+    print(
+        f"rows: {len(rows)} for {len(files)} files; identical paths, probabilities (bit for bit) and "
+        f"errors: {same_paths and same_values and same_errors}"
+    )
+    ok = same_paths and same_values and same_errors and marginal / local_rate >= TARGET_RATIO
+    print(
+        f"verdict: {'PASS' if ok else 'FAIL'} (same rows: {same_paths and same_values and same_errors}; "
+        f"Ray at {marginal / local_rate:.2f}x the single process per file once running, target >= "
+        f"{TARGET_RATIO}x; {ratio:.2f}x for the whole job of {len(files)})"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
