@@ -433,16 +433,21 @@ class Trainer:
         shutil.rmtree(self.files.backup, ignore_errors=True)
         return metrics
 
-    def run(self, *, resume: bool = False) -> dict:
-        """Load the data, fit, finalise; with ``resume``, skip the phases already finished."""
-        cfg = self.cfg
+    def prepare_run_dir(self, *, resume: bool) -> None:
+        """Create the run folder (refusing a finished run unless resuming), clear stale checkpoints
+        of a fresh run, and seed Keras, NumPy and Python with ``cfg.seed``."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume and self.files.model.exists():
             raise FileExistsError(f"{self.run_dir} already holds a finished run; choose another --out")
         if not resume:
             shutil.rmtree(self.files.checkpoints, ignore_errors=True)
             shutil.rmtree(self.files.backup, ignore_errors=True)
-        keras.utils.set_random_seed(cfg.seed)
+        keras.utils.set_random_seed(self.cfg.seed)
+
+    def run(self, *, resume: bool = False) -> dict:
+        """Load the data, fit, finalise; with ``resume``, skip the phases already finished."""
+        cfg = self.cfg
+        self.prepare_run_dir(resume=resume)
         train, val = self.load_data()
         self.write_config(train, val)
         self.strategy = _strategy(cfg.distribute)

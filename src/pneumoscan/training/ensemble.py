@@ -226,13 +226,7 @@ class EnsembleTrainer(Trainer):
         cfg = self.cfg
         if not self.arch.pretrained:
             raise ValueError(f"an ensemble needs a pretrained architecture; {cfg.arch!r} is not one")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume and self.files.model.exists():
-            raise FileExistsError(f"{self.run_dir} already holds a finished run; choose another --out")
-        if not resume:
-            shutil.rmtree(self.files.checkpoints, ignore_errors=True)
-            shutil.rmtree(self.files.backup, ignore_errors=True)
-        keras.utils.set_random_seed(cfg.seed)
+        self.prepare_run_dir(resume=resume)
         data, folds = self.load_all()
         self.write_config(data, folds)
         self.strategy = _strategy(cfg.distribute)
