@@ -37,7 +37,7 @@ def large_files() -> dict[str, bytes]:
     """The largest inputs the limits let through: what a decode may cost at most."""
     from PIL import Image
 
-    from pneumoscan.testing.corpus import dicom_dataset, dicom_to_bytes
+    from pneumoscan.testing.dicom import dicom_dataset, dicom_to_bytes
 
     side = 7000  # 49 MP, just under the 50 MP limit
     rng = np.random.default_rng(0)

@@ -24,6 +24,7 @@ from pneumoscan.data.imaging import (
     preprocess,
     read_image,
 )
+from pneumoscan.testing.dicom import dicom_dataset, dicom_to_bytes
 from pneumoscan.testing.synthetic import write_image, xray_like
 
 SIZE = 48
@@ -261,32 +262,11 @@ def test_property_any_png_gives_uint8_size_size_1(width, height, mode, size):
 def _write_dicom(
     path: Path, pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2", **elements
 ) -> Path:
-    """A minimal but valid DICOM file (explicit VR little endian) written with pydicom."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.PatientID = "TEST"
-    if pixels is not None:
-        ds.Rows, ds.Columns = pixels.shape
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = photometric
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
+    """A minimal but valid DICOM file (explicit VR little endian, 12 of 16 bits) written with pydicom."""
+    stored = None if pixels is None else pixels.astype(np.uint16)
+    tags = {"PatientID": "TEST", **elements}
+    ds = dicom_dataset(stored, photometric=photometric, modality="CR", tags=tags)
+    path.write_bytes(dicom_to_bytes(ds))
     return path
 
 

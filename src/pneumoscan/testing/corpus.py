@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pneumoscan.testing.dicom import dicom_dataset, dicom_to_bytes
 from pneumoscan.testing.synthetic import xray_like
 
 HEIGHT, WIDTH = 160, 128
@@ -28,50 +29,6 @@ def base_gray(height: int = HEIGHT, width: int = WIDTH, seed: int = 7) -> np.nda
 
 
 # --------------------------------------------------------------------------- DICOM
-
-
-def dicom_dataset(pixels: np.ndarray, *, bits_stored: int, photometric: str = "MONOCHROME2", frames: int = 1):
-    """An uncompressed (explicit VR little endian) pydicom Dataset holding ``pixels``.
-
-    ``pixels``: ``(rows, cols)`` uint8 or uint16, or ``(frames, rows, cols)`` for ``frames > 1``.
-    """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.PatientID = "TEST"
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 8 if pixels.dtype == np.uint8 else 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.tobytes()
-    return ds
-
-
-def dicom_to_bytes(ds, *, preamble: bool = True) -> bytes:
-    """``ds`` as a DICOM file in its transfer syntax; without ``preamble`` only the data set (no
-    preamble, no ``DICM``, no file meta), explicit VR little endian."""
-    buf = io.BytesIO()
-    if preamble:
-        ds.save_as(buf, enforce_file_format=True)
-    else:
-        ds = ds.copy()
-        del ds.file_meta
-        ds.save_as(buf, implicit_vr=False, little_endian=True)
-    return buf.getvalue()
 
 
 def _encapsulated(ds, transfer_syntax: str, frame: bytes) -> bytes:
