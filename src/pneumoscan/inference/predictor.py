@@ -181,6 +181,12 @@ class Predictor:
         :func:`pneumoscan.data.imaging.available_cpus`). A single image runs on one interpreter with
         all of them; a batch is shared out, whole images at a time, among ``num_threads``
         single-threaded interpreters.
+    scope_guard : bool, default=True
+        Run the out-of-scope guard (:mod:`pneumoscan.inference.scope`): the pixel checks that refuse
+        images that are not radiographs, and the embedding distance that flags images unlike the
+        training population. ``False`` skips both: every image is scored and reported in scope,
+        whatever it is. Meant for measuring what the guard costs (``benchmarks/inference.py``
+        times the two side by side); an answer given without the guard says nothing about scope.
 
     Thread safety: one instance may serve several threads (the app shares one); each LiteRT
     interpreter is used by one thread at a time.
@@ -192,6 +198,7 @@ class Predictor:
         *,
         threshold: float | None = None,
         num_threads: int | None = None,
+        scope_guard: bool = True,
     ):
         import threading
 
@@ -220,8 +227,15 @@ class Predictor:
                     "the stored uncertainty band does not fit threshold %.3f: using 0.5..threshold",
                     self.threshold,
                 )
-        #: The out-of-scope guard on the embedding (:mod:`pneumoscan.inference.scope`), or None.
-        self.guard = ScopeGuard.from_dict(self.metadata.scope) if self.metadata.scope is not None else None
+        #: Whether the out-of-scope guard runs at all (pixel checks and embedding distance).
+        self.scope_guard = bool(scope_guard)
+        #: The out-of-scope guard on the embedding (:mod:`pneumoscan.inference.scope`), or None
+        #: (the model has none, or ``scope_guard=False``).
+        self.guard = (
+            ScopeGuard.from_dict(self.metadata.scope)
+            if self.scope_guard and self.metadata.scope is not None
+            else None
+        )
         ensemble = self.metadata.ensemble or {}
         #: Ensemble members (0 for a single model) and the width of the embedding output.
         self.members = int(ensemble.get("members", 0))
@@ -368,7 +382,8 @@ class Predictor:
         Parameters
         ----------
         image : DecodedImage, or ndarray of shape (h, w), uint8
-            A bare grey array skips the pixel checks (it has no colour to judge).
+            A bare grey array skips the pixel checks (it has no colour to judge); so does a
+            predictor made with ``scope_guard=False``.
 
         Returns
         -------
@@ -376,7 +391,7 @@ class Predictor:
             The guard's refusal when the image is not a radiograph (no probabilities), else the
             prediction with its decision and scope verdict.
         """
-        if isinstance(image, DecodedImage):
+        if self.scope_guard and isinstance(image, DecodedImage):
             pixel_check = check_image(image)
             if not pixel_check.radiograph:
                 return pixel_check
@@ -430,8 +445,11 @@ class Predictor:
                 image = read_image(path)
             except ImageDecodeError as exc:
                 return exc.reason
-            pixel_check = check_image(image)
-            return pixel_check if not pixel_check.radiograph else preprocess(image, self.image_size)
+            if self.scope_guard:
+                pixel_check = check_image(image)
+                if not pixel_check.radiograph:
+                    return pixel_check
+            return preprocess(image, self.image_size)
 
         chunks = [list(range(s, min(s + batch_size, len(paths)))) for s in range(0, len(paths), batch_size)]
         with concurrent.futures.ThreadPoolExecutor(decode_workers()) as pool:
