@@ -44,7 +44,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,6 +294,8 @@ def rss_mb(pid: int) -> float:
 
 
 def start_server(model: Path, port: int, log_path: Path) -> subprocess.Popen:
+    from pneumoscan.testing.app_server import start_logged, wait_ready
+
     command = [
         sys.executable,
         "-m",
@@ -305,22 +306,13 @@ def start_server(model: Path, port: int, log_path: Path) -> subprocess.Popen:
         "--port",
         str(port),
     ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.terminate()
-    raise RuntimeError(f"the server was not ready within 120 s:\n{log_path.read_text()[-3000:]}")
+    proc = start_logged(command, log_path, new_session=False)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", proc, log_path, 120, what="the server")
+    except RuntimeError:
+        proc.terminate()
+        raise
+    return proc
 
 
 # --------------------------------------------------------------------------- baseline and report

@@ -7,13 +7,10 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -31,7 +28,7 @@ from pneumoscan.inference.predictor import Predictor  # noqa: E402
 from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row, write_rows  # noqa: E402
 from pneumoscan.interfaces import cli, service  # noqa: E402
 from pneumoscan.interfaces.service import ServiceLimits, create_app  # noqa: E402
-from pneumoscan.testing.app_server import free_port  # noqa: E402
+from pneumoscan.testing.app_server import free_port, start_logged, wait_ready  # noqa: E402
 from pneumoscan.testing.dicom import PATIENT_TAGS, dicom_bytes  # noqa: E402
 from pneumoscan.testing.models import export_tiny_litert, make_tiny_model  # noqa: E402
 from pneumoscan.testing.synthetic import xray_image, xray_like  # noqa: E402
@@ -430,7 +427,6 @@ def test_a_real_pneumoscan_serve_process(lite_model, predictor, tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("subprocess-key\n")
     log_path = tmp_path / "serve.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     command = [
         sys.executable,
         "-m",
@@ -443,23 +439,10 @@ def test_a_real_pneumoscan_serve_process(lite_model, predictor, tmp_path):
         "--api-key-file",
         str(key_file),
     ]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    proc = start_logged(command, log_path)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready:\n" + log_path.read_text()
-            time.sleep(0.1)
+        wait_ready(base + "/readyz", proc, log_path, 60, what="the server")
         body, content_type = _multipart([("Quixote_Dulcinea.jpeg", jpeg(31)), ("bad.png", b"\x89PNG\r\n")])
         request = urllib.request.Request(
             base + "/v1/predictions",

@@ -1,8 +1,9 @@
 """A Streamlit app in a subprocess on a free localhost port, and the Chromium that drives it.
 
 Shared by the browser test (``tests/test_browser.py``), the installed-wheel test and the app
-benchmark (``benchmarks/app_latency.py``). Chromium is Debian's (``/usr/bin/chromium``), since
-Playwright's own browser download needs the internet.
+benchmark (``benchmarks/app_latency.py``); :func:`start_logged` and :func:`wait_ready` also start
+``pneumoscan serve`` for the service test and ``benchmarks/service_load.py``. Chromium is Debian's
+(``/usr/bin/chromium``), since Playwright's own browser download needs the internet.
 """
 
 from __future__ import annotations
@@ -59,15 +60,11 @@ def running_app(
         The app exited, or did not answer within ``timeout`` seconds; the message ends with its log.
     """
     port = free_port()
-    env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
     started = time.monotonic()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            command(port), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    proc = start_logged(command(port), log_path, env=env, cwd=cwd)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, proc, log_path, timeout)
+        wait_ready(url + "/_stcore/health", proc, log_path, timeout)
         yield url, started
     finally:
         try:
@@ -80,19 +77,47 @@ def running_app(
             proc.wait(timeout=15)
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
+def start_logged(
+    command: list[str],
+    log_path: Path,
+    *,
+    env: dict | None = None,
+    cwd: str | Path | None = None,
+    new_session: bool = True,
+) -> subprocess.Popen:
+    """Start ``command`` with its stdout and stderr going to ``log_path``, unbuffered and without
+    TensorFlow's C++ chatter; ``new_session`` puts it in a process group of its own (so that a
+    terminal's Ctrl+C does not reach it)."""
+    env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session
+        )
+
+
+def wait_ready(
+    url: str, proc: subprocess.Popen, log_path: Path, timeout: float, *, what: str = "the app"
+) -> None:
+    """Poll ``url`` until it answers 200.
+
+    Raises
+    ------
+    RuntimeError
+        ``proc`` exited, or ``url`` did not answer within ``timeout`` seconds; the message names
+        ``what`` and ends with the tail of ``log_path``.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the app exited with code {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            raise RuntimeError(f"{what} exited with code {proc.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as resp:
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.05)
-    raise RuntimeError(f"the app did not answer within {timeout} s:\n{log_path.read_text()[-3000:]}")
+    raise RuntimeError(f"{what} did not answer within {timeout} s:\n{log_path.read_text()[-3000:]}")
 
 
 def pneumoscan_app(model: str | Path | None = None) -> Callable[[int], list[str]]:
