@@ -272,41 +272,28 @@ def test_bootstrap_rejects_unknown_metric():
 
 # --------------------------------------------------------------------------- report schema
 
+#: The report's scalar metrics: each a float in [0, 1], and each a column of the comparison table.
+SCALAR_METRICS = (
+    "accuracy",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "roc_auc",
+    "pr_auc",
+    "brier",
+    "ece",
+    "threshold",
+)
+
 
 def test_metrics_report_schema():
     y, s, g = _bootstrap_data(300)
     subtypes = ["none" if v == 0 else ("virus" if i % 3 else "bacteria") for i, v in enumerate(y)]
     r = ev.metrics_report(y, s, threshold=0.4, groups=g, subtypes=subtypes, n_boot=200, seed=1)
-    expected = {
-        "n",
-        "accuracy",
-        "precision",
-        "recall",
-        "specificity",
-        "f1",
-        "roc_auc",
-        "pr_auc",
-        "brier",
-        "ece",
-        "threshold",
-        "confusion_matrix",
-        "ci95",
-        "per_subtype",
-    }
-    assert set(r) == expected
+    assert set(r) == {"n", *SCALAR_METRICS, "confusion_matrix", "ci95", "per_subtype"}
     assert type(r["n"]) is int and r["n"] == 300
-    for key in (
-        "accuracy",
-        "precision",
-        "recall",
-        "specificity",
-        "f1",
-        "roc_auc",
-        "pr_auc",
-        "brier",
-        "ece",
-        "threshold",
-    ):
+    for key in SCALAR_METRICS:
         assert type(r[key]) is float, key
         assert 0.0 <= r[key] <= 1.0, key
     assert set(r["confusion_matrix"]) == {"tn", "fp", "fn", "tp"}
@@ -491,18 +478,7 @@ def test_compare_runs(tmp_path):
     assert len(lines) == 4
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[:4] == ["run", "arch", "n", "accuracy"]
-    for column in (
-        "recall",
-        "recall 95% CI",
-        "specificity",
-        "precision",
-        "f1",
-        "roc_auc",
-        "pr_auc",
-        "brier",
-        "ece",
-        "threshold",
-    ):
+    for column in ("recall 95% CI", *SCALAR_METRICS):
         assert column in header
     assert "baseline-a" in lines[2] and "| baseline |" in lines[2]
     assert "run2" in lines[3] and "mobilenetv2" in lines[3]
