@@ -218,3 +218,38 @@ def test_fit_rejects_bad_input():
 def test_band_summary_states_both_numbers():
     text = band_summary(UncertaintyBand(0.3, 0.95, error_share=0.62, referral_rate=0.081, n=5216))
     assert "62% of the errors" in text and "8.1% of images referred" in text
+
+
+# --------------------------------------------------------------------------- the released model's rule
+
+
+def test_released_band_is_fitted_and_shared_by_the_app_model(stored):
+    """The band is stored with the model (not the minimal one), the LiteRT export the app serves
+    carries the same threshold and band, and its Predictor uses them."""
+    from pneumoscan.config import DEFAULT_APP_MODEL_PATH
+    from pneumoscan.inference.predictor import Predictor
+
+    band = stored_band(stored)
+    assert band != UncertaintyBand.minimal(stored.threshold)
+    assert band.low < min(0.5, stored.threshold) and band.high > max(0.5, stored.threshold)
+    assert band.error_share >= 0.5 and 0 < band.referral_rate < 0.1 and band.n > 0
+    app = ModelMetadata.read(DEFAULT_APP_MODEL_PATH)
+    assert app.threshold == stored.threshold and stored_band(app) == band
+    predictor = Predictor(DEFAULT_APP_MODEL_PATH, num_threads=1)
+    assert predictor.threshold == stored.threshold and predictor.band == band
+    assert f"held {band.error_share:.0%} of the errors" in band_summary(band)
+
+
+@settings(max_examples=300, deadline=None)
+@given(p=st.floats(0, 1))
+def test_stored_rule_states_only_the_more_probable_class(stored, p):
+    band, t = stored_band(stored), stored.threshold
+    d = decide(p, threshold=t, band=band)
+    expected = PNEUMONIA if p >= band.high else NO_PNEUMONIA if p < band.low else UNCERTAIN
+    assert d.outcome == expected
+    assert decide_many(np.array([p]), threshold=t, band=band)[0] == expected
+    if d.stated_probability is not None:
+        assert d.stated_probability >= 0.5
+        assert d.stated_probability == (p if expected == PNEUMONIA else 1 - p)
+    if 0.5 <= p < t or t <= p < 0.5:  # between 0.5 and the threshold: never a stated outcome
+        assert expected == UNCERTAIN

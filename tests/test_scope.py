@@ -7,9 +7,16 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from PIL import Image, ImageDraw
 
+from pneumoscan.config import DEFAULT_APP_MODEL_PATH
 from pneumoscan.data.imaging import decode_bytes, list_input_files, read_image
+from pneumoscan.inference.decision import OUT_OF_SCOPE
+from pneumoscan.inference.predictor import Predictor
+from pneumoscan.inference.results import Prediction, prediction_row
 from pneumoscan.inference.scope import (
     IN_SCOPE,
     REASON_COLOUR,
@@ -167,3 +174,110 @@ def test_pixel_refusal_wins_over_the_embedding():
     population = ScopeCheck(False, True, REASON_POPULATION, 3.0)
     assert combine(IN_SCOPE, population) is population
     assert combine(IN_SCOPE, None) is IN_SCOPE
+
+
+# --------------------------------------------------------------------------- invariants
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.uint8, st.tuples(st.integers(2, 40), st.integers(2, 40))),
+)
+def test_pixel_statistics_are_shares_and_ignore_orientation(gray):
+    flat, still = pixel_statistics(gray)
+    assert 0.0 < flat <= 1.0 and 0.0 <= still <= 1.0
+    assert pixel_statistics(gray.T) == pytest.approx((flat, still))
+    assert pixel_statistics(gray[::-1, ::-1]) == pytest.approx((flat, still))
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(32, 64), st.integers(32, 64))))
+def test_a_grey_image_is_never_refused_as_colour(gray):
+    rgb = Image.fromarray(np.repeat(gray[..., None], 3, axis=2), "RGB")
+    check = check_image(decode_bytes(encoded(rgb)))
+    assert not check.reason.startswith(REASON_COLOUR)
+
+
+@pytest.fixture(scope="module")
+def fitted_guard() -> ScopeGuard:
+    x, groups = clustered(800)
+    return ScopeGuard.fit(x, groups=groups, seed=0, dims=10)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    scale=st.floats(0.0, 6.0),
+    seed=st.integers(0, 2**16),
+)
+def test_guard_verdict_is_the_distance_against_its_threshold(fitted_guard, scale, seed):
+    x, _ = clustered(800)
+    rng = np.random.default_rng(seed)
+    e = x[rng.integers(0, len(x), 5)] + rng.normal(0, scale, (5, x.shape[1]))
+    scores = fitted_guard.score(e)
+    for check, score in zip(fitted_guard.check(e), scores, strict=True):
+        assert check.radiograph  # the embedding never says "not a radiograph"
+        assert check.distance == pytest.approx(score / fitted_guard.threshold)
+        assert check.in_scope == (check.distance <= 1.0)
+        assert check.reason == ("" if check.in_scope else REASON_POPULATION)
+        assert combine(IN_SCOPE, check) is check
+        refusal = ScopeCheck(False, radiograph=False, reason=REASON_DOCUMENT)
+        assert combine(refusal, check) is refusal
+
+
+# --------------------------------------------------------------------------- each reason, released model
+
+
+@pytest.fixture(scope="module")
+def released() -> Predictor:
+    """The app's model: the bundled LiteRT export of the released ensemble, with its fitted guard."""
+    return Predictor(DEFAULT_APP_MODEL_PATH, num_threads=1)
+
+
+def colour_photo() -> Image.Image:
+    x = np.linspace(0, 255, 320, dtype=np.uint8)
+    rgb = np.stack([np.tile(x, (240, 1)), np.tile(x[::-1], (240, 1)), np.full((240, 320), 90, np.uint8)], 2)
+    return Image.fromarray(rgb, "RGB")
+
+
+@pytest.mark.parametrize(
+    ("make", "fmt", "reason"),
+    [
+        (colour_photo, "JPEG", REASON_COLOUR),
+        (document, "PNG", REASON_DOCUMENT),
+        (drawing, "PNG", REASON_DOCUMENT),
+    ],
+    ids=["colour", "document", "drawing"],
+)
+def test_released_model_refuses_non_radiographs_without_probabilities(released, make, fmt, reason):
+    answer = released.predict_bytes(encoded(make(), fmt), name=f"x.{fmt.lower()}")
+    assert isinstance(answer, ScopeCheck), answer
+    assert not answer.in_scope and not answer.radiograph and answer.reason.startswith(reason)
+    row = prediction_row("x", answer)
+    assert row["decision"] == OUT_OF_SCOPE and row["p_pneumonia"] is None and row["confidence"] is None
+
+
+def test_released_model_flags_adults_and_keeps_children_in_scope(released, shared_data, ood_data):
+    """Outside the population by the embedding distance (adult frontal, lateral, CT), with the
+    probabilities kept and called unreliable; training X-rays in scope."""
+    for sub in ("adult_frontal", "lateral", "ct"):
+        files = list_input_files(ood_data / sub)[:10]
+        answers = [released.predict_bytes(f.read_bytes(), name=f.name) for f in files]
+        flagged = [a for a in answers if isinstance(a, Prediction) and not a.in_scope]
+        assert len(flagged) >= 9, (sub, [(f.name, a) for f, a in zip(files, answers, strict=True)])
+        for a in flagged:
+            assert a.scope_reason == REASON_POPULATION and 0.0 <= a.p_pneumonia <= 1.0
+            assert prediction_row("x", a)["in_scope"] is False
+    files = list_input_files(shared_data / "train" / "NORMAL")[:10]
+    files += list_input_files(shared_data / "train" / "PNEUMONIA")[:10]
+    answers = [released.predict_bytes(f.read_bytes(), name=f.name) for f in files]
+    assert all(isinstance(a, Prediction) for a in answers)
+    kept = [a for a in answers if a.in_scope]
+    assert len(kept) >= 18  # the guard's out-of-fold false alarms are 1 %
+    assert all(a.scope_reason == "" for a in kept)
+
+
+def test_without_the_guard_every_image_is_scored_in_scope(released):
+    bare = Predictor(DEFAULT_APP_MODEL_PATH, num_threads=1, scope_guard=False)
+    assert bare.guard is None and released.guard is not None
+    answer = bare.predict_bytes(encoded(colour_photo(), "JPEG"), name="photo.jpeg")
+    assert isinstance(answer, Prediction) and answer.in_scope and answer.scope_reason == ""
