@@ -85,16 +85,25 @@ def confusion_matrix_figure(cm: Mapping[str, int], *, title: str = "Confusion ma
     return fig
 
 
-def roc_figure(y_true, y_score, *, threshold: float, title: str = "ROC curve") -> Figure:
-    """ROC curve with its AUC, the chance diagonal and the operating point at ``threshold``."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
+def _curve_figure(y_true, y_score, curve: str, title: str):
+    """``(y, s, fig, ax)`` for a curve that needs both classes; with only one, ``ax`` is None and
+    ``fig`` already says that ``curve`` is undefined."""
     y, s = _arrays(y_true, y_score)
     fig = new_figure(5.6, 5.0)
     ax = fig.add_subplot()
     if not _both_classes(y):
-        message(ax, "ROC curve undefined:\nthe data hold only one class")
+        message(ax, f"{curve} undefined:\nthe data hold only one class")
         ax.set_title(title)
+        return y, s, fig, None
+    return y, s, fig, ax
+
+
+def roc_figure(y_true, y_score, *, threshold: float, title: str = "ROC curve") -> Figure:
+    """ROC curve with its AUC, the chance diagonal and the operating point at ``threshold``."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y, s, fig, ax = _curve_figure(y_true, y_score, "ROC curve", title)
+    if ax is None:
         return fig
     fpr, tpr, _ = roc_curve(y, s)
     ax.plot(fpr, tpr, color=COLOURS[0], lw=2, label=f"model (AUC = {roc_auc_score(y, s):.3f})")
@@ -122,12 +131,8 @@ def pr_figure(y_true, y_score, *, threshold: float, title: str = "Precision-reca
     """Precision-recall curve with average precision, the prevalence baseline and the operating point."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    y, s = _arrays(y_true, y_score)
-    fig = new_figure(5.6, 5.0)
-    ax = fig.add_subplot()
-    if not _both_classes(y):
-        message(ax, "Precision-recall curve undefined:\nthe data hold only one class")
-        ax.set_title(title)
+    y, s, fig, ax = _curve_figure(y_true, y_score, "Precision-recall curve", title)
+    if ax is None:
         return fig
     precision, recall, _ = precision_recall_curve(y, s)
     ax.step(
