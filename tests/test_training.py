@@ -165,29 +165,40 @@ def test_resume_continues_an_interrupted_run(make_tree, tmp_path, monkeypatch):
     assert epochs == [3], f"resume should run only the third epoch, ran {epochs}"
 
 
-@pytest.mark.slow
-def test_mirrored_strategy_trains_on_two_logical_cpus(make_tree, tmp_path):
-    data = make_tree(TINY_NAMES)
-    script = f"""
+def train_mirrored_on_two_logical_cpus(script: str, *, timeout: int) -> None:
+    """Run ``script`` in a fresh CPU-only Python whose one CPU is split into two logical devices,
+    so that ``distribute="mirrored"`` really has two replicas; it must exit 0 and see both."""
+    preamble = """
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from pneumoscan.config import TrainConfig
-from pneumoscan.training.engine import Trainer, _strategy
+from pneumoscan.training.engine import _strategy
 print("replicas", _strategy("mirrored").num_replicas_in_sync)
-cfg = TrainConfig(arch="regularized", image_size=32, batch_size=8, epochs=1, val_fraction=0.3, seed=7,
-                  distribute="mirrored")
-Trainer(cfg, {str(data / "train")!r}, {str(tmp_path / "run")!r}, progress=False).run()
 """
     result = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", preamble + script],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "replicas 2" in result.stdout
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_trains_on_two_logical_cpus(make_tree, tmp_path):
+    data = make_tree(TINY_NAMES)
+    train_mirrored_on_two_logical_cpus(
+        f"""
+from pneumoscan.config import TrainConfig
+from pneumoscan.training.engine import Trainer
+cfg = TrainConfig(arch="regularized", image_size=32, batch_size=8, epochs=1, val_fraction=0.3, seed=7,
+                  distribute="mirrored")
+Trainer(cfg, {str(data / "train")!r}, {str(tmp_path / "run")!r}, progress=False).run()
+""",
+        timeout=600,
+    )
     assert (tmp_path / "run" / "model.keras").is_file()
 
 
@@ -281,26 +292,16 @@ def test_ensemble_resume_skips_the_members_already_trained(make_tree, tmp_path, 
 @needs_weights
 def test_mirrored_strategy_trains_the_default_recipe(make_tree, tmp_path):
     data = make_tree(TINY_NAMES)
-    script = f"""
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    train_mirrored_on_two_logical_cpus(
+        f"""
 from pneumoscan.config import TrainConfig
-from pneumoscan.training.engine import train, _strategy
-print("replicas", _strategy("mirrored").num_replicas_in_sync)
+from pneumoscan.training.engine import train
 default = TrainConfig()
 cfg = TrainConfig(arch=default.arch, members=default.members, image_size=64, batch_size=8, head_epochs=1,
                   finetune_epochs=1, seed=7, distribute="mirrored")
 train(cfg, {str(data / "train")!r}, {str(tmp_path / "run")!r}, progress=False)
-"""
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
+""",
         timeout=900,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "replicas 2" in result.stdout
     meta = json.loads((tmp_path / "run" / "model.meta.json").read_text())
     assert meta["ensemble"]["members"] == TrainConfig().members > 1
