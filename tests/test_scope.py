@@ -168,6 +168,14 @@ def test_patient_folds_keep_each_patient_in_one_fold():
     assert np.bincount(folds).tolist() == [30] * 5
 
 
+def test_patient_folds_are_the_ones_the_released_guard_was_fitted_with():
+    # Round robin over the shuffled, unstratified patients: pinned, since the bundled guard's
+    # threshold was set on these folds (the ensemble's own folds are stratified and differ).
+    groups = [f"person{(i * 7) % 13}" for i in range(30)]
+    expected = [4, 4, 0, 3, 0, 1, 3, 2, 2, 1, 2, 1, 0, 4, 4, 0, 3, 0, 1, 3, 2, 2, 1, 2, 1, 0, 4, 4, 0, 3]
+    assert patient_folds(groups, 5, seed=3).tolist() == expected
+
+
 def test_pixel_refusal_wins_over_the_embedding():
     refusal = ScopeCheck(False, radiograph=False, reason=REASON_COLOUR)
     assert combine(refusal, ScopeCheck(True)) is refusal

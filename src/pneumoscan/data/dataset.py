@@ -245,10 +245,10 @@ def train_val_split(samples: Sequence[Sample], split: SplitConfig) -> tuple[list
 def patient_folds(samples: Sequence[Sample], folds: int, *, seed: int) -> np.ndarray:
     """Assign every sample to one of ``folds`` patient-level folds, stratified by class.
 
-    Patients (labelled with their majority class) of each class are shuffled with ``seed`` and
-    dealt to the folds in turn, largest fold last, so every fold holds both classes in about the
-    training folder's proportion and no patient is in two folds. Cross-fitting uses it: member
-    ``k`` of an ensemble trains on the other folds and predicts fold ``k``.
+    Cross-fitting uses it: member ``k`` of an ensemble trains on the other folds and predicts fold
+    ``k``. The assignment is :func:`fold_patients` of the samples' patient ids and labels, balanced
+    in images: every fold holds both classes in about the training folder's proportion and no
+    patient is in two folds.
 
     Parameters
     ----------
@@ -261,24 +261,63 @@ def patient_folds(samples: Sequence[Sample], folds: int, *, seed: int) -> np.nda
     ndarray of shape (len(samples),), int64
         The fold of each sample, in ``0 .. folds - 1``.
     """
+    return fold_patients(
+        [s.patient_id for s in samples], [s.label for s in samples], folds, seed=seed, balance="images"
+    )
+
+
+def fold_patients(
+    patient_ids: Sequence,
+    labels: Sequence[int] | None,
+    folds: int,
+    *,
+    seed: int,
+    balance: str = "images",
+) -> np.ndarray:
+    """Assign every image to one of ``folds`` folds, whole patients at a time.
+
+    Patients are taken class by class (each labelled with the majority class of its images; all in
+    one class when ``labels`` is None), sorted, shuffled with one ``numpy`` generator seeded with
+    ``seed``, and dealt in turn to the fold that holds the fewest images (``balance="images"``) or
+    the fewest patients (``balance="patients"``: plain round robin) so far, the lowest on a tie.
+
+    Parameters
+    ----------
+    patient_ids : sequence, one per image
+    labels : sequence of int, one per image, or None
+    folds : int, at least 2
+    seed : int
+    balance : {"images", "patients"}
+
+    Returns
+    -------
+    ndarray of shape (len(patient_ids),), int64
+        The fold of each image, in ``0 .. folds - 1``.
+    """
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
-    by_patient: dict[str, list[int]] = defaultdict(list)
-    for i, s in enumerate(samples):
-        by_patient[s.patient_id].append(i)
-    rng = np.random.default_rng(seed)
-    out = np.zeros(len(samples), dtype=np.int64)
-    for label in range(len(CLASS_NAMES)):
-        patients = sorted(
-            p for p, idx in by_patient.items() if round(np.mean([samples[i].label for i in idx])) == label
-        )
-        sizes = np.zeros(folds)
-        for index in rng.permutation(len(patients)):
-            fold = int(np.argmin(sizes))  # the emptiest fold so far: folds stay balanced in images
-            out[by_patient[patients[index]]] = fold
-            sizes[fold] += len(by_patient[patients[index]])
+    if balance not in ("images", "patients"):
+        raise ValueError(f"balance must be 'images' or 'patients', got {balance!r}")
+    if labels is not None and len(labels) != len(patient_ids):
+        raise ValueError(f"{len(labels)} labels for {len(patient_ids)} patient ids")
+    by_patient: dict = defaultdict(list)
+    for i, patient in enumerate(patient_ids):
+        by_patient[patient].append(i)
     if len(by_patient) < folds:
         raise ValueError(f"{len(by_patient)} patients cannot fill {folds} patient-level folds")
+    if labels is None:
+        strata = [sorted(by_patient)]
+    else:
+        majority = {p: round(np.mean([labels[i] for i in idx])) for p, idx in by_patient.items()}
+        strata = [sorted(p for p in by_patient if majority[p] == label) for label in range(len(CLASS_NAMES))]
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(patient_ids), dtype=np.int64)
+    for patients in strata:
+        sizes = np.zeros(folds)
+        for index in rng.permutation(len(patients)):
+            fold = int(np.argmin(sizes))  # the emptiest fold so far
+            out[by_patient[patients[index]]] = fold
+            sizes[fold] += len(by_patient[patients[index]]) if balance == "images" else 1
     return out
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pneumoscan.config import MAX_COLOURFULNESS
+from pneumoscan.data.dataset import fold_patients
 from pneumoscan.data.imaging import DecodedImage
 
 #: The pixel checks look at every k-th pixel, k such that the shorter side keeps at least this many.
@@ -142,18 +143,14 @@ def analysis_pixels(gray: np.ndarray) -> np.ndarray:
 def patient_folds(groups: Sequence, n_folds: int, *, seed: int) -> np.ndarray:
     """Fold index per image, whole groups (patients) at a time, groups shuffled with ``seed``.
 
+    :func:`~pneumoscan.data.dataset.fold_patients` without classes, dealt round robin (balanced in
+    patients): the assignment the released guard's threshold was fitted with.
+
     Returns
     -------
     ndarray of shape (n,), int in ``0..n_folds-1``
     """
-    groups = np.asarray(groups)
-    unique, inverse = np.unique(groups, return_inverse=True)
-    if len(unique) < n_folds:
-        raise ValueError(f"need at least {n_folds} groups (patients) for {n_folds} folds, got {len(unique)}")
-    order = np.random.default_rng(seed).permutation(len(unique))
-    fold_of_group = np.empty(len(unique), dtype=int)
-    fold_of_group[order] = np.arange(len(unique)) % n_folds
-    return fold_of_group[inverse]
+    return fold_patients(np.asarray(groups).tolist(), None, n_folds, seed=seed, balance="patients")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
