@@ -294,19 +294,9 @@ def rss_mb(pid: int) -> float:
 
 
 def start_server(model: Path, port: int, log_path: Path) -> subprocess.Popen:
-    from pneumoscan.testing.app_server import start_logged, wait_ready
+    from pneumoscan.testing.app_server import pneumoscan_serve, start_logged, wait_ready
 
-    command = [
-        sys.executable,
-        "-m",
-        "pneumoscan.interfaces.cli",
-        "serve",
-        "--model",
-        str(model),
-        "--port",
-        str(port),
-    ]
-    proc = start_logged(command, log_path, new_session=False)
+    proc = start_logged(pneumoscan_serve(model, port), log_path, new_session=False)
     try:
         wait_ready(f"http://127.0.0.1:{port}/readyz", proc, log_path, 120, what="the server")
     except RuntimeError:

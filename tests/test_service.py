@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import signal
-import sys
 import tempfile
 import threading
 import urllib.request
@@ -28,7 +27,7 @@ from pneumoscan.inference.predictor import Predictor  # noqa: E402
 from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row, write_rows  # noqa: E402
 from pneumoscan.interfaces import cli, service  # noqa: E402
 from pneumoscan.interfaces.service import ServiceLimits, create_app  # noqa: E402
-from pneumoscan.testing.app_server import free_port, start_logged, wait_ready  # noqa: E402
+from pneumoscan.testing.app_server import free_port, pneumoscan_serve, start_logged, wait_ready  # noqa: E402
 from pneumoscan.testing.dicom import PATIENT_TAGS, dicom_bytes  # noqa: E402
 from pneumoscan.testing.models import export_tiny_litert, make_tiny_model  # noqa: E402
 from pneumoscan.testing.synthetic import xray_image, xray_like  # noqa: E402
@@ -427,19 +426,7 @@ def test_a_real_pneumoscan_serve_process(lite_model, predictor, tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("subprocess-key\n")
     log_path = tmp_path / "serve.log"
-    command = [
-        sys.executable,
-        "-m",
-        "pneumoscan.interfaces.cli",
-        "serve",
-        "--model",
-        str(lite_model),
-        "--port",
-        str(port),
-        "--api-key-file",
-        str(key_file),
-    ]
-    proc = start_logged(command, log_path)
+    proc = start_logged(pneumoscan_serve(lite_model, port, "--api-key-file", str(key_file)), log_path)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base + "/readyz", proc, log_path, 60, what="the server")

@@ -130,3 +130,11 @@ def pneumoscan_app(model: str | Path | None = None) -> Callable[[int], list[str]
                 "--address", "127.0.0.1"]  # fmt: skip
 
     return command
+
+
+def pneumoscan_serve(model: str | Path, port: int, *options: str) -> list[str]:
+    """The command line of ``pneumoscan serve`` on ``model`` at ``port``, then ``options``."""
+    import sys
+
+    cli = [sys.executable, "-m", "pneumoscan.interfaces.cli"]
+    return [*cli, "serve", "--model", str(model), "--port", str(port), *options]
