@@ -25,6 +25,11 @@ before the ensemble), that model is timed in the same run and the ensemble's fas
 backend is compared with it: an ensemble must keep >= 60 % of the single model's batch throughput
 and of its single-image speed (p50 end to end).
 
+The out-of-scope guard (:mod:`pneumoscan.inference.scope`: pixel checks, then the embedding
+distance) is timed in the same run on the fastest passing backend: ``Predictor.predict_bytes`` with
+the guard and without it (``Predictor(..., scope_guard=False)``), alternating call by call over the
+same images, p50 of each. Target: the guard adds at most 15 % to single-image latency.
+
 Run: ``python benchmarks/inference.py [--model M.keras] [--n 256] [--single-model S.tflite]``.
 """
 
@@ -249,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     keras_predictor = Predictor(model_path)
     size = keras_predictor.image_size
-    results, checks = {}, {}
+    results, checks, paths = {}, {}, {"Predictor keras": model_path}
     print("yardstick: stock int8 MobileNetV2 (1000 classes), model only ...", flush=True)
     floor_ms = bench_floor(tmp, reps)
     speed = REFERENCE_FLOOR_MS / floor_ms
@@ -288,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             ModelMetadata.read(model_path).write(out)
         print(f"{label} ...", flush=True)
         results[label] = bench_predictor(Predictor(out), files, blobs, reps)
+        paths[label] = out
 
     base = results["baseline model.predict"]
     print(
@@ -337,7 +343,63 @@ def main(argv: list[str] | None = None) -> int:
     if not trained:
         print("  (untrained model: speeds are representative, the agreement check is on untrained outputs)")
     ok_single = compare_with_single(args.single_model, r, fastest, files, blobs, reps)
-    return 0 if ok_tp and ok_lat and ok_single else 1
+    ok_guard = compare_guard(paths[fastest], fastest, blobs, reps)
+    return 0 if ok_tp and ok_lat and ok_single and ok_guard else 1
+
+
+#: Most the out-of-scope guard may add to single-image latency (p50, end to end).
+MAX_GUARD_OVERHEAD = 0.15
+
+
+def compare_guard(model_path: Path, name: str, blobs: list[bytes], reps: int) -> bool:
+    """Single-image latency (``predict_bytes``, p50) with and without the out-of-scope guard, on
+    the same images, the two predictors alternating call by call (which goes first alternates too).
+    Also the guard's own parts, p50: the pixel checks on a decoded image and the embedding distance.
+    True when the guard adds at most :data:`MAX_GUARD_OVERHEAD`, or when the model has no guard."""
+    from pneumoscan.data.imaging import decode_bytes
+    from pneumoscan.inference.predictor import Predictor
+    from pneumoscan.inference.scope import check_image
+
+    guarded, bare = Predictor(model_path), Predictor(model_path, scope_guard=False)
+    print(f"\nout-of-scope guard on {name} ({model_path.name}) ...", flush=True)
+    if guarded.guard is None:
+        print("  the model has no embedding guard: only the pixel checks would run; not compared")
+        return True
+    for _ in range(3):
+        for predictor in (guarded, bare):
+            predictor.predict_bytes(blobs[0])
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for i, data in enumerate(blobs[:reps]):
+        for on in (True, False) if i % 2 == 0 else (False, True):
+            predictor = guarded if on else bare
+            t0 = time.perf_counter()
+            predictor.predict_bytes(data)
+            times[on].append(time.perf_counter() - t0)
+    decoded = [decode_bytes(b) for b in blobs[:reps]]
+    pixel = []
+    for image in decoded:
+        t0 = time.perf_counter()
+        check_image(image)
+        pixel.append(time.perf_counter() - t0)
+    embedding = guarded.predict_details(np.zeros((1, guarded.image_size, guarded.image_size, 1))).embedding
+    distance = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        guarded.guard.check(embedding)
+        distance.append(time.perf_counter() - t0)
+    on_ms, off_ms = percentile_ms(times[True], 50), percentile_ms(times[False], 50)
+    overhead = on_ms / off_ms - 1.0
+    ok = overhead <= MAX_GUARD_OVERHEAD
+    print(
+        f"  single image, e2e p50 over {len(times[True])} images: with the guard {on_ms:.2f} ms, "
+        f"without {off_ms:.2f} ms (p95 {percentile_ms(times[True], 95):.2f} / "
+        f"{percentile_ms(times[False], 95):.2f} ms)\n"
+        f"  the guard's parts, p50: pixel checks {percentile_ms(pixel, 50):.2f} ms, embedding distance "
+        f"{percentile_ms(distance, 50):.3f} ms\n"
+        f"  the guard adds {overhead:+.1%} to single-image latency (target <= {MAX_GUARD_OVERHEAD:.0%}): "
+        f"{'MET' if ok else 'MISSED'}"
+    )
+    return ok
 
 
 #: Share of a single model's speed an ensemble must keep (throughput and single-image p50).
