@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -132,23 +133,61 @@ def evaluate_folder(
     ValueError
         No samples, or none of them could be read.
     """
-    from pneumoscan import plotting
-    from pneumoscan.evaluation import figures
-
     samples = list(samples)
     if not samples:
         raise ValueError("no images to evaluate: the sample list is empty")
     t = check_threshold(predictor.threshold if threshold is None else threshold)
     model_path = getattr(predictor, "model_path", None)
+    overlap = _check_overlap(samples, predictor, model_path, allow_training_data=allow_training_data)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scored = _predict_samples(samples, predictor, t, tta=tta, progress=progress)
+    rows = (labelled_row(s, o) for s, o in zip(samples, scored.predictions, strict=True))
+    write_rows(out_dir / "predictions.csv", LABELLED_COLUMNS, rows, digits=6)
+    if not scored.ok.any():
+        first = scored.skipped[0]
+        raise ValueError(
+            f"none of the {len(samples)} images could be read; first error: {first['path']}: {first['error']}"
+        )
+    kept = [s for s, good in zip(samples, scored.ok, strict=True) if good]
+    report = _kept_metrics(kept, scored.probs[scored.ok], t, n_boot=n_boot, seed=seed)
+    report["skipped"] = scored.skipped
+    report["scope"] = scope_report(
+        samples, scored.predictions, scored.ok, scored.probs, t, n_boot=n_boot, seed=seed
+    )
+    report["model"] = None if model_path is None else str(model_path)
+    report["tta"] = bool(tta)
+    report["overlaps_training_data"] = overlap.overlaps_training_data
+    report["chose_the_model"] = overlap.chose_the_model
+    report["data_overlap"] = overlap.to_json()
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    _write_figures(out_dir, report["confusion_matrix"], kept, scored.probs[scored.ok], t)
+    log.info("evaluation written to %s", out_dir)
+    return report
+
+
+def _check_overlap(samples, predictor, model_path, *, allow_training_data: bool):
+    """The samples' overlap with the model's own data; refuses training images unless allowed."""
     overlap = check_training_overlap(samples, getattr(predictor, "metadata", None), model_path=model_path)
     if overlap.training:
         if not allow_training_data:
             raise TrainingDataOverlapError(overlap.refusal(len(samples), model_path))
         log.warning("scoring %d of the model's own training images, as asked", len(overlap.training))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [s.path for s in samples]
-    results = predictor.predict_paths(paths, tta=tta, progress=progress)
+    return overlap
+
+
+class _Scored(NamedTuple):
+    """What :func:`_predict_samples` found, one entry per sample."""
+
+    probs: np.ndarray  #: p(pneumonia), NaN where not scored
+    ok: np.ndarray  #: bool: read, a radiograph, and a finite probability
+    predictions: list  #: a Prediction, an error message (str) or a refusing ScopeCheck
+    skipped: list[dict]  #: ``{"path", "error"}`` for each unreadable file
+
+
+def _predict_samples(samples, predictor, t: float, *, tta: bool, progress: bool) -> _Scored:
+    """Predict every sample at threshold ``t``; unreadable files and non-radiographs are set aside."""
+    results = predictor.predict_paths([s.path for s in samples], tta=tta, progress=progress)
     probs = np.asarray(results.p_pneumonia, dtype=np.float64)
     errors = list(results.errors)
     if probs.shape != (len(samples),) or len(errors) != len(samples):
@@ -158,12 +197,7 @@ def evaluate_folder(
         )
     scope = list(getattr(results, "scope", None) or [IN_SCOPE] * len(samples))
     spread = getattr(results, "spread", None)
-    band = getattr(predictor, "band", None)
-    if band is not None:
-        try:
-            band.check(t)
-        except ValueError:
-            band = None  # a --threshold the stored band does not fit: the minimal band at t
+    band = _band_at(predictor, t)
     refused = [c if not c.radiograph else None for c in scope]
     for i in np.flatnonzero(~np.isfinite(probs)):
         if errors[i] is None and refused[i] is None:
@@ -183,19 +217,24 @@ def evaluate_folder(
         sp = None if spread is None else spread[i]
         return make_prediction(probs[i], t, band=band, spread=sp, scope=scope[i])
 
-    predictions = [outcome(i) for i in range(len(samples))]
-    rows = (labelled_row(s, o) for s, o in zip(samples, predictions, strict=True))
-    write_rows(out_dir / "predictions.csv", LABELLED_COLUMNS, rows, digits=6)
-    if not ok.any():
-        raise ValueError(
-            f"none of the {len(samples)} images could be read; first error: "
-            f"{skipped[0]['path']}: {skipped[0]['error']}"
-        )
-    kept = [s for s, good in zip(samples, ok, strict=True) if good]
-    y = np.array([s.label for s in kept], dtype=np.int64)
-    p = probs[ok]
-    report = metrics_report(
-        y,
+    return _Scored(probs, ok, [outcome(i) for i in range(len(samples))], skipped)
+
+
+def _band_at(predictor, t: float):
+    """The predictor's stored uncertainty band; ``None`` (the minimal band at ``t``) if it does not fit."""
+    band = getattr(predictor, "band", None)
+    if band is not None:
+        try:
+            band.check(t)
+        except ValueError:
+            return None  # a --threshold the stored band does not fit: the minimal band at t
+    return band
+
+
+def _kept_metrics(kept, p: np.ndarray, t: float, *, n_boot: int, seed: int) -> dict:
+    """:func:`metrics_report` on the scored samples ``kept`` with their probabilities ``p``."""
+    return metrics_report(
+        np.array([s.label for s in kept], dtype=np.int64),
         p,
         threshold=t,
         groups=[s.patient_id for s in kept],
@@ -203,18 +242,16 @@ def evaluate_folder(
         n_boot=n_boot,
         seed=seed,
     )
-    report["skipped"] = skipped
-    report["scope"] = scope_report(samples, predictions, ok, probs, t, n_boot=n_boot, seed=seed)
-    report["model"] = None if model_path is None else str(model_path)
-    report["tta"] = bool(tta)
-    report["overlaps_training_data"] = overlap.overlaps_training_data
-    report["chose_the_model"] = overlap.chose_the_model
-    report["data_overlap"] = overlap.to_json()
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
 
+
+def _write_figures(out_dir: Path, confusion_matrix, kept, p: np.ndarray, t: float) -> None:
+    """The report's PNG figures for the scored samples ``kept`` and their probabilities ``p``."""
+    from pneumoscan import plotting
+    from pneumoscan.evaluation import figures
+
+    y = np.array([s.label for s in kept], dtype=np.int64)
     both = 0 < y.sum() < y.size
-    cm_figure = figures.confusion_matrix_figure(report["confusion_matrix"])
-    plotting.save(cm_figure, out_dir / "confusion_matrix.png")
+    plotting.save(figures.confusion_matrix_figure(confusion_matrix), out_dir / "confusion_matrix.png")
     plotting.save(figures.roc_figure(y, p, threshold=t), out_dir / "roc.png")
     plotting.save(figures.pr_figure(y, p, threshold=t), out_dir / "pr.png")
     plotting.save(figures.reliability_figure(y, p), out_dir / "reliability.png")
@@ -222,8 +259,6 @@ def evaluate_folder(
     plotting.save(_worst_mistakes_figure(kept, p, t), out_dir / "worst_mistakes.png")
     if not both:
         log.warning("the evaluation set holds only one class: ROC/PR AUC are undefined")
-    log.info("evaluation written to %s", out_dir)
-    return report
 
 
 def worst_mistakes(labels: np.ndarray, probs: np.ndarray, threshold: float, *, limit: int = GALLERY_SIZE):
