@@ -141,27 +141,20 @@ def evaluate_folder(
     overlap = _check_overlap(samples, predictor, model_path, allow_training_data=allow_training_data)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    scored = _predict_samples(samples, predictor, t, tta=tta, progress=progress)
-    rows = (labelled_row(s, o) for s, o in zip(samples, scored.predictions, strict=True))
+    probs, ok, predictions, skipped = _predict_samples(samples, predictor, t, tta=tta, progress=progress)
+    rows = (labelled_row(s, o) for s, o in zip(samples, predictions, strict=True))
     write_rows(out_dir / "predictions.csv", LABELLED_COLUMNS, rows, digits=6)
-    if not scored.ok.any():
-        first = scored.skipped[0]
-        raise ValueError(
-            f"none of the {len(samples)} images could be read; first error: {first['path']}: {first['error']}"
-        )
-    kept = [s for s, good in zip(samples, scored.ok, strict=True) if good]
-    report = _kept_metrics(kept, scored.probs[scored.ok], t, n_boot=n_boot, seed=seed)
-    report["skipped"] = scored.skipped
-    report["scope"] = scope_report(
-        samples, scored.predictions, scored.ok, scored.probs, t, n_boot=n_boot, seed=seed
-    )
+    kept = _scored_samples(samples, ok, skipped)
+    report = _kept_metrics(kept, probs[ok], t, n_boot=n_boot, seed=seed)
+    report["skipped"] = skipped
+    report["scope"] = scope_report(samples, predictions, ok, probs, t, n_boot=n_boot, seed=seed)
     report["model"] = None if model_path is None else str(model_path)
     report["tta"] = bool(tta)
     report["overlaps_training_data"] = overlap.overlaps_training_data
     report["chose_the_model"] = overlap.chose_the_model
     report["data_overlap"] = overlap.to_json()
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    _write_figures(out_dir, report["confusion_matrix"], kept, scored.probs[scored.ok], t)
+    _write_figures(out_dir, report["confusion_matrix"], kept, probs[ok], t)
     log.info("evaluation written to %s", out_dir)
     return report
 
@@ -218,6 +211,16 @@ def _predict_samples(samples, predictor, t: float, *, tta: bool, progress: bool)
         return make_prediction(probs[i], t, band=band, spread=sp, scope=scope[i])
 
     return _Scored(probs, ok, [outcome(i) for i in range(len(samples))], skipped)
+
+
+def _scored_samples(samples, ok: np.ndarray, skipped: list[dict]) -> list:
+    """The samples that were scored (``ok``); a ``ValueError`` naming the first error when none was."""
+    if not ok.any():
+        first = skipped[0]
+        raise ValueError(
+            f"none of the {len(samples)} images could be read; first error: {first['path']}: {first['error']}"
+        )
+    return [s for s, good in zip(samples, ok, strict=True) if good]
 
 
 def _band_at(predictor, t: float):
