@@ -9,6 +9,33 @@ readable or not, so the numbers match a directory listing; files that cannot be 
 listed in ``unreadable`` with the reason, and ``readable`` gives the counts of decoded images.
 Image sizes, modes, formats and colourfulness describe readable images only. Duplicates are found
 on exact file bytes, so they include unreadable files too.
+
+The report's keys (``report.json``, and the dict :func:`build_report` returns):
+
+- ``version``, ``root`` (absolute), ``generated_at`` (UTC, ISO 8601), ``elapsed_s``
+- ``splits``: split -> {class -> image files found, readable or not}
+- ``readable``: split -> {class -> images that decode}
+- ``n_files``, ``n_readable``, ``n_unreadable``: totals
+- ``imbalance``: split -> PNEUMONIA / NORMAL file ratio (None without NORMAL files)
+- ``patients``: split -> {class -> distinct patient ids}
+- ``images_per_patient``: split -> {min, max, mean, median} (None when empty)
+- ``patients_in_both_classes``: split -> sorted patient ids with NORMAL and PNEUMONIA files
+- ``patient_overlap_between_splits``: patient id -> sorted splits, for ids in several splits
+- ``subtypes``: split -> {"bacteria", "virus", "none" -> file count}
+- ``image_sizes``: split -> {"n", "width": stats, "height": stats}, stats being
+  {min, max, mean, median} of the original sizes in pixels (None when nothing decoded)
+- ``modes``, ``formats``: decoded mode / format -> count (``"L"``, ``"RGB"``, ``"JPEG"``, ...)
+- ``colourful``: [{"path", "colourfulness"}] readable images above
+  :data:`pneumoscan.config.MAX_COLOURFULNESS`, likely not X-rays
+- ``duplicates``: groups of byte-identical files, each {"hash", "files", "splits", "labels",
+  "patients", "crosses_splits", "crosses_labels", "crosses_patients"}, files as paths
+  relative to ``root``. A group crossing patients defeats a patient-level split.
+- ``duplicate_counts``: {"groups", "files", "redundant_files", "groups_crossing_splits",
+  "groups_crossing_labels", "groups_crossing_patients"}
+- ``unreadable``: [{"path", "split", "label", "error"}], paths relative to ``root``
+- ``data_fingerprint``: :func:`pneumoscan.data.fingerprint` of all files found;
+  ``split_fingerprints``: the same per split
+- ``figures``: names of the PNG files written
 """
 
 from __future__ import annotations
@@ -156,32 +183,7 @@ def build_report(
     Returns
     -------
     dict
-        JSON-ready; the keys are:
-
-        - ``version``, ``root`` (absolute), ``generated_at`` (UTC, ISO 8601), ``elapsed_s``
-        - ``splits``: split -> {class -> image files found, readable or not}
-        - ``readable``: split -> {class -> images that decode}
-        - ``n_files``, ``n_readable``, ``n_unreadable``: totals
-        - ``imbalance``: split -> PNEUMONIA / NORMAL file ratio (None without NORMAL files)
-        - ``patients``: split -> {class -> distinct patient ids}
-        - ``images_per_patient``: split -> {min, max, mean, median} (None when empty)
-        - ``patients_in_both_classes``: split -> sorted patient ids with NORMAL and PNEUMONIA files
-        - ``patient_overlap_between_splits``: patient id -> sorted splits, for ids in several splits
-        - ``subtypes``: split -> {"bacteria", "virus", "none" -> file count}
-        - ``image_sizes``: split -> {"n", "width": stats, "height": stats}, stats being
-          {min, max, mean, median} of the original sizes in pixels (None when nothing decoded)
-        - ``modes``, ``formats``: decoded mode / format -> count (``"L"``, ``"RGB"``, ``"JPEG"``, ...)
-        - ``colourful``: [{"path", "colourfulness"}] readable images above
-          :data:`pneumoscan.config.MAX_COLOURFULNESS`, likely not X-rays
-        - ``duplicates``: groups of byte-identical files, each {"hash", "files", "splits", "labels",
-          "patients", "crosses_splits", "crosses_labels", "crosses_patients"}, files as paths
-          relative to ``root``. A group crossing patients defeats a patient-level split.
-        - ``duplicate_counts``: {"groups", "files", "redundant_files", "groups_crossing_splits",
-          "groups_crossing_labels", "groups_crossing_patients"}
-        - ``unreadable``: [{"path", "split", "label", "error"}], paths relative to ``root``
-        - ``data_fingerprint``: :func:`pneumoscan.data.fingerprint` of all files found;
-          ``split_fingerprints``: the same per split
-        - ``figures``: names of the PNG files written
+        JSON-ready, the same as ``report.json``; its keys are listed in the module docstring.
 
     Raises
     ------
@@ -189,8 +191,6 @@ def build_report(
         From :func:`pneumoscan.data.discover`: no such folder, or no class folders in it.
         Bad image files never raise; they are listed in ``unreadable``.
     """
-    from tqdm.auto import tqdm
-
     if sample_grid < 0:
         raise ValueError(f"sample_grid must be 0 or more, got {sample_grid}")
     start = time.perf_counter()
@@ -202,14 +202,7 @@ def build_report(
 
     candidates = _gallery_candidates(samples, sample_grid) if sample_grid else {}
     wanted = {p for paths in candidates.values() for p in paths}
-    workers = workers or decode_workers()
-    scans: list[_Scan] = [None] * len(samples)  # type: ignore[list-item]
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(_scan_file, s, s.path in wanted): i for i, s in enumerate(samples)}
-        with tqdm(total=len(samples), desc="scanning", unit="img", disable=not progress) as bar:
-            for future in concurrent.futures.as_completed(futures):
-                scans[futures[future]] = future.result()
-                bar.update()
+    scans = _scan_all(samples, wanted, workers=workers or decode_workers(), progress=progress)
 
     report = _summarise(root, splits, scans)
     for item in report["unreadable"]:
@@ -223,41 +216,112 @@ def build_report(
     return report
 
 
+def _scan_all(samples: Sequence[Sample], wanted: set[Path], *, workers: int, progress: bool) -> list[_Scan]:
+    """:func:`_scan_file` on every sample, in ``workers`` threads; thumbnails of the ``wanted`` paths."""
+    from tqdm.auto import tqdm
+
+    scans: list[_Scan] = [None] * len(samples)  # type: ignore[list-item]
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(_scan_file, s, s.path in wanted): i for i, s in enumerate(samples)}
+        with tqdm(total=len(samples), desc="scanning", unit="img", disable=not progress) as bar:
+            for future in concurrent.futures.as_completed(futures):
+                scans[futures[future]] = future.result()
+                bar.update()
+    return scans
+
+
 def _summarise(root: Path, splits: Mapping[str, list[Sample]], scans: Sequence[_Scan]) -> dict:
+    """The report (``figures`` empty, ``elapsed_s`` None) from the scans of every file of ``splits``."""
     by_split: dict[str, list[_Scan]] = defaultdict(list)
     for scan in scans:
         by_split[scan.sample.split].append(scan)
+    per_split = {split: _summarise_split(by_split.get(split, [])) for split in splits}
 
-    counts, readable, patients, per_patient, both, subtypes, sizes = {}, {}, {}, {}, {}, {}, {}
-    imbalance = {}
-    splits_of_patient: dict[str, set[str]] = defaultdict(set)
-    for split in splits:
-        items = by_split.get(split, [])
-        counts[split] = {c: sum(s.sample.label == i for s in items) for i, c in enumerate(CLASS_NAMES)}
-        readable[split] = {
+    def section(key: str) -> dict:
+        return {split: summary[key] for split, summary in per_split.items()}
+
+    ok = [s for s in scans if s.error is None]
+    duplicates = _duplicates(scans, root)
+    return {
+        "version": __version__,
+        "root": str(root),
+        "generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "elapsed_s": None,
+        "splits": section("splits"),
+        "readable": section("readable"),
+        "n_files": len(scans),
+        "n_readable": len(ok),
+        "n_unreadable": len(scans) - len(ok),
+        "imbalance": section("imbalance"),
+        "patients": section("patients"),
+        "images_per_patient": section("images_per_patient"),
+        "patients_in_both_classes": section("patients_in_both_classes"),
+        "patient_overlap_between_splits": _patient_overlap(splits, by_split),
+        "subtypes": section("subtypes"),
+        "image_sizes": section("image_sizes"),
+        "modes": dict(Counter(s.mode for s in ok).most_common()),
+        "formats": dict(Counter(s.format for s in ok).most_common()),
+        "colourful": [
+            {"path": _rel(s.sample.path, root), "colourfulness": round(s.colourfulness, 2)}
+            for s in sorted(ok, key=lambda s: str(s.sample.path))
+            if s.colourfulness > MAX_COLOURFULNESS
+        ],
+        "duplicates": duplicates,
+        "duplicate_counts": _duplicate_counts(duplicates),
+        "unreadable": [
+            {
+                "path": _rel(s.sample.path, root),
+                "split": s.sample.split,
+                "label": s.sample.class_name,
+                "error": s.error,
+            }
+            for s in sorted(scans, key=lambda s: str(s.sample.path))
+            if s.error is not None
+        ],
+        "data_fingerprint": fingerprint([s.sample for s in scans]),
+        "split_fingerprints": {split: fingerprint(split_samples) for split, split_samples in splits.items()},
+        "figures": [],
+    }
+
+
+def _summarise_split(items: Sequence[_Scan]) -> dict:
+    """One split's entries of the per-split report keys (``splits``, ``readable``, ``imbalance``, ...)."""
+    counts = {c: sum(s.sample.label == i for s in items) for i, c in enumerate(CLASS_NAMES)}
+    normal, pneumonia = counts[CLASS_NAMES[0]], counts[CLASS_NAMES[1]]
+    ids_by_class = {
+        c: {s.sample.patient_id for s in items if s.sample.label == i} for i, c in enumerate(CLASS_NAMES)
+    }
+    found = Counter(s.sample.subtype for s in items)
+    ok = [s for s in items if s.error is None]
+    return {
+        "splits": counts,
+        "readable": {
             c: sum(s.sample.label == i and s.error is None for s in items) for i, c in enumerate(CLASS_NAMES)
-        }
-        normal, pneumonia = counts[split][CLASS_NAMES[0]], counts[split][CLASS_NAMES[1]]
-        imbalance[split] = round(pneumonia / normal, 4) if normal else None
-        ids_by_class = {
-            c: {s.sample.patient_id for s in items if s.sample.label == i} for i, c in enumerate(CLASS_NAMES)
-        }
-        patients[split] = {c: len(ids) for c, ids in ids_by_class.items()}
-        both[split] = sorted(set.intersection(*ids_by_class.values()))
-        images_of = Counter(s.sample.patient_id for s in items)
-        per_patient[split] = _stats(list(images_of.values()))
-        for pid in images_of:
-            splits_of_patient[pid].add(split)
-        found = Counter(s.sample.subtype for s in items)
-        subtypes[split] = {k: found.get(k, 0) for k in SUBTYPES}
-        ok = [s for s in items if s.error is None]
-        sizes[split] = {
+        },
+        "imbalance": round(pneumonia / normal, 4) if normal else None,
+        "patients": {c: len(ids) for c, ids in ids_by_class.items()},
+        "images_per_patient": _stats(list(Counter(s.sample.patient_id for s in items).values())),
+        "patients_in_both_classes": sorted(set.intersection(*ids_by_class.values())),
+        "subtypes": {k: found.get(k, 0) for k in SUBTYPES},
+        "image_sizes": {
             "n": len(ok),
             "width": _stats([s.width for s in ok]),
             "height": _stats([s.height for s in ok]),
-        }
+        },
+    }
 
-    ok = [s for s in scans if s.error is None]
+
+def _patient_overlap(splits: Mapping[str, list[Sample]], by_split: Mapping[str, list[_Scan]]) -> dict:
+    """Patient id -> sorted splits, for the ids found in more than one split."""
+    splits_of_patient: dict[str, set[str]] = defaultdict(set)
+    for split in splits:
+        for scan in by_split.get(split, []):
+            splits_of_patient[scan.sample.patient_id].add(split)
+    return {pid: sorted(found) for pid, found in sorted(splits_of_patient.items()) if len(found) > 1}
+
+
+def _duplicates(scans: Sequence[_Scan], root: Path) -> list[dict]:
+    """Groups of byte-identical files (same sha256), in order of their first path."""
     groups: dict[str, list[_Scan]] = defaultdict(list)
     for scan in scans:
         if scan.sha256 is not None:
@@ -282,56 +346,17 @@ def _summarise(root: Path, splits: Mapping[str, list[Sample]], scans: Sequence[_
                 "crosses_patients": len(dup_patients) > 1,
             }
         )
-    duplicate_counts = {
+    return duplicates
+
+
+def _duplicate_counts(duplicates: Sequence[dict]) -> dict:
+    return {
         "groups": len(duplicates),
         "files": sum(len(g["files"]) for g in duplicates),
         "redundant_files": sum(len(g["files"]) - 1 for g in duplicates),
         "groups_crossing_splits": sum(g["crosses_splits"] for g in duplicates),
         "groups_crossing_labels": sum(g["crosses_labels"] for g in duplicates),
         "groups_crossing_patients": sum(g["crosses_patients"] for g in duplicates),
-    }
-    samples = [s.sample for s in scans]
-    return {
-        "version": __version__,
-        "root": str(root),
-        "generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "elapsed_s": None,
-        "splits": counts,
-        "readable": readable,
-        "n_files": len(scans),
-        "n_readable": len(ok),
-        "n_unreadable": len(scans) - len(ok),
-        "imbalance": imbalance,
-        "patients": patients,
-        "images_per_patient": per_patient,
-        "patients_in_both_classes": both,
-        "patient_overlap_between_splits": {
-            pid: sorted(found) for pid, found in sorted(splits_of_patient.items()) if len(found) > 1
-        },
-        "subtypes": subtypes,
-        "image_sizes": sizes,
-        "modes": dict(Counter(s.mode for s in ok).most_common()),
-        "formats": dict(Counter(s.format for s in ok).most_common()),
-        "colourful": [
-            {"path": _rel(s.sample.path, root), "colourfulness": round(s.colourfulness, 2)}
-            for s in sorted(ok, key=lambda s: str(s.sample.path))
-            if s.colourfulness > MAX_COLOURFULNESS
-        ],
-        "duplicates": duplicates,
-        "duplicate_counts": duplicate_counts,
-        "unreadable": [
-            {
-                "path": _rel(s.sample.path, root),
-                "split": s.sample.split,
-                "label": s.sample.class_name,
-                "error": s.error,
-            }
-            for s in sorted(scans, key=lambda s: str(s.sample.path))
-            if s.error is not None
-        ],
-        "data_fingerprint": fingerprint(samples),
-        "split_fingerprints": {split: fingerprint(split_samples) for split, split_samples in splits.items()},
-        "figures": [],
     }
 
 
@@ -379,12 +404,39 @@ def format_report(report: Mapping) -> str:
     str
         Several lines, no trailing newline.
     """
-    normal, pneumonia = CLASS_NAMES
     lines = [f"Data report for {report['root']} (pneumoscan {report.get('version', '?')})", ""]
-    lines.append(
+    lines += _format_splits(report)
+    lines += _format_images(report)
+    lines += _format_duplicates(report)
+    unreadable = report.get("unreadable", [])
+    lines += ["", f"Unreadable files: {len(unreadable)}"]
+    lines += _first(unreadable, 20, lambda item: f"  {item['path']}: {item['error']}")
+    lines += ["", f"Data fingerprint: {report.get('data_fingerprint', '?')}"]
+    if report.get("elapsed_s") is not None:
+        lines.append(f"Scanned in {report['elapsed_s']:.1f} s.")
+    return "\n".join(lines)
+
+
+def _first(items: Sequence, limit: int, line) -> list[str]:
+    """``line(item)`` for the first ``limit`` items, then how many more report.json lists."""
+    lines = [line(item) for item in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"  ... and {len(items) - limit} more (see report.json)")
+    return lines
+
+
+def _some(names: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` names, comma-separated, with `` ...`` when there are more."""
+    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
+
+
+def _format_splits(report: Mapping) -> list[str]:
+    """The table of files per split and class, the totals, and patients across classes or splits."""
+    normal, pneumonia = CLASS_NAMES
+    lines = [
         f"{'split':<10} {normal:>8} {pneumonia:>10} {'total':>7}  "
         f"{'PNEU/NORM':>9}  {'patients N/P':>13}  {'bacteria':>8} {'virus':>6}"
-    )
+    ]
     for split, c in report["splits"].items():
         ratio = report.get("imbalance", {}).get(split)
         pat = report.get("patients", {}).get(split, {})
@@ -402,22 +454,20 @@ def format_report(report: Mapping) -> str:
     for split, ids in report.get("patients_in_both_classes", {}).items():
         if ids:
             lines.append(
-                f"WARNING: {len(ids)} patient(s) of {split} have NORMAL and PNEUMONIA images: "
-                + ", ".join(ids[:5])
-                + (" ..." if len(ids) > 5 else "")
+                f"WARNING: {len(ids)} patient(s) of {split} have NORMAL and PNEUMONIA images: {_some(ids)}"
             )
     overlap = report.get("patient_overlap_between_splits", {})
     if overlap:
-        shown = ", ".join(f"{pid} ({'/'.join(s)})" for pid, s in list(overlap.items())[:5])
-        lines.append(
-            f"Patient ids found in more than one split: {len(overlap)} ({shown}"
-            + (" ..." if len(overlap) > 5 else "")
-            + ")"
-        )
+        shown = _some([f"{pid} ({'/'.join(s)})" for pid, s in overlap.items()])
+        lines.append(f"Patient ids found in more than one split: {len(overlap)} ({shown})")
     else:
         lines.append("No patient id is found in more than one split.")
+    return lines
 
-    lines += ["", "Original image sizes (pixels, readable images):"]
+
+def _format_images(report: Mapping) -> list[str]:
+    """Image sizes per split, modes and formats, and the colour images."""
+    lines = ["", "Original image sizes (pixels, readable images):"]
     for split, s in report.get("image_sizes", {}).items():
         if not s.get("width"):
             lines.append(f"  {split}: no readable images")
@@ -432,14 +482,15 @@ def format_report(report: Mapping) -> str:
     lines.append(f"Modes: {modes}. Formats: {formats}.")
     colourful = report.get("colourful", [])
     if colourful:
-        lines.append(
-            f"WARNING: {len(colourful)} colour image(s), probably not X-rays: "
-            + ", ".join(c["path"] for c in colourful[:5])
-            + (" ..." if len(colourful) > 5 else "")
-        )
+        shown = _some([c["path"] for c in colourful])
+        lines.append(f"WARNING: {len(colourful)} colour image(s), probably not X-rays: {shown}")
+    return lines
 
+
+def _format_duplicates(report: Mapping) -> list[str]:
+    """The duplicate counts and the groups that cross splits, labels or patients."""
     dc = report.get("duplicate_counts", {})
-    lines += [
+    lines = [
         "",
         f"Exact duplicates: {dc.get('groups', 0)} group(s) of byte-identical files "
         f"({dc.get('files', 0)} files, {dc.get('redundant_files', 0)} redundant); "
@@ -449,22 +500,12 @@ def format_report(report: Mapping) -> str:
     ]
     kinds = ("splits", "labels", "patients")
     flagged = [g for g in report.get("duplicates", []) if any(g.get(f"crosses_{k}") for k in kinds)]
-    for g in flagged[:10]:
-        what = " and ".join(k for k in kinds if g.get(f"crosses_{k}"))
-        lines.append(f"  crosses {what}: " + ", ".join(g["files"]))
-    if len(flagged) > 10:
-        lines.append(f"  ... and {len(flagged) - 10} more (see report.json)")
 
-    unreadable = report.get("unreadable", [])
-    lines += ["", f"Unreadable files: {len(unreadable)}"]
-    for item in unreadable[:20]:
-        lines.append(f"  {item['path']}: {item['error']}")
-    if len(unreadable) > 20:
-        lines.append(f"  ... and {len(unreadable) - 20} more (see report.json)")
-    lines += ["", f"Data fingerprint: {report.get('data_fingerprint', '?')}"]
-    if report.get("elapsed_s") is not None:
-        lines.append(f"Scanned in {report['elapsed_s']:.1f} s.")
-    return "\n".join(lines)
+    def crossing(g: Mapping) -> str:
+        what = " and ".join(k for k in kinds if g.get(f"crosses_{k}"))
+        return f"  crosses {what}: " + ", ".join(g["files"])
+
+    return lines + _first(flagged, 10, crossing)
 
 
 # --------------------------------------------------------------------------- data report
