@@ -394,54 +394,34 @@ def score_archive(
     -------
     ArchiveSummary
     """
-    from pneumoscan.models.artifacts import ModelMetadata
-
     started = time.perf_counter()
-    if commit_rows < 1:
-        raise ValueError(f"commit_rows must be at least 1, got {commit_rows}")
+    inputs, threshold_used = _checked_inputs(paths, model_path, threshold, commit_rows=commit_rows)
     out = Path(out)
     parts = parts_dir(out)
-    inputs = list(dict.fromkeys(str(p) for p in paths))
-    if not inputs:
-        raise ValueError("no input files to score")
-    local_model = Path(model_path) if model_path is not None else DEFAULT_MODEL_PATH
-    meta = ModelMetadata.read(local_model)  # fails early, before Ray starts, on a bad model
-    threshold_used = float(meta.threshold if threshold is None else threshold)
-    if not 0.0 < threshold_used < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold_used}")
     # The bundled model is resolved by each worker in its own installation; others by path.
     actor_model = None if model_path is None else str(Path(model_path).resolve())
+    todo = _unscored(inputs, out, parts)
+    _score_into_parts(
+        todo,
+        parts,
+        threshold_used,
+        model=actor_model,
+        threshold=threshold,
+        tta=tta,
+        ray_address=ray_address,
+        actors=actors,
+        num_cpus=num_cpus,
+        commit_rows=commit_rows,
+        progress=progress,
+        verbose=verbose,
+    )
+    return _finish(inputs, out, parts, csv=csv, n_scored=len(todo), started=started)
 
-    done, _ = _scored_paths(out, parts)
-    todo = [p for p in inputs if p not in done]
-    n_resumed = len(inputs) - len(todo)
-    if n_resumed:
-        log.info("resuming: %d of %d files already scored in %s", n_resumed, len(inputs), out)
-    parts.mkdir(parents=True, exist_ok=True)
-    readable, failed = _precheck(todo, threshold_used)
-    sequence = len(list(parts.glob("part-*.parquet")))
 
-    def commit(rows: list[dict[str, Any]]) -> None:
-        nonlocal sequence
-        if rows:
-            write_parquet(parts / f"part-{sequence:06d}-{uuid.uuid4().hex[:8]}.parquet", rows)
-            sequence += 1
-
-    commit(failed)
-    if readable:
-        _run_on_ray(
-            readable,
-            commit,
-            model=actor_model,
-            threshold=threshold,
-            tta=tta,
-            ray_address=ray_address,
-            actors=actors,
-            num_cpus=num_cpus,
-            commit_rows=commit_rows,
-            progress=progress,
-            verbose=verbose,
-        )
+def _finish(
+    inputs: list[str], out: Path, parts: Path, *, csv: str | Path | None, n_scored: int, started: float
+) -> ArchiveSummary:
+    """The end of a run: the parts become ``out`` (and the CSV on request); what the run did."""
     table = _consolidate(inputs, out, parts)
     if csv is not None:
         rows = (row for batch in table.to_batches() for row in batch.to_pylist())
@@ -450,11 +430,64 @@ def score_archive(
         out=out,
         csv=Path(csv) if csv is not None else None,
         n_files=len(inputs),
-        n_resumed=n_resumed,
-        n_scored=len(todo),
+        n_resumed=len(inputs) - n_scored,
+        n_scored=n_scored,
         n_failed=sum(1 for error in table.column("error").to_pylist() if error),
         seconds=time.perf_counter() - started,
     )
+
+
+def _checked_inputs(
+    paths: Sequence[str | Path], model_path: str | Path | None, threshold: float | None, *, commit_rows: int
+) -> tuple[list[str], float]:
+    """The distinct inputs, in order, and the threshold in use; the model's sidecar is read here, so a
+    bad model fails early, before Ray starts."""
+    from pneumoscan.models.artifacts import ModelMetadata
+
+    if commit_rows < 1:
+        raise ValueError(f"commit_rows must be at least 1, got {commit_rows}")
+    inputs = list(dict.fromkeys(str(p) for p in paths))
+    if not inputs:
+        raise ValueError("no input files to score")
+    meta = ModelMetadata.read(Path(model_path) if model_path is not None else DEFAULT_MODEL_PATH)
+    threshold_used = float(meta.threshold if threshold is None else threshold)
+    if not 0.0 < threshold_used < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold_used}")
+    return inputs, threshold_used
+
+
+def _unscored(inputs: list[str], out: Path, parts: Path) -> list[str]:
+    """The inputs an earlier run has not scored yet (in ``out`` or its committed parts)."""
+    done, _ = _scored_paths(out, parts)
+    todo = [p for p in inputs if p not in done]
+    n_resumed = len(inputs) - len(todo)
+    if n_resumed:
+        log.info("resuming: %d of %d files already scored in %s", n_resumed, len(inputs), out)
+    return todo
+
+
+def _score_into_parts(todo: list[str], parts: Path, threshold_used: float, **ray_options) -> None:
+    """Commit a row for every file of ``todo`` into ``parts``: first the files Ray could not read
+    (:func:`_precheck`), then the rest as :func:`_run_on_ray` (given ``ray_options``) scores them."""
+    parts.mkdir(parents=True, exist_ok=True)
+    readable, failed = _precheck(todo, threshold_used)
+    commit = _part_committer(parts)
+    commit(failed)
+    if readable:
+        _run_on_ray(readable, commit, **ray_options)
+
+
+def _part_committer(parts: Path):
+    """A function that writes a list of rows as the next part file in ``parts`` (nothing for none)."""
+    sequence = len(list(parts.glob("part-*.parquet")))
+
+    def commit(rows: list[dict[str, Any]]) -> None:
+        nonlocal sequence
+        if rows:
+            write_parquet(parts / f"part-{sequence:06d}-{uuid.uuid4().hex[:8]}.parquet", rows)
+            sequence += 1
+
+    return commit
 
 
 def _run_on_ray(
