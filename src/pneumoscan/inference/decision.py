@@ -288,6 +288,27 @@ def fit_uncertainty_band(
     UncertaintyBand
         With ``error_share`` and ``referral_rate`` as measured on ``p_oof`` and ``n``.
     """
+    p, y = _checked_oof(p_oof, y)
+    threshold = _probability("threshold", threshold)
+    target = _probability("error_share", error_share)
+    minimal = UncertaintyBand.minimal(threshold)
+    errors = (p >= threshold).astype(int) != y
+    caps, spread = _spread_caps(spread, p)
+    lows, highs = _candidate_edges(p, minimal, grid)
+    best: tuple | None = None  # (key, low, high, cap, held, referral); the smallest key wins
+    for cap in caps:
+        spread_flag = np.zeros(len(p), bool) if cap is None else spread > cap
+        key, i, j, held, referral = _best_edges(p, errors, spread_flag, lows, highs, target)
+        if best is None or key < best[0]:
+            best = (key, float(lows[i]), float(highs[j]), cap, held, referral)
+    _, low, high, cap, held_share, referral_rate = best
+    return UncertaintyBand(
+        low=low, high=high, max_spread=cap, error_share=held_share, referral_rate=referral_rate, n=int(len(p))
+    )
+
+
+def _checked_oof(p_oof, y) -> tuple[np.ndarray, np.ndarray]:
+    """``p_oof`` and ``y`` as arrays, once they are known to be probabilities and 0/1 labels."""
     p = np.asarray(p_oof, dtype=np.float64)
     y = np.asarray(y)
     if p.ndim != 1 or p.shape != y.shape:
@@ -296,55 +317,66 @@ def fit_uncertainty_band(
         raise ValueError("p_oof must be a non-empty array of probabilities in [0, 1]")
     if not np.all((y == 0) | (y == 1)):
         raise ValueError(f"y must hold 0/1 labels, got values {sorted(set(np.unique(y).tolist()))}")
-    threshold = _probability("threshold", threshold)
-    target = _probability("error_share", error_share)
-    minimal = UncertaintyBand.minimal(threshold)
-    errors = (p >= threshold).astype(int) != y
-    n_errors = int(errors.sum())
+    return p, y
 
+
+def _spread_caps(spread, p: np.ndarray) -> tuple[list[float | None], np.ndarray | None]:
+    """The spread caps to try (``None``: no cap; with ``spread``, its high percentiles), and ``spread``."""
     caps: list[float | None] = [None]
     if spread is not None:
         spread = np.asarray(spread, dtype=np.float64)
         if spread.shape != p.shape:
             raise ValueError(f"spread must have the shape of p_oof {p.shape}, got {spread.shape}")
         caps += [float(np.quantile(spread, q)) for q in (0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995)]
+    return caps, spread
 
+
+def _candidate_edges(p: np.ndarray, minimal: UncertaintyBand, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate low and high edges: ``grid`` quantiles of ``p`` on each side of the minimal band."""
     qs = np.linspace(0.0, 1.0, grid + 1)
     lows = np.unique(np.concatenate([[minimal.low, 0.0], np.quantile(p[p < minimal.low], qs)]))
     lows = lows[lows <= minimal.low] if np.any(p < minimal.low) else np.array([minimal.low, 0.0])
     highs = np.unique(np.concatenate([[minimal.high, 1.0], np.quantile(p[p >= minimal.high], qs)]))
     highs = highs[highs >= minimal.high] if np.any(p >= minimal.high) else np.array([minimal.high, 1.0])
+    return lows, highs
 
-    best: tuple | None = None  # (key, low, high, cap, held, referral); the smallest key wins
-    for cap in caps:
-        spread_flag = np.zeros(len(p), bool) if cap is None else spread > cap
-        # Counts of images and errors inside [low, high) or flagged by spread, via cumulative sums.
-        order = np.argsort(p)
-        ps = p[order]
-        free = ~spread_flag[order]
-        cum_n = np.concatenate([[0], np.cumsum(free)])
-        cum_e = np.concatenate([[0], np.cumsum(free & errors[order])])
-        base_n = int(spread_flag.sum())
-        base_e = int((spread_flag & errors).sum())
-        lo_idx = np.searchsorted(ps, lows, side="left")  # first index with p >= low
-        hi_idx = np.searchsorted(ps, highs, side="left")  # first index with p >= high
-        inside_n = base_n + (cum_n[hi_idx][None, :] - cum_n[lo_idx][:, None])
-        inside_e = base_e + (cum_e[hi_idx][None, :] - cum_e[lo_idx][:, None])
-        held = inside_e / n_errors if n_errors else np.ones_like(inside_e, dtype=float)
-        referral = inside_n / len(p)
-        ok = held >= target - 1e-12
-        if ok.any():  # the cheapest band holding the target share; ties: more errors held
-            flat = np.lexsort((-held.ravel(), np.where(ok, referral, np.inf).ravel()))[0]
-        else:  # errors at p = 1 or p = 0 no band holds: hold as many as possible
-            flat = np.lexsort((referral.ravel(), -held.ravel()))[0]
-        i, j = np.unravel_index(flat, referral.shape)
-        key = (0, referral[i, j], -held[i, j]) if ok.any() else (1, -held[i, j], referral[i, j])
-        if best is None or key < best[0]:
-            best = (key, float(lows[i]), float(highs[j]), cap, float(held[i, j]), float(referral[i, j]))
-    _, low, high, cap, held_share, referral_rate = best
-    return UncertaintyBand(
-        low=low, high=high, max_spread=cap, error_share=held_share, referral_rate=referral_rate, n=int(len(p))
-    )
+
+def _best_edges(
+    p: np.ndarray,
+    errors: np.ndarray,
+    spread_flag: np.ndarray,
+    lows: np.ndarray,
+    highs: np.ndarray,
+    target: float,
+) -> tuple[tuple, int, int, float, float]:
+    """The best ``[lows[i], highs[j])`` with the images ``spread_flag`` refers anyway.
+
+    Returns ``(key, i, j, held, referral)``: ``key`` orders the results of several spread caps
+    (smallest best), ``held`` is the share of ``errors`` referred and ``referral`` the share of images.
+    """
+    n_errors = int(errors.sum())
+    # Counts of images and errors inside [low, high) or flagged by spread, via cumulative sums.
+    order = np.argsort(p)
+    ps = p[order]
+    free = ~spread_flag[order]
+    cum_n = np.concatenate([[0], np.cumsum(free)])
+    cum_e = np.concatenate([[0], np.cumsum(free & errors[order])])
+    base_n = int(spread_flag.sum())
+    base_e = int((spread_flag & errors).sum())
+    lo_idx = np.searchsorted(ps, lows, side="left")  # first index with p >= low
+    hi_idx = np.searchsorted(ps, highs, side="left")  # first index with p >= high
+    inside_n = base_n + (cum_n[hi_idx][None, :] - cum_n[lo_idx][:, None])
+    inside_e = base_e + (cum_e[hi_idx][None, :] - cum_e[lo_idx][:, None])
+    held = inside_e / n_errors if n_errors else np.ones_like(inside_e, dtype=float)
+    referral = inside_n / len(p)
+    ok = held >= target - 1e-12
+    if ok.any():  # the cheapest band holding the target share; ties: more errors held
+        flat = np.lexsort((-held.ravel(), np.where(ok, referral, np.inf).ravel()))[0]
+    else:  # errors at p = 1 or p = 0 no band holds: hold as many as possible
+        flat = np.lexsort((referral.ravel(), -held.ravel()))[0]
+    i, j = np.unravel_index(flat, referral.shape)
+    key = (0, referral[i, j], -held[i, j]) if ok.any() else (1, -held[i, j], referral[i, j])
+    return key, i, j, float(held[i, j]), float(referral[i, j])
 
 
 def band_summary(band: UncertaintyBand) -> str:
