@@ -179,23 +179,63 @@ def export_tflite(
     if max_check_images is not None:
         val_s = stratified_subset(val_s, max_check_images, seed=seed)
     size = predictor.image_size
+    val = _check_images(val_s, size, data_dir, progress=progress)
+    representative = None
+    if quantize == "int8":
+        representative = _representative_images(train_s, size, data_dir, seed=seed, progress=progress)
+
+    log.info("converting %s to LiteRT (quantize=%s)", predictor.model_path, quantize)
+    flatbuffer = convert_keras_model(predictor.model, quantize=quantize, representative=representative)
+    n_representative = 0 if representative is None else len(representative)
+    report, check = _write_checked(
+        predictor,
+        flatbuffer,
+        val,
+        out=out,
+        quantize=quantize,
+        data_dir=data_dir,
+        n_representative=n_representative,
+    )
+    log.info("exported %s (%d bytes): %s", out, report["size_bytes"], json.dumps(check))
+    return report
+
+
+def _check_images(val_s: list[Sample], size: int, data_dir: Path, *, progress: bool):
+    """The decoded validation images the export is checked on; a ``ValueError`` without both classes."""
     val = decode_samples(val_s, size, progress=progress)
     if len(set(val.y.tolist())) < 2:
         raise ValueError(
             f"{data_dir}: the validation split holds {len(val.y)} readable image(s) of "
             f"{len(set(val.y.tolist()))} class(es); the export check needs both classes"
         )
-    representative = None
-    if quantize == "int8":
-        rng = np.random.default_rng(seed)
-        picked = sorted(rng.permutation(len(train_s))[:REPRESENTATIVE_IMAGES])
-        representative = decode_samples([train_s[i] for i in picked], size, progress=progress).x
-        if len(representative) == 0:
-            raise ValueError(f"{data_dir}: no readable training image for the int8 calibration")
+    return val
 
-    log.info("converting %s to LiteRT (quantize=%s)", predictor.model_path, quantize)
-    flatbuffer = convert_keras_model(predictor.model, quantize=quantize, representative=representative)
 
+def _representative_images(
+    train_s: list[Sample], size: int, data_dir: Path, *, seed: int, progress: bool
+) -> np.ndarray:
+    """A seeded choice of up to :data:`REPRESENTATIVE_IMAGES` training images for the int8 calibration."""
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.permutation(len(train_s))[:REPRESENTATIVE_IMAGES])
+    representative = decode_samples([train_s[i] for i in picked], size, progress=progress).x
+    if len(representative) == 0:
+        raise ValueError(f"{data_dir}: no readable training image for the int8 calibration")
+    return representative
+
+
+def _write_checked(
+    predictor: Predictor,
+    flatbuffer: bytes,
+    val,
+    *,
+    out: Path,
+    quantize: str,
+    data_dir: Path,
+    n_representative: int,
+) -> tuple[dict, dict]:
+    """Write the LiteRT model and its sidecar aside, check them against Keras on ``val``, and only
+    then move them to ``out``. Returns the check's report and the numbers recorded in the sidecar."""
+    meta = predictor.metadata
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}-", dir=out.parent))
     try:
@@ -206,7 +246,7 @@ def export_tflite(
             "quantize": quantize,
             "source": _relative_to(predictor.model_path, out.parent),
             "data_dir": str(data_dir),
-            "n_representative": 0 if representative is None else len(representative),
+            "n_representative": n_representative,
             "tensorflow": _tf_version(),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
@@ -221,8 +261,7 @@ def export_tflite(
         os.replace(tmp_model, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported %s (%d bytes): %s", out, report["size_bytes"], json.dumps(check))
-    return report
+    return report, check
 
 
 def _check_arguments(predictor: Predictor, out, quantize: str, max_check_images: int | None) -> None:
