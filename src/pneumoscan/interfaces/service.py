@@ -173,6 +173,26 @@ async def read_uploads(request: Request, limits: ServiceLimits) -> list[Upload]:
     RequestError
         415 not multipart, 400 malformed, 413 over a limit, 422 no files or an unexpected field.
     """
+    boundary = _multipart_boundary(request, limits)
+    parts = _PartCollector(limits)
+    parser = MultipartParser(boundary, parts.callbacks())
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limits.max_body_bytes:
+                raise RequestError(413, _too_large(received, limits, at_least=True))
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as exc:
+        raise RequestError(
+            400, f"malformed multipart body ({exc}); let the HTTP client build it (e.g. curl -F)"
+        ) from None
+    return parts.result()
+
+
+def _multipart_boundary(request: Request, limits: ServiceLimits) -> bytes:
+    """The request's multipart boundary, once its headers show a multipart body within the limit."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data":
         shown = content_type.decode("latin-1") or "none"
@@ -191,86 +211,91 @@ async def read_uploads(request: Request, limits: ServiceLimits) -> list[Upload]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
         raise RequestError(413, _too_large(int(declared), limits))
+    return boundary
 
-    uploads: list[Upload] = []
-    unexpected: list[str] = []
-    state: dict[str, Any] = {"part": None, "field": b"", "value": b"", "headers": {}, "ended": False}
 
-    def on_part_begin() -> None:
-        state["headers"] = {}
+class _PartCollector:
+    """python-multipart's parser callbacks: the parts of the field :data:`FILES_FIELD` become
+    :class:`Upload` objects, the bytes of any other field are dropped (and the field reported)."""
 
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] += data[start:end]
+    def __init__(self, limits: ServiceLimits) -> None:
+        self.limits = limits
+        self.uploads: list[Upload] = []
+        self.unexpected: list[str] = []
+        self.ended = False
+        self.part: Upload | None = None
+        self.field, self.value = b"", b""
+        self.headers: dict[bytes, bytes] = {}
 
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
+    def callbacks(self) -> dict[str, Any]:
+        """The callbacks :class:`MultipartParser` takes, by name."""
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_end": self.on_end,
+        }
 
-    def on_header_end() -> None:
-        state["headers"][state["field"].lower()] = state["value"]
-        state["field"], state["value"] = b"", b""
+    def on_part_begin(self) -> None:
+        self.headers = {}
 
-    def on_headers_finished() -> None:
-        _, disposition = parse_options_header(state["headers"].get(b"content-disposition", b""))
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self.field.lower()] = self.value
+        self.field, self.value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        _, disposition = parse_options_header(self.headers.get(b"content-disposition", b""))
         field = disposition.get(b"name", b"").decode("utf-8", "replace")
         if field != FILES_FIELD:
-            unexpected.append(field)
-            state["part"] = None  # its bytes are dropped
+            self.unexpected.append(field)
+            self.part = None  # its bytes are dropped
             return
-        if len(uploads) >= limits.max_files:
+        if len(self.uploads) >= self.limits.max_files:
             raise RequestError(
-                413, f"too many files: at most {limits.max_files} per request; split them across requests"
+                413,
+                f"too many files: at most {self.limits.max_files} per request; split them across requests",
             )
         filename = disposition.get(b"filename", b"").decode("utf-8", "replace")
-        part_type, _ = parse_options_header(state["headers"].get(b"content-type", b""))
-        upload = Upload(filename or f"{FILES_FIELD}[{len(uploads)}]", part_type.decode("latin-1"))
-        uploads.append(upload)
-        state["part"] = upload
+        part_type, _ = parse_options_header(self.headers.get(b"content-type", b""))
+        upload = Upload(filename or f"{FILES_FIELD}[{len(self.uploads)}]", part_type.decode("latin-1"))
+        self.uploads.append(upload)
+        self.part = upload
 
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        if state["part"] is not None:
-            state["part"].data += data[start:end]
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.part is not None:
+            self.part.data += data[start:end]
 
-    def on_end() -> None:
-        state["ended"] = True
+    def on_end(self) -> None:
+        self.ended = True
 
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_end": on_end,
-        },
-    )
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limits.max_body_bytes:
-                raise RequestError(413, _too_large(received, limits, at_least=True))
-            parser.write(chunk)
-        parser.finalize()
-    except FormParserError as exc:
-        raise RequestError(
-            400, f"malformed multipart body ({exc}); let the HTTP client build it (e.g. curl -F)"
-        ) from None
-    if not state["ended"]:
-        raise RequestError(
-            400,
-            "the multipart body ended before its closing boundary (a truncated upload?); send the "
-            "whole request again",
-        )
-    if unexpected:
-        names = ", ".join(sorted({repr(n) for n in unexpected}))
-        raise RequestError(
-            422, f"unexpected form field(s) {names}: send images in the repeated field '{FILES_FIELD}'"
-        )
-    if not uploads:
-        raise RequestError(422, f"no files: send one or more images in the repeated field '{FILES_FIELD}'")
-    return uploads
+    def result(self) -> list[Upload]:
+        """The uploads of a whole body; a :class:`RequestError` for a truncated body, another field
+        or no file."""
+        if not self.ended:
+            raise RequestError(
+                400,
+                "the multipart body ended before its closing boundary (a truncated upload?); send the "
+                "whole request again",
+            )
+        if self.unexpected:
+            names = ", ".join(sorted({repr(n) for n in self.unexpected}))
+            raise RequestError(
+                422, f"unexpected form field(s) {names}: send images in the repeated field '{FILES_FIELD}'"
+            )
+        if not self.uploads:
+            raise RequestError(
+                422, f"no files: send one or more images in the repeated field '{FILES_FIELD}'"
+            )
+        return self.uploads
 
 
 def _too_large(size: int, limits: ServiceLimits, *, at_least: bool = False) -> str:
@@ -369,6 +394,9 @@ def create_app(
     api_key: str | None = None,
 ) -> FastAPI:
     """The FastAPI application of ``pneumoscan serve``.
+
+    Longer than issue 10's ~80 lines by design: FastAPI routes are closures over this app's model
+    slot, limits, key check and thread limiter, so every route is defined here, each one short.
 
     Parameters
     ----------
