@@ -186,7 +186,7 @@ def test_list_input_files_takes_every_file_but_hidden_ones(tmp_path):
 @pytest.mark.slow
 def test_corpus_through_predict_paths_gives_every_file_one_row(tmp_path):
     from pneumoscan.inference.predictor import Predictor
-    from pneumoscan.interfaces.cli import _expand_inputs
+    from pneumoscan.interfaces.commands import _expand_inputs
     from pneumoscan.testing.models import make_tiny_model
 
     folder = tmp_path / "inbox"

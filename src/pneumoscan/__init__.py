@@ -13,7 +13,8 @@ Submodules, in the order data flows through them:
 - :mod:`pneumoscan.inference.predictor`  :class:`Predictor`, the one inference path
 - :mod:`pneumoscan.inference.explain`    Grad-CAM
 - :mod:`pneumoscan.training.export`     LiteRT export with a parity check
-- :mod:`pneumoscan.interfaces.cli`, :mod:`pneumoscan.interfaces.app`  the command line and the Streamlit app
+- :mod:`pneumoscan.interfaces.cli`, :mod:`pneumoscan.interfaces.commands`  CLI parsers, subcommands
+- :mod:`pneumoscan.interfaces.app`     the Streamlit app
 
 Importing the package is cheap; TensorFlow loads only when a model is touched.
 """
