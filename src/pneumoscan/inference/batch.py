@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumoscan.config import DEFAULT_MODEL_PATH
+from pneumoscan.config import default_app_model_path
 from pneumoscan.data.imaging import MAX_FILE_BYTES, ImageDecodeError, available_cpus, read_file_bytes
 from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row, write_rows
 
@@ -193,7 +193,7 @@ class PredictorActor:
         from pneumoscan.inference.predictor import Predictor
 
         self.predictor = Predictor(
-            model_path if model_path is not None else DEFAULT_MODEL_PATH,
+            model_path if model_path is not None else default_app_model_path(),
             threshold=threshold,
             num_threads=num_threads,
         )
@@ -449,7 +449,7 @@ def _checked_inputs(
     inputs = list(dict.fromkeys(str(p) for p in paths))
     if not inputs:
         raise ValueError("no input files to score")
-    meta = ModelMetadata.read(Path(model_path) if model_path is not None else DEFAULT_MODEL_PATH)
+    meta = ModelMetadata.read(Path(model_path) if model_path is not None else default_app_model_path())
     threshold_used = float(meta.threshold if threshold is None else threshold)
     if not 0.0 < threshold_used < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold_used}")

@@ -64,9 +64,10 @@ def _out_arg(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
-def _prediction_args(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--threshold`` and ``--tta``, shared by evaluate and predict."""
-    _model_arg(parser)
+def _prediction_args(parser: argparse.ArgumentParser, *bundled: str) -> None:
+    """``--model`` (its default described by ``bundled``), ``--threshold`` and ``--tta``, shared by
+    evaluate and predict."""
+    _model_arg(parser, *bundled)
     parser.add_argument(
         "--threshold", type=float, help="operating threshold (default: the model's stored one)"
     )
@@ -202,7 +203,7 @@ def add_predict_parser(sub) -> None:
         help="image files or folders (searched recursively); with --engine ray also URIs pyarrow "
         "reads (s3://bucket/prefix, gs://..., file:///...)",
     )
-    _prediction_args(p)
+    _prediction_args(p, "the bundled model's LiteRT export models/pneumoscan-mobilenetv2-litert.tflite")
     p.add_argument("--csv", type=Path, help="write one row per file here")
     p.add_argument("--out", type=Path, help="write one row per file here as Parquet (needed by --engine ray)")
     p.add_argument(
