@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,11 +65,19 @@ def run_predict(paths: list[Path], model: str | None) -> tuple[float, float, int
         cmd += ["--model", model]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "3"}
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    # Linux carries the forking parent's peak RSS into a child's ru_maxrss across exec, so a child
+    # of this (large) benchmark process would report at least the benchmark's own size. A tiny
+    # GNU time process in between forks instead, and reports the predict process's own peak (%M).
+    gnu_time = shutil.which("time") if Path("/usr/bin/time").exists() else None
+    if gnu_time:
+        cmd = [gnu_time, "-f", "MAXRSS_KB %M", *cmd]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate()
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss / 1024, wall, proc.returncode
+    lines = [line for line in err.splitlines() if line.startswith("MAXRSS_KB ")]
+    if lines:
+        return int(lines[-1].split()[1]) / 1024, wall, proc.returncode
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, wall, proc.returncode
 
 
 def decode_seconds(data: bytes, name: str) -> tuple[float, str]:
