@@ -334,11 +334,11 @@ def _spread_caps(spread, p: np.ndarray) -> tuple[list[float | None], np.ndarray 
 def _candidate_edges(p: np.ndarray, minimal: UncertaintyBand, grid: int) -> tuple[np.ndarray, np.ndarray]:
     """Candidate low and high edges: ``grid`` quantiles of ``p`` on each side of the minimal band."""
     qs = np.linspace(0.0, 1.0, grid + 1)
-    lows = np.unique(np.concatenate([[minimal.low, 0.0], np.quantile(p[p < minimal.low], qs)]))
-    lows = lows[lows <= minimal.low] if np.any(p < minimal.low) else np.array([minimal.low, 0.0])
-    highs = np.unique(np.concatenate([[minimal.high, 1.0], np.quantile(p[p >= minimal.high], qs)]))
-    highs = highs[highs >= minimal.high] if np.any(p >= minimal.high) else np.array([minimal.high, 1.0])
-    return lows, highs
+    below, above = p[p < minimal.low], p[p >= minimal.high]
+    # No prediction on a side (tiny data): that side keeps the minimal edge and the extreme only.
+    lows = np.unique(np.concatenate([[minimal.low, 0.0], np.quantile(below, qs) if below.size else []]))
+    highs = np.unique(np.concatenate([[minimal.high, 1.0], np.quantile(above, qs) if above.size else []]))
+    return lows[lows <= minimal.low], highs[highs >= minimal.high]
 
 
 def _best_edges(

@@ -337,11 +337,14 @@ def fit_band_and_guard(
     """The uncertainty band (on the calibrated OOF predictions, clean and shifted) and the scope
     guard (on the training images' embeddings, threshold on patient-level out-of-fold scores)."""
     from pneumoscan.inference.decision import fit_uncertainty_band
-    from pneumoscan.inference.scope import ScopeGuard
+    from pneumoscan.inference.scope import DEFAULT_GUARD_DIMS, ScopeGuard
 
     p = calibrator.transform(np.r_[oof.clean, oof.shifted])
     band = fit_uncertainty_band(p, np.r_[data.y, data.y], threshold=threshold)
-    guard = ScopeGuard.fit(embeddings, groups=[s.patient_id for s in data.samples], seed=seed)
+    # The guard's dimensions shrink with the data (it needs about 5 images per dimension): a full
+    # training folder keeps the default, a smoke run on a few dozen images gets a small guard.
+    dims = max(1, min(DEFAULT_GUARD_DIMS, embeddings.shape[1], len(embeddings) // 5))
+    guard = ScopeGuard.fit(embeddings, groups=[s.patient_id for s in data.samples], seed=seed, dims=dims)
     return band, guard
 
 
