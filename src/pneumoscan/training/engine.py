@@ -506,14 +506,7 @@ def validation_metrics(
     from pneumoscan.inference.predictor import tta_views
 
     p_cal = calibrator.transform(raw)
-    metrics = metrics_lib.metrics_report(
-        val.y,
-        p_cal,
-        threshold=threshold,
-        groups=[s.patient_id for s in val.samples],
-        subtypes=[s.subtype for s in val.samples],
-        seed=seed,
-    )
+    metrics = decoded_set_report(val, p_cal, threshold, seed=seed)
     # The first TTA view is the image itself: reuse ``raw`` instead of predicting it again.
     raw_tta = np.mean([raw, *(predictor.predict_raw(v) for v in tta_views(val.x)[1:])], axis=0)
     metrics_tta = metrics_lib.binary_metrics(val.y, calibrator.transform(raw_tta), threshold=threshold)
@@ -527,6 +520,19 @@ def validation_metrics(
     metrics["split"] = "validation (patient-level, carved from the training data)"
     metrics["stress"] = stress_report(predictor, val.x, val.y, threshold=threshold)
     return metrics
+
+
+def decoded_set_report(images: DecodedSet, p: np.ndarray, threshold: float, *, seed: int) -> dict:
+    """:func:`~pneumoscan.evaluation.metrics.metrics_report` of calibrated ``p`` (shape ``(n,)``) on
+    ``images``, with its patients (bootstrap groups) and pneumonia subtypes."""
+    return metrics_lib.metrics_report(
+        images.y,
+        p,
+        threshold=threshold,
+        groups=[s.patient_id for s in images.samples],
+        subtypes=[s.subtype for s in images.samples],
+        seed=seed,
+    )
 
 
 def write_validation_predictions(

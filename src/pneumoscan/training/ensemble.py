@@ -55,6 +55,7 @@ from pneumoscan.training.engine import (
     Trainer,
     _Phase,
     _strategy,
+    decoded_set_report,
     package_versions,
     write_history,
 )
@@ -366,14 +367,7 @@ def oof_metrics(data: DecodedSet, oof: OutOfFold, calibrator, threshold: float, 
     """``validation.json`` of an ensemble: OOF metrics with patient-bootstrap CIs, per shift, per member."""
     p_clean = calibrator.transform(oof.clean)
     p_shifted = calibrator.transform(oof.shifted)
-    metrics = metrics_lib.metrics_report(
-        data.y,
-        p_clean,
-        threshold=threshold,
-        groups=[s.patient_id for s in data.samples],
-        subtypes=[s.subtype for s in data.samples],
-        seed=seed,
-    )
+    metrics = decoded_set_report(data, p_clean, threshold, seed=seed)
     metrics["split"] = (
         "out-of-fold over the whole training folder (each image scored by the one cross-fitted member "
         "that did not see its patient); the same data chose the threshold and the calibration"
