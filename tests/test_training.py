@@ -10,12 +10,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pneumoscan.config import TrainConfig
+from pneumoscan.testing.models import mobilenet_weights_available
 from pneumoscan.training.engine import Trainer, resume, train
 
 RUN_FILES = (
@@ -54,12 +54,6 @@ def tiny_config(arch: str, **overrides) -> TrainConfig:
         members=1,  # one model on a validation split; the ensemble has tests of its own below
     )
     return TrainConfig(**{**options, **overrides})
-
-
-def mobilenet_weights_available() -> bool:
-    # Where Keras looks: $KERAS_HOME (conftest points it at ../shared/keras when present) or ~/.keras.
-    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
-    return any((home / "models").glob("mobilenet_v2_weights_*no_top.h5"))
 
 
 needs_weights = pytest.mark.skipif(
@@ -192,6 +186,7 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(make_tree, tmp_path):
     train_mirrored_on_two_logical_cpus(
         f"""
 from pneumoscan.config import TrainConfig
+from pneumoscan.testing.models import mobilenet_weights_available
 from pneumoscan.training.engine import Trainer
 cfg = TrainConfig(arch="regularized", image_size=32, batch_size=8, epochs=1, val_fraction=0.3, seed=7,
                   distribute="mirrored")
@@ -295,6 +290,7 @@ def test_mirrored_strategy_trains_the_default_recipe(make_tree, tmp_path):
     train_mirrored_on_two_logical_cpus(
         f"""
 from pneumoscan.config import TrainConfig
+from pneumoscan.testing.models import mobilenet_weights_available
 from pneumoscan.training.engine import train
 default = TrainConfig()
 cfg = TrainConfig(arch=default.arch, members=default.members, image_size=64, batch_size=8, head_epochs=1,

@@ -3,6 +3,7 @@ not a trained one."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pneumoscan.models.artifacts import ModelMetadata
@@ -49,3 +50,10 @@ def export_tiny_litert(keras_path: Path, out: Path | None = None) -> Path:
     export = {"format": "tflite", "quantize": "none", "source": str(keras_path)}
     ModelMetadata.read(keras_path).updated(export=export).write(out)
     return out
+
+
+def mobilenet_weights_available() -> bool:
+    """Whether Keras finds MobileNetV2's ImageNet weights offline: in ``$KERAS_HOME/models`` (the
+    tests' conftest points it at ``../shared/keras`` when present) or ``~/.keras/models``."""
+    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    return any((home / "models").glob("mobilenet_v2_weights_*no_top.h5"))
