@@ -2,6 +2,8 @@
 #   make app    start the screening app on the bundled model (http://localhost:8501)
 #   make test   run the whole test suite (installs headless Chromium for the browser test)
 #   CI: .ci/run (CI=true: any skipped test fails the run)
+#   make notebook     open the walkthrough notebook in JupyterLab (installs it into .venv)
+#   make walkthrough  re-run the walkthrough in its full setting, outputs saved into docs/ (~1 h on 2 cores)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -12,7 +14,7 @@ SHARED_KERAS := $(abspath ../shared/keras)
 export KERAS_HOME ?= $(if $(wildcard $(SHARED_KERAS)/models),$(SHARED_KERAS),$(HOME)/.keras)
 PORT ?= 8501
 
-.PHONY: app test test-fast install browser lint benchmarks
+.PHONY: app test test-fast install browser lint benchmarks notebook walkthrough
 
 install: $(STAMP)
 
@@ -45,11 +47,28 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slow and not browser"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs/walkthrough.py
+	$(VENV)/bin/ruff format --check src tests benchmarks docs/walkthrough.py
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/data_report.py
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/app_latency.py
 	$(PY) benchmarks/train_speed.py
+
+NOTEBOOK_STAMP := $(VENV)/.notebook-installed
+
+$(NOTEBOOK_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,ray,notebook]"
+	touch $(NOTEBOOK_STAMP)
+
+# docs/walkthrough.ipynb is paired with docs/walkthrough.py (jupytext): saving either in JupyterLab
+# updates the other. NOTEBOOK_ARGS passes options to JupyterLab (e.g. --no-browser --port 8890).
+notebook: $(NOTEBOOK_STAMP)
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(NOTEBOOK_ARGS) docs/walkthrough.ipynb
+
+# The committed outputs: the full setting (the released recipe on every training image), executed
+# in place by papermill, then the twin re-synced. Runs go to runs/walkthrough/.
+walkthrough: $(STAMP)
+	cd docs && ../$(VENV)/bin/papermill walkthrough.ipynb walkthrough.ipynb --request-save-on-cell-execute
+	$(VENV)/bin/jupytext --sync docs/walkthrough.ipynb
