@@ -145,6 +145,46 @@ def test_run_folder_names(tmp_path):
     assert run.phase_backup("head") == tmp_path / "backup" / "head"
 
 
+def test_saved_model_stores_kernels_in_float16_and_loads_in_float32(tmp_path):
+    import zipfile
+
+    import h5py
+    import keras
+    import numpy as np
+
+    from pneumoscan.models.architectures import build_regularized_cnn
+    from pneumoscan.models.artifacts import KERAS_WEIGHTS_FILE, save_model
+
+    keras.utils.set_random_seed(0)
+    model = build_regularized_cnn(64)
+    model.save(tmp_path / "plain.keras")
+    save_model(model, tmp_path / "model.keras")
+
+    with zipfile.ZipFile(tmp_path / "model.keras") as archive, archive.open(KERAS_WEIGHTS_FILE) as fh:
+        arrays = []
+        h5py.File(fh, "r").visititems(
+            lambda name, item: arrays.append(item[()]) if isinstance(item, h5py.Dataset) else None
+        )
+    arrays = [a for a in arrays if a.size > 1]
+    assert {str(a.dtype) for a in arrays if a.ndim >= 2} == {"float16"}
+    assert {str(a.dtype) for a in arrays if a.ndim == 1} == {"float32"}  # biases, BatchNorm statistics
+    assert (tmp_path / "model.keras").stat().st_size < 0.7 * (tmp_path / "plain.keras").stat().st_size
+
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True, compile=False)
+    assert {str(w.dtype) for w in loaded.weights} == {"float32"}
+    for original, restored in zip(model.weights, loaded.weights, strict=True):
+        expected = np.asarray(original)
+        if expected.ndim >= 2:
+            expected = expected.astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(np.asarray(restored), expected, err_msg=original.path)
+    x = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 1)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=2e-3)
+
+
+def test_the_released_model_file_stays_within_budget():
+    assert (BUNDLED_MODELS_DIR / "pneumoscan-mobilenetv2.keras").stat().st_size <= 15_000_000
+
+
 # --------------------------------------------------------------------------- prediction rows
 
 

@@ -13,6 +13,9 @@ Two contracts, each defined here and nowhere else:
 - :class:`RunFolder`, the file names of a ``pneumoscan train`` run folder, used by the training
   engine that writes them and by ``pneumoscan compare`` and ``--resume`` that read them.
 
+And how a trained model is written: :func:`save_model`, Keras's own ``.keras`` file with its weight
+matrices stored in float16.
+
 Growing the sidecar: a new optional section (ensemble members, an uncertainty band, a scope guard)
 is a new field defaulting to ``None``, converted in :meth:`ModelMetadata.from_json` /
 :meth:`ModelMetadata.to_json` and checked in ``__post_init__``. ``None`` fields are not written, so
@@ -40,6 +43,70 @@ from pneumoscan.models.calibration import (
 )
 
 SIDECAR_SUFFIX = ".meta.json"
+
+
+#: The weights file inside a ``.keras`` archive (Keras's v3 format: ``config.json``,
+#: ``metadata.json`` and this HDF5 file).
+KERAS_WEIGHTS_FILE = "model.weights.h5"
+
+
+def save_model(model, path: str | Path) -> Path:
+    """Save ``model`` as a ``.keras`` file whose weight matrices are stored as float16.
+
+    Keras writes every variable in its own dtype, float32. Here the arrays of two or more
+    dimensions (convolution and dense kernels: almost all of the bytes) are then rewritten as
+    float16 in the archive's weights file; biases and BatchNorm statistics stay float32. Keras's own
+    loader (safe mode) casts them back into the float32 variables, so the model still computes in
+    float32, with kernels rounded to float16 precision: the rounding the float16 LiteRT export
+    makes too. The file halves (the released three-member ensemble: 24.2 MB -> 12.8 MB).
+
+    Parameters
+    ----------
+    model : keras.Model
+    path : path
+        The ``.keras`` file to write (replaced if it exists).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    import io
+    import zipfile
+
+    import h5py
+    import numpy as np
+
+    path = Path(path)
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        entries = {info.filename: archive.read(info) for info in archive.infolist()}
+    if KERAS_WEIGHTS_FILE not in entries:
+        raise ValueError(f"{path}: no {KERAS_WEIGHTS_FILE} in the Keras archive ({sorted(entries)})")
+    compact = io.BytesIO()
+    with (
+        h5py.File(io.BytesIO(entries[KERAS_WEIGHTS_FILE]), "r") as weights,
+        h5py.File(compact, "w") as out,
+    ):
+        out.attrs.update(weights.attrs)
+
+        def copy(name: str, item) -> None:
+            if isinstance(item, h5py.Group):
+                out.require_group(name).attrs.update(item.attrs)
+                return
+            data = item[()]
+            if data.dtype == np.float32 and data.ndim >= 2:
+                data = data.astype(np.float16)
+            out.create_dataset(name, data=data).attrs.update(item.attrs)
+
+        weights.visititems(copy)
+    entries[KERAS_WEIGHTS_FILE] = compact.getvalue()
+    partial = path.with_name(path.name + ".partial")
+    with zipfile.ZipFile(partial, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    partial.replace(path)
+    return path
 
 
 def metadata_path(model_path: str | Path) -> Path:

@@ -48,7 +48,7 @@ from pneumoscan.data.dataset import (
 from pneumoscan.evaluation import figures
 from pneumoscan.evaluation import metrics as metrics_lib
 from pneumoscan.models.architectures import architecture, mobilenet_cut_layer, set_finetune_trainable
-from pneumoscan.models.artifacts import ModelMetadata, RunFolder
+from pneumoscan.models.artifacts import ModelMetadata, RunFolder, save_model
 from pneumoscan.models.calibration import PlattCalibrator
 from pneumoscan.plotting import save as save_figure
 
@@ -414,7 +414,7 @@ class Trainer:
             pneumoscan_version=__version__,
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         )
-        model.save(self.files.model)
+        save_model(model, self.files.model)
         meta.write(self.files.model)
         predictor = Predictor(self.files.model)
         raw = predictor.predict_raw(val.x)

@@ -47,7 +47,7 @@ from pneumoscan.evaluation import figures
 from pneumoscan.evaluation import metrics as metrics_lib
 from pneumoscan.evaluation.robustness import SHIFTS, stress_from_predictions
 from pneumoscan.models.architectures import build_ensemble, mobilenet_cut_layer, mobilenet_member
-from pneumoscan.models.artifacts import ModelMetadata
+from pneumoscan.models.artifacts import ModelMetadata, save_model
 from pneumoscan.models.calibration import choose_calibrator
 from pneumoscan.plotting import save as save_figure
 from pneumoscan.training.engine import (
@@ -317,7 +317,7 @@ class EnsembleTrainer(Trainer):
             pneumoscan_version=__version__,
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         )
-        model.save(self.files.model)
+        save_model(model, self.files.model)
         meta.write(self.files.model)
         metrics["serving_check"] = serving_check(Predictor(self.files.model), data, oof)
         self.files.validation.write_text(json.dumps(metrics, indent=2) + "\n")
