@@ -12,16 +12,18 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from pneumoscan.data import imaging
 from pneumoscan.data.imaging import (
+    INPUT_BLUR,
     DecodedImage,
     ImageDecodeError,
     decode_bytes,
     is_dicom,
     load_image,
     preprocess,
+    resize_gray,
     read_image,
 )
 from pneumoscan.testing.dicom import dicom_dataset, dicom_to_bytes
@@ -160,12 +162,19 @@ def test_large_jpeg_decodes_at_reduced_scale_keeping_its_true_size(tmp_path):
     out = load_image(path, 224)
     _assert_model_input(out, 224)
     small = np.asarray(Image.open(path).convert("L").resize((224, 224), Image.Resampling.BILINEAR))
-    assert np.abs(out[..., 0].astype(int) - small).mean() < 3  # same picture as a full decode
+    resized = resize_gray(decoded, 224)  # the picture before the model's stretch
+    assert np.abs(resized.astype(int) - small).mean() < 3  # same picture as a full decode
+    np.testing.assert_array_equal(out[..., 0], preprocess(resized, 224)[..., 0])
 
 
 def test_preprocess_keeps_an_image_of_the_right_size_and_rejects_bad_arrays():
     gray = xray_like(SIZE, SIZE)
-    np.testing.assert_array_equal(preprocess(gray, SIZE)[..., 0], gray)
+    np.testing.assert_array_equal(resize_gray(gray, SIZE), gray)
+    # The right size is kept as it is, then stretched over 0..255: the same as stretching by hand.
+    lo, hi = int(gray.min()), int(gray.max())
+    stretched = np.round((gray.astype(np.float64) - lo) * 255.0 / (hi - lo)).astype(np.uint8)
+    expected = Image.fromarray(stretched).filter(ImageFilter.GaussianBlur(INPUT_BLUR))
+    np.testing.assert_array_equal(preprocess(gray, SIZE)[..., 0], np.asarray(expected))
     with pytest.raises(ValueError, match="2-D uint8"):
         preprocess(gray[..., None], SIZE)
     with pytest.raises(ValueError, match="2-D uint8"):
@@ -175,8 +184,19 @@ def test_preprocess_keeps_an_image_of_the_right_size_and_rejects_bad_arrays():
 def test_resize_does_not_keep_aspect_ratio():
     gray = np.zeros((50, 200), np.uint8)
     gray[:, 100:] = 255  # right half white
-    out = preprocess(gray, 40)[..., 0]
+    out = resize_gray(gray, 40)
     assert (out[:, :18] == 0).all() and (out[:, 22:] == 255).all()  # stretched, not letterboxed
+
+
+def test_preprocess_gives_one_input_for_an_affine_copy_of_the_pixels():
+    """A 16-bit or 12-bit copy (decoded with a min..max stretch) and a dimmer 8-bit copy of one film
+    reach the model as the same pixels."""
+    gray = xray_like(120, 100, seed=3)
+    dim = (gray.astype(np.float64) * 0.8 + 10).round().astype(np.uint8)
+    base = preprocess(gray, 64)
+    diff = np.abs(preprocess(dim, 64).astype(int) - base)
+    assert diff.max() <= 3 and diff.mean() < 0.7  # the dim copy's own rounding, amplified by 1/0.8
+    assert (preprocess(np.full((50, 50), 90, np.uint8), 32) == 0).all()  # a blank image stays blank
 
 
 def test_decode_bytes_and_read_image_agree(tmp_path):

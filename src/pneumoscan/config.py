@@ -40,7 +40,10 @@ DEFAULT_TARGET_RECALL = 0.98
 DEFAULT_ARCH = "mobilenetv2"
 
 #: How ``pneumoscan train`` counters the class imbalance (about 3 pneumonia images per normal one).
-IMBALANCE_MODES = ("class_weight", "balanced_sampling", "none")
+#: ``setup_balanced`` also counters the acquisition set-up: images are weighted so that, within
+#: the training images, the set-up score of the shortcut audit no longer predicts the label
+#: (:func:`pneumoscan.evaluation.shortcuts.setup_balanced_weights`).
+IMBALANCE_MODES = ("class_weight", "balanced_sampling", "setup_balanced", "none")
 #: ``none``: the default device; ``mirrored``: ``tf.distribute.MirroredStrategy`` over all GPUs.
 DISTRIBUTE_MODES = ("none", "mirrored")
 

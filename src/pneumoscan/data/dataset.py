@@ -404,7 +404,7 @@ def make_dataset(
         Drop the last incomplete batch, so every batch splits evenly over the replicas of a
         ``tf.distribute`` strategy.
     sample_weight : ndarray of shape (n,), optional
-        Yield ``(images, labels, weights)``; not with ``balanced``.
+        Yield ``(images, labels, weights)``, shuffled together; not with ``balanced``.
 
     Images come out as ``float32`` in 0..255; labels as ``float32`` 0/1.
     """
@@ -423,23 +423,18 @@ def make_dataset(
             for c in (0, 1)
         ]
         ds = tf.data.Dataset.sample_from_datasets(per_class, weights=[0.5, 0.5], seed=seed)
-    elif sample_weight is not None:
-        ds = tf.data.Dataset.from_tensor_slices((x, y, np.asarray(sample_weight, dtype=np.float32)))
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        return ds.map(lambda a, b, w: (tf.cast(a, tf.float32), b, w), num_parallel_calls=autotune).prefetch(
-            autotune
-        )
     else:
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        columns = (x, y) if sample_weight is None else (x, y, np.asarray(sample_weight, dtype=np.float32))
+        ds = tf.data.Dataset.from_tensor_slices(columns)
         if shuffle:
             ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=autotune)
+    ds = ds.map(lambda a, *rest: (tf.cast(a, tf.float32), *rest), num_parallel_calls=autotune)
     if augment is not None:
         from pneumoscan.data.augment import build_augmenter  # Keras: only when augmenting
 
         augmenter = build_augmenter(augment, seed=seed)
         # Sequential on purpose: the augmenter draws from stateful seed generators, and parallel
         # calls would race for that state, so the same seed would not give the same batches.
-        ds = ds.map(lambda a, b: (augmenter(a, training=True), b))
+        ds = ds.map(lambda a, *rest: (augmenter(a, training=True), *rest))
     return ds.prefetch(autotune)

@@ -19,6 +19,7 @@ from pneumoscan.config import DISCLAIMER, DISTRIBUTE_MODES, IMBALANCE_MODES, Tra
 from pneumoscan.interfaces.commands import (
     CommandError,
     cmd_app,
+    cmd_audit,
     cmd_compare,
     cmd_data_report,
     cmd_evaluate,
@@ -85,6 +86,22 @@ def add_data_report_parser(sub) -> None:
     _out_arg(p, "out/data-report")
     _quiet_arg(p)
     p.set_defaults(func=cmd_data_report)
+
+
+def add_audit_parser(sub) -> None:
+    p = sub.add_parser(
+        "audit",
+        help="shortcut audit: how much of the label the film's border and set-up predict",
+        description="Measure how much of the label can be read from what is not lung: region models "
+        "(border only, lungs only, whole film; patient-level out-of-fold ROC AUC) and acquisition cues "
+        "(burnt-in marks, marker size, collimation, head in view, contrast, texture), each with a "
+        "patient-bootstrap 95%% interval. Writes audit.json, setup_scores.csv and audit.png.",
+    )
+    p.add_argument("data_dir", type=_existing_dir, help="a labelled folder (NORMAL/, PNEUMONIA/) or a root with train/")
+    _out_arg(p, "out/audit")
+    p.add_argument("--seed", type=int, default=TrainConfig().seed, help="seed of the folds and bootstrap")
+    _quiet_arg(p)
+    p.set_defaults(func=cmd_audit)
 
 
 #: ``pneumoscan train`` options that set a TrainConfig field: flag -> (type, help). Every default
@@ -306,6 +323,7 @@ def add_serve_parser(sub) -> None:
 
 SUBCOMMANDS = (
     add_data_report_parser,
+    add_audit_parser,
     add_train_parser,
     add_evaluate_parser,
     add_compare_parser,

@@ -41,6 +41,17 @@ def cmd_data_report(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from pneumoscan.evaluation.shortcuts import audit_folder, format_audit
+
+    result = audit_folder(args.data_dir, args.out, seed=args.seed, progress=not args.quiet)
+    print(format_audit(result))
+    for item in result["skipped"]:
+        print(f"skipped {item['path']}: {item['error']}", file=sys.stderr)
+    print(f"\naudit.json, setup_scores.csv and audit.png written to {args.out}")
+    return 1 if result["skipped"] else 0
+
+
 # --------------------------------------------------------------------------- train
 
 

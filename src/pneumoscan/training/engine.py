@@ -149,6 +149,8 @@ class _Phase:
     # "validation" is the fold they predict out of fold: choosing on it would flatter those
     # predictions, and every calibration and threshold fitted on them.
     restore_best: bool = True
+    # Per-image training weights (``imbalance="setup_balanced"``); they replace the class weights.
+    sample_weight: np.ndarray | None = None
 
 
 class Trainer:
@@ -239,6 +241,7 @@ class Trainer:
             balanced=balanced,
             seed=cfg.seed,
             drop_remainder=cfg.distribute == "mirrored",
+            sample_weight=phase.sample_weight,
         )
         val_batch = cfg.batch_size * 2
         if self.strategy.num_replicas_in_sync > 1:
@@ -280,7 +283,11 @@ class Trainer:
             epochs=phase.epochs,
             shuffle=False,  # the dataset shuffles itself, seeded
             steps_per_epoch=int(np.ceil(len(phase.train_y) / cfg.batch_size)) if balanced else None,
-            class_weight=class_weights(phase.train_y) if cfg.imbalance == "class_weight" else None,
+            class_weight=(
+                class_weights(phase.train_y)
+                if cfg.imbalance == "class_weight" and phase.sample_weight is None
+                else None
+            ),
             callbacks=[
                 keras.callbacks.BackupAndRestore(str(self.files.phase_backup(phase.name))),
                 restore_best,
@@ -298,6 +305,26 @@ class Trainer:
             self.phase_boundaries.append(len(self.history_rows))
         self.history_rows += rows
 
+    def setup_scores(self, images: DecodedSet) -> np.ndarray | None:
+        """With ``imbalance="setup_balanced"``, the set-up score of every image (the shortcut
+        audit's cross-fitted border model, :func:`~pneumoscan.evaluation.shortcuts.setup_scores`),
+        recorded in ``timings.json``; else None."""
+        if self.cfg.imbalance != "setup_balanced":
+            return None
+        from pneumoscan.evaluation.shortcuts import setup_scores
+
+        with self.timed("setup_scores", len(images.y)):
+            return setup_scores(images.x, images.y, [s.patient_id for s in images.samples], seed=self.cfg.seed)
+
+    @staticmethod
+    def image_weights(setup: np.ndarray | None, y: np.ndarray, views: int) -> np.ndarray | None:
+        """Set-up balanced weights of images ``y`` (set-up scores ``setup``), tiled over ``views``."""
+        if setup is None:
+            return None
+        from pneumoscan.evaluation.shortcuts import setup_balanced_weights
+
+        return np.tile(setup_balanced_weights(setup, y), views)
+
     def train_cnn(self, model, train: DecodedSet, val: DecodedSet) -> None:
         augment = self.cfg.augment if self.arch.augment_inputs else None
         self.fit_phase(
@@ -311,6 +338,7 @@ class Trainer:
                 self.cfg.epochs,
                 self.cfg.learning_rate,
                 augment,
+                sample_weight=self.image_weights(self.setup_scores(train), train.y, 1),
             )
         )
 
@@ -343,6 +371,7 @@ class Trainer:
         cut_tensor = model.get_layer(cut).output
         stem = keras.Model(model.input, cut_tensor, name="stem")
         n_views = 1 + cfg.augmented_views
+        weights = self.image_weights(self.setup_scores(train), train.y, n_views)
         with self.timed("stem_features", len(train.y) * n_views + len(val.y)):
             views = [
                 self.stem_features(stem, train.x, augment=False, seed=cfg.seed, desc="stem features (clean)")
@@ -371,7 +400,17 @@ class Trainer:
         with self.strategy.scope():
             head = keras.Model(pooled_tensor, model.output, name="head")
         self.fit_phase(
-            _Phase("head", head, train_p, train_y, val_p, val.y, cfg.head_epochs, cfg.head_learning_rate)
+            _Phase(
+                "head",
+                head,
+                train_p,
+                train_y,
+                val_p,
+                val.y,
+                cfg.head_epochs,
+                cfg.head_learning_rate,
+                sample_weight=weights,
+            )
         )
 
         # Phase 2: fine-tune the top blocks and the head together, BatchNorm kept frozen.
@@ -389,6 +428,7 @@ class Trainer:
                     val.y,
                     cfg.finetune_epochs,
                     cfg.finetune_learning_rate,
+                    sample_weight=weights,
                 )
             )
 

@@ -182,6 +182,7 @@ class EnsembleTrainer(Trainer):
         train, held = folds != k, folds == k
         n_train_views = 1 + cfg.augmented_views
         train_y = np.tile(y[train], n_train_views)
+        weights = self.image_weights(None if self.setup is None else self.setup[train], y[train], n_train_views)
         self.fit_phase(
             _Phase(
                 f"member{k}_head",
@@ -193,6 +194,7 @@ class EnsembleTrainer(Trainer):
                 cfg.head_epochs,
                 cfg.head_learning_rate,
                 restore_best=False,
+                sample_weight=weights,
             )
         )
         if cfg.finetune_epochs > 0:
@@ -207,6 +209,7 @@ class EnsembleTrainer(Trainer):
                     cfg.finetune_epochs,
                     cfg.finetune_learning_rate,
                     restore_best=False,
+                    sample_weight=weights,
                 )
             )
         return top
@@ -230,6 +233,7 @@ class EnsembleTrainer(Trainer):
         self.prepare_run_dir(resume=resume)
         data, folds = self.load_all()
         self.write_config(data, folds)
+        self.setup = self.setup_scores(data)
         self.strategy = _strategy(cfg.distribute)
         start = time.perf_counter()
         with self.strategy.scope():
