@@ -133,6 +133,7 @@ def local_ray():
 
 
 @pytest.mark.slow
+@pytest.mark.required
 def test_ray_rows_equal_pneumoscan_predict_bit_for_bit(local_ray, lite_model, tmp_path):
     folder = make_images(tmp_path / "images", 20)
     inputs = [str(folder), str(tmp_path / "missing.jpeg")]
@@ -177,6 +178,7 @@ def test_ray_reads_file_uris(local_ray, lite_model, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.required
 def test_a_run_killed_midway_resumes_with_one_row_per_file(lite_model, tmp_path):
     folder = make_images(tmp_path / "images", 400, size=160)
     out = tmp_path / "archive.parquet"

@@ -50,6 +50,7 @@ def app_url(tmp_path):
 @pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason=f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
 )
+@pytest.mark.required
 def test_upload_in_a_real_browser(app_url, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     url, started = app_url
@@ -235,6 +236,7 @@ def pick_cases(train: Path, ood: Path, tmp: Path) -> dict[str, tuple[Path, objec
 @pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason=f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
 )
+@pytest.mark.required
 def test_five_answers_on_the_bundled_model_in_a_real_browser(shared_data, ood_data, tmp_path):
     """The released model's answers as people read them: one ``pneumoscan app`` on the bundled LiteRT
     export, five pages in one browser, one upload each (images chosen by :func:`pick_cases`):

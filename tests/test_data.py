@@ -273,6 +273,7 @@ def test_augmentation_is_seeded_and_keeps_shape_and_range(cache):
 # --------------------------------------------------------------------------- the real data
 
 
+@pytest.mark.required
 def test_real_training_split(shared_data):
     splits = discover(shared_data)
     train = splits["train"]

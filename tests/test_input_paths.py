@@ -38,6 +38,7 @@ def test_every_variant_decodes_to_the_same_film_up_to_resampling():
 
 
 @pytest.mark.parametrize("film", FILMS)
+@pytest.mark.required
 def test_one_real_film_gets_one_answer_on_every_path(shared_data, bundled, film):
     gray = read_image(shared_data / "train" / film).gray
     p = {"file": float(bundled.predict_paths([shared_data / "train" / film], progress=False).p_pneumonia[0])}

@@ -181,6 +181,7 @@ def test_source_keras_model_of_an_export(model_path, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.required
 def test_bundled_litert_export_answers_like_the_bundled_keras_model(shared_data):
     # The app, `serve` and `predict` use the LiteRT export; evaluate, explain and export the Keras
     # model. Same answers on real X-rays, within what the export's own check recorded (float16

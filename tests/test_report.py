@@ -188,6 +188,7 @@ def test_gallery_choice_is_reproducible_and_one_per_patient(make_tree):
 
 
 @pytest.mark.slow
+@pytest.mark.required
 def test_real_data_report(shared_data, tmp_path):
     report = build_report(shared_data, out_dir=tmp_path, progress=False)
     assert report["splits"]["train"] == {"NORMAL": 1341, "PNEUMONIA": 3875}

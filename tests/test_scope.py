@@ -95,6 +95,7 @@ def test_pixel_statistics_of_flat_and_noisy_images():
         pixel_statistics(np.zeros((4, 4, 3), np.uint8))
 
 
+@pytest.mark.required
 def test_real_radiographs_pass_the_pixel_checks(shared_data, ood_data):
     """Training X-rays and out-of-scope X-rays and CT slices are all radiographs (the embedding
     check, not the pixel check, must flag the latter)."""
@@ -264,6 +265,7 @@ def test_released_model_refuses_non_radiographs_without_probabilities(released, 
     assert row["decision"] == OUT_OF_SCOPE and row["p_pneumonia"] is None and row["confidence"] is None
 
 
+@pytest.mark.required
 def test_released_model_flags_adults_and_keeps_children_in_scope(released, shared_data, ood_data):
     """Outside the population by the embedding distance (adult frontal, lateral, CT), with the
     probabilities kept and called unreliable; training X-rays in scope."""

@@ -157,6 +157,7 @@ def test_rows_have_exactly_the_csv_columns_and_a_bad_file_is_an_error_row(client
     assert good == prediction_row("a.jpeg", expected)
 
 
+@pytest.mark.required
 def test_rows_equal_pneumoscan_predict_bit_for_bit(client, predictor, lite_model, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -421,6 +422,7 @@ def test_serve_refuses_an_open_address_without_a_key(capsys, lite_model, monkeyp
     assert exit_.value.code == 0 and "X-API-Key" in capsys.readouterr().out
 
 
+@pytest.mark.required
 def test_a_real_pneumoscan_serve_process(lite_model, predictor, tmp_path):
     port = free_port()
     key_file = tmp_path / "key"

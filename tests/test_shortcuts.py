@@ -96,6 +96,7 @@ def test_pneumoscan_audit_writes_its_report_and_lists_a_bad_file(tmp_path, capsy
 
 
 @pytest.mark.slow
+@pytest.mark.required
 def test_the_training_folder_border_predicts_its_label(shared_data, tmp_path):
     """The finding of issue 16 on the real training folder: the border alone carries the label."""
     from pneumoscan.evaluation.shortcuts import audit_folder

@@ -66,6 +66,7 @@ needs_weights = pytest.mark.skipif(
 @pytest.mark.parametrize(
     "arch", ["baseline", "regularized", pytest.param("mobilenetv2", marks=needs_weights)]
 )
+@pytest.mark.required
 def test_each_architecture_trains_into_a_complete_loadable_run(arch, make_tree, tmp_path):
     data = make_tree(TINY_NAMES, size=(80, 72))
     run_dir = tmp_path / f"run-{arch}"
@@ -199,6 +200,7 @@ Trainer(cfg, {str(data / "train")!r}, {str(tmp_path / "run")!r}, progress=False)
 
 @pytest.mark.slow
 @needs_weights
+@pytest.mark.required
 def test_mobilenetv2_trains_on_a_slice_of_the_real_data(shared_data, tmp_path):
     cfg = tiny_config("mobilenetv2", image_size=96, limit=80, val_fraction=0.2)
     metrics = train(cfg, shared_data / "train", tmp_path / "run", progress=False)
@@ -215,6 +217,7 @@ def tiny_ensemble_config(**overrides) -> TrainConfig:
 
 @pytest.mark.slow
 @needs_weights
+@pytest.mark.required
 def test_ensemble_is_cross_fitted_and_serves_its_members(make_tree, tmp_path):
     from pneumoscan.inference.predictor import Predictor
 
@@ -285,6 +288,7 @@ def test_ensemble_resume_skips_the_members_already_trained(make_tree, tmp_path, 
 
 @pytest.mark.slow
 @needs_weights
+@pytest.mark.required
 def test_mirrored_strategy_trains_the_default_recipe(make_tree, tmp_path):
     data = make_tree(TINY_NAMES)
     train_mirrored_on_two_logical_cpus(

@@ -103,6 +103,7 @@ def test_the_prose_types_no_number_by_hand():
     not mobilenet_weights_available(),
     reason="MobileNetV2 ImageNet weights not in the Keras cache (set KERAS_HOME to ../shared/keras)",
 )
+@pytest.mark.required
 def test_the_walkthrough_runs_in_quick_mode(shared_data, tmp_path):
     papermill = require("papermill", extra="dev")
 

@@ -38,14 +38,15 @@ from pneumoscan.data.dataset import fold_patients
 THUMBNAIL_SIDE = 32
 #: Width of the border ring the cues measure, as a share of the image side.
 RING = 0.12
-#: Saturated pixels (burnt-in text and markers are drawn in white) and dark ones (collimation).
+#: The film's whitest pixels (burnt-in text and markers), on the film stretched over its own
+#: range, and dark ones (collimation).
 BRIGHT, DARK = 245, 25
 #: |AUC - 0.5| from which a cue whose CI excludes 0.5 is said to carry label information.
 CUE_STRENGTH = 0.1
 #: What each cue measures, in the words the report prints.
 CUES = {
-    "burnt_in_marks": "share of saturated pixels in the border ring (text, markers)",
-    "largest_mark": "area of the largest saturated blob in the border ring (marker size)",
+    "burnt_in_marks": "share of the film's whitest pixels in the border ring (text, markers)",
+    "largest_mark": "area of the largest blob of the film's whitest pixels in the border ring (marker size)",
     "dark_border": "share of dark pixels in the border ring (collimation, black margins)",
     "head_in_view": "brightness of the top centre (head and neck in the field)",
     "white_level": "brightest pixel of the film as decoded, before the model's stretch (processing)",
@@ -96,7 +97,11 @@ def setup_cues(x: np.ndarray) -> dict[str, np.ndarray]:
     lo, hi = int(0.2 * s), int(0.8 * s)
     left, right = int(0.15 * s), int(0.85 * s)
     out = {name: np.zeros(n) for name in CUES}
-    for i, img in enumerate(x):
+    for i, raw in enumerate(x):
+        # Marks are the brightest things on a film, but many films here never reach white: find
+        # them on the film stretched over its own range, as the model sees it.
+        lo_v, hi_v = float(raw.min()), float(raw.max())
+        img = ((raw - lo_v) * (255.0 / max(hi_v - lo_v, 1.0))).astype(np.float32)
         border = img[ring]
         bright = (img >= BRIGHT) & ring
         out["burnt_in_marks"][i] = bright.mean() / ring.mean()
@@ -105,8 +110,8 @@ def setup_cues(x: np.ndarray) -> dict[str, np.ndarray]:
             out["largest_mark"][i] = np.bincount(labels.ravel())[1:].max() / (s * s)
         out["dark_border"][i] = (border <= DARK).mean()
         out["head_in_view"][i] = img[:r, s // 3 : 2 * s // 3].mean() / 255.0
-        out["white_level"][i] = img.max() / 255.0
-        box = img[lo:hi, left:right].astype(np.float32)
+        out["white_level"][i] = hi_v / 255.0
+        box = img[lo:hi, left:right]
         out["contrast"][i] = box.std() / 255.0
         out["fine_texture"][i] = np.abs(ndimage.laplace(box)).mean() / 255.0
     return out

@@ -5,7 +5,9 @@ ImageNet weights, a package). On a user's machine that is fine; in CI it means t
 about that test, yet ``pytest`` would still exit 0. ``tests/conftest.py`` loads this plugin, and
 ``.ci/run`` checks pytest's JUnit report with :func:`check_junit` (``python -m pneumoscan.testing.ci
 REPORT.xml --require NODEID ...``): no skip, and the tests that matter present and passed, so a test
-renamed, deselected or skipped some new way cannot slip through either.
+renamed, deselected or skipped some new way cannot slip through either. The tests that matter are
+marked ``@pytest.mark.required`` where they are written; ``.ci/run`` collects them
+(``pytest --collect-only -q -m required``) and requires each.
 """
 
 from __future__ import annotations
