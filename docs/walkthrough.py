@@ -379,17 +379,20 @@ print(format_metrics_table(single))
 # %% [markdown]
 # **The ensemble (the released recipe).** One model's answer depends on its seed, and a few hundred
 # validation images are too few to calibrate it. The released model is a deep ensemble on one frozen
-# stem: the training folder is cut into patient-level folds, and member *k* trains on every fold but
-# *k* and predicts fold *k*. So every training image gets an *out-of-fold* prediction from a member
-# that never saw its patient, and calibration, the operating threshold, the uncertainty band and the
-# scope guard are all fitted on those, each image also re-rendered under one acquisition shift
-# (darker, brighter, blurred, cropped...). The members are then put on the stem in one Keras model
-# that outputs the mean probability, each member's, and the stem's embedding.
+# stem: member *k* trains like the single model above, on all but its own patient-level validation
+# split (seeded with the run's seed plus *k*), keeping its best epoch there. Every image that some
+# member held out gets a *held-out* prediction from that member, and calibration, the operating
+# threshold and the uncertainty band are fitted on those, each image also re-rendered under one
+# acquisition shift (darker, brighter, blurred, cropped...); the scope guard is fitted on every
+# image. The members are then put on the stem in one Keras model that outputs the mean probability,
+# each member's, and the stem's embedding. (`member_split="folds"` gives the earlier recipe: member
+# *k* cross-fitted on every patient fold but *k*, for fixed epochs. The saved outputs of this
+# notebook come from a full run of that earlier recipe; `make walkthrough` re-runs it.)
 
 # %%
 ensemble_run = fresh_run("ensemble")
 ensemble = train(ENSEMBLE, DATA_DIR, ensemble_run, progress=PROGRESS)
-print("each member on the fold it did not see:")
+print("each member on the images it held out:")
 for m in ensemble["members"]["each"]:
     print(
         f"  member {m['member']}: {m['n']} images, ROC AUC {m['roc_auc']:.3f}, recall {m['recall']:.3f}, "
@@ -398,7 +401,7 @@ for m in ensemble["members"]["each"]:
 spread = ensemble["members"]["sd"]
 print(f"spread over members (sd): ROC AUC {spread['roc_auc']:.4f}, specificity {spread['specificity']:.4f}")
 print(f"calibration chosen on evidence: {ensemble['calibration']['method']}")
-print(f"served model matches the out-of-fold predictions: {ensemble['serving_check']}")
+print(f"served model matches the held-out predictions: {ensemble['serving_check']}")
 
 # %% [markdown]
 # Does this reproduce the released model? Same recipe, same seed, same data: its out-of-fold

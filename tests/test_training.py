@@ -223,12 +223,13 @@ def test_ensemble_is_cross_fitted_and_serves_its_members(make_tree, tmp_path):
 
     data = make_tree(TINY_NAMES, size=(80, 72))
     run_dir = tmp_path / "ens"
-    metrics = train(tiny_ensemble_config(), data / "train", run_dir, progress=False)
+    metrics = train(tiny_ensemble_config(member_split="folds"), data / "train", run_dir, progress=False)
 
     for name in RUN_FILES:
         assert (run_dir / name).is_file(), f"{name} missing from the run folder"
     config = json.loads((run_dir / "config.json").read_text())
-    folds = config["crossfit"]["images_by_fold_and_class"]
+    folds = config["members_held_out"]["held_out_by_member_and_class"]
+    assert config["members_held_out"]["member_split"] == "folds"
     assert len(folds) == 3 and all(n_normal > 0 and n_pneumonia > 0 for n_normal, n_pneumonia in folds)
     assert sum(map(sum, folds)) == 25 == metrics["n"]  # every image has an out-of-fold prediction
     assert len((run_dir / "validation_predictions.csv").read_text().splitlines()) == 1 + 25
@@ -248,6 +249,37 @@ def test_ensemble_is_cross_fitted_and_serves_its_members(make_tree, tmp_path):
     np.testing.assert_allclose(details.p_pneumonia, details.members.mean(axis=1))
     np.testing.assert_allclose(details.spread, details.members.std(axis=1))
     assert ((details.p_pneumonia > 0) & (details.p_pneumonia < 1)).all()
+
+
+@pytest.mark.slow
+@needs_weights
+@pytest.mark.required
+def test_default_ensemble_members_keep_their_best_epoch_on_their_own_validation_split(make_tree, tmp_path):
+    """The default recipe: each member trains like a single model, on all but its own seeded
+    patient-level validation split, keeping its best epoch there; calibration, threshold and band
+    are fitted on those held-out predictions, the guard on every image."""
+    import csv
+
+    from pneumoscan.inference.predictor import Predictor
+
+    assert TrainConfig().member_split == "validation"
+    data = make_tree(TINY_NAMES, size=(80, 72))
+    run_dir = tmp_path / "ens"
+    metrics = train(tiny_ensemble_config(finetune_epochs=2), data / "train", run_dir, progress=False)
+    held = json.loads((run_dir / "config.json").read_text())["members_held_out"]
+    assert held["member_split"] == "validation" and len(held["held_out_by_member_and_class"]) == 3
+    assert all(n0 > 0 and n1 > 0 for n0, n1 in held["held_out_by_member_and_class"])
+    scored = 25 - held["held_out_by_no_member"]
+    assert 0 < scored < 25 and metrics["n"] == scored  # only images some member held out are scored
+    assert len((run_dir / "validation_predictions.csv").read_text().splitlines()) == 1 + scored
+    with open(run_dir / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for k in range(3):  # each phase of each member marks the epoch it kept, chosen on val_auc
+        for phase in (f"member{k}_head", f"member{k}_finetune"):
+            assert sum(int(r["best"]) for r in rows if r["phase"] == phase) == 1, phase
+    predictor = Predictor(run_dir / "model.keras")
+    assert predictor.metadata.ensemble["member_split"] == "validation"
+    assert len(predictor.metadata.scope["mean"]) > 0 and metrics["serving_check"]["passed"]
 
 
 @pytest.mark.slow

@@ -44,6 +44,11 @@ DEFAULT_ARCH = "mobilenetv2"
 #: the training images, the set-up score of the shortcut audit no longer predicts the label
 #: (:func:`pneumoscan.evaluation.shortcuts.setup_balanced_weights`).
 IMBALANCE_MODES = ("class_weight", "balanced_sampling", "setup_balanced", "none")
+#: How the members of a MobileNetV2 ensemble get their data and their held-out predictions:
+#: ``validation``: member ``k`` trains on all but its own seeded patient-level validation split
+#: (``val_fraction``, seed ``seed + k``) and keeps its best epoch there, like one single model;
+#: ``folds``: member ``k`` trains on every patient fold but ``k`` for fixed epochs (cross-fitting).
+MEMBER_SPLITS = ("validation", "folds")
 #: ``none``: the default device; ``mirrored``: ``tf.distribute.MirroredStrategy`` over all GPUs.
 DISTRIBUTE_MODES = ("none", "mirrored")
 
@@ -69,7 +74,8 @@ def _bundled_models_dir() -> Path:
 BUNDLED_MODELS_DIR = _bundled_models_dir()
 #: The released model.
 DEFAULT_MODEL_PATH = BUNDLED_MODELS_DIR / BUNDLED_MODEL_NAME
-#: Its float32 LiteRT export (made and checked by ``pneumoscan export``): what the app serves.
+#: Its LiteRT export with float16 weights (made and checked by ``pneumoscan export --quantize
+#: float16``): what the app, ``serve`` and ``predict`` use by default.
 DEFAULT_APP_MODEL_PATH = BUNDLED_MODELS_DIR / "pneumoscan-mobilenetv2-litert.tflite"
 
 
@@ -172,9 +178,10 @@ class TrainConfig:
     dense_units: int = 128
     dropout: float = 0.5
     augmented_views: int = 1
-    # MobileNetV2: a deep ensemble of ``members`` tops on one frozen stem, each trained on all
-    # patient-level folds but its own (cross-fitting); 1 trains one model on a validation split.
+    # MobileNetV2: a deep ensemble of ``members`` tops on one frozen stem; 1 trains one model on a
+    # validation split. ``member_split`` (one of MEMBER_SPLITS) says what data each member sees.
     members: int = 3
+    member_split: str = "validation"
     target_recall: float = DEFAULT_TARGET_RECALL
     label_smoothing: float = 0.05
     distribute: str = "none"  # one of DISTRIBUTE_MODES
@@ -189,14 +196,15 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
         if not 0.5 <= self.target_recall < 1.0:
             raise ValueError(f"target_recall must be in [0.5, 1), got {self.target_recall}")
+        if self.member_split not in MEMBER_SPLITS:
+            raise ValueError(f"member_split must be one of {MEMBER_SPLITS}, got {self.member_split!r}")
         if self.distribute not in DISTRIBUTE_MODES:
             raise ValueError(f"distribute must be one of {DISTRIBUTE_MODES}, got {self.distribute!r}")
         if self.image_size < MIN_IMAGE_SIDE:
             raise ValueError(f"image_size must be at least {MIN_IMAGE_SIDE}, got {self.image_size}")
         if self.members < 1 or self.members == 2 or self.members > 10:
             raise ValueError(
-                f"members must be 1 (one model) or 3..10 (an ensemble cross-fitted on that many "
-                f"patient folds), got {self.members}"
+                f"members must be 1 (one model) or 3..10 (an ensemble of that many members), got {self.members}"
             )
 
     @property

@@ -340,7 +340,7 @@ def sidebar_model_card(predictor: Predictor) -> None:
         (label, validation[key], kind) for key, label, kind in METRICS if validation.get(key) is not None
     ]
     if shown:
-        sb.subheader("Out-of-fold metrics" if meta.ensemble else "Validation metrics")
+        sb.subheader("Held-out training images, one member each" if meta.ensemble else "Validation metrics")
         table = ["| metric | value |", "|---|---:|"]
         for label, value, kind in shown:
             if kind == "percent":
@@ -352,8 +352,9 @@ def sidebar_model_card(predictor: Predictor) -> None:
             table.append(f"| {label} | {text} |")
         sb.markdown("\n".join(table))
         sb.caption(
-            "At the operating threshold, on out-of-fold training images (each scored by members that "
-            "never saw its patient); they chose the calibration and threshold, so they are optimistic."
+            "At the operating threshold, on training images that one member held out, each scored by that "
+            "member alone: the figures of a single member, not of the averaged ensemble. They chose the "
+            "calibration and threshold (and, by default, each member's epochs), so they are optimistic."
             if meta.ensemble
             else "At the operating threshold, on a patient-level validation split that chose the model: "
             "optimistic."

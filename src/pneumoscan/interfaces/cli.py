@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from pneumoscan import __version__
-from pneumoscan.config import DISCLAIMER, DISTRIBUTE_MODES, IMBALANCE_MODES, TrainConfig
+from pneumoscan.config import DISCLAIMER, DISTRIBUTE_MODES, IMBALANCE_MODES, MEMBER_SPLITS, TrainConfig
 from pneumoscan.interfaces.commands import (
     CommandError,
     cmd_app,
@@ -136,10 +136,11 @@ def add_train_parser(sub) -> None:
         "train",
         help="train a model into a run folder",
         description=f"Train {', '.join(ARCHITECTURES)} on a training folder. MobileNetV2 (the default) "
-        "trains a deep ensemble cross-fitted on patient-level folds, calibrated and thresholded on the "
-        "out-of-fold predictions; the CNNs (and --members 1) use a patient-level validation split "
-        "carved from the folder. Writes model.keras, its .meta.json, config.json, history.csv, "
-        "learning_curves.png, validation.json.",
+        "trains a deep ensemble on one frozen stem, calibrated and thresholded on the members' held-out "
+        "predictions (--member-split validation: each member on all but its own patient-level validation "
+        "split, best epoch kept there; folds: cross-fitted on patient folds, fixed epochs); the CNNs "
+        "(and --members 1) use one patient-level validation split carved from the folder. Writes "
+        "model.keras, its .meta.json, config.json, history.csv, learning_curves.png, validation.json.",
     )
     p.add_argument(
         "--data", type=_existing_dir, help="training data: a split folder or a root holding train/"
@@ -159,6 +160,12 @@ def add_train_parser(sub) -> None:
         "--imbalance",
         choices=IMBALANCE_MODES,
         help=f"how class imbalance is handled (default: {d.imbalance})",
+    )
+    p.add_argument(
+        "--member-split",
+        dest="member_split",
+        choices=MEMBER_SPLITS,
+        help=f"what data each ensemble member sees (default: {d.member_split})",
     )
     p.add_argument(
         "--distribute",

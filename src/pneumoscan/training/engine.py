@@ -285,7 +285,9 @@ class Trainer:
             steps_per_epoch=int(np.ceil(len(phase.train_y) / cfg.batch_size)) if balanced else None,
             class_weight=(
                 class_weights(phase.train_y)
-                if cfg.imbalance == "class_weight" and phase.sample_weight is None
+                # setup_balanced falls back to class weights when the data is too small to score
+                # the set-up (Trainer.setup_scores).
+                if cfg.imbalance in ("class_weight", "setup_balanced") and phase.sample_weight is None
                 else None
             ),
             callbacks=[
@@ -313,8 +315,18 @@ class Trainer:
             return None
         from pneumoscan.evaluation.shortcuts import setup_scores
 
+        groups = [s.patient_id for s in images.samples]
+        patients_per_class = min(len({g for g, y in zip(groups, images.y) if y == c}) for c in (0, 1))
+        if patients_per_class < 5:
+            log.warning(
+                "too few patients (%d in the smaller class) to score the acquisition set-up: "
+                "class weights instead of set-up balanced weights",
+                patients_per_class,
+            )
+            self.timings["setup_scores"] = {"skipped": "fewer than 5 patients in a class"}
+            return None
         with self.timed("setup_scores", len(images.y)):
-            return setup_scores(images.x, images.y, [s.patient_id for s in images.samples], seed=self.cfg.seed)
+            return setup_scores(images.x, images.y, groups, seed=self.cfg.seed)
 
     @staticmethod
     def image_weights(setup: np.ndarray | None, y: np.ndarray, views: int) -> np.ndarray | None:

@@ -41,6 +41,7 @@ from pneumoscan.data.dataset import (
     discover_split,
     fingerprint,
     patient_folds,
+    patient_split,
     stratified_subset,
 )
 from pneumoscan.evaluation import figures
@@ -62,7 +63,15 @@ from pneumoscan.training.engine import (
 
 log = logging.getLogger(__name__)
 
-#: Metrics summarised over the members (each on the fold it predicts out of fold).
+#: What the held-out predictions of each ``member_split`` are, in the words of the sidecar and reports.
+HELD_OUT_WORDS = {
+    "folds": "out-of-fold: each training image scored by the member that did not see it",
+    "validation": (
+        "held out: each image of a member's own patient-level validation split scored by that member "
+        "(the first such member), which kept its best epoch there; images no member held out are not scored"
+    ),
+}
+#: Metrics summarised over the members (each on the images it held out).
 MEMBER_METRICS = ("roc_auc", "recall", "specificity", "ece", "brier")
 
 
@@ -73,7 +82,8 @@ class OutOfFold:
     Attributes
     ----------
     fold : ndarray of shape (n,), int
-        The fold of each image (= the member that predicted it).
+        The member that predicted each image held out (its fold, or the first member whose
+        validation split holds it); -1 for an image no member held out.
     clean, shifted : ndarray of shape (n,), float64
         Raw P(pneumonia) of the image as it is, and under its acquisition shift.
     shift_names : list of str, length n
@@ -123,27 +133,42 @@ class EnsembleTrainer(Trainer):
         with self.timed("decode", len(samples)):
             data = decode_samples(samples, cfg.image_size, progress=self.progress)
         self.fingerprint = fingerprint(samples)
-        folds = patient_folds(data.samples, cfg.members, seed=cfg.seed)
-        for k in range(cfg.members):
-            if len(set(data.y[folds == k].tolist())) < 2:
+        held = self.member_held_out(data)
+        for k, mask in enumerate(held):
+            if len(set(data.y[mask].tolist())) < 2 or len(set(data.y[~mask].tolist())) < 2:
                 raise ValueError(
-                    f"{self.data_dir}: fold {k} of {cfg.members} holds one class only "
-                    f"({len(data.y)} images); use more images or fewer --members"
+                    f"{self.data_dir}: member {k} of {cfg.members} would hold out or train on one class "
+                    f"only ({len(data.y)} images); use more images or fewer --members"
                 )
-        return data, folds
+        return data, held
 
-    def write_config(self, data: DecodedSet, folds: np.ndarray) -> None:
+    def member_held_out(self, data: DecodedSet) -> list[np.ndarray]:
+        """Each member's held-out images, a boolean mask over ``data``: its patient fold
+        (``member_split="folds"``) or its own seeded patient-level validation split (``"validation"``)."""
+        cfg = self.cfg
+        if cfg.member_split == "folds":
+            folds = patient_folds(data.samples, cfg.members, seed=cfg.seed)
+            return [folds == k for k in range(cfg.members)]
+        index = {s.path: i for i, s in enumerate(data.samples)}
+        masks = []
+        for k in range(cfg.members):
+            _, val = patient_split(data.samples, val_fraction=cfg.val_fraction, seed=cfg.seed + k)
+            mask = np.zeros(len(data.samples), bool)
+            mask[[index[s.path] for s in val]] = True
+            masks.append(mask)
+        return masks
+
+    def write_config(self, data: DecodedSet, held: list[np.ndarray]) -> None:
         record = {
             **self.cfg.to_dict(),
             "data_dir": str(self.data_dir),
             "data_fingerprint": self.fingerprint,
-            "crossfit": {
-                "folds": self.cfg.members,
+            "members_held_out": {
+                "member_split": self.cfg.member_split,
                 "images": len(data.y),
                 "patients": len({s.patient_id for s in data.samples}),
-                "images_by_fold_and_class": [
-                    np.bincount(data.y[folds == k], minlength=2).tolist() for k in range(self.cfg.members)
-                ],
+                "held_out_by_member_and_class": [np.bincount(data.y[m], minlength=2).tolist() for m in held],
+                "held_out_by_no_member": int((~np.any(held, axis=0)).sum()),
             },
             "class_weight": class_weights(data.y) if self.cfg.imbalance == "class_weight" else None,
             "skipped": [{"path": str(s.path), "error": e} for s, e in data.skipped],
@@ -171,15 +196,19 @@ class EnsembleTrainer(Trainer):
 
     # ------------------------------------------------------------------ members
 
-    def train_member(self, k: int, cut: str, views: dict, pooled: dict, y: np.ndarray, folds: np.ndarray):
-        """Fit member ``k`` on every fold but ``k``; returns its top (cut features -> probability)."""
+    def train_member(self, k: int, cut: str, views: dict, pooled: dict, y: np.ndarray, held: np.ndarray):
+        """Fit member ``k`` on every image but its held-out ones (``held``, a mask); returns its top
+        (cut features -> probability). With ``member_split="validation"`` each phase keeps its
+        best epoch on the held-out images, like a single model; with ``"folds"`` the epochs are
+        fixed, since the held-out fold is what the member predicts out of fold."""
         cfg = self.cfg
         keras.utils.set_random_seed(cfg.seed + 1000 * (k + 1))  # members differ in seed and in data
         # Models made inside the scope carry the strategy into fit (optimizer variables included).
         with self.strategy.scope():
             full, top = mobilenet_member(cfg, cut, name=f"member_{k}")
             head = keras.Model(full.get_layer("avg_pool").output, full.output, name=f"member_{k}_head")
-        train, held = folds != k, folds == k
+        train = ~held
+        restore_best = cfg.member_split == "validation"
         n_train_views = 1 + cfg.augmented_views
         train_y = np.tile(y[train], n_train_views)
         weights = self.image_weights(None if self.setup is None else self.setup[train], y[train], n_train_views)
@@ -193,7 +222,7 @@ class EnsembleTrainer(Trainer):
                 y[held],
                 cfg.head_epochs,
                 cfg.head_learning_rate,
-                restore_best=False,
+                restore_best=restore_best,
                 sample_weight=weights,
             )
         )
@@ -208,21 +237,25 @@ class EnsembleTrainer(Trainer):
                     y[held],
                     cfg.finetune_epochs,
                     cfg.finetune_learning_rate,
-                    restore_best=False,
+                    restore_best=restore_best,
                     sample_weight=weights,
                 )
             )
         return top
 
-    def out_of_fold(self, tops, views: dict, folds: np.ndarray, shift_names: list[str]) -> OutOfFold:
-        clean = np.zeros(len(folds))
-        shifted = np.zeros(len(folds))
+    def out_of_fold(self, tops, views: dict, held: list[np.ndarray], shift_names: list[str]) -> OutOfFold:
+        """Each held-out image scored by the first member that held it out (clean and shifted)."""
+        fold = np.full(len(shift_names), -1)
+        for k in reversed(range(len(held))):
+            fold[held[k]] = k
+        clean = np.full(len(fold), np.nan)
+        shifted = np.full(len(fold), np.nan)
         for k, top in enumerate(tops):
-            held = folds == k
+            mine = fold == k
             for out, key in ((clean, "clean"), (shifted, "shifted")):
-                x = views[key][held].astype(np.float32)
-                out[held] = top.predict(x, batch_size=256, verbose=0).reshape(-1)
-        return OutOfFold(folds, clean, shifted, shift_names)
+                x = views[key][mine].astype(np.float32)
+                out[mine] = top.predict(x, batch_size=256, verbose=0).reshape(-1)
+        return OutOfFold(fold, clean, shifted, shift_names)
 
     # ------------------------------------------------------------------ run
 
@@ -231,8 +264,8 @@ class EnsembleTrainer(Trainer):
         if not self.arch.pretrained:
             raise ValueError(f"an ensemble needs a pretrained architecture; {cfg.arch!r} is not one")
         self.prepare_run_dir(resume=resume)
-        data, folds = self.load_all()
-        self.write_config(data, folds)
+        data, held = self.load_all()
+        self.write_config(data, held)
         self.setup = self.setup_scores(data)
         self.strategy = _strategy(cfg.distribute)
         start = time.perf_counter()
@@ -255,9 +288,9 @@ class EnsembleTrainer(Trainer):
             }
         tops = []
         for k in range(cfg.members):
-            with self.timed(f"member_{k}", int((folds != k).sum()) * (1 + cfg.augmented_views)):
-                tops.append(self.train_member(k, cut, views, pooled, data.y, folds))
-        oof = self.out_of_fold(tops, views, folds, shift_names)
+            with self.timed(f"member_{k}", int((~held[k]).sum()) * (1 + cfg.augmented_views)):
+                tops.append(self.train_member(k, cut, views, pooled, data.y, held[k]))
+        oof = self.out_of_fold(tops, views, held, shift_names)
         # The embedding the model outputs (and the scope guard reads): the stem's pooled features.
         embeddings = views["clean"].astype(np.float32).mean(axis=(1, 2))
         del views, pooled
@@ -277,6 +310,10 @@ class EnsembleTrainer(Trainer):
         from pneumoscan.inference.predictor import Predictor
 
         cfg = self.cfg
+        all_groups = [s.patient_id for s in data.samples]
+        # Calibration, threshold, band and reports use the images some member held out; the guard
+        # uses every image's embedding.
+        data, oof = held_out_part(data, oof)
         groups = [s.patient_id for s in data.samples]
         y2 = np.r_[data.y, data.y]
         p2 = np.r_[oof.clean, oof.shifted]
@@ -284,17 +321,17 @@ class EnsembleTrainer(Trainer):
         threshold = metrics_lib.threshold_for_recall(
             y2, calibrator.transform(p2), target_recall=cfg.target_recall
         )
-        metrics = oof_metrics(data, oof, calibrator, threshold, seed=cfg.seed)
+        metrics = oof_metrics(data, oof, calibrator, threshold, seed=cfg.seed, member_split=cfg.member_split)
         metrics["calibration"] = {
             **calibrator.to_dict(),
             "method": calibrator.method,
-            "fitted_on": "out-of-fold predictions, each image clean and under one acquisition shift",
+            "fitted_on": "held-out predictions of the members, each image clean and under one acquisition shift",
             "cross_validated": calibration_evidence,
             "ece_before": metrics_lib.expected_calibration_error(data.y, oof.clean),
             "ece_after": metrics_lib.expected_calibration_error(data.y, calibrator.transform(oof.clean)),
         }
         embedding_dim = int(model.output.shape[-1]) - 1 - cfg.members
-        band, guard = fit_band_and_guard(data, oof, calibrator, threshold, embeddings, seed=cfg.seed)
+        band, guard = fit_band_and_guard(data, oof, calibrator, threshold, embeddings, all_groups, seed=cfg.seed)
         metrics["decision"] = {"band": band.to_dict()}
         metrics["scope"] = {k: v for k, v in guard.to_dict().items() if not isinstance(v, list)}
         meta = ModelMetadata(
@@ -311,12 +348,13 @@ class EnsembleTrainer(Trainer):
             ensemble={
                 "members": cfg.members,
                 "embedding_dim": embedding_dim,
-                "folds": cfg.members,
+                "member_split": cfg.member_split,
+                **({"folds": cfg.members} if cfg.member_split == "folds" else {"val_fraction": cfg.val_fraction}),
                 "fold_seed": cfg.seed,
                 "limit": cfg.limit,
                 "unfreeze_blocks": cfg.unfreeze_blocks,
                 "combine": "mean of the members' calibrated probabilities",
-                "validation": "out-of-fold: each training image scored by the member that did not see it",
+                "validation": HELD_OUT_WORDS[cfg.member_split],
             },
             pneumoscan_version=__version__,
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -336,11 +374,25 @@ class EnsembleTrainer(Trainer):
         return metrics
 
 
+def held_out_part(data: DecodedSet, oof: OutOfFold) -> tuple[DecodedSet, OutOfFold]:
+    """The images some member held out (``oof.fold >= 0``) and their predictions."""
+    keep = oof.fold >= 0
+    if keep.all():
+        return data, oof
+    samples = [s for s, k in zip(data.samples, keep, strict=True) if k]
+    names = [n for n, k in zip(oof.shift_names, keep, strict=True) if k]
+    return (
+        DecodedSet(data.x[keep], data.y[keep], samples, data.skipped),
+        OutOfFold(oof.fold[keep], oof.clean[keep], oof.shifted[keep], names),
+    )
+
+
 def fit_band_and_guard(
-    data: DecodedSet, oof: OutOfFold, calibrator, threshold: float, embeddings, *, seed: int
+    data: DecodedSet, oof: OutOfFold, calibrator, threshold: float, embeddings, groups, *, seed: int
 ):
-    """The uncertainty band (on the calibrated OOF predictions, clean and shifted) and the scope
-    guard (on the training images' embeddings, threshold on patient-level out-of-fold scores)."""
+    """The uncertainty band (on the calibrated held-out predictions of ``data``, clean and shifted)
+    and the scope guard (on every training image's embedding, ``groups`` its patients; threshold
+    on patient-level out-of-fold scores)."""
     from pneumoscan.inference.decision import fit_uncertainty_band
     from pneumoscan.inference.scope import DEFAULT_GUARD_DIMS, ScopeGuard
 
@@ -349,7 +401,7 @@ def fit_band_and_guard(
     # The guard's dimensions shrink with the data (it needs about 5 images per dimension): a full
     # training folder keeps the default, a smoke run on a few dozen images gets a small guard.
     dims = max(1, min(DEFAULT_GUARD_DIMS, embeddings.shape[1], len(embeddings) // 5))
-    guard = ScopeGuard.fit(embeddings, groups=[s.patient_id for s in data.samples], seed=seed, dims=dims)
+    guard = ScopeGuard.fit(embeddings, groups=list(groups), seed=seed, dims=dims)
     return band, guard
 
 
@@ -367,15 +419,14 @@ def serving_members(cfg, cut: str, tops) -> list:
     return copies
 
 
-def oof_metrics(data: DecodedSet, oof: OutOfFold, calibrator, threshold: float, *, seed: int) -> dict:
+def oof_metrics(
+    data: DecodedSet, oof: OutOfFold, calibrator, threshold: float, *, seed: int, member_split: str = "folds"
+) -> dict:
     """``validation.json`` of an ensemble: OOF metrics with patient-bootstrap CIs, per shift, per member."""
     p_clean = calibrator.transform(oof.clean)
     p_shifted = calibrator.transform(oof.shifted)
     metrics = decoded_set_report(data, p_clean, threshold, seed=seed)
-    metrics["split"] = (
-        "out-of-fold over the whole training folder (each image scored by the one cross-fitted member "
-        "that did not see its patient); the same data chose the threshold and the calibration"
-    )
+    metrics["split"] = f"{HELD_OUT_WORDS[member_split]}; the same data chose the threshold and the calibration"
     metrics["stress"] = stress_from_predictions(data.y, p_shifted, oof.shift_names, threshold=threshold)
     shifted = metrics_lib.binary_metrics(data.y, p_shifted, threshold=threshold)
     metrics["shifted"] = {
