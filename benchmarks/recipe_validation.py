@@ -116,7 +116,7 @@ def build_cache(data_dir: Path, cache: Path) -> None:
 STRESS_SHIFT = "tight crop (85 %)"
 
 
-def held_out_views(cache: Path, c: "Cache", held: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+def held_out_views(cache: Path, c: Cache, held: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
     """Stem and pooled features of the held-out images, clean and under :data:`STRESS_SHIFT`
     (computed once per split and kept in the cache)."""
     import keras
@@ -221,7 +221,10 @@ def scores(y: np.ndarray, p: np.ndarray) -> dict:
 
     positives = np.sort(p[y == 1])
     t = positives[int(np.floor(0.02 * len(positives)))]
-    return {"auc": round(float(roc_auc_score(y, p)), 4), "spec_at_recall_0.98": round(float((p[y == 0] < t).mean()), 3)}
+    return {
+        "auc": round(float(roc_auc_score(y, p)), 4),
+        "spec_at_recall_0.98": round(float((p[y == 0] < t).mean()), 3),
+    }
 
 
 def agreement(measured: dict[str, float]) -> dict:
@@ -238,13 +241,18 @@ def agreement(measured: dict[str, float]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "chest_xray" / "train")
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "proxy-cache")
     parser.add_argument("--recipes", default="frozen_lr,ensemble,single,reweighted")
     parser.add_argument("--seeds", default="1337,7,42")
     parser.add_argument("--split", choices=("setup", "random"), default="setup")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
+    parser.add_argument(
+        "--group", type=int, default=0, help="also score ensembles of this many consecutive seeds' models"
+    )
     args = parser.parse_args()
 
     from pneumoscan.data.dataset import fold_patients
@@ -260,7 +268,9 @@ def main() -> None:
         held = fold_patients(list(c.patients), list(c.y), 5, seed=0) == 0
     train, y = ~held, c.y[held]
     views = held_out_views(args.cache, c, held)
-    print(f"== {args.split} split: {held.sum()} held-out images ({(y == 0).sum()} normal), trained on the rest")
+    print(
+        f"== {args.split} split: {held.sum()} held-out images ({(y == 0).sum()} normal), trained on the rest"
+    )
     print(f"   each scored clean and under '{STRESS_SHIFT}' (the crop column)", flush=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     out: dict = {"split": args.split, "held_out": int(held.sum()), "held_out_normal": int((y == 0).sum())}
@@ -285,7 +295,10 @@ def main() -> None:
     for recipe in args.recipes.split(","):
         t = time.perf_counter()
         if recipe == "frozen_lr":
-            record("frozen_lr", report("frozen_lr", predict_views(fit_frozen_lr(c, train, 0)), time.perf_counter() - t))
+            record(
+                "frozen_lr",
+                report("frozen_lr", predict_views(fit_frozen_lr(c, train, 0)), time.perf_counter() - t),
+            )
             continue
         if recipe == "ensemble":
             idx = np.flatnonzero(train)
@@ -294,7 +307,9 @@ def main() -> None:
             for k in range(3):
                 part = np.zeros(len(c.y), bool)
                 part[idx[fold != k]] = True
-                members.append(predict_views(fit_finetuned(c, part, seeds[0] + 1000 * (k + 1), inner_val=False)))
+                members.append(
+                    predict_views(fit_finetuned(c, part, seeds[0] + 1000 * (k + 1), inner_val=False))
+                )
                 report(f"ensemble member {k}", members[-1], time.perf_counter() - t)
             record("ensemble", report("ensemble", mean_of(members), time.perf_counter() - t))
             continue
@@ -311,10 +326,40 @@ def main() -> None:
         for view in views:
             aucs = [scores(y, p[view])["auc"] for p in preds]
             sd = float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0
-            summary[view] = {"mean": round(float(np.mean(aucs)), 4), "sd": round(sd, 4), "min": min(aucs), "max": max(aucs)}
-        print(f"  {recipe}: single models' ROC AUC over {len(seeds)} seeds: {json.dumps(summary)}", flush=True)
+            summary[view] = {
+                "mean": round(float(np.mean(aucs)), 4),
+                "sd": round(sd, 4),
+                "min": min(aucs),
+                "max": max(aucs),
+            }
+        print(
+            f"  {recipe}: single models' ROC AUC over {len(seeds)} seeds: {json.dumps(summary)}", flush=True
+        )
         out[f"{recipe} seeds"] = summary
         mean = report(f"{recipe}, mean of the seeds' models", mean_of(preds), 0)
+        if args.group and len(preds) > args.group:
+            # Several ensembles of ``group`` consecutive seeds: the spread of the ensemble recipe itself.
+            groups = [preds[i : i + args.group] for i in range(0, len(preds) - args.group + 1, args.group)]
+            rows = [
+                report(
+                    f"{recipe}, ensemble of seeds {seeds[i * args.group : (i + 1) * args.group]}",
+                    mean_of(g),
+                    0,
+                )
+                for i, g in enumerate(groups)
+            ]
+            spread = {
+                view: {
+                    "mean": round(float(np.mean([r[view]["auc"] for r in rows])), 4),
+                    "sd": round(float(np.std([r[view]["auc"] for r in rows], ddof=1)), 4),
+                }
+                for view in views
+            }
+            print(
+                f"  {recipe}: ensembles of {args.group} over {len(rows)} seed groups: {json.dumps(spread)}",
+                flush=True,
+            )
+            out[f"{recipe} ensembles of {args.group}"] = spread
         if recipe == "single":
             for view in views:
                 measured[view]["single (mean over seeds)"] = summary[view]["mean"]

@@ -23,8 +23,8 @@ from pneumoscan.data.imaging import (
     is_dicom,
     load_image,
     preprocess,
-    resize_gray,
     read_image,
+    resize_gray,
 )
 from pneumoscan.testing.dicom import dicom_dataset, dicom_to_bytes
 from pneumoscan.testing.synthetic import write_image, xray_like

@@ -23,7 +23,9 @@ def _films(n_per_class: int, *, marker_on_pneumonia: bool, seed: int = 0):
     for label in (0, 1):
         for i in range(n_per_class):
             # Half the films of each class carry an opacity: the lungs predict the label only partly.
-            img = xray_like(SIZE, SIZE, seed=1000 * label + i, pneumonia=bool(rng.random() < (0.3 + 0.4 * label)))
+            img = xray_like(
+                SIZE, SIZE, seed=1000 * label + i, pneumonia=bool(rng.random() < (0.3 + 0.4 * label))
+            )
             if marker_on_pneumonia and label == 1:
                 img[2:8, 2:7] = 255
             x.append(img)
@@ -57,7 +59,7 @@ def test_a_border_without_set_up_differences_carries_nothing():
 def test_audit_refuses_one_class_and_too_few_patients():
     x, y, groups = _films(10, marker_on_pneumonia=True)
     with pytest.raises(ValueError, match="both classes"):
-        audit(x[y == 1], y[y == 1], [g for g, v in zip(groups, y) if v == 1])
+        audit(x[y == 1], y[y == 1], [g for g, v in zip(groups, y, strict=True) if v == 1])
     with pytest.raises(ValueError, match="at least 10 patients"):
         audit(x, y, ["a", "b"] * 10)
 

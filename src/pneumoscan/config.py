@@ -204,7 +204,8 @@ class TrainConfig:
             raise ValueError(f"image_size must be at least {MIN_IMAGE_SIDE}, got {self.image_size}")
         if self.members < 1 or self.members == 2 or self.members > 10:
             raise ValueError(
-                f"members must be 1 (one model) or 3..10 (an ensemble of that many members), got {self.members}"
+                f"members must be 1 (one model) or 3..10 (an ensemble of that many members), "
+                f"got {self.members}"
             )
 
     @property

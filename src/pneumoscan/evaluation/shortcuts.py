@@ -145,10 +145,14 @@ def region_scores(
 def setup_scores(x: np.ndarray, y: np.ndarray, groups: Sequence, *, seed: int = DEFAULT_SEED) -> np.ndarray:
     """The set-up score of every image: the border model's out-of-fold P(pneumonia), shape (n,)."""
     thumbs = thumbnails(x)
-    return region_scores(thumbs, np.asarray(y), list(groups), region_masks(thumbs.shape[1])["border"], seed=seed)
+    return region_scores(
+        thumbs, np.asarray(y), list(groups), region_masks(thumbs.shape[1])["border"], seed=seed
+    )
 
 
-def setup_balanced_weights(setup: np.ndarray, y: np.ndarray, *, bins: int = 5, cap: float = 10.0) -> np.ndarray:
+def setup_balanced_weights(
+    setup: np.ndarray, y: np.ndarray, *, bins: int = 5, cap: float = 10.0
+) -> np.ndarray:
     """Per-image weights under which the set-up and the label are independent, classes balanced.
 
     Images are put in ``bins`` quantile bins of their set-up score; every (bin, class) cell then
@@ -223,8 +227,14 @@ def audit(x: np.ndarray, y: np.ndarray, groups: Sequence, *, seed: int = DEFAULT
                 "direction": "higher in pneumonia" if stats["roc_auc"] >= 0.5 else "higher in normal",
                 "median_normal": float(np.median(values[y == 0])),
                 "median_pneumonia": float(np.median(values[y == 1])),
-                "carries_label": bool((low > 0.5 or high < 0.5) and abs(stats["roc_auc"] - 0.5) >= CUE_STRENGTH),
-                "measured_in": "lungs (confounded with the disease)" if name in LUNG_CUES else "border" if name != "white_level" else "whole film",
+                "carries_label": bool(
+                    (low > 0.5 or high < 0.5) and abs(stats["roc_auc"] - 0.5) >= CUE_STRENGTH
+                ),
+                "measured_in": "lungs (confounded with the disease)"
+                if name in LUNG_CUES
+                else "border"
+                if name != "white_level"
+                else "whole film",
             }
         )
     cues.sort(key=lambda c: -abs(c["roc_auc"] - 0.5))
@@ -280,7 +290,8 @@ def format_audit(result: dict) -> str:
     """The audit as terminal text: region models, then each cue, strongest first."""
     n0, n1 = result["by_class"]
     lines = [
-        f"Shortcut audit of {result['n']} images ({n0} normal, {n1} pneumonia; {result['patients']} patients)",
+        f"Shortcut audit of {result['n']} images ({n0} normal, {n1} pneumonia; "
+        f"{result['patients']} patients)",
         "",
         "How much of the label each region predicts (patient-level out-of-fold ROC AUC; 0.5 = nothing):",
     ]
@@ -305,7 +316,8 @@ def format_audit(result: dict) -> str:
             "acquisition set-up instead of the lungs. Validate on films whose set-up does not give the "
             "label away (pneumoscan.evaluation.shortcuts.setup_shift_split)."
             if border >= 0.5 + CUE_STRENGTH
-            else f"The film's border alone predicts the label with ROC AUC {border:.3f}: no strong set-up shortcut."
+            else f"The film's border alone predicts the label with ROC AUC {border:.3f}: "
+            "no strong set-up shortcut."
         ),
     ]
     return "\n".join(lines)
@@ -320,7 +332,7 @@ def audit_figure(result: dict):
     ]
     fig = new_figure(7.5, 0.45 * len(items) + 1.2)
     ax = fig.add_subplot()
-    for i, (label, item) in enumerate(items):
+    for i, (_, item) in enumerate(items):
         auc, ci = item["roc_auc"], item["roc_auc_95ci"]
         colour = "tab:red" if abs(auc - 0.5) >= CUE_STRENGTH else "tab:grey"
         ax.barh(i, auc - 0.5, left=0.5, color=colour, alpha=0.8)
@@ -337,8 +349,9 @@ def audit_figure(result: dict):
 
 
 def decode_films(samples, size: int, *, progress: bool = True):
-    """The films as decoded, resized to ``size`` but not stretched (:func:`~pneumoscan.data.imaging.resize_gray`):
-    ``(x (n, size, size) uint8, kept samples, skipped [(sample, reason)])``; a bad file is skipped."""
+    """The films as decoded, resized to ``size`` but not stretched
+    (:func:`~pneumoscan.data.imaging.resize_gray`): ``(x (n, size, size) uint8, kept samples,
+    skipped [(sample, reason)])``; a bad file is skipped."""
     import concurrent.futures
 
     from tqdm.auto import tqdm
@@ -352,14 +365,22 @@ def decode_films(samples, size: int, *, progress: bool = True):
             return exc.reason
 
     with concurrent.futures.ThreadPoolExecutor(decode_workers()) as pool:
-        results = list(tqdm(pool.map(load, samples), total=len(samples), desc="decoding", disable=not progress))
+        results = list(
+            tqdm(pool.map(load, samples), total=len(samples), desc="decoding", disable=not progress)
+        )
     kept = [s for s, r in zip(samples, results, strict=True) if not isinstance(r, str)]
     skipped = [(s, r) for s, r in zip(samples, results, strict=True) if isinstance(r, str)]
-    x = np.stack([r for r in results if not isinstance(r, str)]) if kept else np.zeros((0, size, size), np.uint8)
+    x = (
+        np.stack([r for r in results if not isinstance(r, str)])
+        if kept
+        else np.zeros((0, size, size), np.uint8)
+    )
     return x, kept, skipped
 
 
-def audit_folder(data_dir, out_dir, *, size: int = 224, seed: int = DEFAULT_SEED, progress: bool = True) -> dict:
+def audit_folder(
+    data_dir, out_dir, *, size: int = 224, seed: int = DEFAULT_SEED, progress: bool = True
+) -> dict:
     """Audit a labelled folder (``NORMAL/`` and ``PNEUMONIA/``, or a root with ``train/``) and write
     ``audit.json``, ``setup_scores.csv`` (each image's set-up score) and ``audit.png`` to ``out_dir``.
 

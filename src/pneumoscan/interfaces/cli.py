@@ -97,7 +97,9 @@ def add_audit_parser(sub) -> None:
         "(burnt-in marks, marker size, collimation, head in view, contrast, texture), each with a "
         "patient-bootstrap 95%% interval. Writes audit.json, setup_scores.csv and audit.png.",
     )
-    p.add_argument("data_dir", type=_existing_dir, help="a labelled folder (NORMAL/, PNEUMONIA/) or a root with train/")
+    p.add_argument(
+        "data_dir", type=_existing_dir, help="a labelled folder (NORMAL/, PNEUMONIA/) or a root with train/"
+    )
     _out_arg(p, "out/audit")
     p.add_argument("--seed", type=int, default=TrainConfig().seed, help="seed of the folds and bootstrap")
     _quiet_arg(p)

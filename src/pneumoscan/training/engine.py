@@ -316,7 +316,9 @@ class Trainer:
         from pneumoscan.evaluation.shortcuts import setup_scores
 
         groups = [s.patient_id for s in images.samples]
-        patients_per_class = min(len({g for g, y in zip(groups, images.y) if y == c}) for c in (0, 1))
+        patients_per_class = min(
+            len({g for g, y in zip(groups, images.y, strict=True) if y == c}) for c in (0, 1)
+        )
         if patients_per_class < 5:
             log.warning(
                 "too few patients (%d in the smaller class) to score the acquisition set-up: "

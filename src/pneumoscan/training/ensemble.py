@@ -211,7 +211,9 @@ class EnsembleTrainer(Trainer):
         restore_best = cfg.member_split == "validation"
         n_train_views = 1 + cfg.augmented_views
         train_y = np.tile(y[train], n_train_views)
-        weights = self.image_weights(None if self.setup is None else self.setup[train], y[train], n_train_views)
+        weights = self.image_weights(
+            None if self.setup is None else self.setup[train], y[train], n_train_views
+        )
         self.fit_phase(
             _Phase(
                 f"member{k}_head",
@@ -325,13 +327,17 @@ class EnsembleTrainer(Trainer):
         metrics["calibration"] = {
             **calibrator.to_dict(),
             "method": calibrator.method,
-            "fitted_on": "held-out predictions of the members, each image clean and under one acquisition shift",
+            "fitted_on": (
+                "held-out predictions of the members, each image clean and under one acquisition shift"
+            ),
             "cross_validated": calibration_evidence,
             "ece_before": metrics_lib.expected_calibration_error(data.y, oof.clean),
             "ece_after": metrics_lib.expected_calibration_error(data.y, calibrator.transform(oof.clean)),
         }
         embedding_dim = int(model.output.shape[-1]) - 1 - cfg.members
-        band, guard = fit_band_and_guard(data, oof, calibrator, threshold, embeddings, all_groups, seed=cfg.seed)
+        band, guard = fit_band_and_guard(
+            data, oof, calibrator, threshold, embeddings, all_groups, seed=cfg.seed
+        )
         metrics["decision"] = {"band": band.to_dict()}
         metrics["scope"] = {k: v for k, v in guard.to_dict().items() if not isinstance(v, list)}
         meta = ModelMetadata(
@@ -349,7 +355,11 @@ class EnsembleTrainer(Trainer):
                 "members": cfg.members,
                 "embedding_dim": embedding_dim,
                 "member_split": cfg.member_split,
-                **({"folds": cfg.members} if cfg.member_split == "folds" else {"val_fraction": cfg.val_fraction}),
+                **(
+                    {"folds": cfg.members}
+                    if cfg.member_split == "folds"
+                    else {"val_fraction": cfg.val_fraction}
+                ),
                 "fold_seed": cfg.seed,
                 "limit": cfg.limit,
                 "unfreeze_blocks": cfg.unfreeze_blocks,
@@ -426,7 +436,9 @@ def oof_metrics(
     p_clean = calibrator.transform(oof.clean)
     p_shifted = calibrator.transform(oof.shifted)
     metrics = decoded_set_report(data, p_clean, threshold, seed=seed)
-    metrics["split"] = f"{HELD_OUT_WORDS[member_split]}; the same data chose the threshold and the calibration"
+    metrics["split"] = (
+        f"{HELD_OUT_WORDS[member_split]}; the same data chose the threshold and the calibration"
+    )
     metrics["stress"] = stress_from_predictions(data.y, p_shifted, oof.shift_names, threshold=threshold)
     shifted = metrics_lib.binary_metrics(data.y, p_shifted, threshold=threshold)
     metrics["shifted"] = {
