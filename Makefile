@@ -3,7 +3,7 @@
 #   make test   run the whole test suite (installs headless Chromium for the browser test)
 #   CI: .ci/run (CI=true: any skipped test fails the run)
 #   make notebook     open the walkthrough notebook in JupyterLab (installs it into .venv)
-#   make walkthrough  re-run the walkthrough in its full setting, outputs saved into docs/ (~1 h on 2 cores)
+#   make walkthrough  re-run the walkthrough in its full setting, outputs saved into docs/ (trains the released recipe)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv

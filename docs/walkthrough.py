@@ -345,7 +345,8 @@ for name, run, metrics in (
 # learned elsewhere: transfer learning, next.
 #
 # One seed on one small subset is an anecdote: a claimed gain has to exceed the spread over seeds
-# (`pneumoscan compare` and `benchmarks/recipe_proxy.py` compare recipes properly).
+# (`pneumoscan compare` puts runs side by side; `benchmarks/recipe_validation.py` compares recipes
+# over seeds on a set-up-shifted split, and first checks that split against the test split's figures).
 
 # %% [markdown]
 # ## 5. Transfer learning: MobileNetV2, then an ensemble

@@ -1,0 +1,60 @@
+"""One film, one answer? P(pneumonia) of the same training films brought in by 11 paths.
+
+    python benchmarks/input_paths.py [--model M] [--per-class 6]
+
+Each film (the first ``--per-class`` files of each class of the training folder, sorted by name) is
+scored as its file and as the 10 files of :func:`pneumoscan.testing.variants.xray_variants` (8- and
+16-bit PNG, 8- and 12-bit DICOM, MONOCHROME1, a colour JPEG, resamplings to 1024 and 2048 px as PNG,
+JPEG and DICOM), each decoded from bytes as every surface does. Prints each film's probabilities and
+the spread (max - min) per film, then the largest and the mean spread. Issue 16's bound: 0.05.
+
+These are training images, which the released members trained on: the figure is about consistency
+across paths, not about accuracy. Needs ``../shared`` (the training folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO.parent / "shared" / "data" / "chest_xray" / "train"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, help="default: the bundled LiteRT export (what predict uses)")
+    parser.add_argument("--data", type=Path, default=TRAIN)
+    parser.add_argument("--per-class", type=int, default=6)
+    args = parser.parse_args()
+
+    from pneumoscan.config import DEFAULT_APP_MODEL_PATH
+    from pneumoscan.data.imaging import read_image
+    from pneumoscan.inference.predictor import Predictor
+    from pneumoscan.testing.variants import xray_variants
+
+    predictor = Predictor(args.model or DEFAULT_APP_MODEL_PATH)
+    print(f"model: {predictor.model_path}")
+    films = []
+    for cls in ("NORMAL", "PNEUMONIA"):
+        films += sorted((args.data / cls).iterdir())[: args.per_class]
+    spreads = []
+    for film in films:
+        p = {"file": float(predictor.predict_paths([film], progress=False).p_pneumonia[0])}
+        for name, data in xray_variants(read_image(film).gray).items():
+            p[name] = predictor.predict_bytes(data, name=name).p_pneumonia
+        spread = max(p.values()) - min(p.values())
+        spreads.append(spread)
+        print(f"{film.name[:28]:<28} spread {spread:.4f}  " + " ".join(f"{k}={v:.3f}" for k, v in p.items()))
+    print(
+        f"\n{len(films)} films x {len(p)} paths: largest spread {max(spreads):.4f}, "
+        f"mean {np.mean(spreads):.4f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
