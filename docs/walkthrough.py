@@ -500,12 +500,12 @@ for name in by_patient:
 # were fitted on these very predictions, and the recipe (epochs, members, views) was chosen on
 # splits of the same folder: this is the data that picked the model. New intakes differ. The
 # official test split is held out and measured independently; the model card records what that
-# measurement found for the previous release, next to its validation figures:
+# measurement found for the earlier releases and recipes, next to their validation figures:
 
 # %%
 card = (config.BUNDLED_MODELS_DIR / "MODEL_CARD.md").read_text()
-start = card.index("- **The official test split, previous release.**")
-print(card[start : card.index("\n- ", start + 1)])
+start = card.index("## Measured independently on the official test split")
+print(card[start : card.index("\n## ", start + 1)])
 
 # %% [markdown]
 # ## 7. Explanations: Grad-CAM

@@ -447,12 +447,18 @@ def oof_metrics(
     per_member = []
     for k in range(int(oof.fold.max()) + 1):
         held = oof.fold == k
+        if not held.any():  # every image it held out was scored by an earlier member
+            per_member.append({"member": k, "n": 0, **dict.fromkeys(MEMBER_METRICS)})
+            continue
         m = metrics_lib.binary_metrics(data.y[held], p_clean[held], threshold=threshold)
         per_member.append({"member": k, "n": int(held.sum()), **{key: m[key] for key in MEMBER_METRICS}})
+    # A metric a member's images cannot define (one class only, in a small run) is None; the
+    # summaries are over the members that define it.
+    defined = {k: [m[k] for m in per_member if m[k] is not None] for k in MEMBER_METRICS}
     metrics["members"] = {
         "each": per_member,
-        "mean": {k: float(np.mean([m[k] for m in per_member])) for k in MEMBER_METRICS},
-        "sd": {k: float(np.std([m[k] for m in per_member], ddof=1)) for k in MEMBER_METRICS},
+        "mean": {k: float(np.mean(v)) if v else None for k, v in defined.items()},
+        "sd": {k: float(np.std(v, ddof=1)) if len(v) > 1 else None for k, v in defined.items()},
     }
     return metrics
 
