@@ -116,9 +116,10 @@ def model_split(metadata: ModelMetadata, data_dir: str | Path) -> tuple[list[Sam
     """
     split = metadata.split
     if split is None and metadata.ensemble is not None:
-        # A cross-fitted ensemble has no held-out split: every image was seen by all members but
-        # one. The export check compares the export with the Keras model (parity), for which any
-        # images do; this is the same deterministic patient-level share of the folder.
+        # An ensemble has no one held-out split: every image was seen by most of its members. The
+        # export check compares the export with the Keras model (parity), for which any images do;
+        # this is the same deterministic patient-level share of the folder (with the default
+        # member_split, member 0's own validation split).
         split = SplitConfig(
             seed=metadata.ensemble.get("fold_seed", SplitConfig().seed), limit=metadata.ensemble.get("limit")
         )
