@@ -78,13 +78,14 @@ def run_stem(x: np.ndarray, augmenter=None) -> np.ndarray:
 
 
 def build_cache(data_dir: Path, cache: Path) -> None:
-    """Decode every training image, run the frozen stem (clean, one augmented view), pool, audit."""
+    """Decode every training image, run the frozen stem (clean, one augmented view), pool, and score
+    each image's acquisition set-up (the shortcut audit's border model)."""
     import keras
 
     from pneumoscan.config import AugmentConfig
     from pneumoscan.data.augment import build_augmenter
     from pneumoscan.data.dataset import decode_samples, discover_split
-    from pneumoscan.evaluation.shortcuts import audit
+    from pneumoscan.evaluation.shortcuts import setup_scores
     from pneumoscan.models.architectures import build_mobilenetv2
 
     cache.mkdir(parents=True, exist_ok=True)
@@ -107,7 +108,7 @@ def build_cache(data_dir: Path, cache: Path) -> None:
     if not (cache / "setup_score.npy").exists():
         y = np.load(cache / "y.npy")
         groups = [s[1] for s in json.loads((cache / "samples.json").read_text())]
-        np.save(cache / "setup_score.npy", audit(x, y, groups)["setup_score"])
+        np.save(cache / "setup_score.npy", setup_scores(x, y, groups))
 
 
 #: The acquisition shift every held-out image is also scored under: the new intake's healthy

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -340,11 +340,19 @@ def fingerprint(samples: Sequence[Sample]) -> str:
 
 
 def decode_samples(
-    samples: Sequence[Sample], size: int, *, workers: int | None = None, progress: bool = True
+    samples: Sequence[Sample],
+    size: int,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    load: Callable[[Path, int], np.ndarray] = load_image,
 ) -> DecodedSet:
     """Decode samples in parallel threads into one ``uint8`` array (the in-memory cache).
 
-    Bad files never stop the run: they are logged, and returned in ``skipped`` with the reason.
+    ``load(path, size)`` gives one ``(size, size, 1)`` array: the model's input
+    (:func:`~pneumoscan.data.imaging.load_image`) unless another view of the files is wanted (the
+    shortcut audit reads the films before the stretch). Bad files never stop the run: they are
+    logged, and returned in ``skipped`` with the reason.
     """
     from tqdm.auto import tqdm
 
@@ -353,7 +361,7 @@ def decode_samples(
     ok = np.zeros(len(samples), dtype=bool)
     skipped: list[tuple[Sample, str]] = []
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(load_image, s.path, size): i for i, s in enumerate(samples)}
+        futures = {pool.submit(load, s.path, size): i for i, s in enumerate(samples)}
         bar = tqdm(total=len(samples), desc="decoding", unit="img", disable=not progress, leave=False)
         for future in concurrent.futures.as_completed(futures):
             i = futures[future]

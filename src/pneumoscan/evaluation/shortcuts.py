@@ -348,34 +348,12 @@ def audit_figure(result: dict):
     return fig
 
 
-def decode_films(samples, size: int, *, progress: bool = True):
-    """The films as decoded, resized to ``size`` but not stretched
-    (:func:`~pneumoscan.data.imaging.resize_gray`): ``(x (n, size, size) uint8, kept samples,
-    skipped [(sample, reason)])``; a bad file is skipped."""
-    import concurrent.futures
+def film_as_decoded(path, size: int) -> np.ndarray:
+    """One film resized to ``size`` but not stretched (:func:`~pneumoscan.data.imaging.resize_gray`):
+    what :func:`audit_folder` reads, so that the brightest pixel is the file's own."""
+    from pneumoscan.data.imaging import read_image, resize_gray
 
-    from tqdm.auto import tqdm
-
-    from pneumoscan.data.imaging import ImageDecodeError, decode_workers, read_image, resize_gray
-
-    def load(sample):
-        try:
-            return resize_gray(read_image(sample.path), size)
-        except ImageDecodeError as exc:
-            return exc.reason
-
-    with concurrent.futures.ThreadPoolExecutor(decode_workers()) as pool:
-        results = list(
-            tqdm(pool.map(load, samples), total=len(samples), desc="decoding", disable=not progress)
-        )
-    kept = [s for s, r in zip(samples, results, strict=True) if not isinstance(r, str)]
-    skipped = [(s, r) for s, r in zip(samples, results, strict=True) if isinstance(r, str)]
-    x = (
-        np.stack([r for r in results if not isinstance(r, str)])
-        if kept
-        else np.zeros((0, size, size), np.uint8)
-    )
-    return x, kept, skipped
+    return resize_gray(read_image(path), size)[:, :, None]
 
 
 def audit_folder(
@@ -390,14 +368,16 @@ def audit_folder(
     import json
     from pathlib import Path
 
-    from pneumoscan.data.dataset import discover_split
+    from pneumoscan.data.dataset import decode_samples, discover_split
     from pneumoscan.plotting import save
 
     out_dir = Path(out_dir)
-    x, kept, skipped = decode_films(discover_split(data_dir, prefer="train"), size, progress=progress)
-    y = np.array([s.label for s in kept], dtype=np.int64)
-    result = audit(x, y, [s.patient_id for s in kept], seed=seed)
-    result["skipped"] = [{"path": str(s.path), "error": e} for s, e in skipped]
+    films = decode_samples(
+        discover_split(data_dir, prefer="train"), size, progress=progress, load=film_as_decoded
+    )
+    kept = films.samples
+    result = audit(films.x, films.y, [s.patient_id for s in kept], seed=seed)
+    result["skipped"] = [{"path": str(s.path), "error": e} for s, e in films.skipped]
     result["data_dir"] = str(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     setup = result.pop("setup_score")
