@@ -402,9 +402,9 @@ def preprocess(image: DecodedImage | np.ndarray, size: int) -> np.ndarray:
 
     Last, a Gaussian blur of :data:`INPUT_BLUR` pixels: the finest texture of a film (JPEG grain,
     the resampling filter that made the file) depends on the path that brought it in, not on the
-    lungs. A film resampled from a 1024-px original keeps 82 % of the direct path's Laplacian
-    energy unblurred, 96 % after this blur, so the model cannot learn, or be fooled by, the
-    difference.
+    lungs; after the blur a small copy and a resampling of a larger original keep nearly the same
+    fine texture, so the model can neither learn nor be fooled by the difference
+    (``benchmarks/input_paths.py`` measures what is left of it in the model's answers).
 
     Parameters
     ----------
