@@ -15,7 +15,7 @@ more probable class: "No pneumonia detected" only with P(normal) >= 0.5, "Pneumo
 only with P(pneumonia) >= 0.5 (checked in :class:`UncertaintyBand` and by property tests). With no
 fitted band (older models) the narrowest such band is used, :meth:`UncertaintyBand.minimal`.
 
-The band is fitted on out-of-fold predictions of the training images
+The band is fitted on held-out predictions of the training images
 (:func:`fit_uncertainty_band`): the narrowest band, in share of images referred, that holds a
 stated share of the out-of-fold errors at the threshold. Both numbers are stored with it.
 """
@@ -386,7 +386,7 @@ def band_summary(band: UncertaintyBand) -> str:
         text += f" or the members' spread exceeds {band.max_spread:.1%}"
     if band.error_share is not None and band.referral_rate is not None:
         text += (
-            f"; on {band.n} out-of-fold images it held {band.error_share:.0%} of the errors at a cost of "
-            f"{band.referral_rate:.1%} of images referred"
+            f"; on {band.n} held-out training predictions it held {band.error_share:.0%} of the errors "
+            f"at a cost of {band.referral_rate:.1%} of images referred"
         )
     return text
