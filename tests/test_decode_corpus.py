@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscan.data import imaging
-from pneumoscan.data.imaging import ImageDecodeError, decode_bytes, list_input_files, read_image, sniff_format
+from pneumoscan.data.imaging import (
+    ImageDecodeError,
+    decode_bytes,
+    limits,
+    list_input_files,
+    pillow,
+    read_image,
+    sniff_format,
+)
 from pneumoscan.testing.corpus import (
     HOSTILE_REASONS,
     TRANSFER_SYNTAXES,
@@ -110,7 +117,7 @@ def test_multi_frame_dicom_gives_its_first_frame_and_counts_frames_in_the_limit(
     decoded = decode_bytes(data, name="three.dcm")
     np.testing.assert_array_equal(decoded.gray, base_gray(96, 80))  # frame 0, not frames 1-2 (flat)
     one_frame = 96 * 80 * 2
-    monkeypatch.setattr(imaging, "MAX_DICOM_PIXEL_BYTES", 2 * one_frame)
+    monkeypatch.setattr(limits, "MAX_DICOM_PIXEL_BYTES", 2 * one_frame)
     with pytest.raises(ImageDecodeError, match=r"DICOM pixel data too large \(3 frame\(s\) of 80x96"):
         decode_bytes(data, name="three.dcm")
 
@@ -144,7 +151,7 @@ def test_unexpected_pillow_exception_becomes_a_decode_error(lossless, monkeypatc
     def broken(img, data):
         raise exc
 
-    monkeypatch.setattr(imaging, "_load_pil", broken)
+    monkeypatch.setattr(pillow, "_load_pil", broken)
     with pytest.raises(
         ImageDecodeError, match=rf"^odd\.png: corrupt or undecodable PNG data \({type(exc).__name__}"
     ):
@@ -163,9 +170,9 @@ def test_unexpected_dicom_exception_becomes_a_decode_error(lossless, monkeypatch
 
 
 def test_memory_budget_lets_a_decode_larger_than_the_budget_run_alone(monkeypatch, lossless):
-    monkeypatch.setattr(imaging, "_BUDGET", imaging._MemoryBudget(1))  # every decode exceeds it
+    monkeypatch.setattr(limits, "_BUDGET", limits._MemoryBudget(1))  # every decode exceeds it
     assert decode_bytes(lossless["png-I16.png"], name="x.png").format == "PNG"
-    assert imaging._BUDGET.used == 0
+    assert limits._BUDGET.used == 0
 
 
 # --------------------------------------------------------------------------- a folder of everything

@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFilter
 
-from pneumoscan.data import imaging
 from pneumoscan.data.imaging import (
     INPUT_BLUR,
     DecodedImage,
     ImageDecodeError,
     decode_bytes,
     is_dicom,
+    limits,
     load_image,
     preprocess,
     read_image,
@@ -395,7 +395,7 @@ def test_one_pixel_image(tmp_path):
 
 
 def test_image_just_below_minimum_side_is_refused():
-    data = _png_bytes(Image.new("L", (imaging.MIN_IMAGE_SIDE - 1, 500)))
+    data = _png_bytes(Image.new("L", (limits.MIN_IMAGE_SIDE - 1, 500)))
     with pytest.raises(ImageDecodeError, match="too small"):
         decode_bytes(data, name="thin.png")
 
@@ -425,14 +425,14 @@ def test_decompression_bomb_png_is_refused_before_decoding(tmp_path):
 def test_pixel_limit_is_the_module_constant(tmp_path, monkeypatch):
     path = write_image(tmp_path / "ordinary.png", xray_like(100, 100))
     assert read_image(path).width == 100
-    monkeypatch.setattr(imaging, "MAX_IMAGE_PIXELS", 5_000)  # imaging holds its own copy of the constant
+    monkeypatch.setattr(limits, "MAX_IMAGE_PIXELS", 5_000)  # the decoders read the limit from limits
     with pytest.raises(ImageDecodeError, match=_error_pattern(path, "too large")):
         read_image(path)
 
 
 def test_file_size_limit(tmp_path, monkeypatch):
     path = write_image(tmp_path / "heavy.png", xray_like(100, 100))
-    monkeypatch.setattr(imaging, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(limits, "MAX_FILE_BYTES", 100)
     with pytest.raises(ImageDecodeError, match=_error_pattern(path, "file too large")):
         read_image(path)
     with pytest.raises(ImageDecodeError, match="file too large"):

@@ -1,9 +1,10 @@
 """The package's import graph runs one way, down the pipeline: no module imports a later stage.
 
-Stages, in the order data flows (README, "How the code is laid out"): the leaves ``config`` and
-``plotting`` -> ``data`` -> ``models`` -> ``inference`` -> ``evaluation`` -> ``training`` ->
-``interfaces``. ``testing`` serves tests and benchmarks and may import anything; nothing in the
-package imports it. Imports inside functions count too: a lazy import is still a dependency.
+Stages, in the order data flows (README, "How the code is laid out"): the leaves ``config``,
+``runtime`` (the machine's cores) and ``plotting`` -> ``data`` -> ``models`` -> ``inference`` ->
+``evaluation`` -> ``training`` -> ``interfaces``. ``testing`` serves tests and benchmarks and may
+import anything; nothing in the package imports it. Imports inside functions count too: a lazy
+import is still a dependency.
 """
 
 from __future__ import annotations
@@ -16,9 +17,19 @@ import pytest
 import pneumoscan
 
 PACKAGE = Path(pneumoscan.__file__).parent
-STAGES = ("config", "plotting", "data", "models", "inference", "evaluation", "training", "interfaces")
-#: Stage rank: a module may import ranks <= its own. The two leaves share rank 0.
-RANK = {"_version": 0, "config": 0, "plotting": 0, "data": 1, "models": 2, "inference": 3}
+STAGES = (
+    "config",
+    "runtime",
+    "plotting",
+    "data",
+    "models",
+    "inference",
+    "evaluation",
+    "training",
+    "interfaces",
+)
+#: Stage rank: a module may import ranks <= its own. The leaves share rank 0.
+RANK = {"_version": 0, "config": 0, "runtime": 0, "plotting": 0, "data": 1, "models": 2, "inference": 3}
 RANK |= {"evaluation": 4, "training": 5, "interfaces": 6, "testing": 7}
 
 
