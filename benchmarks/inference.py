@@ -230,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("KERAS_HOME", str(SHARED / "keras"))
 
     from pneumoscan.config import default_model_path
-    from pneumoscan.data.imaging import available_cpus
     from pneumoscan.inference.predictor import Predictor
     from pneumoscan.models.artifacts import ModelMetadata
+    from pneumoscan.runtime import available_cpus
     from pneumoscan.training.export import convert_keras_model, export_tflite
 
     data_dir = args.data if args.data.is_dir() else None

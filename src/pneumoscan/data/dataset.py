@@ -31,7 +31,8 @@ from pneumoscan.config import (
     AugmentConfig,
     SplitConfig,
 )
-from pneumoscan.data.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_workers, load_image
+from pneumoscan.data.imaging import IMAGE_SUFFIXES, ImageDecodeError, load_image
+from pneumoscan.runtime import decode_workers
 
 log = logging.getLogger(__name__)
 

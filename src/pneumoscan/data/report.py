@@ -58,8 +58,9 @@ from PIL import Image
 from pneumoscan._version import __version__
 from pneumoscan.config import CLASS_NAMES, MAX_COLOURFULNESS
 from pneumoscan.data.dataset import Sample, discover, fingerprint
-from pneumoscan.data.imaging import ImageDecodeError, decode_bytes, decode_workers, read_file_bytes
+from pneumoscan.data.imaging import ImageDecodeError, decode_bytes, read_file_bytes
 from pneumoscan.plotting import CLASS_COLOURS, COLOURS, gallery_figure, message, new_figure, save
+from pneumoscan.runtime import decode_workers
 
 log = logging.getLogger(__name__)
 

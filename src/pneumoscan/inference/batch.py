@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 
 from pneumoscan.config import default_app_model_path
-from pneumoscan.data.imaging import MAX_FILE_BYTES, ImageDecodeError, available_cpus, read_file_bytes
+from pneumoscan.data.imaging import MAX_FILE_BYTES, ImageDecodeError, read_file_bytes
 from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row, write_rows
+from pneumoscan.runtime import available_cpus
 
 log = logging.getLogger(__name__)
 

@@ -52,10 +52,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from pneumoscan import __version__
 from pneumoscan.config import DISCLAIMER, default_app_model_path
-from pneumoscan.data.imaging import decode_workers
 from pneumoscan.inference.batch import bytes_row
 from pneumoscan.inference.predictor import Predictor
 from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row
+from pneumoscan.runtime import decode_workers
 
 log = logging.getLogger(__name__)
 
