@@ -23,9 +23,7 @@ from pneumoscan.config import DISCLAIMER, default_model_path
 from pneumoscan.data.imaging import (
     DecodedImage,
     ImageDecodeError,
-    available_cpus,
     decode_bytes,
-    decode_workers,
     preprocess,
     read_image,
 )
@@ -33,6 +31,7 @@ from pneumoscan.inference.decision import UncertaintyBand
 from pneumoscan.inference.results import Prediction, make_prediction
 from pneumoscan.inference.scope import IN_SCOPE, ScopeCheck, ScopeGuard, check_image
 from pneumoscan.models.artifacts import ModelMetadata
+from pneumoscan.runtime import available_cpus, decode_workers
 
 log = logging.getLogger(__name__)
 
