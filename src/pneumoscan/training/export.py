@@ -16,16 +16,28 @@ Quantization modes:
   :data:`REPRESENTATIVE_IMAGES` *training* images of the model's own patient-level split (the split
   is recovered from the sidecar's ``data_dir`` and ``split`` entries); input and output stay float32.
 
-The check runs the Keras model and the new file through the Predictor on the *validation* images of
-that split. The export is kept only if the predicted labels agree on at least :data:`MIN_AGREEMENT`
-of them and the ROC AUCs of the calibrated probabilities differ by at most :data:`MAX_AUC_DIFF`;
-otherwise nothing is written and a ValueError gives the numbers. Without data there is no check, so
-there is no export.
+The check (:func:`check_images`, :func:`parity`) runs the Keras model and the new file through the
+Predictor on images the model never trained on: ``held_out``, the images every ensemble member held
+out (:func:`held_out_samples`; a single model's validation split); ``shifted``, the
+:data:`CHECK_SHIFTS` views (central 85 % crop, 1024-px resample round trip, gamma 1.5) of
+:data:`SHIFTED_BASE_IMAGES` seeded films held out by some member, never the int8 calibration
+images; ``out_of_scope``, the out-of-scope development set when present (default: an ``ood/``
+folder beside the training data, usually absent where models are exported). The export is kept
+only if the three-outcome decisions (:mod:`pneumoscan.inference.decision`, with the Predictor's
+threshold, band and member spread) agree on at least :data:`MIN_AGREEMENT` of them and no
+calibrated P(pneumonia) moves by more than :data:`MAX_ABS_PROB_DIFF`; else nothing is written and a
+ValueError gives the numbers. ROC AUC is recorded, not gated on. The sidecar's ``export.check``
+says which images were used (``n_check``, ``kinds``, ``sources``) and what the check found. Without
+data there is no check, so there is no export.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import dataclasses
 import datetime
+import io
 import json
 import logging
 import os
@@ -34,21 +46,74 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from pneumoscan.config import SplitConfig
-from pneumoscan.data.dataset import Sample, decode_samples, discover_split, stratified_subset, train_val_split
+from pneumoscan.config import DEFAULT_VAL_FRACTION, SplitConfig
+from pneumoscan.data.dataset import (
+    Sample,
+    decode_samples,
+    discover_split,
+    patient_split,
+    stratified_subset,
+    train_val_split,
+)
+from pneumoscan.data.imaging import (
+    IMAGE_SUFFIXES,
+    ImageDecodeError,
+    decode_bytes,
+    decode_workers,
+    preprocess,
+    read_image,
+)
+from pneumoscan.inference.decision import decide_many
 from pneumoscan.inference.predictor import Predictor
 from pneumoscan.models.artifacts import ModelMetadata, metadata_path
 
 log = logging.getLogger(__name__)
 
 QUANTIZE_MODES = ("none", "float16", "int8")
-#: Least share of validation images whose label must be the same for Keras and LiteRT.
+#: Least share of check images whose three-outcome decision must be the same for Keras and LiteRT.
 MIN_AGREEMENT = 0.99
-#: Largest allowed |ROC AUC (Keras) - ROC AUC (LiteRT)| on the validation images.
-MAX_AUC_DIFF = 0.005
+#: Largest allowed |calibrated P(pneumonia), Keras - LiteRT| on any check image.
+MAX_ABS_PROB_DIFF = 0.05
+#: Fewest check images a check may rest on.
+MIN_CHECK_IMAGES = 10
 #: Training images fed to the int8 calibration (the representative dataset).
 REPRESENTATIVE_IMAGES = 300
+#: Films whose shifted views join the check (one view per :data:`CHECK_SHIFTS` entry each).
+SHIFTED_BASE_IMAGES = 200
+#: The kinds of check images, in the order they are stacked.
+CHECK_KINDS = ("held_out", "shifted", "out_of_scope")
+#: ``ood_dir`` default: an ``ood/`` folder beside the training data, when there is one.
+AUTO = "auto"
+
+
+def _central_box(shape: tuple[int, int], share: float) -> tuple[int, int, int, int]:
+    h, w = shape
+    return (
+        round(w * (1 - share) / 2),
+        round(h * (1 - share) / 2),
+        round(w * (1 + share) / 2),
+        round(h * (1 + share) / 2),
+    )
+
+
+def _resample_round_trip(gray: np.ndarray) -> np.ndarray:
+    """The film resampled (bicubic) to 1024 px on its longer side, saved as a JPEG and decoded."""
+    h, w = gray.shape
+    scale = 1024 / max(h, w)
+    big = Image.fromarray(gray, "L").resize((round(w * scale), round(h * scale)), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    big.save(buffer, format="JPEG", quality=90)
+    return decode_bytes(buffer.getvalue(), name="<1024-px copy>").gray
+
+
+#: Shifted views of a decoded film (grey ``(h, w)`` uint8 in and out), made before preprocessing.
+CHECK_SHIFTS = {
+    "central crop 85 %": lambda g: np.asarray(Image.fromarray(g, "L").crop(_central_box(g.shape, 0.85))),
+    "1024-px resample round trip (JPEG q90)": _resample_round_trip,
+    "gamma 1.5": lambda g: np.round(255.0 * (g / 255.0) ** 1.5).astype(np.uint8),
+}
 
 
 def convert_keras_model(model, *, quantize: str = "none", representative: np.ndarray | None = None) -> bytes:
@@ -57,18 +122,9 @@ def convert_keras_model(model, *, quantize: str = "none", representative: np.nda
     The model is exported to a temporary SavedModel (Keras 3 ``model.export``) and converted with
     ``tf.lite.TFLiteConverter.from_saved_model``; the batch dimension stays dynamic.
 
-    Parameters
-    ----------
-    model : keras.Model
-        ``(n, size, size, 1)`` input in 0..255, one sigmoid output.
-    quantize : {"none", "float16", "int8"}, default="none"
-    representative : ndarray of shape (m, size, size, 1), uint8 or float in 0..255, optional
-        Calibration images; required for ``"int8"``, ignored otherwise.
-
-    Returns
-    -------
-    bytes
-        The ``.tflite`` file, with float32 input and output in every mode.
+    ``model``: ``(n, size, size, 1)`` input in 0..255; ``quantize``: one of :data:`QUANTIZE_MODES`;
+    ``representative``: calibration images ``(m, size, size, 1)`` in 0..255, required for ``"int8"``.
+    Returns the ``.tflite`` file, with float32 input and output in every mode.
     """
     import tensorflow as tf
 
@@ -99,27 +155,13 @@ def convert_keras_model(model, *, quantize: str = "none", representative: np.nda
 
 
 def model_split(metadata: ModelMetadata, data_dir: str | Path) -> tuple[list[Sample], list[Sample]]:
-    """Recover the patient-level train/validation split a model was trained with.
-
-    Parameters
-    ----------
-    metadata : ModelMetadata
-        The model's sidecar; its ``split`` (:class:`pneumoscan.config.SplitConfig`) is used, the
-        default split when it has none.
-    data_dir : path
-        The training data: a split folder or a root holding ``train/``.
-
-    Returns
-    -------
-    train, val : list of pneumoscan.data.dataset.Sample
-        :func:`pneumoscan.data.dataset.train_val_split`, as in training.
-    """
+    """The patient-level ``(train, val)`` split a model was trained with: the sidecar's ``split``
+    (the default split when it has none) applied to ``data_dir`` (a split folder or a root holding
+    ``train/``) by :func:`pneumoscan.data.dataset.train_val_split`, as in training."""
     split = metadata.split
     if split is None and metadata.ensemble is not None:
-        # An ensemble has no one held-out split: every image was seen by most of its members. The
-        # export check compares the export with the Keras model (parity), for which any images do;
-        # this is the same deterministic patient-level share of the folder (with the default
-        # member_split, member 0's own validation split).
+        # An ensemble has no one held-out split (see held_out_samples); this split's train side
+        # (member 0's, with the default member_split) gives the int8 calibration images.
         split = SplitConfig(
             seed=metadata.ensemble.get("fold_seed", SplitConfig().seed), limit=metadata.ensemble.get("limit")
         )
@@ -137,6 +179,7 @@ def export_tflite(
     data_dir: str | Path | None = None,
     progress: bool = True,
     max_check_images: int | None = None,
+    ood_dir: str | Path | None = AUTO,
 ) -> dict:
     """Export the predictor's Keras model to LiteRT and check it against the Keras model.
 
@@ -153,88 +196,240 @@ def export_tflite(
     progress : bool, default=True
         Show decoding progress bars.
     max_check_images : int, optional
-        Check on at most this many validation images (both classes kept in proportion).
+        At most this many held-out images, and this many films for the shifted views (both
+        classes kept in proportion, seeded).
+    ood_dir : path, "auto" or None, default="auto"
+        Out-of-scope images to add to the check; ``"auto"``: an ``ood/`` folder beside the training
+        data when there is one; ``None``: none.
 
     Returns
     -------
     dict
-        ``quantize``, ``path``, ``size_bytes``, ``n_check`` (validation images compared),
-        ``n_representative`` (int8 calibration images, else 0), ``agreement`` (share of equal
-        labels, 0..1), ``auc_keras``, ``auc_tflite``, ``max_abs_prob_diff`` (calibrated), ``passed``.
+        ``quantize``, ``path``, ``size_bytes``, ``n_representative`` (int8 calibration images,
+        else 0) and the check's report (:func:`parity`; ``agreement`` is of the decisions).
 
     Raises
     ------
     ValueError
-        Bad ``quantize`` or ``out``, a LiteRT predictor, no data to check on, a validation split
-        without both classes, or a failed check (the message gives the numbers; nothing is left
-        on disk).
+        Bad ``quantize`` or ``out``, a LiteRT predictor, no data to check on, fewer than
+        :data:`MIN_CHECK_IMAGES` check images, or a failed check (the message gives the numbers;
+        nothing is left on disk).
     FileNotFoundError
-        ``data_dir`` does not exist.
+        ``data_dir`` or a given ``ood_dir`` does not exist.
     """
     _check_arguments(predictor, out, quantize, max_check_images)
     out = Path(out)
     meta = predictor.metadata
     data_dir = _training_data(predictor, data_dir)
-    train_s, val_s = model_split(meta, data_dir)
-    seed = (meta.split or SplitConfig()).seed
-    if max_check_images is not None:
-        val_s = stratified_subset(val_s, max_check_images, seed=seed)
-    size = predictor.image_size
-    val = _check_images(val_s, size, data_dir, progress=progress)
-    representative = None
+    train_s, _ = model_split(meta, data_dir)
+    seed = _check_seed(meta)
+    representative, calibration_paths = None, set()
     if quantize == "int8":
-        representative = _representative_images(train_s, size, data_dir, seed=seed, progress=progress)
+        representative, calibration_paths = _representative_images(
+            train_s, predictor.image_size, data_dir, seed=seed, progress=progress
+        )
+    check = check_images(
+        predictor,
+        data_dir,
+        ood_dir=ood_dir,
+        max_images=max_check_images,
+        exclude=calibration_paths,
+        progress=progress,
+    )
 
     log.info("converting %s to LiteRT (quantize=%s)", predictor.model_path, quantize)
     flatbuffer = convert_keras_model(predictor.model, quantize=quantize, representative=representative)
     n_representative = 0 if representative is None else len(representative)
-    report, check = _write_checked(
+    report, check_record = _write_checked(
         predictor,
         flatbuffer,
-        val,
+        check,
         out=out,
         quantize=quantize,
         data_dir=data_dir,
         n_representative=n_representative,
     )
-    log.info("exported %s (%d bytes): %s", out, report["size_bytes"], json.dumps(check))
+    log.info("exported %s (%d bytes): %s", out, report["size_bytes"], json.dumps(check_record))
     return report
 
 
-def _check_images(val_s: list[Sample], size: int, data_dir: Path, *, progress: bool):
-    """The decoded validation images the export is checked on; a ``ValueError`` without both classes."""
-    val = decode_samples(val_s, size, progress=progress)
-    if len(set(val.y.tolist())) < 2:
+@dataclasses.dataclass
+class CheckSet:
+    """The parity check's images, none trained on: ``x`` (n, size, size, 1) uint8 preprocessed,
+    ``kind`` (one of :data:`CHECK_KINDS` each), ``y`` (0/1, -1 when unlabelled), ``sources``
+    (per kind, in words, where its images come from)."""
+
+    x: np.ndarray
+    kind: np.ndarray
+    y: np.ndarray
+    sources: dict
+
+    def describe(self) -> dict:
+        """``n_check``, ``kinds`` (images per kind) and ``sources``: what the sidecar records."""
+        kinds = {k: int((self.kind == k).sum()) for k in CHECK_KINDS}
+        return {"n_check": len(self.kind), "kinds": kinds, "sources": self.sources}
+
+
+def _check_seed(metadata: ModelMetadata) -> int:
+    if metadata.ensemble is not None:
+        return int(metadata.ensemble.get("fold_seed", SplitConfig().seed))
+    return (metadata.split or SplitConfig()).seed
+
+
+def held_out_samples(metadata: ModelMetadata, data_dir: str | Path) -> tuple[list[Sample], list[Sample], str]:
+    """``(held_by_all, held_by_some, words)``: the training images every ensemble member held out
+    (``member_split="validation"``: the intersection of the members' seeded patient-level validation
+    splits, ``val_fraction`` and seeds ``fold_seed + k`` from the sidecar; ``"folds"``: none), those
+    at least one held out (every image for ``"folds"``), and how the first were found. A single
+    model: its validation split, twice. (Training split the images it could decode; a folder with
+    unreadable files may shift a few patients.)"""
+    ensemble = metadata.ensemble
+    student = metadata.to_json().get("student")
+    if ensemble is None:
+        _, val = model_split(metadata, data_dir)
+        return val, val, "the model's own validation split (sidecar 'split'), which it never trained on"
+    seed = int(ensemble.get("fold_seed", SplitConfig().seed))
+    samples = stratified_subset(discover_split(data_dir, prefer="train"), ensemble.get("limit"), seed=seed)
+    members = int(ensemble.get("members", 0))
+    if ensemble.get("member_split", "folds") == "folds":
+        return [], samples, f"none: with member_split 'folds' each image trained {members - 1} members"
+    fraction = float(ensemble.get("val_fraction", DEFAULT_VAL_FRACTION))
+    counts: collections.Counter = collections.Counter()
+    for k in range(members):
+        counts.update(s.path for s in patient_split(samples, val_fraction=fraction, seed=seed + k)[1])
+    held_by_all = [s for s in samples if counts[s.path] == members]
+    if student is not None:  # a distilled student learnt from the teacher's view of every image
+        return [], [s for s in samples if counts[s.path] > 0], "none: a distilled student saw every image"
+    words = (
+        f"held out by all {members} members (the intersection of their patient-level validation "
+        f"splits, val_fraction {fraction}, seeds {seed}..{seed + members - 1})"
+    )
+    return held_by_all, [s for s in samples if counts[s.path] > 0], words
+
+
+def check_images(
+    predictor: Predictor,
+    data_dir: str | Path,
+    *,
+    ood_dir: str | Path | None = AUTO,
+    max_images: int | None = None,
+    exclude: set | frozenset = frozenset(),
+    progress: bool = False,
+) -> CheckSet:
+    """The images the export is checked on (module docstring), seeded with the model's split seed.
+
+    ``exclude``: paths never to use (the int8 calibration images). Raises ValueError when fewer
+    than :data:`MIN_CHECK_IMAGES` images could be made, FileNotFoundError for a missing ``ood_dir``.
+    """
+    data_dir = Path(data_dir)
+    size, seed = predictor.image_size, _check_seed(predictor.metadata)
+    held, pool, held_words = held_out_samples(predictor.metadata, data_dir)
+    held = stratified_subset(held, max_images, seed=seed) if held else []
+    pool = [s for s in pool if s.path not in exclude] or discover_split(data_dir, prefer="train")
+    limit = SHIFTED_BASE_IMAGES if max_images is None else min(SHIFTED_BASE_IMAGES, max_images)
+    base = stratified_subset(pool, limit, seed=seed)
+    decoded = decode_samples(held, size, progress=progress)
+    shifted_x, shifted_y = _shifted_views(base, size)
+    parts = [(decoded.x, "held_out", decoded.y), (shifted_x, "shifted", shifted_y)]
+    ood = _resolve_ood_dir(ood_dir, data_dir)
+    if ood is not None:
+        x = _ood_images(ood, size)
+        parts.append((x, "out_of_scope", np.full(len(x), -1)))
+    sources = {
+        "held_out": held_words,
+        "shifted": (
+            f"{', '.join(CHECK_SHIFTS)} of {len(base)} training films held out by at least one member "
+            "(or the model's validation split), never the int8 calibration images"
+        ),
+        "out_of_scope": str(ood) if ood is not None else "none (no out-of-scope folder)",
+    }
+    check = CheckSet(
+        x=np.concatenate([np.asarray(p[0], np.uint8).reshape(-1, size, size, 1) for p in parts]),
+        kind=np.concatenate([np.full(len(p[0]), p[1]) for p in parts]).astype(str),
+        y=np.concatenate([np.asarray(p[2], int) for p in parts]),
+        sources=sources,
+    )
+    if len(check.kind) < MIN_CHECK_IMAGES:
         raise ValueError(
-            f"{data_dir}: the validation split holds {len(val.y)} readable image(s) of "
-            f"{len(set(val.y.tolist()))} class(es); the export check needs both classes"
+            f"{data_dir}: only {len(check.kind)} image(s) the model never trained on could be made for the "
+            f"export check ({check.describe()['kinds']}); it needs at least {MIN_CHECK_IMAGES}"
         )
-    return val
+    return check
+
+
+def _map(function, items: list) -> list:
+    with concurrent.futures.ThreadPoolExecutor(decode_workers()) as pool:
+        return list(pool.map(function, items))
+
+
+def _shifted_views(samples: list[Sample], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every :data:`CHECK_SHIFTS` view of each readable film of ``samples``: inputs and labels."""
+
+    def views(sample: Sample) -> list[np.ndarray]:
+        try:
+            gray = read_image(sample.path).gray
+        except ImageDecodeError as exc:
+            log.warning("export check: skipped %s: %s", sample.path, exc.reason)
+            return []
+        return [preprocess(shift(gray), size) for shift in CHECK_SHIFTS.values()]
+
+    x, y = [], []
+    for sample, made in zip(samples, _map(views, samples), strict=True):
+        x += made
+        y += [sample.label] * len(made)
+    return np.asarray(x, np.uint8).reshape(-1, size, size, 1), np.asarray(y, int)
+
+
+def _resolve_ood_dir(ood_dir: str | Path | None, data_dir: Path) -> Path | None:
+    if ood_dir is None:
+        return None
+    if ood_dir == AUTO:
+        found = [c for c in (data_dir.parent / "ood", data_dir.parent.parent / "ood") if c.is_dir()]
+        return found[0] if found else None
+    if not Path(ood_dir).is_dir():
+        raise FileNotFoundError(f"out-of-scope images for the export check not found at {ood_dir}")
+    return Path(ood_dir)
+
+
+def _ood_images(ood_dir: Path, size: int) -> np.ndarray:
+    """Every readable image under ``ood_dir`` (sorted), preprocessed; unreadable files are skipped."""
+    files = sorted(p for p in ood_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+    def load(path: Path) -> np.ndarray | None:
+        try:
+            return preprocess(read_image(path), size)
+        except ImageDecodeError as exc:
+            log.warning("export check: skipped %s: %s", path, exc.reason)
+            return None
+
+    x = [a for a in _map(load, files) if a is not None]
+    return np.asarray(x, np.uint8).reshape(-1, size, size, 1)
 
 
 def _representative_images(
     train_s: list[Sample], size: int, data_dir: Path, *, seed: int, progress: bool
-) -> np.ndarray:
-    """A seeded choice of up to :data:`REPRESENTATIVE_IMAGES` training images for the int8 calibration."""
+) -> tuple[np.ndarray, set]:
+    """A seeded choice of up to :data:`REPRESENTATIVE_IMAGES` training images for the int8
+    calibration, and their paths (kept out of the check)."""
     rng = np.random.default_rng(seed)
-    picked = sorted(rng.permutation(len(train_s))[:REPRESENTATIVE_IMAGES])
-    representative = decode_samples([train_s[i] for i in picked], size, progress=progress).x
+    picked = [train_s[i] for i in sorted(rng.permutation(len(train_s))[:REPRESENTATIVE_IMAGES])]
+    representative = decode_samples(picked, size, progress=progress).x
     if len(representative) == 0:
         raise ValueError(f"{data_dir}: no readable training image for the int8 calibration")
-    return representative
+    return representative, {s.path for s in picked}
 
 
 def _write_checked(
     predictor: Predictor,
     flatbuffer: bytes,
-    val,
+    check: CheckSet,
     *,
     out: Path,
     quantize: str,
     data_dir: Path,
     n_representative: int,
 ) -> tuple[dict, dict]:
-    """Write the LiteRT model and its sidecar aside, check them against Keras on ``val``, and only
+    """Write the LiteRT model and its sidecar aside, check them against Keras on ``check``, and only
     then move them to ``out``. Returns the check's report and the numbers recorded in the sidecar."""
     meta = predictor.metadata
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -252,17 +447,16 @@ def _write_checked(
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         meta.updated(export=export_info).write(tmp_model)
-        report = _compare_with_keras(predictor, tmp_model, val, quantize=quantize, out=out)
+        report = _compare_with_keras(predictor, tmp_model, check, quantize=quantize, out=out)
         report["n_representative"] = export_info["n_representative"]
-        check = {
-            k: report[k] for k in ("n_check", "agreement", "auc_keras", "auc_tflite", "max_abs_prob_diff")
-        }
-        meta.updated(export={**export_info, "check": check}).write(tmp_model)
+        record = {k: v for k, v in report.items() if k not in ("quantize", "path", "size_bytes", "passed")}
+        record.pop("n_representative")
+        meta.updated(export={**export_info, "check": record}).write(tmp_model)
         os.replace(metadata_path(tmp_model), metadata_path(out))
         os.replace(tmp_model, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return report, check
+    return report, record
 
 
 def _check_arguments(predictor: Predictor, out, quantize: str, max_check_images: int | None) -> None:
@@ -300,36 +494,82 @@ def _training_data(predictor: Predictor, data_dir: str | Path | None) -> Path:
     return data_dir
 
 
-def _compare_with_keras(predictor: Predictor, tflite: Path, val, *, quantize: str, out: Path) -> dict:
-    """Run the Keras model and the export at ``tflite`` on the validation images; the report of
-    :func:`export_tflite` (without ``n_representative``). Raises ValueError when the check fails."""
+def _outcomes(predictor: Predictor, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Calibrated P(pneumonia), three-outcome decision (the Predictor's threshold, band and member
+    spread, as :meth:`Predictor.assess` decides) and the embedding guard's in-scope verdict."""
+    details = predictor.predict_details(x)
+    decisions = decide_many(
+        details.p_pneumonia, threshold=predictor.threshold, band=predictor.band, spread=details.spread
+    )
+    in_scope = np.array([c.in_scope for c in predictor.embedding_checks(details.embedding, len(x))], bool)
+    return details.p_pneumonia, decisions, in_scope
+
+
+def parity(reference: Predictor, candidate: Predictor, check: CheckSet) -> dict:
+    """How ``candidate`` answers like ``reference`` on ``check``: :meth:`CheckSet.describe` and
+    ``agreement`` (share of equal three-outcome decisions), ``decisions_changed``,
+    ``max_abs_prob_diff`` (calibrated P(pneumonia)), ``per_kind`` (the three for each kind),
+    ``scope_agreement`` (embedding guard), ``auc_keras``/``auc_tflite`` (reference/candidate on the
+    labelled images, None without both classes), ``gate`` and ``passed`` (gated on decisions and
+    |dp| only)."""
     from sklearn.metrics import roc_auc_score
 
-    log.info("checking the export on %d validation images", len(val.y))
-    p_keras = predictor.predict_proba(val.x)
-    p_lite = Predictor(tflite, threshold=predictor.threshold).predict_proba(val.x)
-    agreement = float(np.mean((p_keras >= predictor.threshold) == (p_lite >= predictor.threshold)))
-    auc_keras = float(roc_auc_score(val.y, p_keras))
-    auc_lite = float(roc_auc_score(val.y, p_lite))
+    p_ref, d_ref, s_ref = _outcomes(reference, check.x)
+    p_new, d_new, s_new = _outcomes(candidate, check.x)
+    same, diff = d_ref == d_new, np.abs(p_ref - p_new)
+    per_kind = {
+        k: {
+            "n": int(m.sum()),
+            "agreement": float(same[m].mean()),
+            "max_abs_prob_diff": float(diff[m].max()),
+        }
+        for k in CHECK_KINDS
+        if (m := check.kind == k).any()
+    }
+    labelled = check.y >= 0
+    two_classes = len(set(check.y[labelled].tolist())) == 2
+    agreement, max_diff = float(same.mean()), float(diff.max())
+    return {
+        **check.describe(),
+        "agreement": agreement,
+        "decisions_changed": int((~same).sum()),
+        "max_abs_prob_diff": max_diff,
+        "per_kind": per_kind,
+        "scope_agreement": float((s_ref == s_new).mean()),
+        "auc_keras": float(roc_auc_score(check.y[labelled], p_ref[labelled])) if two_classes else None,
+        "auc_tflite": float(roc_auc_score(check.y[labelled], p_new[labelled])) if two_classes else None,
+        "gate": {
+            "min_agreement": MIN_AGREEMENT,
+            "max_abs_prob_diff": MAX_ABS_PROB_DIFF,
+            "on": "three-outcome decisions and calibrated P(pneumonia) of images the model never trained on",
+        },
+        "passed": bool(agreement >= MIN_AGREEMENT and max_diff <= MAX_ABS_PROB_DIFF),
+    }
+
+
+def _compare_with_keras(
+    predictor: Predictor, tflite: Path, check: CheckSet, *, quantize: str, out: Path
+) -> dict:
+    """:func:`parity` of the export at ``tflite`` with the Keras model, as :func:`export_tflite`
+    reports it (without ``n_representative``). Raises ValueError when the check fails."""
+    log.info("checking the export on %d images the model never trained on", len(check.kind))
+    lite = Predictor(tflite, threshold=predictor.threshold)
     report = {
         "quantize": quantize,
         "path": str(out),
         "size_bytes": tflite.stat().st_size,
-        "n_check": len(val.y),
         "n_representative": 0,
-        "agreement": agreement,
-        "auc_keras": auc_keras,
-        "auc_tflite": auc_lite,
-        "max_abs_prob_diff": float(np.max(np.abs(p_keras - p_lite))),
-        "passed": bool(agreement >= MIN_AGREEMENT and abs(auc_keras - auc_lite) <= MAX_AUC_DIFF),
+        **parity(predictor, lite, check),
     }
     if not report["passed"]:
+        worst = max(report["per_kind"], key=lambda k: report["per_kind"][k]["max_abs_prob_diff"])
         raise ValueError(
-            f"LiteRT export ({quantize}) failed its check on {report['n_check']} validation images: "
-            f"label agreement {agreement:.2%} (needs >= {MIN_AGREEMENT:.0%}), ROC AUC Keras "
-            f"{auc_keras:.4f} vs LiteRT {auc_lite:.4f} (|diff| {abs(auc_keras - auc_lite):.4f}, "
-            f"allowed {MAX_AUC_DIFF}), max |prob diff| {report['max_abs_prob_diff']:.4f}; "
-            f"nothing was written to {out}"
+            f"LiteRT export ({quantize}) of {predictor.model_path} failed its check on {report['n_check']} "
+            f"images the model never trained on ({report['kinds']}): decision agreement "
+            f"{report['agreement']:.2%} ({report['decisions_changed']} changed; needs >= "
+            f"{MIN_AGREEMENT:.0%}), "
+            f"max |P(pneumonia) diff| {report['max_abs_prob_diff']:.4f} (allowed {MAX_ABS_PROB_DIFF}; "
+            f"largest on {worst} images); nothing was written to {out}"
         )
     return report
 
