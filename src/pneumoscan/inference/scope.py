@@ -44,6 +44,8 @@ MIN_STILL_SHARE = 0.6
 DEFAULT_FALSE_ALARM_RATE = 0.01
 #: PCA dimensions the guard keeps at most (all of a 160-d embedding would be 160).
 DEFAULT_GUARD_DIMS = 128
+#: Quantile levels of the out-of-fold training scores kept as the drift reference.
+REFERENCE_QUANTILES = np.linspace(0.0, 1.0, 101)
 
 REASON_COLOUR = "colour image: not a radiograph"
 REASON_DOCUMENT = "looks like a document or drawing, not a radiograph"
@@ -174,6 +176,10 @@ class ScopeGuard:
         Training images it was fitted on.
     n_folds : int
         Patient-level folds of the cross-fitting that set the threshold.
+    reference : ndarray of shape (101,), optional
+        Quantiles 0, 0.01, ..., 1 of those out-of-fold training scores divided by ``threshold``:
+        the training distribution a new intake is compared with (:mod:`pneumoscan.inference.drift`).
+        ``None`` for guards fitted before it was recorded.
     """
 
     mean: np.ndarray
@@ -183,6 +189,7 @@ class ScopeGuard:
     false_alarm_rate: float
     n: int
     n_folds: int
+    reference: np.ndarray | None = None
 
     @property
     def embedding_dim(self) -> int:
@@ -256,14 +263,26 @@ class ScopeGuard:
             raise ValueError(
                 f"too few images ({len(x)}) for a {dims}-dimensional guard; use dims <= {len(x) // 5}"
             )
+        oof = cls.out_of_fold_scores(x, groups=groups, seed=seed, n_folds=n_folds, dims=dims)
+        threshold = float(np.quantile(oof, 1.0 - false_alarm_rate))
+        mean, scale, whitening = cls._fit_parts(x, dims)
+        reference = np.quantile(oof / threshold, REFERENCE_QUANTILES)
+        return cls(
+            mean, scale, whitening, threshold, float(np.mean(oof > threshold)), len(x), n_folds, reference
+        )
+
+    @classmethod
+    def out_of_fold_scores(
+        cls, embeddings: np.ndarray, *, groups: Sequence, seed: int, n_folds: int, dims: int
+    ):
+        """Each image's score by a guard fitted without its patient fold, as :meth:`fit` scores them."""
+        x = np.asarray(embeddings, dtype=np.float64)
         folds = patient_folds(groups, n_folds, seed=seed)
         oof = np.empty(len(x))
         for k in range(n_folds):
             held = folds == k
             oof[held] = cls._score(x[held], *cls._fit_parts(x[~held], dims))
-        threshold = float(np.quantile(oof, 1.0 - false_alarm_rate))
-        mean, scale, whitening = cls._fit_parts(x, dims)
-        return cls(mean, scale, whitening, threshold, float(np.mean(oof > threshold)), len(x), n_folds)
+        return oof
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance, shape ``(n,)``, of ``(n, E)`` embeddings (NaN rows give NaN)."""
@@ -297,6 +316,7 @@ class ScopeGuard:
             "false_alarm_rate": self.false_alarm_rate,
             "n": self.n,
             "n_folds": self.n_folds,
+            **({} if self.reference is None else {"reference": floats(self.reference)}),
         }
 
     @classmethod
@@ -328,6 +348,7 @@ class ScopeGuard:
             float(d["false_alarm_rate"]),
             int(d["n"]),
             int(d["n_folds"]),
+            None if d.get("reference") is None else np.asarray(d["reference"], dtype=np.float64),
         )
 
 

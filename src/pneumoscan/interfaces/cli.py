@@ -29,6 +29,7 @@ from pneumoscan.interfaces.commands import (
     cmd_serve,
     cmd_train,
 )
+from pneumoscan.interfaces.site_commands import cmd_adapt, cmd_drift, cmd_site_check
 
 log = logging.getLogger("pneumoscan")
 
@@ -330,6 +331,92 @@ def add_serve_parser(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def add_site_check_parser(sub) -> None:
+    from pneumoscan.evaluation.site import SiteFloors
+
+    floors = SiteFloors()
+    p = sub.add_parser(
+        "site-check",
+        help="check the model on a site's own labelled images, with a verdict",
+        description="Evaluate the model on SITE_DIR (NORMAL/ and PNEUMONIA/, any supported format) at "
+        "its stored threshold: metrics with patient-bootstrap CIs, reliability figure, decisions, scope "
+        "flags, and a verdict (fit for use / not sure yet / adapt before use). Training images are "
+        "refused as in evaluate. Exit codes: 0 done, 1 done but some files could not be read, 2 bad "
+        "usage or refused, 3 the model failed the check (adapt before use).",
+    )
+    p.add_argument("--data", type=_existing_dir, required=True, help="the site's labelled folder")
+    _model_arg(p)
+    _out_arg(p, "out/site-check")
+    p.add_argument("--json", type=Path, help="also write the report to this path")
+    p.add_argument(
+        "--min-recall", type=float, default=floors.recall, help="recall floor (default: %(default)s)"
+    )
+    p.add_argument(
+        "--min-specificity",
+        type=float,
+        default=floors.specificity,
+        help="specificity floor (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-ece", type=float, default=floors.ece, help="calibration error ceiling (default: %(default)s)"
+    )
+    _quiet_arg(p)
+    p.set_defaults(func=cmd_site_check)
+
+
+def add_adapt_parser(sub) -> None:
+    p = sub.add_parser(
+        "adapt",
+        help="adapt the model to a site's labelled sample (last layers, calibration, threshold)",
+        description="Refit the last layer of each ensemble member (pulled towards the base weights), the "
+        "calibration, the threshold and the uncertainty band on SITE_DIR (NORMAL/ and PNEUMONIA/, at "
+        "least 40 images from 20 patients of each class; a few hundred in all). Writes OUT/model.keras, "
+        "its sidecar (with the site estimate from patient-grouped cross-fitting), OUT/model-litert.tflite "
+        "and OUT/adapt_report.json. Every command then takes --model OUT/model.keras.",
+    )
+    p.add_argument("--data", type=_existing_dir, required=True, help="the site's labelled folder")
+    _model_arg(p)
+    p.add_argument("--out", type=Path, required=True, help="folder for the adapted model")
+    p.add_argument(
+        "--target-recall",
+        type=float,
+        default=None,
+        help="recall the site threshold aims at (default: the model's)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=TrainConfig().seed, help="seed of the site folds (default: %(default)s)"
+    )
+    p.add_argument("--json", type=Path, help="also write the report to this path")
+    p.add_argument("--no-export", action="store_true", help="skip the LiteRT export")
+    _quiet_arg(p)
+    p.set_defaults(func=cmd_adapt)
+
+
+def add_drift_parser(sub) -> None:
+    p = sub.add_parser(
+        "drift",
+        help="how far unlabelled images of an intake lie from the training images",
+        description="Score PATH... (files or folders) with the scope guard's embedding distance and "
+        "compare with the training images: the share beyond the guard's threshold (binomial test) and "
+        "the whole distribution (one-sided KS test against the sidecar's reference). Verdict: no sign of "
+        "drift / differs (run site-check before trusting the threshold) / unlike the training images.",
+    )
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    _model_arg(p)
+    p.add_argument("--json", type=Path, help="also write the summary to this path")
+    p.add_argument(
+        "--store-reference",
+        action="store_true",
+        help="PATH... are the model's training images: store their held-out distances in the model's "
+        "sidecar as the drift reference (training does this for new models)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=TrainConfig().seed, help="fold seed of the guard (default: %(default)s)"
+    )
+    _quiet_arg(p)
+    p.set_defaults(func=cmd_drift)
+
+
 SUBCOMMANDS = (
     add_data_report_parser,
     add_audit_parser,
@@ -341,6 +428,9 @@ SUBCOMMANDS = (
     add_export_parser,
     add_app_parser,
     add_serve_parser,
+    add_drift_parser,
+    add_site_check_parser,
+    add_adapt_parser,
 )
 
 
