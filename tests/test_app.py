@@ -182,6 +182,7 @@ def test_several_files_give_a_table_and_a_csv_download(app):
         "uncertainty",
         "in_scope",
         "scope_reason",
+        "distance to training images",
         "error",
     ]
     assert list(table["file"]) == ["xray-0.png", "xray-1.png", "xray-2.png"]
@@ -342,8 +343,8 @@ def test_results_csv_has_one_row_per_file():
     lines = results_csv(rows).decode().splitlines()
     header = (
         "file,P(normal),P(pneumonia),prediction,confidence,threshold,decision,uncertainty,in_scope,"
-        "scope_reason,error"
+        "scope_reason,distance to training images,error"
     )
     assert lines[0] == header
-    assert lines[1] == "a.png,0.2000,0.8000,PNEUMONIA,0.8000,0.3000,pneumonia suspected,,True,,"
-    assert lines[2] == "b.txt,,,,,,,,,,not a recognised image"
+    assert lines[1] == "a.png,0.2000,0.8000,PNEUMONIA,0.8000,0.3000,pneumonia suspected,,True,,,"
+    assert lines[2] == "b.txt,,,,,,,,,,,not a recognised image"

@@ -220,6 +220,7 @@ def test_prediction_row_round_trips_through_csv():
         "uncertainty": "",
         "in_scope": "True",
         "scope_reason": "",
+        "scope_distance": "",
         "error": "",
     }
     assert read[1] == {**{k: "" for k in PREDICTION_COLUMNS}, "path": "b.txt", "threshold": "0.3000"} | {

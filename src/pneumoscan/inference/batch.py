@@ -231,6 +231,9 @@ class ArchiveSummary:
         Rows of ``out`` with an error.
     seconds : float
         Wall time of this run, Ray's start included.
+    drift : dict or None
+        The drift summary of every row of ``out`` (:func:`pneumoscan.inference.drift.batch_drift`);
+        ``None`` when the model has no scope guard.
     """
 
     out: Path
@@ -240,6 +243,7 @@ class ArchiveSummary:
     n_scored: int
     n_failed: int
     seconds: float
+    drift: dict | None = None
 
 
 def parts_dir(out: str | Path) -> Path:
@@ -416,7 +420,22 @@ def score_archive(
         progress=progress,
         verbose=verbose,
     )
-    return _finish(inputs, out, parts, csv=csv, n_scored=len(todo), started=started)
+    summary = _finish(inputs, out, parts, csv=csv, n_scored=len(todo), started=started)
+    return dataclasses.replace(summary, drift=_drift(out, model_path))
+
+
+def _drift(out: Path, model_path: str | Path | None) -> dict | None:
+    """The drift summary of the consolidated rows, with the model's scope guard (None without one)."""
+    from pneumoscan.inference.drift import batch_drift
+    from pneumoscan.inference.scope import ScopeGuard
+    from pneumoscan.models.artifacts import ModelMetadata
+
+    meta = ModelMetadata.read(Path(model_path) if model_path is not None else default_app_model_path())
+    if meta.scope is None:
+        return None
+    _, pq = _pyarrow()
+    rows = pq.read_table(out, columns=["scope_distance"]).to_pylist()
+    return batch_drift(rows, ScopeGuard.from_dict(meta.scope))
 
 
 def _finish(

@@ -133,3 +133,10 @@ def reference_quantiles(guard: ScopeGuard, embeddings: np.ndarray, groups, *, se
         embeddings, groups=groups, seed=seed, n_folds=guard.n_folds, dims=dims
     )
     return np.quantile(oof / guard.threshold, REFERENCE_QUANTILES)
+
+
+def batch_drift(rows, guard: ScopeGuard | None) -> dict[str, Any]:
+    """:func:`drift_summary` of prediction rows (:data:`~pneumoscan.inference.results.PREDICTION_COLUMNS`,
+    their ``scope_distance``): the per-batch summary of the service, the Ray engine and the app."""
+    distances = [np.nan if r.get("scope_distance") is None else float(r["scope_distance"]) for r in rows]
+    return drift_summary(np.asarray(distances, dtype=np.float64), guard)

@@ -50,6 +50,7 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
     "uncertainty",
     "in_scope",
     "scope_reason",
+    "scope_distance",
     "error",
 )
 #: One labelled image: ``label`` is its true class index, ``predicted`` the model's (0/1).
@@ -64,6 +65,7 @@ LABELLED_COLUMNS: tuple[str, ...] = (
     "uncertainty",
     "in_scope",
     "scope_reason",
+    "scope_distance",
     "error",
 )
 #: A training run's validation images: ``p_raw`` is the uncalibrated model output; no image fails
@@ -103,6 +105,9 @@ class Prediction:
         False when the out-of-scope guard flagged the image: its probabilities are unreliable.
     scope_reason : str
         Why it was flagged, in plain words; ``""`` when in scope.
+    scope_distance : float or None
+        The guard's embedding distance over its threshold (above 1 is flagged); ``None`` without
+        a guard. A batch's distances give its drift summary (:mod:`pneumoscan.inference.drift`).
     """
 
     p_normal: float
@@ -114,6 +119,7 @@ class Prediction:
     uncertainty: float | None = None
     in_scope: bool = True
     scope_reason: str = ""
+    scope_distance: float | None = None
 
 
 def make_prediction(
@@ -151,6 +157,7 @@ def make_prediction(
         uncertainty=spread,
         in_scope=scope.in_scope,
         scope_reason=scope.reason,
+        scope_distance=scope.distance,
     )
 
 
@@ -188,6 +195,7 @@ def prediction_row(
             "uncertainty": outcome.uncertainty,
             "in_scope": outcome.in_scope,
             "scope_reason": outcome.scope_reason,
+            "scope_distance": outcome.scope_distance,
             "error": "",
         }
     empty = {
@@ -201,6 +209,7 @@ def prediction_row(
         "uncertainty": None,
         "in_scope": None,
         "scope_reason": "",
+        "scope_distance": None,
         "error": "",
     }
     if isinstance(outcome, ScopeCheck):

@@ -61,6 +61,7 @@ COLUMN_HEADINGS = {
     "p_normal": "P(normal)",
     "p_pneumonia": "P(pneumonia)",
     "label": "prediction",
+    "scope_distance": "distance to training images",
 }
 
 #: How the model card names :attr:`Predictor.backend <pneumoscan.inference.predictor.Predictor.backend>`.
@@ -455,9 +456,17 @@ def show_result(result: dict[str, Any], data: bytes, predictor: Predictor, *, gr
             st.caption(f":material/warning: {DISCLAIMER}")
 
 
-def show_summary(results: Sequence[dict[str, Any]]) -> None:
-    """The results table of several files, with a CSV download (numbers with 4 decimals)."""
+def show_summary(results: Sequence[dict[str, Any]], predictor: Predictor | None = None) -> None:
+    """The results table of several files, with a CSV download (numbers with 4 decimals), and the
+    batch's drift summary (:func:`pneumoscan.inference.drift.drift_summary`)."""
+    from pneumoscan.inference.drift import DIFFERS, OUT_OF_SCOPE, batch_drift
+
     st.subheader(f"Summary of {len(results)} files", anchor=False)
+    if predictor is not None and predictor.guard is not None:
+        rows = [{"scope_distance": getattr(r["prediction"], "scope_distance", None)} for r in results]
+        drift = batch_drift(rows, predictor.guard)
+        show = st.warning if drift["verdict"] in (DIFFERS, OUT_OF_SCOPE) else st.caption
+        show(f"**Drift check:** {drift['summary']}")
     table = results_table(results).drop(columns="threshold")
     for column in ("P(normal)", "P(pneumonia)", "confidence"):
         table[column] = [
@@ -507,7 +516,7 @@ def render_uploads(files: Sequence[tuple[str, bytes]], predictor: Predictor, *, 
         results = [_cached_analysis(data, name, key, predictor) for name, data in files]
     log.debug("%d file(s) analysed in %.3f s", len(files), time.perf_counter() - start)
     if len(results) > 1:
-        show_summary(results)
+        show_summary(results, predictor)
     for result, (_, data) in zip(results, files, strict=True):
         show_result(result, data, predictor, gradcam=gradcam)
     return results

@@ -194,6 +194,10 @@ def cmd_predict(args) -> int:
         f"\n{len(rows) - failed} predicted, {failed} failed; "
         f"threshold {predictor.threshold:.3f} on P(pneumonia)"
     )
+    if predictor.guard is not None and len(rows) > 1:
+        from pneumoscan.inference.drift import batch_drift
+
+        print(f"Drift check: {batch_drift(rows, predictor.guard)['summary']}")
     if args.csv:
         print(f"CSV written to {args.csv}")
     if args.out:
@@ -254,6 +258,8 @@ def _predict_on_ray(args) -> int:
         f"included), {summary.n_resumed} already scored by an earlier run; {summary.n_failed} failed"
     )
     print(f"Parquet written to {summary.out}" + (f", CSV to {summary.csv}" if summary.csv else ""))
+    if summary.drift is not None:
+        print(f"Drift check: {summary.drift['summary']}")
     print(DISCLAIMER)
     return 1 if summary.n_failed else 0
 
@@ -282,6 +288,44 @@ def cmd_export(args) -> int:
         predictor, out=args.out, quantize=args.quantize, data_dir=args.data, progress=not args.quiet
     )
     print(json.dumps(report, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- distill
+
+
+def cmd_distill(args) -> int:
+    from pneumoscan.training.distill import DistillConfig, GateError, distill
+
+    cfg = DistillConfig(
+        holdout_fraction=args.holdout_fraction,
+        augmented_views=args.augmented_views,
+        head_epochs=args.head_epochs,
+        finetune_epochs=args.finetune_epochs,
+        init_member=args.init_member,
+        limit=args.limit,
+        seed=args.seed,
+        max_auc_diff=args.max_auc_diff,
+        min_agreement=args.min_agreement,
+    )
+    ood = args.ood
+    if ood is None and (Path(args.data).parent / "ood").is_dir():
+        ood = Path(args.data).parent / "ood"
+    try:
+        report = distill(
+            args.teacher,
+            args.data,
+            args.out,
+            cfg=cfg,
+            ood_dir=ood,
+            export=not args.no_export,
+            progress=not args.quiet,
+        )
+    except GateError as exc:
+        print(json.dumps({k: exc.report[k] for k in ("sets", "never_trained", "misses")}, indent=2))
+        raise CommandError(str(exc)) from exc
+    print(json.dumps(report["gate"], indent=2))
+    print(f"student written to {args.out}")
     return 0
 
 

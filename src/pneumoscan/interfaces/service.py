@@ -53,6 +53,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from pneumoscan import __version__
 from pneumoscan.config import DISCLAIMER, default_app_model_path
 from pneumoscan.inference.batch import bytes_row
+from pneumoscan.inference.drift import batch_drift
 from pneumoscan.inference.predictor import Predictor
 from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row
 from pneumoscan.runtime import decode_workers
@@ -530,7 +531,15 @@ def create_app(
                     "application/json": {
                         "schema": {
                             "type": "object",
-                            "properties": {"predictions": {"type": "array", "items": row_schema}},
+                            "properties": {
+                                "predictions": {"type": "array", "items": row_schema},
+                                "drift": {
+                                    "type": "object",
+                                    "description": "the batch's drift summary: its images' distance to "
+                                    "the training images (verdict, share beyond the scope guard's "
+                                    "threshold, tests); needs 20 or more images for a verdict",
+                                },
+                            },
                         }
                     }
                 }
@@ -557,7 +566,7 @@ def create_app(
             failed,
             1000 * (time.perf_counter() - started),
         )
-        body = {"predictions": rows, "disclaimer": DISCLAIMER}
+        body = {"predictions": rows, "drift": batch_drift(rows, model.guard), "disclaimer": DISCLAIMER}
         if failed < len(rows):
             return JSONResponse(body)
         unsupported = all(u.content_type not in ACCEPTED_MEDIA_TYPES for u in uploads)
