@@ -12,10 +12,13 @@ Measured:
 
 Ray on one machine pays for its scheduler, the object store, the actors' start-up and the
 committed output; that price buys scaling out and resuming, and this benchmark says what it is.
-The job's throughput includes a fixed cost per job (Ray's start, the actors' start-up), which a
-short job of 50 files measures; the rate of each further file is what an archive of millions runs
-at. Verdict: PASS when the rows are identical and each file beyond the fixed cost runs at >= 0.7x
-the single process's rate; the job's own ratio is printed beside it.
+
+Verdict, on the whole job: PASS when the rows are identical and Ray's whole job, from ``ray.init``
+to the consolidated Parquet file (Ray's start, planning, the actors' start-up and model loads,
+every file, the output), runs at >= 0.7x the images/s of the plain baseline measured in the same
+run (the local engine, model load included); otherwise FAIL, with the ratio that missed. A short
+job of 50 files, run after it on the same Ray (its workers warm), gives the fixed cost per job and
+from it the rate of each file once a job runs: secondary figures, labelled, never judged.
 
 Images: ``--n`` (default 1000) real 224-px JPEGs from ``../shared/data/chest_xray/train``, else
 generated ones in a temporary folder. Model: ``--model`` (default: the bundled LiteRT export, what
@@ -35,6 +38,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference_parts import machine, machine_words  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_TRAIN = REPO_ROOT.parent / "shared" / "data" / "chest_xray" / "train"
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pneumoscan-batch-") as tmp_name:
         tmp = Path(tmp_name)
         files, source = pick_files(args.n, tmp)
-        print(f"machine: {cores} cores for this process, load average at start {os.getloadavg()[0]:.1f}")
+        print(f"machine: {machine_words(machine())}")
         print(f"model: {model}; images: {source}")
 
         t0 = time.perf_counter()
@@ -96,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         ray_start = time.perf_counter() - t0
         try:
-            # A short job first: what a job costs before its first file (actors' start-up, planning).
-            few = score_archive(files[:FEW], tmp / "few.parquet", model_path=model, progress=False)
+            # The judged job first, on a fresh Ray (no warm workers); then a short job of FEW files,
+            # for the secondary figures: what a job costs before its first file.
             summary = score_archive(files, tmp / "out.parquet", model_path=model, progress=False)
+            few = score_archive(files[:FEW], tmp / "few.parquet", model_path=model, progress=False)
         finally:
             ray.shutdown()
         ray_rate = len(files) / summary.seconds
@@ -109,27 +116,32 @@ def main(argv: list[str] | None = None) -> int:
     ray_p = np.array([np.nan if r["p_pneumonia"] is None else r["p_pneumonia"] for r in rows])
     same_values = same_paths and np.array_equal(ray_p, local.p_pneumonia, equal_nan=True)
     same_errors = same_paths and [r["error"] or None for r in rows] == local.errors
-    ratio = ray_rate / local_rate
-    print(f"Ray, local on {cores} cores: start {ray_start:.1f} s; a job of {FEW} files {few.seconds:.1f} s")
+    whole_s = ray_start + summary.seconds
+    whole_rate = len(files) / whole_s
+    ratio = whole_rate / local_rate
+    same = same_paths and same_values and same_errors
     print(
-        f"  the job of {len(files)}: {summary.seconds:.1f} s (actors' start-up and output included), "
-        f"{ray_rate:.1f} images/s = {ray_rate / cores:.1f} per core; each file beyond the first {FEW}: "
-        f"{marginal:.1f} images/s = {marginal / cores:.1f} per core"
+        f"Ray, local on {cores} cores, whole job of {len(files)} files: {whole_s:.1f} s = Ray's start "
+        f"{ray_start:.1f} s + the job {summary.seconds:.1f} s (planning, actors' start-up, output) "
+        f"= {whole_rate:.1f} images/s"
     )
-    with_start = len(files) / (summary.seconds + ray_start) / local_rate
     print(
-        f"Ray / local throughput: {ratio:.2f}x for the job; {with_start:.2f}x counting Ray's start; "
-        f"{marginal / local_rate:.2f}x per file once the job runs"
+        f"  secondary, not judged: a job of {FEW} files {few.seconds:.1f} s; each file beyond the first "
+        f"{FEW} {marginal:.1f} images/s ({marginal / local_rate:.2f}x the local engine); the job "
+        f"without Ray's start {ray_rate:.1f} images/s ({ray_rate / local_rate:.2f}x)"
     )
     print(
         f"rows: {len(rows)} for {len(files)} files; identical paths, probabilities (bit for bit) and "
-        f"errors: {same_paths and same_values and same_errors}"
+        f"errors: {same}"
     )
-    ok = same_paths and same_values and same_errors and marginal / local_rate >= TARGET_RATIO
+    ok = same and ratio >= TARGET_RATIO
+    missed = [] if same else ["the rows differ"]
+    if ratio < TARGET_RATIO:
+        missed.append(f"the whole job ran at {ratio:.2f}x the local engine, below the target {TARGET_RATIO}x")
     print(
-        f"verdict: {'PASS' if ok else 'FAIL'} (same rows: {same_paths and same_values and same_errors}; "
-        f"Ray at {marginal / local_rate:.2f}x the single process per file once running, target >= "
-        f"{TARGET_RATIO}x; {ratio:.2f}x for the whole job of {len(files)})"
+        f"verdict on the whole job: {'PASS' if ok else 'FAIL'}: Ray {whole_rate:.1f} images/s vs the local "
+        f"engine {local_rate:.1f} images/s in the same run = {ratio:.2f}x (target >= {TARGET_RATIO}x)"
+        + ("" if ok else f"; MISSED: {'; '.join(missed)}")
     )
     return 0 if ok else 1
 
