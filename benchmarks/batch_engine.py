@@ -62,6 +62,16 @@ def pick_files(n: int, tmp: Path) -> tuple[list[str], str]:
     return paths, f"{n} generated 224-px JPEGs (no real data at {SHARED_TRAIN})"
 
 
+def same_rows(rows: list[dict], files: list[str], local) -> bool:
+    """Ray's rows against the local engine's results: same paths in order, probabilities bit for
+    bit (NaN for errors), same errors."""
+    if [r["path"] for r in rows] != files:
+        return False
+    ray_p = np.array([np.nan if r["p_pneumonia"] is None else r["p_pneumonia"] for r in rows])
+    same_values = np.array_equal(ray_p, local.p_pneumonia, equal_nan=True)
+    return bool(same_values and [r["error"] or None for r in rows] == local.errors)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="images (default: %(default)s)")
@@ -112,14 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         marginal = (len(files) - FEW) / (summary.seconds - few.seconds)
         rows = read_rows([tmp / "out.parquet"])
 
-    same_paths = [r["path"] for r in rows] == files
-    ray_p = np.array([np.nan if r["p_pneumonia"] is None else r["p_pneumonia"] for r in rows])
-    same_values = same_paths and np.array_equal(ray_p, local.p_pneumonia, equal_nan=True)
-    same_errors = same_paths and [r["error"] or None for r in rows] == local.errors
+    same = same_rows(rows, files, local)
     whole_s = ray_start + summary.seconds
     whole_rate = len(files) / whole_s
     ratio = whole_rate / local_rate
-    same = same_paths and same_values and same_errors
     print(
         f"Ray, local on {cores} cores, whole job of {len(files)} files: {whole_s:.1f} s = Ray's start "
         f"{ray_start:.1f} s + the job {summary.seconds:.1f} s (planning, actors' start-up, output) "
