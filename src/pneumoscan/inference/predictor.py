@@ -87,10 +87,10 @@ class Details:
         Calibrated probability of pneumonia. For an ensemble, the mean of the members' calibrated
         probabilities.
     members : ndarray of shape (n, k), float64, or None
-        Each ensemble member's calibrated probability; ``None`` for a single model.
+        Each ensemble member's calibrated probability; ``None`` for a single model or a student.
     spread : ndarray of shape (n,), float64, or None
-        Standard deviation of ``members`` across members (0 when they agree); ``None`` for a
-        single model.
+        Standard deviation of ``members`` across members (0 when they agree), or a distilled
+        student's prediction of it; ``None`` for a single model.
     embedding : ndarray of shape (n, e), float32, or None
         The shared frozen stem's pooled features, for the out-of-scope guard; ``None`` when the
         model has no embedding output.
@@ -100,6 +100,64 @@ class Details:
     members: np.ndarray | None = None
     spread: np.ndarray | None = None
     embedding: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputLayout:
+    """Where each quantity sits in a model's raw output row, as its sidecar says.
+
+    - one model: ``width`` 1, the raw probability in column 0;
+    - an ensemble (sidecar ``ensemble``): the mean raw probability, each member's raw probability
+      (``members`` columns from 1), then the embedding;
+    - a distilled student (sidecar ``student``, which takes precedence): the columns its
+      ``outputs`` name: the calibrated probability, the members' spread, the embedding.
+
+    Attributes
+    ----------
+    width : int
+    members : int
+        Member columns (raw probabilities, calibrated one by one); 0 for a single model or a student.
+    probability : int
+        Column of the probability of pneumonia (raw; calibrated when ``calibrated``).
+    calibrated : bool
+        The probability column is already calibrated (a student): the sidecar's ``calibration``
+        (its teacher members' map) is not applied again.
+    spread : int or None
+        Column of the members' spread, predicted by a student.
+    embedding : int
+        First column of the embedding (``embedding_dim`` columns).
+    embedding_dim : int
+    """
+
+    width: int
+    members: int = 0
+    probability: int = 0
+    calibrated: bool = False
+    spread: int | None = None
+    embedding: int = 0
+    embedding_dim: int = 0
+
+    @classmethod
+    def of(cls, metadata: ModelMetadata) -> OutputLayout:
+        """The layout the sidecar ``metadata`` describes."""
+        if metadata.student is not None:
+            student, columns = metadata.student, metadata.student["outputs"]
+            return cls(
+                width=int(student["width"]),
+                probability=int(columns["p_pneumonia"]),
+                calibrated=True,
+                spread=int(columns["spread"]),
+                embedding=int(columns["embedding"]),
+                embedding_dim=int(student["embedding_dim"]),
+            )
+        members = int((metadata.ensemble or {}).get("members", 0))
+        dim = metadata.embedding_dim if members else 0
+        return cls(width=1 + members + dim, members=members, embedding=1 + members, embedding_dim=dim)
+
+    @property
+    def has_spread(self) -> bool:
+        """The output gives a members' spread (an ensemble's members, or a student's column)."""
+        return bool(self.members) or self.spread is not None
 
 
 @dataclasses.dataclass
@@ -235,10 +293,11 @@ class Predictor:
             if self.scope_guard and self.metadata.scope is not None
             else None
         )
-        ensemble = self.metadata.ensemble or {}
-        #: Ensemble members (0 for a single model) and the width of the embedding output.
-        self.members = int(ensemble.get("members", 0))
-        self.embedding_dim = int(ensemble.get("embedding_dim", 0)) if self.members else 0
+        #: How to read the model's output row (:class:`OutputLayout`), from the sidecar.
+        self.layout = OutputLayout.of(self.metadata)
+        #: Ensemble member columns (0 for a single model or a student) and the embedding's width.
+        self.members = self.layout.members
+        self.embedding_dim = self.layout.embedding_dim
         self.disclaimer = DISCLAIMER
         self._lock = threading.Lock()
         suffix = self.model_path.suffix.lower()
@@ -315,14 +374,15 @@ class Predictor:
         Returns
         -------
         ndarray of shape (n, width), float64
-            ``width`` is 1 for a single model; for an ensemble ``1 + members + embedding_dim``:
-            the mean raw probability, each member's raw probability, then the embedding.
+            Read by :attr:`layout`: ``width`` is 1 for a single model; for an ensemble
+            ``1 + members + embedding_dim``: the mean raw probability, each member's raw
+            probability, then the embedding; for a student the columns its sidecar names.
         """
         x = np.asarray(x)
         expected = (self.image_size, self.image_size, 1)
         if x.ndim != 4 or x.shape[1:] != expected:
             raise ValueError(f"expected images of shape (n, {expected}), got {x.shape}")
-        width = 1 + self.members + self.embedding_dim
+        width = self.layout.width
         out = []
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size].astype(np.float32)
@@ -341,8 +401,9 @@ class Predictor:
         return outputs
 
     def predict_raw(self, x: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
-        """Uncalibrated probability of pneumonia (an ensemble's mean over members), shape ``(n,)``."""
-        return self.predict_outputs(x, batch_size=batch_size)[:, 0]
+        """The model's probability column, shape ``(n,)``: uncalibrated (an ensemble's mean over
+        members), except for a student, whose column is already calibrated (:class:`OutputLayout`)."""
+        return self.predict_outputs(x, batch_size=batch_size)[:, self.layout.probability]
 
     def predict_details(self, x: np.ndarray, *, tta: bool = False, batch_size: int = 64) -> Details:
         """Calibrated probabilities, member spread and embedding of a batch (see :class:`Details`).
@@ -354,13 +415,22 @@ class Predictor:
             outputs = np.mean([self.predict_outputs(v, batch_size=batch_size) for v in views], axis=0)
         else:
             outputs = self.predict_outputs(x, batch_size=batch_size)
-        if not self.members:
+        layout = self.layout
+        embedding = (
+            outputs[:, layout.embedding : layout.embedding + layout.embedding_dim].astype(np.float32)
+            if layout.embedding_dim
+            else None
+        )
+        if layout.calibrated:  # a student: the teacher's calibrated mean and spread, as they are
+            p = np.clip(outputs[:, layout.probability], 0.0, 1.0)
+            spread = None if layout.spread is None else np.clip(outputs[:, layout.spread], 0.0, 0.5)
+            return Details(p, None, spread, embedding)
+        if not layout.members:
             return Details(np.asarray(self.calibrator.transform(outputs[:, 0]), dtype=np.float64))
         # Each member is calibrated by the map fitted on out-of-fold member predictions, then the
         # calibrated probabilities are averaged: the mean of calibrated forecasts errs on the
         # side of caution, never of overconfidence.
-        members = np.asarray(self.calibrator.transform(outputs[:, 1 : 1 + self.members]), dtype=np.float64)
-        embedding = outputs[:, 1 + self.members :].astype(np.float32) if self.embedding_dim else None
+        members = np.asarray(self.calibrator.transform(outputs[:, 1 : 1 + layout.members]), dtype=np.float64)
         return Details(members.mean(axis=1), members, members.std(axis=1), embedding)
 
     def predict_proba(self, x: np.ndarray, *, tta: bool = False, batch_size: int = 64) -> np.ndarray:
@@ -431,7 +501,7 @@ class Predictor:
 
         paths = [Path(p) for p in paths]
         probs = np.full(len(paths), np.nan)
-        spread = np.full(len(paths), np.nan) if self.members else None
+        spread = np.full(len(paths), np.nan) if self.layout.has_spread else None
         embedding = (
             np.full((len(paths), self.embedding_dim), np.nan, np.float32) if self.embedding_dim else None
         )

@@ -7,6 +7,9 @@ one sigmoid unit, the probability of PNEUMONIA; scaling lives inside the model s
   applied by the input pipeline).
 - :func:`build_mobilenetv2`: ImageNet MobileNetV2 with a small head (step 4).
 - :func:`build_ensemble`: K MobileNetV2 tops on one frozen stem, in one model (the released model).
+- :func:`student_top` and :func:`build_student`: one top on the same stem that predicts what the
+  ensemble says (its calibrated probability and its members' spread), distilled from it
+  (:mod:`pneumoscan.training.distill`).
 
 :data:`ARCHITECTURES` is the registry, name -> :class:`Architecture`: the training engine builds
 from it, the CLI offers its names, the app shows its labels and the model sidecar is checked
@@ -275,6 +278,72 @@ def build_ensemble(stem_source: keras.Model, cut_layer: str, members) -> keras.M
     embedding = layers.GlobalAveragePooling2D(name="embedding")(cut)
     output = layers.Concatenate(name="ensemble_output")([mean, *probabilities, embedding])
     return keras.Model(stem_source.input, output, name="pneumoscan_ensemble")
+
+
+#: Layer names of a student top's two sigmoid outputs.
+STUDENT_PROBABILITY, STUDENT_SPREAD = "pred", "spread"
+
+
+def student_top(member: keras.Model, *, name: str = "student") -> keras.Model:
+    """A student top: a copy of an ensemble member's top with a second sigmoid output.
+
+    The copy keeps the member's layers and weights (``block_14`` .. ``Conv_1``, pooling, the head;
+    BatchNorm frozen); its ``pred`` output will learn the ensemble's calibrated probability, and a
+    new ``spread`` unit on the head's features (zero kernel, bias 0) the members' spread.
+
+    Parameters
+    ----------
+    member : keras.Model
+        A member top (cut features -> P(pneumonia)), e.g. ``ensemble.get_layer("member_0")``,
+        with a ``top_dropout`` layer before its ``pred`` unit.
+
+    Returns
+    -------
+    keras.Model, named ``name``
+        ``(n, h, w, c) -> [(n, 1), (n, 1)]``: probability, spread.
+    """
+    import keras
+    from keras import layers
+
+    copy = keras.models.clone_model(member)
+    copy.set_weights(member.get_weights())
+    for layer in copy.layers:
+        layer.trainable = not isinstance(layer, layers.BatchNormalization)
+    features = copy.get_layer("top_dropout").output
+    spread = layers.Dense(1, activation="sigmoid", kernel_initializer="zeros", name=STUDENT_SPREAD)(features)
+    return keras.Model(copy.input, [copy.get_layer(STUDENT_PROBABILITY).output, spread], name=name)
+
+
+def build_student(stem_source: keras.Model, cut_layer: str, top: keras.Model) -> keras.Model:
+    """One model: the frozen stem of ``stem_source`` up to ``cut_layer``, then one student top.
+
+    The output is one tensor of shape ``(n, 2 + e)``: the probability, the spread, and the stem's
+    pooled features (the out-of-scope guard's embedding, the same as the ensemble's when the stem
+    is). The sidecar's ``student.outputs`` names these columns
+    (:class:`~pneumoscan.models.artifacts.ModelMetadata`).
+
+    Parameters
+    ----------
+    stem_source : keras.Model
+        A model whose layers up to ``cut_layer`` are the frozen stem (the teacher ensemble).
+    cut_layer : str
+    top : keras.Model
+        :func:`student_top`.
+    """
+    import keras
+    from keras import layers
+
+    for layer in stem_source.layers:
+        layer.trainable = False
+    cut = stem_source.get_layer(cut_layer).output
+    probability, spread = top(cut)
+    embedding = layers.GlobalAveragePooling2D(name="embedding")(cut)
+    output = layers.Concatenate(name="student_output")([probability, spread, embedding])
+    return keras.Model(stem_source.input, output, name="pneumoscan_student")
+
+
+#: The columns of :func:`build_student`'s output, as the sidecar's ``student.outputs`` records them.
+STUDENT_COLUMNS = {"p_pneumonia": 0, "spread": 1, "embedding": 2}
 
 
 def build_model(cfg: TrainConfig, *, weights: str | None = "imagenet") -> keras.Model:

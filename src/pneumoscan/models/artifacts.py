@@ -137,6 +137,33 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+#: The columns a student's sidecar must name (``student.outputs``).
+STUDENT_OUTPUTS = ("p_pneumonia", "spread", "embedding")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_student(student: Mapping[str, Any]) -> None:
+    """ValueError unless ``student`` names every output column inside its ``width``."""
+    outputs, width, dim = student.get("outputs"), student.get("width"), student.get("embedding_dim")
+    if not isinstance(outputs, Mapping) or not all(_is_count(outputs.get(k)) for k in STUDENT_OUTPUTS):
+        raise ValueError(
+            f"student.outputs must give a column for each of {list(STUDENT_OUTPUTS)}, got {outputs!r}"
+        )
+    if not (_is_count(width) and _is_count(dim)):
+        raise ValueError(
+            f"student.width and student.embedding_dim must be integers >= 0, got {width!r}, {dim!r}"
+        )
+    p, spread, start = (outputs[k] for k in STUDENT_OUTPUTS)
+    embedding = set(range(start, start + dim))
+    if max(p, spread) >= width or start + dim > width or len({p, spread}) < 2 or {p, spread} & embedding:
+        raise ValueError(
+            f"student.outputs {dict(outputs)} with a {dim}-d embedding do not fit an output of width {width}"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelMetadata(Mapping):
     """The sidecar of one model file: what the model needs and how to read its output.
@@ -173,12 +200,22 @@ class ModelMetadata(Mapping):
         each member's raw probability, and the embedding of the shared frozen stem. Keys
         ``members`` (int >= 2), ``embedding_dim`` (int >= 0), and how it was trained (``folds``,
         ``unfreeze_blocks``, ...).
+    student : mapping, optional
+        Present for a distilled student (:mod:`pneumoscan.training.distill`): one top on the
+        teacher ensemble's frozen stem. Its ``outputs`` name the columns of the model's output
+        (``p_pneumonia``, the teacher's *calibrated* ensemble probability, so ``calibration`` is
+        not applied to it; ``spread``, the teacher members' spread; ``embedding``, the first of
+        ``embedding_dim`` columns of the stem's embedding), ``width`` the output's width; the rest
+        says where it came from (``teacher``: file name, sha256, members) and how it was checked
+        (``gate``). The output is read by these columns, not by ``ensemble``, which then describes
+        the teacher (how its members split the training data; the student's stem is the teacher's).
     decision : mapping, optional
         The three-outcome rule's uncertainty band, ``{"band": {...}}``
         (:class:`pneumoscan.inference.decision.UncertaintyBand`, fitted on out-of-fold predictions).
     scope : mapping, optional
         The out-of-scope guard on the model's embedding
-        (:class:`pneumoscan.inference.scope.ScopeGuard`); needs ``ensemble.embedding_dim`` > 0.
+        (:class:`pneumoscan.inference.scope.ScopeGuard`); needs an embedding output
+        (``ensemble.embedding_dim`` > 0, or a student's ``embedding_dim``).
     test_split : mapping, optional
         Metrics of *this* model measured independently on the official test split (``n``,
         ``accuracy``, ``recall``, ..., and ``ci`` with 95 % intervals, ``source``); shown beside
@@ -203,6 +240,7 @@ class ModelMetadata(Mapping):
     data_fingerprint: str | None = None
     validation: Mapping[str, float | int | None] | None = None
     ensemble: Mapping[str, Any] | None = None
+    student: Mapping[str, Any] | None = None
     decision: Mapping[str, Any] | None = None
     scope: Mapping[str, Any] | None = None
     test_split: Mapping[str, Any] | None = None
@@ -228,7 +266,16 @@ class ModelMetadata(Mapping):
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise the nested values once, here
         set_(self, "class_names", tuple(self.class_names))
-        for name in ("validation", "ensemble", "decision", "scope", "test_split", "export", "extra"):
+        for name in (
+            "validation",
+            "ensemble",
+            "student",
+            "decision",
+            "scope",
+            "test_split",
+            "export",
+            "extra",
+        ):
             if getattr(self, name) is not None:
                 if not isinstance(getattr(self, name), Mapping):
                     raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
@@ -256,11 +303,13 @@ class ModelMetadata(Mapping):
                 raise ValueError(f"ensemble.members must be an integer >= 2, got {members!r}")
             if not (isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0):
                 raise ValueError(f"ensemble.embedding_dim must be an integer >= 0, got {dim!r}")
+        if self.student is not None:
+            _check_student(self.student)
         # The band and the guard are parsed (and fully checked) by the inference stage that uses them.
         if self.decision is not None and not isinstance(self.decision.get("band"), Mapping):
             raise ValueError(f"decision must hold a 'band' mapping, got {_thawed(self.decision)!r}")
         if self.scope is not None:
-            dim = (self.ensemble or {}).get("embedding_dim", 0)
+            dim = self.embedding_dim
             if not dim or len(self.scope.get("mean", ())) != dim:
                 raise ValueError(
                     f"scope guard is for {len(self.scope.get('mean', ()))}-d embeddings but the model's "
@@ -279,6 +328,13 @@ class ModelMetadata(Mapping):
         clash = set(self.extra) & {f.name for f in dataclasses.fields(self)}
         if clash:
             raise ValueError(f"extra must not repeat known keys, got {sorted(clash)}")
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the model's embedding output: a student's, else an ensemble's, else 0."""
+        if self.student is not None:
+            return int(self.student.get("embedding_dim", 0))
+        return int((self.ensemble or {}).get("embedding_dim", 0))
 
     # ------------------------------------------------------------------ JSON
 
@@ -306,7 +362,7 @@ class ModelMetadata(Mapping):
             if not isinstance(data["split"], Mapping):
                 raise ValueError(f"split must be a mapping, got {data['split']!r}")
             values["split"] = SplitConfig.from_dict(dict(data["split"]))
-        for key in ("validation", "ensemble", "decision", "scope", "test_split", "export"):
+        for key in ("validation", "ensemble", "student", "decision", "scope", "test_split", "export"):
             if data.get(key) is not None:
                 values[key] = data[key]
         values["extra"] = {k: v for k, v in data.items() if k not in known}
@@ -319,7 +375,7 @@ class ModelMetadata(Mapping):
         out["calibration"] = self.calibration.to_dict()
         if self.split is not None:
             out["split"] = self.split.to_dict()
-        for key in ("validation", "ensemble", "decision", "scope", "test_split", "export"):
+        for key in ("validation", "ensemble", "student", "decision", "scope", "test_split", "export"):
             if getattr(self, key) is not None:
                 out[key] = _thawed(getattr(self, key))
         out.update(_thawed(self.extra))
