@@ -22,6 +22,7 @@ from pneumoscan.interfaces.commands import (
     cmd_audit,
     cmd_compare,
     cmd_data_report,
+    cmd_distill,
     cmd_evaluate,
     cmd_explain,
     cmd_export,
@@ -282,6 +283,55 @@ def add_export_parser(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def add_distill_parser(sub) -> None:
+    from pneumoscan.training.distill import DistillConfig
+
+    d = DistillConfig()
+    p = sub.add_parser(
+        "distill",
+        help="distil an ensemble into one student on its stem (gated against the ensemble)",
+        description="Distil a MobileNetV2 ensemble into one top on the same frozen stem that predicts "
+        "the ensemble's calibrated probability and its members' spread; the embedding (and the "
+        "out-of-scope guard) stays the teacher's. A patient-level part of the folder is held out; the "
+        "student is written only if it matches the teacher's ROC AUC there and on shifted views "
+        "within --max-auc-diff and its decisions agree on at least --min-agreement of the images no "
+        "member trained on. Writes OUT/model.keras, its sidecar, OUT/model-litert.tflite (float16) "
+        "and OUT/distill.json.",
+    )
+    p.add_argument(
+        "--teacher", type=Path, required=True, help="the ensemble's .keras file (with its sidecar)"
+    )
+    p.add_argument(
+        "--data", type=_existing_dir, required=True, help="its training folder (or a root with train/)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--ood",
+        type=_existing_dir,
+        help="out-of-scope images for the gate (default: an ood/ folder beside the data, when present)",
+    )
+    p.add_argument("--holdout-fraction", type=float, default=d.holdout_fraction, help="default: %(default)s")
+    p.add_argument("--augmented-views", type=int, default=d.augmented_views, help="default: %(default)s")
+    p.add_argument("--head-epochs", type=int, default=d.head_epochs, help="default: %(default)s")
+    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="default: %(default)s")
+    p.add_argument(
+        "--init-member", type=int, help="start from this member (default: the closest to the teacher)"
+    )
+    p.add_argument("--limit", type=int, help="use at most this many images (smoke runs)")
+    p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
+    p.add_argument("--max-auc-diff", type=float, default=d.max_auc_diff, help="default: %(default)s")
+    p.add_argument("--min-agreement", type=float, default=d.min_agreement, help="default: %(default)s")
+    p.add_argument("--no-export", action="store_true", help="skip the float16 LiteRT export")
+    p.add_argument(
+        "--keep-cache",
+        action="store_true",
+        help="keep the stem features and the teacher's answers in OUT/.cache for reruns with other "
+        "training options",
+    )
+    _quiet_arg(p)
+    p.set_defaults(func=cmd_distill)
+
+
 def add_app_parser(sub) -> None:
     p = sub.add_parser("app", help="start the Streamlit screening app")
     _model_arg(
@@ -426,6 +476,7 @@ SUBCOMMANDS = (
     add_predict_parser,
     add_explain_parser,
     add_export_parser,
+    add_distill_parser,
     add_app_parser,
     add_serve_parser,
     add_drift_parser,

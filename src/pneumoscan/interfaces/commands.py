@@ -307,6 +307,7 @@ def cmd_distill(args) -> int:
         seed=args.seed,
         max_auc_diff=args.max_auc_diff,
         min_agreement=args.min_agreement,
+        keep_cache=args.keep_cache,
     )
     ood = args.ood
     if ood is None and (Path(args.data).parent / "ood").is_dir():
