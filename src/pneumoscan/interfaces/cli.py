@@ -284,7 +284,7 @@ def add_export_parser(sub) -> None:
 
 
 def add_distill_parser(sub) -> None:
-    from pneumoscan.training.distill import DistillConfig
+    from pneumoscan.config import DistillConfig
 
     d = DistillConfig()
     p = sub.add_parser(

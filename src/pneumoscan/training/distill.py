@@ -53,7 +53,7 @@ import keras
 import numpy as np
 
 from pneumoscan import __version__
-from pneumoscan.config import TrainConfig
+from pneumoscan.config import DistillConfig, TrainConfig
 from pneumoscan.data.dataset import (
     DecodedSet,
     Sample,
@@ -84,58 +84,6 @@ log = logging.getLogger(__name__)
 
 #: File names in the output folder.
 MODEL_FILE, LITERT_FILE, REPORT_FILE = "model.keras", "model-litert.tflite", "distill.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class DistillConfig:
-    """Options of ``pneumoscan distill``; every random choice is seeded with ``seed``.
-
-    Attributes
-    ----------
-    holdout_fraction : float
-        Share of the training folder's images (by patient, per class) kept back for the gate.
-    augmented_views : int
-        Augmented copies of each distillation image besides the clean one.
-    head_epochs, finetune_epochs : int
-        Epochs of the head phase (on pooled features) and of the top-blocks phase.
-    head_learning_rate, finetune_learning_rate : float
-    batch_size : int
-    spread_weight : float
-        Weight of the spread's squared error beside the probability's cross-entropy.
-    init_member : int or None
-        The member whose top the student starts from; ``None`` chooses the one whose calibrated
-        probability is closest (squared logit error) to the teacher's on the clean distillation images.
-    limit : int or None
-        Use at most this many images of the folder (smoke runs and tests).
-    max_auc_diff, min_agreement : float
-        The gate (module docstring).
-    keep_cache : bool
-        Keep the stem features, the teacher's answers and the gate sets in ``OUT/.cache`` so that
-        a rerun with other training options (same teacher, data, hold-out, views, seed) skips them.
-    """
-
-    holdout_fraction: float = 0.15
-    augmented_views: int = 1
-    head_epochs: int = 8
-    finetune_epochs: int = 1
-    head_learning_rate: float = 1e-3
-    finetune_learning_rate: float = 1e-4
-    batch_size: int = 64
-    spread_weight: float = 100.0
-    init_member: int | None = None
-    limit: int | None = None
-    seed: int = 1337
-    max_auc_diff: float = 0.005
-    min_agreement: float = 0.99
-    keep_cache: bool = False
-
-    def __post_init__(self):
-        if not 0.0 < self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        if self.augmented_views < 0 or self.head_epochs < 0 or self.finetune_epochs < 0:
-            raise ValueError("augmented_views, head_epochs and finetune_epochs must be >= 0")
-        if self.head_epochs + self.finetune_epochs == 0:
-            raise ValueError("head_epochs + finetune_epochs must be at least 1")
 
 
 class GateError(ValueError):
@@ -451,7 +399,7 @@ def distill(
     data_dir: str | Path,
     out_dir: str | Path,
     *,
-    cfg: DistillConfig = DistillConfig(),
+    cfg: DistillConfig | None = None,
     ood_dir: str | Path | None = None,
     export: bool = True,
     progress: bool = True,
@@ -460,6 +408,7 @@ def distill(
     report written to ``distill.json``. Raises :class:`GateError` (nothing written) when the
     student fails the gate, FileExistsError when ``out_dir`` already holds a student."""
 
+    cfg = cfg or DistillConfig()
     out_dir, timings = Path(out_dir), {}
     if (out_dir / MODEL_FILE).exists():
         raise FileExistsError(f"{out_dir} already holds a student; choose another --out")
