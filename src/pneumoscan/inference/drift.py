@@ -38,7 +38,8 @@ OUT_OF_SCOPE_SHARE = 0.5
 ADVICE = {
     SIMILAR: "the stored threshold was set on images like these",
     DIFFERS: "run pneumoscan site-check on labelled images of this intake before trusting the threshold",
-    OUT_OF_SCOPE: "do not use this model on this intake: it was trained on pediatric frontal chest X-rays",
+    OUT_OF_SCOPE: "do not use this model as it is on this intake: it was trained on pediatric frontal chest "
+    "X-rays; if these are such films taken another way, run pneumoscan site-check and adapt first",
     TOO_FEW: f"score at least {MIN_DRIFT_IMAGES} images",
 }
 

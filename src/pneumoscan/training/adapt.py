@@ -28,6 +28,7 @@ Keras model on the site images, and ``adapt_report.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -328,13 +329,67 @@ def adapt_model(
     """
     import keras
 
+    started = time.perf_counter()
+    timings = _Laps()
+    keras_path, base_meta = _base_model(list(samples), model_path)
+    target_recall = float(target_recall or base_meta.target_recall or DEFAULT_TARGET_RECALL)
+    decoded = decode_samples(list(samples), base_meta.image_size, progress=progress)
+    timings.lap("decode")
+    if decoded.skipped:
+        log.warning("%d site image(s) could not be read and were left out", len(decoded.skipped))
+    counts = check_site_sample(decoded.samples, where="the readable part of the site sample")
+    model = keras.saving.load_model(keras_path, safe_mode=True, compile=False)
+    features = head_features(model, base_meta, decoded.x)
+    timings.lap("load_and_features")
+    fit = fit_site(features, decoded, last_layer_weights(model, base_meta), base_meta, target_recall, seed)
+    set_last_layer_weights(model, base_meta, fit.weights)
+    timings.lap("fit")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = fit.report(decoded, base_meta, seed=seed)
+    site = _site_section(fit, report, keras_path, decoded.samples, counts, target_recall, seed)
+    meta = base_meta.updated(
+        threshold=fit.threshold,
+        calibration=fit.calibrator.to_dict(),
+        target_recall=target_recall,
+        decision={"band": fit.band.to_dict()},
+        export=None,
+        site=site,
+    )
+    keras_out = out_dir / MODEL_FILE
+    save_model(model, keras_out)
+    meta.write(keras_out)
+    files = {"keras": str(keras_out)}
+    timings.lap("save")
+    if export:
+        files["litert"] = str(export_site_model(keras_out, decoded.x, out_dir / LITERT_FILE))
+        timings.lap("export_and_check")
+    report.update(files=files, timings=timings.seconds, site=site)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, default=float) + "\n")
+    return report
+
+
+class _Laps:
+    """Seconds of each step, for the report."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._mark, 1)
+        self._mark = now
+
+
+def _base_model(samples: list[Sample], model_path: str | Path) -> tuple[Path, ModelMetadata]:
+    """The base model's ``.keras`` file and sidecar, after the sample's size and overlap checks."""
     from pneumoscan.inference.predictor import source_keras_model
 
-    start = time.perf_counter()
-    samples = list(samples)
-    counts = check_site_sample(samples)
-    base_meta = ModelMetadata.read(model_path)
-    keras_path = source_keras_model(model_path, base_meta)
+    check_site_sample(samples)
+    keras_path = source_keras_model(model_path, ModelMetadata.read(model_path))
     if keras_path is None:
         raise FileNotFoundError(
             f"{model_path}: adapt refits the Keras model, and this LiteRT export's source .keras file "
@@ -344,24 +399,52 @@ def adapt_model(
     overlap = check_training_overlap(samples, base_meta, model_path=keras_path)
     if overlap.training:
         raise TrainingDataOverlapError(overlap.refusal(len(samples), keras_path))
-    target_recall = float(target_recall or base_meta.target_recall or DEFAULT_TARGET_RECALL)
+    return Path(keras_path), base_meta
 
-    decoded = decode_samples(samples, base_meta.image_size, progress=progress)
-    if decoded.skipped:
-        log.warning("%d site image(s) could not be read and were left out", len(decoded.skipped))
-    kept = decoded.samples
-    counts = check_site_sample(kept, where="the readable part of the site sample")
-    y, groups = decoded.y, [s.patient_id for s in kept]
-    model = keras.saving.load_model(keras_path, safe_mode=True, compile=False)
-    features = head_features(model, base_meta, decoded.x)
-    base = last_layer_weights(model, base_meta)
 
+@dataclasses.dataclass
+class SiteFit:
+    """What :func:`fit_site` chose, with the cross-fitted predictions it chose them on."""
+
+    y: np.ndarray
+    groups: list[str]
+    p_base: np.ndarray
+    p: np.ndarray
+    strength: float
+    strength_evidence: dict
+    calibrator: object
+    calibration_evidence: dict
+    threshold: float
+    band: object
+    nested: dict
+    weights: list
+
+    def report(self, decoded, base_meta: ModelMetadata, *, seed: int) -> dict:
+        kept = decoded.samples
+        return {
+            "base": _site_metrics(self.y, self.p_base, base_meta.threshold, self.groups, kept, seed=seed),
+            "adapted": _site_metrics(self.y, self.p, self.threshold, self.groups, kept, seed=seed),
+            "nested": self.nested,
+            "prior_strength": {"chosen": self.strength, "cross_validated": self.strength_evidence},
+            "calibration": {
+                **self.calibrator.to_dict(),
+                "method": self.calibrator.method,
+                "cross_validated": self.calibration_evidence,
+            },
+            "threshold": self.threshold,
+            "base_threshold": base_meta.threshold,
+            "skipped": [{"path": str(s.path), "error": reason} for s, reason in decoded.skipped],
+        }
+
+
+def fit_site(features, decoded, base, base_meta: ModelMetadata, target_recall: float, seed: int) -> SiteFit:
+    """Choose the prior strength, refit the last layers, calibration, threshold and band."""
+    y, groups = decoded.y, [s.patient_id for s in decoded.samples]
     # The base model on the site, at its stored calibration and threshold (what site-check reports).
     raw_base = np.column_stack([_sigmoid(f @ w + b) for f, (w, b) in zip(features, base, strict=True)])
     p_base = np.mean(
         [base_meta.calibration.transform(raw_base[:, t]) for t in range(raw_base.shape[1])], axis=0
     )
-
     fold = site_folds(y, groups, seed=seed)
     strength, strength_evidence = choose_strength(features, y, base, fold)
     raw = cross_fitted_raw(features, y, base, fold, strength)
@@ -369,27 +452,26 @@ def adapt_model(
         y, raw, groups, target_recall=target_recall, seed=seed
     )
     band = fit_uncertainty_band(p, y, threshold=threshold, spread=spread if raw.shape[1] > 1 else None)
-    nested = nested_estimate(y, raw, groups, fold, target_recall=target_recall, seed=seed)
-    weights = [fit_last_layer(f, y, w0, b0, strength) for f, (w0, b0) in zip(features, base, strict=True)]
-    set_last_layer_weights(model, base_meta, weights)
+    return SiteFit(
+        y=y,
+        groups=groups,
+        p_base=p_base,
+        p=p,
+        strength=strength,
+        strength_evidence=strength_evidence,
+        calibrator=calibrator,
+        calibration_evidence=calibration_evidence,
+        threshold=threshold,
+        band=band,
+        nested=nested_estimate(y, raw, groups, fold, target_recall=target_recall, seed=seed),
+        weights=[fit_last_layer(f, y, w0, b0, strength) for f, (w0, b0) in zip(features, base, strict=True)],
+    )
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = {
-        "base": _site_metrics(y, p_base, base_meta.threshold, groups, kept, seed=seed),
-        "adapted": _site_metrics(y, p, threshold, groups, kept, seed=seed),
-        "nested": nested,
-        "prior_strength": {"chosen": strength, "cross_validated": strength_evidence},
-        "calibration": {
-            **calibrator.to_dict(),
-            "method": calibrator.method,
-            "cross_validated": calibration_evidence,
-        },
-        "threshold": threshold,
-        "base_threshold": base_meta.threshold,
-        "skipped": [{"path": str(s.path), "error": reason} for s, reason in decoded.skipped],
-    }
-    site = {
+
+def _site_section(fit: SiteFit, report: dict, keras_path: Path, kept, counts, target_recall, seed) -> dict:
+    """The sidecar's ``site`` section: where the adapted model comes from and what it is worth."""
+    headline = ("roc_auc", "recall", "specificity")
+    return {
         "base_model": str(keras_path),
         "base_model_sha256": file_sha256(keras_path),
         "sample_fingerprint": fingerprint(kept),
@@ -402,33 +484,14 @@ def adapt_model(
             f"{SITE_FOLDS} patient-grouped stratified folds (seed {seed}); prior strength chosen on "
             "cross-fitted log loss; calibration, threshold and band fitted on cross-fitted predictions"
         ),
-        "prior_strength": strength,
-        "estimate": {k: v for k, v in nested.items() if k != "protocol"},
-        "estimate_protocol": nested["protocol"],
-        "cross_fitted_at_threshold": {k: report["adapted"][k] for k in ("roc_auc", "recall", "specificity")},
-        "base_at_stored_threshold": {k: report["base"][k] for k in ("roc_auc", "recall", "specificity")},
+        "prior_strength": fit.strength,
+        "estimate": {k: v for k, v in fit.nested.items() if k != "protocol"},
+        "estimate_protocol": fit.nested["protocol"],
+        "cross_fitted_at_threshold": {k: report["adapted"][k] for k in headline},
+        "base_at_stored_threshold": {k: report["base"][k] for k in headline},
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "pneumoscan_version": __version__,
     }
-    meta = base_meta.updated(
-        threshold=threshold,
-        calibration=calibrator.to_dict(),
-        target_recall=target_recall,
-        decision={"band": band.to_dict()},
-        export=None,
-        site=site,
-    )
-    keras_out = out_dir / MODEL_FILE
-    save_model(model, keras_out)
-    meta.write(keras_out)
-    files = {"keras": str(keras_out)}
-    if export:
-        files["litert"] = str(export_site_model(keras_out, decoded.x, out_dir / LITERT_FILE))
-    report["files"] = files
-    report["seconds"] = round(time.perf_counter() - start, 1)
-    report["site"] = site
-    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, default=float) + "\n")
-    return report
 
 
 def export_site_model(keras_path: Path, x: np.ndarray, out: Path) -> Path:
