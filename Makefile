@@ -41,7 +41,7 @@ browser:
 	  esac
 
 test: $(STAMP) browser
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=30
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slow and not browser"
