@@ -125,8 +125,8 @@ def site(shared_data, tmp_path_factory) -> dict[str, Path]:
     half = set(patients[::2])
     root = tmp_path_factory.mktemp("site")
     b_originals = [s for s in chosen if s.patient_id not in half]
-    a = write_simulated_site([s for s in chosen if s.patient_id in half], root / "A", side=512)
-    b = write_simulated_site(b_originals, root / "B", side=512)
+    a = write_simulated_site([s for s in chosen if s.patient_id in half], root / "A")
+    b = write_simulated_site(b_originals, root / "B")
     return {"A": a, "B": b, "B_originals": b_originals, "train": shared_data / "train", "root": root}
 
 
@@ -205,7 +205,7 @@ def test_drift_orders_training_split_site_and_out_of_scope(site, ood_data):
     predictor = Predictor(default_app_model_path())
     train = discover_split(site["train"], prefer="train")
     b = discover_split(site["B"], prefer="test")
-    mild = write_simulated_site(site["B_originals"], site["root"] / "mild", crop=0.85, side=512)
+    mild = write_simulated_site(site["B_originals"], site["root"] / "mild", crop=0.85)
     sets = {
         "train": [s.path for s in random.Random(3).sample(train, 100)],
         "mild": [s.path for s in discover_split(mild, prefer="test")],

@@ -196,8 +196,8 @@ def export_tflite(
     progress : bool, default=True
         Show decoding progress bars.
     max_check_images : int, optional
-        At most this many held-out images, and this many films for the shifted views (both
-        classes kept in proportion, seeded).
+        At most this many held-out images, this many films for the shifted views (both classes
+        kept in proportion, seeded) and this many out-of-scope images (spread over the folder).
     ood_dir : path, "auto" or None, default="auto"
         Out-of-scope images to add to the check; ``"auto"``: an ``ood/`` folder beside the training
         data when there is one; ``None``: none.
@@ -333,7 +333,7 @@ def check_images(
     parts = [(decoded.x, "held_out", decoded.y), (shifted_x, "shifted", shifted_y)]
     ood = _resolve_ood_dir(ood_dir, data_dir)
     if ood is not None:
-        x = _ood_images(ood, size)
+        x = _ood_images(ood, size, max_images)
         parts.append((x, "out_of_scope", np.full(len(x), -1)))
     sources = {
         "held_out": held_words,
@@ -391,9 +391,12 @@ def _resolve_ood_dir(ood_dir: str | Path | None, data_dir: Path) -> Path | None:
     return Path(ood_dir)
 
 
-def _ood_images(ood_dir: Path, size: int) -> np.ndarray:
-    """Every readable image under ``ood_dir`` (sorted), preprocessed; unreadable files are skipped."""
+def _ood_images(ood_dir: Path, size: int, max_images: int | None = None) -> np.ndarray:
+    """The readable images under ``ood_dir`` (sorted; at most ``max_images``, evenly spread over
+    the sorted list so every kind of image stays in), preprocessed; unreadable files are skipped."""
     files = sorted(p for p in ood_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if max_images is not None and len(files) > max_images:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, max_images).round().astype(int)]
 
     def load(path: Path) -> np.ndarray | None:
         try:
