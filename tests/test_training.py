@@ -20,7 +20,8 @@ import pytest
 
 from pneumoscan.config import TrainConfig
 from pneumoscan.testing.models import mobilenet_weights_available
-from pneumoscan.training.engine import Trainer, resume, train
+from pneumoscan.training.engine import Trainer
+from pneumoscan.training.recipes import resume, train
 
 RUN_FILES = (
     "model.keras",
@@ -394,7 +395,7 @@ def test_mirrored_strategy_trains_the_default_recipe(make_tree, tmp_path):
         f"""
 from pneumoscan.config import TrainConfig
 from pneumoscan.testing.models import mobilenet_weights_available
-from pneumoscan.training.engine import train
+from pneumoscan.training.recipes import train
 default = TrainConfig()
 cfg = TrainConfig(arch=default.arch, members=default.members, image_size=64, batch_size=8, head_epochs=1,
                   finetune_epochs=1, seed=7, distribute="mirrored")

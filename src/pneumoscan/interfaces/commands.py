@@ -56,10 +56,10 @@ def cmd_audit(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from pneumoscan.training import engine
+    from pneumoscan.training import recipes
 
     if args.resume:
-        metrics = engine.resume(args.resume, progress=not args.quiet)
+        metrics = recipes.resume(args.resume, progress=not args.quiet)
         run_dir = args.resume
     else:
         if args.data is None or args.out is None:
@@ -70,7 +70,7 @@ def cmd_train(args) -> int:
         }
         cfg = TrainConfig(**{**defaults.to_dict(), "augment": AugmentConfig(), **options})
         run_dir = args.out
-        metrics = engine.train(cfg, args.data, args.out, progress=not args.quiet)
+        metrics = recipes.train(cfg, args.data, args.out, progress=not args.quiet)
     from pneumoscan.evaluation.metrics import format_metrics_table
 
     print(format_metrics_table(metrics))
