@@ -15,16 +15,8 @@ import numpy as np
 import pytest
 
 from pneumoscan.models.artifacts import ModelMetadata
+from pneumoscan.testing.models import TINY_NAMES
 
-# 10 normal and 12 pneumonia patients, some with two images (as tests/test_training.py).
-TINY_NAMES = {
-    "train": {
-        "NORMAL": [f"IM-{100 + i:04d}-0001.jpeg" for i in range(8)]
-        + ["IM-0100-0002.jpeg", "NORMAL2-IM-0007-0001.jpeg", "NORMAL2-IM-0008-0001.jpeg"],
-        "PNEUMONIA": [f"person{i}_{'virus' if i % 3 == 0 else 'bacteria'}_{i * 3}.jpeg" for i in range(1, 13)]
-        + ["person1_bacteria_99.jpeg", "person2_bacteria_98.jpeg"],
-    }
-}
 SIZE = 64
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from pneumoscan.config import TrainConfig
-from pneumoscan.testing.models import mobilenet_weights_available
+from pneumoscan.testing.models import TINY_NAMES, mobilenet_weights_available
 from pneumoscan.training.engine import Trainer
 from pneumoscan.training.recipes import resume, train
 
@@ -33,16 +33,6 @@ RUN_FILES = (
     "validation_predictions.csv",
     "timings.json",
 )
-
-# 10 normal and 12 pneumonia patients, some with two images: enough for a patient-level split.
-TINY_NAMES = {
-    "train": {
-        "NORMAL": [f"IM-{100 + i:04d}-0001.jpeg" for i in range(8)]
-        + ["IM-0100-0002.jpeg", "NORMAL2-IM-0007-0001.jpeg", "NORMAL2-IM-0008-0001.jpeg"],
-        "PNEUMONIA": [f"person{i}_{'virus' if i % 3 == 0 else 'bacteria'}_{i * 3}.jpeg" for i in range(1, 13)]
-        + ["person1_bacteria_99.jpeg", "person2_bacteria_98.jpeg"],
-    }
-}
 
 
 def tiny_config(arch: str, **overrides) -> TrainConfig:

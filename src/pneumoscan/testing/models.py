@@ -8,6 +8,17 @@ from pathlib import Path
 
 from pneumoscan.models.artifacts import ModelMetadata
 
+#: File names of a tiny training tree (``make_tree(TINY_NAMES)``): 11 normal images of 10 patients
+#: and 14 pneumonia images of 12, some patients with two: enough for a patient-level split.
+TINY_NAMES = {
+    "train": {
+        "NORMAL": [f"IM-{100 + i:04d}-0001.jpeg" for i in range(8)]
+        + ["IM-0100-0002.jpeg", "NORMAL2-IM-0007-0001.jpeg", "NORMAL2-IM-0008-0001.jpeg"],
+        "PNEUMONIA": [f"person{i}_{'virus' if i % 3 == 0 else 'bacteria'}_{i * 3}.jpeg" for i in range(1, 13)]
+        + ["person1_bacteria_99.jpeg", "person2_bacteria_98.jpeg"],
+    }
+}
+
 
 def make_tiny_model(
     folder: Path, *, image_size: int = 64, threshold: float = 0.5, seed: int = 0, name: str = "tiny"
