@@ -42,6 +42,10 @@ def _existing_dir(value: str) -> Path:
     return path
 
 
+#: What commands that score images for a person use without --model (as predict, app and serve).
+LITERT_DEFAULT = "the bundled model's LiteRT export models/pneumoscan-mobilenetv2-litert.tflite"
+
+
 def _model_arg(
     parser: argparse.ArgumentParser, bundled: str = "the bundled models/pneumoscan-mobilenetv2.keras"
 ) -> None:
@@ -360,7 +364,7 @@ def add_serve_parser(sub) -> None:
         "says otherwise; another address needs an API key ($PNEUMOSCAN_API_KEY or --api-key-file), "
         "sent by clients in the X-API-Key header, or an explicit --insecure-no-auth.",
     )
-    _model_arg(p, "the bundled model's LiteRT export models/pneumoscan-mobilenetv2-litert.tflite")
+    _model_arg(p, LITERT_DEFAULT)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="default: %(default)s; 0 picks a free port")
     p.add_argument(
@@ -395,7 +399,7 @@ def add_site_check_parser(sub) -> None:
         "usage or refused, 3 the model failed the check (adapt before use).",
     )
     p.add_argument("--data", type=_existing_dir, required=True, help="the site's labelled folder")
-    _model_arg(p)
+    _model_arg(p, LITERT_DEFAULT)
     _out_arg(p, "out/site-check")
     p.add_argument("--json", type=Path, help="also write the report to this path")
     p.add_argument(
@@ -452,7 +456,7 @@ def add_drift_parser(sub) -> None:
         "drift / differs (run site-check before trusting the threshold) / unlike the training images.",
     )
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    _model_arg(p)
+    _model_arg(p, LITERT_DEFAULT)
     p.add_argument("--json", type=Path, help="also write the summary to this path")
     p.add_argument(
         "--store-reference",

@@ -29,6 +29,18 @@ def _load_predictor(args, **kwargs):
         raise CommandError(str(exc)) from exc
 
 
+def _with_app_model(args):
+    """``args`` with ``--model`` defaulting to what ``predict``, ``drift`` and ``site-check`` score
+    with: the bundled LiteRT export (parity-checked against the Keras model at export), the same
+    answers as the app and the service without importing TensorFlow, at a fraction of the memory
+    and start-up time (``benchmarks/decode_memory.py`` measures the memory)."""
+    if args.model is None:
+        from pneumoscan.config import default_app_model_path
+
+        args.model = default_app_model_path()
+    return args
+
+
 # --------------------------------------------------------------------------- data-report
 
 
@@ -145,13 +157,7 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
 def cmd_predict(args) -> int:
     from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row, write_rows
 
-    if args.model is None:
-        # The bundled LiteRT export (parity-checked against the Keras model at export): the same
-        # answers as the app and the service, without importing TensorFlow — a tenth of the memory
-        # (129 MB against 997 MB for one image) and of the start-up time.
-        from pneumoscan.config import default_app_model_path
-
-        args.model = default_app_model_path()
+    _with_app_model(args)
     if args.engine == "ray":
         return _predict_on_ray(args)
     if args.ray_address is not None or args.ray_actors is not None:

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from pneumoscan.config import DISCLAIMER
-from pneumoscan.interfaces.commands import CommandError, _expand_inputs, _load_predictor
+from pneumoscan.interfaces.commands import CommandError, _expand_inputs, _load_predictor, _with_app_model
 
 
 def _site_samples(data: Path):
@@ -44,7 +44,7 @@ def cmd_site_check(args) -> int:
     from pneumoscan.evaluation.site import ADAPT, SiteFloors, site_check
 
     samples = _site_samples(args.data)
-    predictor = _load_predictor(args)
+    predictor = _load_predictor(_with_app_model(args))
     floors = SiteFloors(recall=args.min_recall, specificity=args.min_specificity, ece=args.max_ece)
     report = site_check(samples, predictor, out_dir=args.out, floors=floors, progress=not args.quiet)
     _write_json(args.json, report)
@@ -116,7 +116,7 @@ def cmd_drift(args) -> int:
     files = _expand_inputs([Path(p) for p in args.paths])
     if not files:
         raise CommandError("no image files found in the given paths")
-    predictor = _load_predictor(args)
+    predictor = _load_predictor(_with_app_model(args))
     if predictor.guard is None:
         raise CommandError(f"{predictor.model_path} has no scope guard: drift cannot be measured")
     results = predictor.predict_paths(files, progress=not args.quiet)
