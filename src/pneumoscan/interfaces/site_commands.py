@@ -65,6 +65,7 @@ def cmd_site_check(args) -> int:
 
 
 def cmd_adapt(args) -> int:
+    from pneumoscan.evaluation.site import SiteFloors
     from pneumoscan.training.adapt import adapt_model
 
     samples = _site_samples(args.data)
@@ -101,6 +102,22 @@ def cmd_adapt(args) -> int:
         f"New threshold {report['threshold']:.3f}; prior strength {report['prior_strength']['chosen']:g}; "
         f"{report['seconds']:.0f} s"
     )
+    floors = SiteFloors()
+    missed = [
+        f"{name} {nested[key]:.2f} (floor {floor:.2f})"
+        for name, key, floor, low_is_bad in (
+            ("recall", "recall", floors.recall, True),
+            ("specificity", "specificity", floors.specificity, True),
+            ("ECE", "ece", floors.ece, False),
+        )
+        if (nested[key] < floor if low_is_bad else nested[key] > floor)
+    ]
+    if missed:
+        print(
+            "WARNING: the adapted model's estimate misses site-check's floors: "
+            + ", ".join(missed)
+            + ". Do not use it yet; a larger site sample (a few hundred images) usually helps."
+        )
     for item in report.get("skipped") or []:
         print(f"skipped {item['path']}: {item['error']}")
     for kind, path in report["files"].items():
