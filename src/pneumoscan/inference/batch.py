@@ -427,15 +427,11 @@ def score_archive(
 def _drift(out: Path, model_path: str | Path | None) -> dict | None:
     """The drift summary of the consolidated rows, with the model's scope guard (None without one)."""
     from pneumoscan.inference.drift import batch_drift
-    from pneumoscan.inference.scope import ScopeGuard
     from pneumoscan.models.artifacts import ModelMetadata
 
-    meta = ModelMetadata.read(Path(model_path) if model_path is not None else default_app_model_path())
-    if meta.scope is None:
-        return None
-    _, pq = _pyarrow()
-    rows = pq.read_table(out, columns=["scope_distance"]).to_pylist()
-    return batch_drift(rows, ScopeGuard.from_dict(meta.scope))
+    scope = ModelMetadata.read(model_path or default_app_model_path()).scope
+    rows = _pyarrow()[1].read_table(out, columns=["scope_distance"]).to_pylist()
+    return None if scope is None else batch_drift(rows, scope)
 
 
 def _finish(

@@ -19,12 +19,10 @@ BatchNorm stays in inference mode throughout.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime
 import json
 import logging
-import platform
 import shutil
 import time
 from contextlib import contextmanager
@@ -51,6 +49,7 @@ from pneumoscan.models.architectures import architecture, mobilenet_cut_layer, s
 from pneumoscan.models.artifacts import ModelMetadata, RunFolder, save_model
 from pneumoscan.models.calibration import PlattCalibrator
 from pneumoscan.plotting import save as save_figure
+from pneumoscan.training.run_files import package_versions, write_history, write_validation_predictions
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +65,6 @@ SIDECAR_VALIDATION_METRICS = (
     "pr_auc",
     "ece",
 )
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of Python and the libraries a run depends on."""
-    import sklearn
-    import tensorflow as tf
-
-    return {
-        "pneumoscan": __version__,
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "scikit-learn": sklearn.__version__,
-        "platform": platform.platform(),
-    }
 
 
 class _RestoreBest(keras.callbacks.Callback):
@@ -586,30 +569,4 @@ def decoded_set_report(images: DecodedSet, p: np.ndarray, threshold: float, *, s
         groups=[s.patient_id for s in images.samples],
         subtypes=[s.subtype for s in images.samples],
         seed=seed,
-    )
-
-
-def write_validation_predictions(
-    path: Path, val: DecodedSet, raw: np.ndarray, p_cal: np.ndarray, threshold: float
-) -> None:
-    """``validation_predictions.csv``: :data:`~pneumoscan.inference.results.VALIDATION_COLUMNS`."""
-    from pneumoscan.inference.results import VALIDATION_COLUMNS, labelled_row, make_prediction, write_rows
-
-    rows = (
-        {**labelled_row(s, make_prediction(p, threshold)), "p_raw": r}
-        for s, r, p in zip(val.samples, raw, p_cal, strict=True)
-    )
-    write_rows(path, VALIDATION_COLUMNS, rows, digits=6)
-
-
-def write_history(files: RunFolder, rows: list[dict], phase_boundaries: list[int]) -> None:
-    """``history.csv`` (phase and epoch first, then the metrics by name) and ``learning_curves.png``."""
-    keys = sorted({k for row in rows for k in row}, key=lambda k: (k not in ("phase", "epoch"), k))
-    with open(files.history, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    series = {k: [row.get(k, np.nan) for row in rows] for k in keys if k not in ("phase", "epoch", "best")}
-    save_figure(
-        figures.learning_curves_figure(series, phase_boundaries=phase_boundaries), files.learning_curves
     )

@@ -66,9 +66,8 @@ from pneumoscan.training.engine import (
     _Phase,
     _strategy,
     decoded_set_report,
-    package_versions,
-    write_history,
 )
+from pneumoscan.training.run_files import package_versions, write_history
 
 log = logging.getLogger(__name__)
 
