@@ -40,8 +40,10 @@ browser:
 	    *) echo "warning: could not install chromium; the browser test will be skipped";; \
 	  esac
 
+# Two worker processes, a whole test file per worker (module fixtures are built once): 603 s
+# against 819 s in one process for the same 506 tests on 2 cores (2026-12-01).
 test: $(STAMP) browser
-	$(PY) -m pytest -ra --durations=30
+	$(PY) -m pytest -ra --durations=30 -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slow and not browser"
