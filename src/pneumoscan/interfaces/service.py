@@ -40,11 +40,11 @@ import time
 import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from python_multipart.exceptions import FormParserError
@@ -384,6 +384,152 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# --------------------------------------------------------------------------- the routes
+
+#: The routes of every app :func:`create_app` makes; what differs between apps (the model slot,
+#: limits, key and decode limiter) is in ``app.state`` and reaches the routes through dependencies.
+router = APIRouter()
+_KEY_HEADER = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the service's API key")
+_PREDICTIONS = "/v1/predictions"
+
+
+def check_key(request: Request, given: Annotated[str | None, Depends(_KEY_HEADER)]) -> None:
+    """Dependency of every ``/v1`` route: the API key, when the app has one (constant-time compare)."""
+    api_key = request.app.state.api_key
+    if api_key is None:
+        return
+    if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
+        raise RequestError(401, f"missing or wrong API key: send it in the {API_KEY_HEADER} header")
+
+
+def loaded_predictor(request: Request) -> Predictor:
+    """Dependency: the loaded model, or 503 while it loads or after it failed to."""
+    slot = request.app.state.model_slot
+    if slot.predictor is not None:
+        return slot.predictor
+    if slot.error:
+        raise RequestError(503, slot.error)
+    raise RequestError(503, "the model is still loading; retry in a few seconds (see GET /readyz)")
+
+
+LoadedPredictor = Annotated[Predictor, Depends(loaded_predictor)]
+
+
+@router.get("/healthz", tags=["operations"], summary="the process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    tags=["operations"],
+    summary="the model is loaded",
+    responses={503: {"description": "the model is not loaded (yet)"}},
+)
+async def readyz(request: Request) -> JSONResponse:
+    slot = request.app.state.model_slot
+    if slot.predictor is not None:
+        ready = {"status": "ready", "model": slot.predictor.model_path.name, "load_seconds": slot.seconds}
+        return JSONResponse(ready)
+    status, detail = (
+        ("loading", "the model is still loading") if slot.error is None else ("failed", slot.error)
+    )
+    return JSONResponse({"status": status, "detail": detail}, status_code=503)
+
+
+@router.get("/v1/model", tags=["model"], summary="the model card's data", dependencies=[Depends(check_key)])
+async def get_model(model: LoadedPredictor) -> dict[str, Any]:
+    return model_card(model)
+
+
+_ROW_SCHEMA = {"type": "object", "properties": {c: {} for c in PREDICTION_COLUMNS}}
+_UPLOAD_SCHEMA = {
+    "type": "object",
+    "required": [FILES_FIELD],
+    "properties": {
+        FILES_FIELD: {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": f"images: {_FORMATS}",
+        }
+    },
+}
+_DRIFT_SCHEMA = {
+    "type": "object",
+    "description": "the batch's drift summary: its images' distance to the training images (verdict, "
+    "share beyond the scope guard's threshold, tests); needs 20 or more images for a verdict",
+}
+
+
+#: How :func:`create_app` registers :func:`predictions` (its description states the app's limits).
+_PREDICTIONS_ROUTE: dict[str, Any] = {
+    "methods": ["POST"],
+    "tags": ["predictions"],
+    "summary": "predict one or more images",
+    "dependencies": [Depends(check_key)],
+    "openapi_extra": {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _UPLOAD_SCHEMA}}}
+    },
+    "responses": {
+        200: {
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "predictions": {"type": "array", "items": _ROW_SCHEMA},
+                            "drift": _DRIFT_SCHEMA,
+                        },
+                    }
+                }
+            }
+        },
+        400: {"description": "malformed multipart body"},
+        401: {"description": "missing or wrong API key"},
+        413: {"description": "too many files or too large a body"},
+        415: {"description": "not multipart/form-data, or no file of a supported type"},
+        422: {"description": "no file could be read (the rows say why)"},
+        503: {"description": "the model is not loaded (yet)"},
+    },
+}
+
+
+async def predictions(request: Request, model: LoadedPredictor) -> JSONResponse:
+    started = time.perf_counter()
+    uploads = await read_uploads(request, request.app.state.limits)
+    limiter = request.app.state.decode_limiter
+    rows = await asyncio.gather(
+        *(anyio.to_thread.run_sync(predict_upload, model, u, limiter=limiter) for u in uploads)
+    )
+    failed = sum(1 for row in rows if row["error"])
+    log.info(
+        "predictions: %d file(s), %d failed, %.0f ms",
+        len(rows),
+        failed,
+        1000 * (time.perf_counter() - started),
+    )
+    body = {"predictions": rows, "drift": batch_drift(rows, model.guard), "disclaimer": DISCLAIMER}
+    if failed < len(rows):
+        return JSONResponse(body)
+    unsupported = all(u.content_type not in ACCEPTED_MEDIA_TYPES for u in uploads)
+    detail = (
+        f"none of the {len(rows)} file(s) is a supported image: send {_FORMATS}"
+        if unsupported
+        else f"none of the {len(rows)} file(s) could be read; each row's error says why"
+    )
+    return JSONResponse({"detail": detail, **body}, status_code=415 if unsupported else 422)
+
+
+async def request_error(request: Request, exc: RequestError) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status)
+
+
+async def server_error(request: Request, exc: Exception) -> JSONResponse:
+    trace = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("%s %s failed with %s\n%s", request.method, request.url.path, type(exc).__name__, trace)
+    return JSONResponse({"detail": "internal error; the server logged it"}, status_code=500)
+
+
 # --------------------------------------------------------------------------- the app
 
 
@@ -394,10 +540,8 @@ def create_app(
     limits: ServiceLimits | None = None,
     api_key: str | None = None,
 ) -> FastAPI:
-    """The FastAPI application of ``pneumoscan serve``.
-
-    Longer than issue 10's ~80 lines by design: FastAPI routes are closures over this app's model
-    slot, limits, key check and thread limiter, so every route is defined here, each one short.
+    """The FastAPI application of ``pneumoscan serve``: :data:`router`'s routes over this app's
+    model slot, limits, key and decode limiter (``app.state``).
 
     Parameters
     ----------
@@ -421,8 +565,6 @@ def create_app(
         raise ValueError("api_key must not be empty (use None for no key)")
     slot = _ModelSlot()
     path = Path(model_path) if model_path is not None else default_app_model_path()
-    # Bounds the files decoded at once (memory of full-size images) across all requests.
-    limiter = anyio.CapacityLimiter(decode_workers())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -443,138 +585,16 @@ def create_app(
     )
     app.state.model_slot = slot
     app.state.limits = limits
-
-    @app.exception_handler(RequestError)
-    async def request_error(request: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status)
-
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, exc: Exception) -> JSONResponse:
-        log.error(
-            "%s %s failed with %s\n%s",
-            request.method,
-            request.url.path,
-            type(exc).__name__,
-            "".join(traceback.format_tb(exc.__traceback__)),
-        )
-        return JSONResponse({"detail": "internal error; the server logged it"}, status_code=500)
-
-    key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the service's API key")
-
-    def check_key(given: str | None = Depends(key_header)) -> None:
-        if api_key is None:
-            return
-        if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise RequestError(401, f"missing or wrong API key: send it in the {API_KEY_HEADER} header")
-
-    def loaded() -> Predictor:
-        if slot.predictor is not None:
-            return slot.predictor
-        if slot.error:
-            raise RequestError(503, slot.error)
-        raise RequestError(503, "the model is still loading; retry in a few seconds (see GET /readyz)")
-
-    @app.get("/healthz", tags=["operations"], summary="the process is up")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get(
-        "/readyz",
-        tags=["operations"],
-        summary="the model is loaded",
-        responses={503: {"description": "the model is not loaded (yet)"}},
+    app.state.api_key = api_key
+    # Bounds the files decoded at once (memory of full-size images) across all requests.
+    app.state.decode_limiter = anyio.CapacityLimiter(decode_workers())
+    app.add_exception_handler(RequestError, request_error)
+    app.add_exception_handler(Exception, server_error)
+    app.include_router(router)
+    description = (
+        f"One row per file in the multipart field `{FILES_FIELD}`, with the columns of `pneumoscan "
+        f"predict --csv`: {', '.join(PREDICTION_COLUMNS)}. At most {limits.max_files} files and "
+        f"{limits.max_body_bytes / 2**20:.0f} MB per request. " + DISCLAIMER
     )
-    async def readyz() -> JSONResponse:
-        if slot.predictor is None:
-            return JSONResponse(
-                {
-                    "status": "loading" if slot.error is None else "failed",
-                    "detail": slot.error or "the model is still loading",
-                },
-                status_code=503,
-            )
-        return JSONResponse(
-            {"status": "ready", "model": slot.predictor.model_path.name, "load_seconds": slot.seconds}
-        )
-
-    @app.get("/v1/model", tags=["model"], summary="the model card's data", dependencies=[Depends(check_key)])
-    async def get_model() -> dict[str, Any]:
-        return model_card(loaded())
-
-    row_schema = {"type": "object", "properties": {c: {} for c in PREDICTION_COLUMNS}}
-    upload_schema = {
-        "type": "object",
-        "required": [FILES_FIELD],
-        "properties": {
-            FILES_FIELD: {
-                "type": "array",
-                "items": {"type": "string", "format": "binary"},
-                "description": f"images: {_FORMATS}",
-            }
-        },
-    }
-
-    @app.post(
-        "/v1/predictions",
-        tags=["predictions"],
-        summary="predict one or more images",
-        description=f"One row per file in the multipart field `{FILES_FIELD}`, with the columns of "
-        f"`pneumoscan predict --csv`: {', '.join(PREDICTION_COLUMNS)}. At most {limits.max_files} files "
-        f"and {limits.max_body_bytes / 2**20:.0f} MB per request. " + DISCLAIMER,
-        dependencies=[Depends(check_key)],
-        openapi_extra={
-            "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": upload_schema}}}
-        },
-        responses={
-            200: {
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "predictions": {"type": "array", "items": row_schema},
-                                "drift": {
-                                    "type": "object",
-                                    "description": "the batch's drift summary: its images' distance to "
-                                    "the training images (verdict, share beyond the scope guard's "
-                                    "threshold, tests); needs 20 or more images for a verdict",
-                                },
-                            },
-                        }
-                    }
-                }
-            },
-            400: {"description": "malformed multipart body"},
-            401: {"description": "missing or wrong API key"},
-            413: {"description": "too many files or too large a body"},
-            415: {"description": "not multipart/form-data, or no file of a supported type"},
-            422: {"description": "no file could be read (the rows say why)"},
-            503: {"description": "the model is not loaded (yet)"},
-        },
-    )
-    async def predictions(request: Request) -> JSONResponse:
-        started = time.perf_counter()
-        model = loaded()
-        uploads = await read_uploads(request, limits)
-        rows = await asyncio.gather(
-            *(anyio.to_thread.run_sync(predict_upload, model, u, limiter=limiter) for u in uploads)
-        )
-        failed = sum(1 for row in rows if row["error"])
-        log.info(
-            "predictions: %d file(s), %d failed, %.0f ms",
-            len(rows),
-            failed,
-            1000 * (time.perf_counter() - started),
-        )
-        body = {"predictions": rows, "drift": batch_drift(rows, model.guard), "disclaimer": DISCLAIMER}
-        if failed < len(rows):
-            return JSONResponse(body)
-        unsupported = all(u.content_type not in ACCEPTED_MEDIA_TYPES for u in uploads)
-        detail = (
-            f"none of the {len(rows)} file(s) is a supported image: send {_FORMATS}"
-            if unsupported
-            else f"none of the {len(rows)} file(s) could be read; each row's error says why"
-        )
-        return JSONResponse({"detail": detail, **body}, status_code=415 if unsupported else 422)
-
+    app.add_api_route(_PREDICTIONS, predictions, description=description, **_PREDICTIONS_ROUTE)
     return app
