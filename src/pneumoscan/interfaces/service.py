@@ -8,8 +8,9 @@ Endpoints:
   :func:`~pneumoscan.inference.results.prediction_row`). A file that cannot be read is a row with
   its ``error``; the answer is 200 when at least one file was predicted, 422 (415 when every file
   had an unsupported media type) when none was, still with the rows.
-- ``GET /v1/model``: the model card's data (architecture, threshold, validation figures, figures
-  measured independently when the sidecar records them, versions).
+- ``GET /v1/model``: the model card's data (architecture, threshold, the held-out training figures
+  as ``held_out`` with what they were measured on, figures measured independently when the sidecar
+  records them as ``independent``, versions).
 - ``GET /healthz``: the process is up. ``GET /readyz``: the model is loaded (503 until then).
 - ``GET /docs``: the OpenAPI documentation (``/openapi.json``).
 
@@ -56,6 +57,7 @@ from pneumoscan.inference.batch import bytes_row
 from pneumoscan.inference.drift import batch_drift
 from pneumoscan.inference.predictor import Predictor
 from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row
+from pneumoscan.interfaces.model_card import model_card
 from pneumoscan.runtime import decode_workers
 
 log = logging.getLogger(__name__)
@@ -330,58 +332,6 @@ def predict_upload(predictor: Predictor, upload: Upload) -> dict[str, Any]:
     )
     row = prediction_row(upload.name, refusal, threshold=predictor.threshold)
     return {column: row[column] for column in PREDICTION_COLUMNS}
-
-
-def model_card(predictor: Predictor) -> dict[str, Any]:
-    """What ``GET /v1/model`` answers: the model's identity, operating point and figures.
-
-    ``independent`` holds the figures measured on data that chose nothing about the model (the
-    sidecar's ``test_split`` section), ``None`` when the sidecar records none.
-    """
-    meta = predictor.metadata
-    export = meta.get("export") or {}
-    return {
-        "model_file": predictor.model_path.name,
-        "architecture": meta.arch,
-        "backend": predictor.backend,
-        "image_size": predictor.image_size,
-        "class_names": list(meta.class_names),
-        "threshold": predictor.threshold,
-        "target_recall": meta.target_recall,
-        "calibration": _plain(meta.to_json().get("calibration")),
-        "ensemble": _plain(meta.ensemble),
-        "validation": _plain(meta.validation),
-        "independent": _plain(meta.test_split),
-        "decision_band": predictor.band.to_dict(),
-        "scope_guard": predictor.guard is not None,
-        "export": {
-            "format": export.get("format"),
-            "quantize": export.get("quantize"),
-            "check": _plain(export.get("check")),
-        }
-        if export
-        else None,
-        "version": {
-            "model_created": meta.created,
-            "model_pneumoscan_version": meta.pneumoscan_version,
-            "released_from": meta.released_from,
-            "data_fingerprint": meta.data_fingerprint,
-            "service_pneumoscan_version": __version__,
-        },
-        "columns": list(PREDICTION_COLUMNS),
-        "disclaimer": DISCLAIMER,
-    }
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-ready copy of a sidecar value (read-only mappings and tuples included)."""
-    if value is None:
-        return None
-    if hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 # --------------------------------------------------------------------------- the routes
