@@ -17,7 +17,16 @@ import pytest
 from pneumoscan.config import default_app_model_path, default_model_path
 from pneumoscan.data.dataset import discover_split
 from pneumoscan.evaluation.overlap import TrainingDataOverlapError
-from pneumoscan.evaluation.site import ADAPT, FIT, TOO_FEW, UNSURE, SiteFloors, site_check, site_verdict
+from pneumoscan.evaluation.site import (
+    ADAPT,
+    FIT,
+    TOO_FEW,
+    UNSURE,
+    SiteFloors,
+    floor_misses,
+    site_check,
+    site_verdict,
+)
 from pneumoscan.inference.drift import DIFFERS, OUT_OF_SCOPE, SIMILAR, drift_summary, relative_distances
 from pneumoscan.inference.scope import REFERENCE_QUANTILES, ScopeGuard
 from pneumoscan.training.adapt import (
@@ -77,6 +86,12 @@ def test_site_verdict_reads_floors_and_intervals():
     assert site_verdict(_report(0.99, 0.80, 0.97, 0.75), floors)["verdict"] == FIT
     assert site_verdict(_report(0.99, 0.80, 0.97, 0.75, ece=0.2), floors)["verdict"] == ADAPT
     assert site_verdict(_report(0.99, 0.80, 0.97, 0.75, n=(10, 100)), floors)["verdict"] == TOO_FEW
+    # adapt's warning reads its estimate against the same floors, by point estimate only.
+    assert floor_misses({"recall": 0.96, "specificity": 0.29, "ece": 0.2}, floors) == [
+        "specificity 0.29 (floor 0.70)",
+        "ECE 0.20 (floor 0.10)",
+    ]
+    assert floor_misses({"recall": 0.98, "specificity": 0.85, "ece": 0.05}, floors) == []
 
 
 def test_last_layer_fit_moves_with_the_prior_strength():

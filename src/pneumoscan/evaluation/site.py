@@ -45,6 +45,21 @@ class SiteFloors:
     ece: float = 0.10
 
 
+def _misses(name: str, value: float | None, floors: SiteFloors) -> bool:
+    """Whether ``value`` of ``name`` (recall, specificity: a floor; ece: a ceiling) misses ``floors``."""
+    limit = getattr(floors, name)
+    return value is None or (value > limit if name == "ece" else value < limit)
+
+
+def floor_misses(metrics: dict, floors: SiteFloors = SiteFloors()) -> list[str]:
+    """The point estimates of ``metrics`` that miss ``floors``, as "specificity 0.29 (floor 0.70)"."""
+    return [
+        f"{label} {metrics[name]:.2f} (floor {getattr(floors, name):.2f})"
+        for name, label in (("recall", "recall"), ("specificity", "specificity"), ("ece", "ECE"))
+        if _misses(name, metrics.get(name), floors)
+    ]
+
+
 def site_verdict(report: dict, floors: SiteFloors = SiteFloors()) -> dict:
     """The verdict on an :func:`evaluate_folder` report: ``{"verdict", "reasons", "floors"}``."""
     cm = report.get("confusion_matrix") or {}
@@ -67,14 +82,14 @@ def site_verdict(report: dict, floors: SiteFloors = SiteFloors()) -> dict:
         low, high = (ci.get(name) or (None, None))[:2]
         text = f"{name} {value:.2f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
         text += f" at the stored threshold (floor {floor:.2f})"
-        if value is None or value < floor:
+        if _misses(name, value, floors):
             missed.append(text)
         elif low is not None and low < floor:
             unsure.append(text)
         else:
             met.append(text)
     ece = report.get("ece")
-    if ece is not None and ece > floors.ece:
+    if ece is not None and _misses("ece", ece, floors):
         missed.append(f"calibration error (ECE) {ece:.3f} above {floors.ece:.2f}")
     if missed:
         verdict, reasons = ADAPT, missed

@@ -65,7 +65,7 @@ def cmd_site_check(args) -> int:
 
 
 def cmd_adapt(args) -> int:
-    from pneumoscan.evaluation.site import SiteFloors
+    from pneumoscan.evaluation.site import floor_misses
     from pneumoscan.training.adapt import adapt_model
 
     samples = _site_samples(args.data)
@@ -102,16 +102,7 @@ def cmd_adapt(args) -> int:
         f"New threshold {report['threshold']:.3f}; prior strength {report['prior_strength']['chosen']:g}; "
         f"{report['seconds']:.0f} s"
     )
-    floors = SiteFloors()
-    missed = [
-        f"{name} {nested[key]:.2f} (floor {floor:.2f})"
-        for name, key, floor, low_is_bad in (
-            ("recall", "recall", floors.recall, True),
-            ("specificity", "specificity", floors.specificity, True),
-            ("ECE", "ece", floors.ece, False),
-        )
-        if (nested[key] < floor if low_is_bad else nested[key] > floor)
-    ]
+    missed = floor_misses(nested)
     if missed:
         print(
             "WARNING: the adapted model's estimate misses site-check's floors: "
