@@ -430,8 +430,9 @@ def _drift(out: Path, model_path: str | Path | None) -> dict | None:
     from pneumoscan.models.artifacts import ModelMetadata
 
     scope = ModelMetadata.read(model_path or default_app_model_path()).scope
-    rows = _pyarrow()[1].read_table(out, columns=["scope_distance"]).to_pylist()
-    return None if scope is None else batch_drift(rows, scope)
+    if scope is None:
+        return None
+    return batch_drift(_pyarrow()[1].read_table(out, columns=["scope_distance"]).to_pylist(), scope)
 
 
 def _finish(
