@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,23 +35,11 @@ from pneumoscan.inference.predictor import Predictor
 from pneumoscan.testing.site import pick_patients, write_simulated_site
 from pneumoscan.training.adapt import adapt_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference_parts import machine, machine_words  # noqa: E402  (the benchmarks' one machine record)
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 KEYS = ("roc_auc", "recall", "specificity", "ece")
-
-
-def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        name = next(
-            (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line), ""
-        )
-        flags = next((line for line in lscpu.splitlines() if line.startswith("Flags")), "")
-        simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    except OSError:
-        name, simd = platform.processor(), "?"
-    import os
-
-    return f"{name} ({simd}), {len(os.sched_getaffinity(0))} cores"
 
 
 def link_half(site: Path, patients: set[str], out: Path) -> Path:
@@ -126,7 +113,8 @@ def main() -> None:
     args = parser.parse_args()
     train = discover_split(DATA / "chest_xray" / "train", prefer="train")
     site_samples = pick_patients(train, args.patients, seed=11)
-    print(f"machine: {machine()}")
+    measured_on = machine()
+    print(f"machine: {machine_words(measured_on)}")
     print(
         f"simulated site: {len(site_samples)} training films of {args.patients} patients per class, re-framed"
     )
@@ -156,7 +144,7 @@ def main() -> None:
         print(f"drift, {name}: {d['summary']}")
     if args.json:
         args.json.write_text(
-            json.dumps({"machine": machine(), "splits": splits, "drift": drift}, indent=2, default=float)
+            json.dumps({"machine": measured_on, "splits": splits, "drift": drift}, indent=2, default=float)
         )
 
 
