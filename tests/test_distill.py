@@ -200,7 +200,7 @@ def test_gate_says_what_failed_and_by_how_much():
 
 
 def test_student_sidecar_round_trips_and_is_checked():
-    from pneumoscan.inference.predictor import OutputLayout
+    from pneumoscan.models.artifacts import OutputLayout
 
     ensemble = {"members": 3, "embedding_dim": 160}
     student = {"outputs": {"p_pneumonia": 0, "spread": 1, "embedding": 2}, "width": 162, "embedding_dim": 160}

@@ -5,9 +5,11 @@ through it, so preprocessing (:mod:`pneumoscan.data.imaging`), calibration and t
 are applied in exactly one place.
 
 A model is a ``.keras`` file (loaded in Keras safe mode) or a ``.tflite`` file (run by the LiteRT
-runtime), with a sidecar ``<stem>.meta.json`` beside it that says what the model needs and how to
-read its output (:class:`~pneumoscan.models.artifacts.ModelMetadata`). The model's output is read
-through that sidecar, never by position alone. Answers are :class:`~pneumoscan.inference.results.Prediction`.
+runtime), each run by its :mod:`~pneumoscan.inference.backends` runtime, with a sidecar
+``<stem>.meta.json`` beside it that says what the model needs and how to read its output
+(:class:`~pneumoscan.models.artifacts.ModelMetadata`). The model's output is read through the
+sidecar's :class:`~pneumoscan.models.artifacts.OutputLayout`, never by position alone. Answers
+are :class:`~pneumoscan.inference.results.Prediction`.
 """
 
 from __future__ import annotations
@@ -27,35 +29,14 @@ from pneumoscan.data.imaging import (
     preprocess,
     read_image,
 )
+from pneumoscan.inference.backends import Backend, load_backend
 from pneumoscan.inference.decision import UncertaintyBand
 from pneumoscan.inference.results import Prediction, make_prediction
 from pneumoscan.inference.scope import IN_SCOPE, ScopeCheck, ScopeGuard, check_image
-from pneumoscan.models.artifacts import ModelMetadata
+from pneumoscan.models.artifacts import ModelMetadata, OutputLayout
 from pneumoscan.runtime import available_cpus, decode_workers
 
 log = logging.getLogger(__name__)
-
-
-class _LiteRTSession:
-    """One LiteRT interpreter with its tensors, resized to the batch it is given; not thread-safe."""
-
-    def __init__(self, model_path: Path, num_threads: int):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.interpreter = Interpreter(model_path=str(model_path), num_threads=num_threads)
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        self.batch: int | None = None
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """``(n, s, s, 1)`` -> ``(n, width)`` raw model output (width 1, or an ensemble's)."""
-        if self.batch != len(x):
-            self.interpreter.resize_tensor_input(self.input["index"], list(x.shape))
-            self.interpreter.allocate_tensors()
-            self.batch = len(x)
-        self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"], copy=False))
-        self.interpreter.invoke()  # releases the GIL: sessions in other threads run meanwhile
-        return np.array(self.interpreter.get_tensor(self.output["index"])).reshape(len(x), -1)
 
 
 def source_keras_model(model_path: str | Path, metadata: Mapping) -> Path | None:
@@ -100,64 +81,6 @@ class Details:
     members: np.ndarray | None = None
     spread: np.ndarray | None = None
     embedding: np.ndarray | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputLayout:
-    """Where each quantity sits in a model's raw output row, as its sidecar says.
-
-    - one model: ``width`` 1, the raw probability in column 0;
-    - an ensemble (sidecar ``ensemble``): the mean raw probability, each member's raw probability
-      (``members`` columns from 1), then the embedding;
-    - a distilled student (sidecar ``student``, which takes precedence): the columns its
-      ``outputs`` name: the calibrated probability, the members' spread, the embedding.
-
-    Attributes
-    ----------
-    width : int
-    members : int
-        Member columns (raw probabilities, calibrated one by one); 0 for a single model or a student.
-    probability : int
-        Column of the probability of pneumonia (raw; calibrated when ``calibrated``).
-    calibrated : bool
-        The probability column is already calibrated (a student): the sidecar's ``calibration``
-        (its teacher members' map) is not applied again.
-    spread : int or None
-        Column of the members' spread, predicted by a student.
-    embedding : int
-        First column of the embedding (``embedding_dim`` columns).
-    embedding_dim : int
-    """
-
-    width: int
-    members: int = 0
-    probability: int = 0
-    calibrated: bool = False
-    spread: int | None = None
-    embedding: int = 0
-    embedding_dim: int = 0
-
-    @classmethod
-    def of(cls, metadata: ModelMetadata) -> OutputLayout:
-        """The layout the sidecar ``metadata`` describes."""
-        if metadata.student is not None:
-            student, columns = metadata.student, metadata.student["outputs"]
-            return cls(
-                width=int(student["width"]),
-                probability=int(columns["p_pneumonia"]),
-                calibrated=True,
-                spread=int(columns["spread"]),
-                embedding=int(columns["embedding"]),
-                embedding_dim=int(student["embedding_dim"]),
-            )
-        members = int((metadata.ensemble or {}).get("members", 0))
-        dim = metadata.embedding_dim if members else 0
-        return cls(width=1 + members + dim, members=members, embedding=1 + members, embedding_dim=dim)
-
-    @property
-    def has_spread(self) -> bool:
-        """The output gives a members' spread (an ensemble's members, or a student's column)."""
-        return bool(self.members) or self.spread is not None
 
 
 @dataclasses.dataclass
@@ -257,8 +180,6 @@ class Predictor:
         num_threads: int | None = None,
         scope_guard: bool = True,
     ):
-        import threading
-
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
         if not self.model_path.is_file():
             raise FileNotFoundError(
@@ -299,68 +220,12 @@ class Predictor:
         self.members = self.layout.members
         self.embedding_dim = self.layout.embedding_dim
         self.disclaimer = DISCLAIMER
-        self._lock = threading.Lock()
-        suffix = self.model_path.suffix.lower()
-        if suffix == ".keras":
-            self.backend = "keras"
-            self._load_keras()
-        elif suffix == ".tflite":
-            self.backend = "litert"
-            self._load_litert(num_threads or available_cpus())
-        else:
-            raise ValueError(f"{self.model_path}: unsupported model type {suffix!r} (use .keras or .tflite)")
-
-    # ------------------------------------------------------------------ backends
-
-    def _load_keras(self) -> None:
-        import keras
-        import tensorflow as tf
-
-        self.model = keras.saving.load_model(self.model_path, safe_mode=True, compile=False)
-        # A traced call is several times faster than model.predict for small batches.
-        self._call = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
-
-    def _load_litert(self, num_threads: int) -> None:
-        import queue
-
-        self.model = None
-        self.num_threads = num_threads
-        # One image at a time runs fastest on one interpreter using every core...
-        self._session = _LiteRTSession(self.model_path, num_threads)
-        # ...many images on one single-threaded interpreter per core, each taking whole images
-        # (measured on 2 cores, float32, alternating in one process: 139-148 images/s against
-        # 106-131 for one 2-thread interpreter at batch 4; int8 was even). Made on the first batch.
-        self._workers: queue.SimpleQueue[_LiteRTSession] | None = None
-        self._pool = None
-
-    def _raw_litert(self, x: np.ndarray) -> np.ndarray:
-        if len(x) == 1 or self.num_threads == 1:
-            with self._lock:
-                return self._session.run(x)
-        return self._raw_litert_parallel(x)
-
-    def _raw_litert_parallel(self, x: np.ndarray) -> np.ndarray:
-        import concurrent.futures
-        import queue
-
-        with self._lock:
-            if self._pool is None:
-                self._workers = queue.SimpleQueue()
-                for _ in range(self.num_threads):
-                    self._workers.put(_LiteRTSession(self.model_path, 1))
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    self.num_threads, thread_name_prefix="pneumoscan-litert"
-                )
-
-        def run_part(part: np.ndarray) -> np.ndarray:
-            session = self._workers.get()
-            try:
-                return np.concatenate([session.run(part[i : i + 1]) for i in range(len(part))])
-            finally:
-                self._workers.put(session)
-
-        parts = np.array_split(x, min(self.num_threads, len(x)))
-        return np.concatenate(list(self._pool.map(run_part, parts)))
+        #: The runtime that turns a float batch into raw output rows (:mod:`~pneumoscan.inference.backends`).
+        self.runtime: Backend = load_backend(self.model_path, num_threads=num_threads or available_cpus())
+        #: ``"keras"`` or ``"litert"``.
+        self.backend = self.runtime.name
+        #: The Keras model (export and Grad-CAM need it), or None for a LiteRT export.
+        self.model = self.runtime.model
 
     # ------------------------------------------------------------------ arrays
 
@@ -386,10 +251,7 @@ class Predictor:
         out = []
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size].astype(np.float32)
-            if self.backend == "keras":
-                out.append(np.asarray(self._call(batch)).reshape(len(batch), -1))
-            else:
-                out.append(self._raw_litert(batch))
+            out.append(self.runtime.run(batch))
         if not out:
             return np.zeros((0, width))
         outputs = np.concatenate(out).astype(np.float64)
@@ -430,7 +292,7 @@ class Predictor:
         # Each member is calibrated by the map fitted on out-of-fold member predictions, then the
         # calibrated probabilities are averaged: the mean of calibrated forecasts errs on the
         # side of caution, never of overconfidence.
-        members = np.asarray(self.calibrator.transform(outputs[:, 1 : 1 + layout.members]), dtype=np.float64)
+        members = np.asarray(self.calibrator.transform(outputs[:, layout.member_columns]), dtype=np.float64)
         return Details(members.mean(axis=1), members, members.std(axis=1), embedding)
 
     def predict_proba(self, x: np.ndarray, *, tta: bool = False, batch_size: int = 64) -> np.ndarray:

@@ -276,6 +276,7 @@ def build_ensemble(stem_source: keras.Model, cut_layer: str, members) -> keras.M
     probabilities = [member(cut) for member in members]
     mean = layers.Average(name="ensemble_mean")(probabilities)
     embedding = layers.GlobalAveragePooling2D(name="embedding")(cut)
+    # The row models.artifacts.OutputLayout reads: mean, members, embedding.
     output = layers.Concatenate(name="ensemble_output")([mean, *probabilities, embedding])
     return keras.Model(stem_source.input, output, name="pneumoscan_ensemble")
 
@@ -338,6 +339,7 @@ def build_student(stem_source: keras.Model, cut_layer: str, top: keras.Model) ->
     cut = stem_source.get_layer(cut_layer).output
     probability, spread = top(cut)
     embedding = layers.GlobalAveragePooling2D(name="embedding")(cut)
+    # The row models.artifacts.OutputLayout reads through the sidecar's student outputs.
     output = layers.Concatenate(name="student_output")([probability, spread, embedding])
     return keras.Model(stem_source.input, output, name="pneumoscan_student")
 

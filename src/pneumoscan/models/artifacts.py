@@ -1,6 +1,6 @@
 """What a trained model is on disk: its metadata sidecar and the files of a run folder.
 
-Two contracts, each defined here and nowhere else:
+Three contracts, each defined here and nowhere else:
 
 - :class:`ModelMetadata`, the sidecar ``<stem>.meta.json`` beside every model file. Training and
   export write it, the :class:`~pneumoscan.inference.predictor.Predictor` reads it, the tests and
@@ -9,6 +9,10 @@ Two contracts, each defined here and nowhere else:
       {"arch": "mobilenetv2", "calibration": {"a": 1.46, "b": -0.32},
        "class_names": ["NORMAL", "PNEUMONIA"], "image_size": 224, "threshold": 0.912,
        "split": {"limit": null, "seed": 1337, "val_fraction": 0.15}, "validation": {...}, ...}
+
+- :class:`OutputLayout`, where each quantity sits in a model's raw output row (probability,
+  members, spread, embedding), read from the sidecar: the model builders in
+  :mod:`~pneumoscan.models.architectures` write the row in this order, the predictor reads it.
 
 - :class:`RunFolder`, the file names of a ``pneumoscan train`` run folder, used by the training
   engine that writes them and by ``pneumoscan compare`` and ``--resume`` that read them.
@@ -432,6 +436,69 @@ class ModelMetadata(Mapping):
         return len(self.to_json())
 
     __hash__ = None  # holds mappings; equality is by value
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputLayout:
+    """Where each quantity sits in a model's raw output row, as its sidecar says.
+
+    - one model: ``width`` 1, the raw probability in column 0;
+    - an ensemble (sidecar ``ensemble``): the mean raw probability, each member's raw probability
+      (``members`` columns from 1), then the embedding;
+    - a distilled student (sidecar ``student``, which takes precedence): the columns its
+      ``outputs`` name: the calibrated probability, the members' spread, the embedding.
+
+    Attributes
+    ----------
+    width : int
+    members : int
+        Member columns (raw probabilities, calibrated one by one); 0 for a single model or a student.
+    probability : int
+        Column of the probability of pneumonia (raw; calibrated when ``calibrated``).
+    calibrated : bool
+        The probability column is already calibrated (a student): the sidecar's ``calibration``
+        (its teacher members' map) is not applied again.
+    spread : int or None
+        Column of the members' spread, predicted by a student.
+    embedding : int
+        First column of the embedding (``embedding_dim`` columns).
+    embedding_dim : int
+    """
+
+    width: int
+    members: int = 0
+    probability: int = 0
+    calibrated: bool = False
+    spread: int | None = None
+    embedding: int = 0
+    embedding_dim: int = 0
+
+    @classmethod
+    def of(cls, metadata: ModelMetadata) -> OutputLayout:
+        """The layout the sidecar ``metadata`` describes."""
+        if metadata.student is not None:
+            student, columns = metadata.student, metadata.student["outputs"]
+            return cls(
+                width=int(student["width"]),
+                probability=int(columns["p_pneumonia"]),
+                calibrated=True,
+                spread=int(columns["spread"]),
+                embedding=int(columns["embedding"]),
+                embedding_dim=int(student["embedding_dim"]),
+            )
+        members = int((metadata.ensemble or {}).get("members", 0))
+        dim = metadata.embedding_dim if members else 0
+        return cls(width=1 + members + dim, members=members, embedding=1 + members, embedding_dim=dim)
+
+    @property
+    def member_columns(self) -> slice:
+        """The members' raw probability columns (empty for a single model or a student)."""
+        return slice(self.probability + 1, self.probability + 1 + self.members)
+
+    @property
+    def has_spread(self) -> bool:
+        """The output gives a members' spread (an ensemble's members, or a student's column)."""
+        return bool(self.members) or self.spread is not None
 
 
 @dataclasses.dataclass(frozen=True)
