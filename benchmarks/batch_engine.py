@@ -81,12 +81,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from pneumoscan.config import DEFAULT_APP_MODEL_PATH
+    from pneumoscan.config import DEFAULT_LITERT_MODEL_PATH
     from pneumoscan.inference.batch import LOCAL_OBJECT_STORE_BYTES, read_rows, score_archive
     from pneumoscan.inference.predictor import Predictor
     from pneumoscan.runtime import available_cpus
 
-    model = args.model or DEFAULT_APP_MODEL_PATH
+    model = args.model or DEFAULT_LITERT_MODEL_PATH
     cores = available_cpus()
     with tempfile.TemporaryDirectory(prefix="pneumoscan-batch-") as tmp_name:
         tmp = Path(tmp_name)

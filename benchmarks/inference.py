@@ -4,7 +4,7 @@ This script owns the inference benchmark's run, report and verdicts; the measure
 are in ``benchmarks/inference_parts.py``.
 
 **What ships** is the model ``pneumoscan predict`` uses without ``--model``
-(:func:`pneumoscan.config.default_app_model_path`: ``$PNEUMOSCAN_MODEL``, else the bundled LiteRT
+(:func:`pneumoscan.config.default_serving_model_path`: ``$PNEUMOSCAN_MODEL``, else the bundled LiteRT
 export), or ``--model``. Its figures come first:
 
 - one image end to end, p50/p95: file bytes -> ``Predictor.predict_bytes`` (decode, pixel checks,
@@ -172,11 +172,11 @@ def fresh_exports(keras_predictor, modes: list[str], args, ood: Path | None, tmp
 
 def measure(args, ood: Path | None, tmp: Path) -> dict:
     """Every figure of the run, in the order taken (yardstick, shipped, yardstick, baseline, checks)."""
-    from pneumoscan.config import default_app_model_path
+    from pneumoscan.config import default_serving_model_path
     from pneumoscan.inference.predictor import Predictor, source_keras_model
 
     data_dir = args.data if args.data.is_dir() else None
-    shipped_path = args.model or default_app_model_path()
+    shipped_path = args.model or default_serving_model_path()
     shipped = Predictor(shipped_path)
     keras_path = source_keras_model(shipped_path, shipped.metadata)
     if keras_path is None:

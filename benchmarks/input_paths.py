@@ -32,12 +32,12 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=6)
     args = parser.parse_args()
 
-    from pneumoscan.config import DEFAULT_APP_MODEL_PATH
+    from pneumoscan.config import DEFAULT_LITERT_MODEL_PATH
     from pneumoscan.data.imaging import read_image
     from pneumoscan.inference.predictor import Predictor
     from pneumoscan.testing.variants import xray_variants
 
-    predictor = Predictor(args.model or DEFAULT_APP_MODEL_PATH)
+    predictor = Predictor(args.model or DEFAULT_LITERT_MODEL_PATH)
     print(f"model: {predictor.model_path}")
     films = []
     for cls in ("NORMAL", "PNEUMONIA"):

@@ -406,11 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from pneumoscan.config import default_app_model_path
+    from pneumoscan.config import default_serving_model_path
     from pneumoscan.inference.predictor import Predictor
     from pneumoscan.testing.app_server import free_port
 
-    model = args.model or default_app_model_path()
+    model = args.model or default_serving_model_path()
     small, full, source = load_images(512, 24)
     print(f"machine: {machine()}")
     print(f"model: {model}")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.config import default_app_model_path, default_model_path
+from pneumoscan.config import default_keras_model_path, default_serving_model_path
 from pneumoscan.data.dataset import discover_split
 from pneumoscan.evaluation.evaluate import evaluate_folder
 from pneumoscan.evaluation.site import site_check
@@ -63,19 +63,21 @@ def one_split(site: Path, split: int, root: Path) -> dict:
     started = time.perf_counter()
     report = adapt_model(
         discover_split(a, prefer="test"),
-        default_model_path(),
+        default_keras_model_path(),
         root / f"split{split}" / "model",
         progress=False,
     )
     seconds = time.perf_counter() - started
     b_samples = discover_split(b, prefer="test")
     base = evaluate_folder(
-        b_samples, Predictor(default_model_path()), out_dir=root / "eval-base", progress=False
+        b_samples, Predictor(default_keras_model_path()), out_dir=root / "eval-base", progress=False
     )
     new = evaluate_folder(
         b_samples, Predictor(report["files"]["keras"]), out_dir=root / "eval-new", progress=False
     )
-    check = site_check(b_samples, Predictor(default_app_model_path()), out_dir=root / "check", progress=False)
+    check = site_check(
+        b_samples, Predictor(default_serving_model_path()), out_dir=root / "check", progress=False
+    )
     return {
         "n_A": report["site"]["n"],
         "n_B": len(b_samples),
@@ -89,7 +91,7 @@ def one_split(site: Path, split: int, root: Path) -> dict:
 
 
 def drift_verdicts(train, site_samples, site_files, root: Path) -> dict:
-    predictor = Predictor(default_app_model_path())
+    predictor = Predictor(default_serving_model_path())
     ood = sorted(p for p in (DATA / "ood").rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
     mild = write_simulated_site(site_samples, root / "mild", crop=0.85)
     sets = {

@@ -412,7 +412,7 @@ print(f"served model matches the held-out predictions: {ensemble['serving_check'
 # %%
 from pneumoscan.models.artifacts import ModelMetadata
 
-released = ModelMetadata.read(config.DEFAULT_MODEL_PATH)
+released = ModelMetadata.read(config.DEFAULT_KERAS_MODEL_PATH)
 print(f"{'':<12}{'threshold':>10}{'recall':>8}{'spec.':>8}{'ROC AUC':>9}{'ECE':>8}")
 for name, threshold, m in (
     ("this run", ensemble["threshold"], ensemble),
@@ -714,7 +714,9 @@ display(Image(filename=str(site_root / "check" / "reliability.png"), width=480))
 from pneumoscan.evaluation.evaluate import evaluate_folder
 from pneumoscan.training.adapt import adapt_model
 
-adapted_report = adapt_model(site_a, config.default_model_path(), site_root / "model", progress=PROGRESS)
+adapted_report = adapt_model(
+    site_a, config.default_keras_model_path(), site_root / "model", progress=PROGRESS
+)
 print(
     f"adapted on {adapted_report['site']['n']} images in {adapted_report['seconds']:.0f} s: prior strength "
     f"{adapted_report['prior_strength']['chosen']:g}, threshold {adapted_report['base_threshold']:.3f} -> "

@@ -280,7 +280,7 @@ def test_litert_model_without_its_keras_source_says_why_there_is_no_gradcam(
 
 def test_the_app_on_a_litert_model_never_imports_tensorflow(tiny_litert, tmp_path):
     # What makes it start in seconds and answer in milliseconds: no TensorFlow, so no Keras
-    # session for Streamlit to clear after each run (see config.default_app_model_path).
+    # session for Streamlit to clear after each run (see config.default_serving_model_path).
     image = tmp_path / "chest.png"
     xray_image(256).save(image)
     script = tmp_path / "run_app.py"
@@ -306,12 +306,12 @@ def test_default_app_model_is_the_bundled_litert_export(monkeypatch):
     from pneumoscan import config
 
     monkeypatch.delenv("PNEUMOSCAN_MODEL", raising=False)
-    assert config.default_app_model_path() == config.DEFAULT_APP_MODEL_PATH
-    assert config.DEFAULT_APP_MODEL_PATH.is_file(), "the bundled LiteRT export is missing from models/"
-    monkeypatch.setattr(config, "DEFAULT_APP_MODEL_PATH", Path("/nowhere/model.tflite"))
-    assert config.default_app_model_path() == config.DEFAULT_MODEL_PATH
+    assert config.default_serving_model_path() == config.DEFAULT_LITERT_MODEL_PATH
+    assert config.DEFAULT_LITERT_MODEL_PATH.is_file(), "the bundled LiteRT export is missing from models/"
+    monkeypatch.setattr(config, "DEFAULT_LITERT_MODEL_PATH", Path("/nowhere/model.tflite"))
+    assert config.default_serving_model_path() == config.DEFAULT_KERAS_MODEL_PATH
     monkeypatch.setenv("PNEUMOSCAN_MODEL", "/some/model.keras")
-    assert config.default_app_model_path() == Path("/some/model.keras")
+    assert config.default_serving_model_path() == Path("/some/model.keras")
 
 
 # --------------------------------------------------------------------------- helpers of the page

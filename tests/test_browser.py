@@ -192,12 +192,12 @@ def pick_cases(train: Path, ood: Path, tmp: Path) -> dict[str, tuple[Path, objec
     """
     import numpy as np
 
-    from pneumoscan.config import DEFAULT_APP_MODEL_PATH
+    from pneumoscan.config import DEFAULT_LITERT_MODEL_PATH
     from pneumoscan.data.imaging import list_input_files
     from pneumoscan.inference.predictor import Predictor
     from pneumoscan.inference.scope import REASON_POPULATION
 
-    predictor = Predictor(DEFAULT_APP_MODEL_PATH)
+    predictor = Predictor(DEFAULT_LITERT_MODEL_PATH)
     t, band = predictor.threshold, predictor.band
     assert band.low < 0.5 < t < band.high, (band, t)  # the released model's fitted band
     files = [f for c in ("NORMAL", "PNEUMONIA") for f in list_input_files(train / c)[:CANDIDATES_PER_CLASS]]
@@ -250,7 +250,7 @@ def test_five_answers_on_the_bundled_model_in_a_real_browser(shared_data, ood_da
     On every page, every "confidence NN %" is at least 50 %.
     """
     sync_api = pytest.importorskip("playwright.sync_api")
-    from pneumoscan.config import DEFAULT_APP_MODEL_PATH
+    from pneumoscan.config import DEFAULT_LITERT_MODEL_PATH
     from pneumoscan.inference.decision import NO_PNEUMONIA, PNEUMONIA, UNCERTAIN
     from pneumoscan.inference.results import Prediction
     from pneumoscan.inference.scope import REASON_COLOUR, REASON_POPULATION
@@ -272,7 +272,7 @@ def test_five_answers_on_the_bundled_model_in_a_real_browser(shared_data, ood_da
     pages: dict[str, str] = {}
     log_path = tmp_path / "app.log"
     with (
-        running_app(pneumoscan_app(DEFAULT_APP_MODEL_PATH), log_path, timeout=READY_TIMEOUT_S) as (url, _),
+        running_app(pneumoscan_app(DEFAULT_LITERT_MODEL_PATH), log_path, timeout=READY_TIMEOUT_S) as (url, _),
         sync_api.sync_playwright() as pw,
     ):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)

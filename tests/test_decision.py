@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pneumoscan.config import DEFAULT_MODEL_PATH
+from pneumoscan.config import DEFAULT_KERAS_MODEL_PATH
 from pneumoscan.inference.decision import (
     NO_PNEUMONIA,
     OUT_OF_SCOPE,
@@ -28,7 +28,7 @@ ORDER = {NO_PNEUMONIA: 0, UNCERTAIN: 1, PNEUMONIA: 2}
 @pytest.fixture(scope="module")
 def stored() -> ModelMetadata:
     """The released model's sidecar: the rule is tested at its stored threshold and band."""
-    return ModelMetadata.read(DEFAULT_MODEL_PATH)
+    return ModelMetadata.read(DEFAULT_KERAS_MODEL_PATH)
 
 
 def stored_band(meta: ModelMetadata) -> UncertaintyBand:
@@ -226,16 +226,16 @@ def test_band_summary_states_both_numbers():
 def test_released_band_is_fitted_and_shared_by_the_app_model(stored):
     """The band is stored with the model (not the minimal one), the LiteRT export the app serves
     carries the same threshold and band, and its Predictor uses them."""
-    from pneumoscan.config import DEFAULT_APP_MODEL_PATH
+    from pneumoscan.config import DEFAULT_LITERT_MODEL_PATH
     from pneumoscan.inference.predictor import Predictor
 
     band = stored_band(stored)
     assert band != UncertaintyBand.minimal(stored.threshold)
     assert band.low < min(0.5, stored.threshold) and band.high > max(0.5, stored.threshold)
     assert band.error_share >= 0.5 and 0 < band.referral_rate < 0.1 and band.n > 0
-    app = ModelMetadata.read(DEFAULT_APP_MODEL_PATH)
+    app = ModelMetadata.read(DEFAULT_LITERT_MODEL_PATH)
     assert app.threshold == stored.threshold and stored_band(app) == band
-    predictor = Predictor(DEFAULT_APP_MODEL_PATH, num_threads=1)
+    predictor = Predictor(DEFAULT_LITERT_MODEL_PATH, num_threads=1)
     assert predictor.threshold == stored.threshold and predictor.band == band
     assert f"held {band.error_share:.0%} of the errors" in band_summary(band)
 

@@ -19,9 +19,9 @@ MAX_SPREAD = 0.05
 
 @pytest.fixture(scope="module")
 def bundled() -> Predictor:
-    from pneumoscan.config import DEFAULT_APP_MODEL_PATH
+    from pneumoscan.config import DEFAULT_LITERT_MODEL_PATH
 
-    return Predictor(DEFAULT_APP_MODEL_PATH)  # the released LiteRT export: what app, serve and predict use
+    return Predictor(DEFAULT_LITERT_MODEL_PATH)  # the released LiteRT export: what app, serve and predict use
 
 
 def test_every_variant_decodes_to_the_same_film_up_to_resampling():

@@ -186,11 +186,11 @@ def test_bundled_litert_export_answers_like_the_bundled_keras_model(shared_data)
     # The app, `serve` and `predict` use the LiteRT export; evaluate, explain and export the Keras
     # model. The model card claims the same labels (the export's check: label agreement 100 %) and
     # probabilities within the check's max |dp|; the bounds are read from the export's sidecar.
-    from pneumoscan.config import DEFAULT_APP_MODEL_PATH, DEFAULT_MODEL_PATH
+    from pneumoscan.config import DEFAULT_KERAS_MODEL_PATH, DEFAULT_LITERT_MODEL_PATH
 
     files = [sorted((shared_data / "train" / c).glob("*.jpeg"))[::97][:24] for c in ("NORMAL", "PNEUMONIA")]
     files = files[0] + files[1]
-    keras_model, lite_model = Predictor(DEFAULT_MODEL_PATH), Predictor(DEFAULT_APP_MODEL_PATH)
+    keras_model, lite_model = Predictor(DEFAULT_KERAS_MODEL_PATH), Predictor(DEFAULT_LITERT_MODEL_PATH)
     assert lite_model.backend == "litert" and lite_model.threshold == keras_model.threshold
     p_keras = keras_model.predict_paths(files, progress=False).p_pneumonia
     p_lite = lite_model.predict_paths(files, progress=False).p_pneumonia

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image, ImageDraw
 
-from pneumoscan.config import DEFAULT_APP_MODEL_PATH
+from pneumoscan.config import DEFAULT_LITERT_MODEL_PATH
 from pneumoscan.data.imaging import decode_bytes, list_input_files, read_image
 from pneumoscan.inference.decision import OUT_OF_SCOPE
 from pneumoscan.inference.predictor import Predictor
@@ -239,7 +239,7 @@ def test_guard_verdict_is_the_distance_against_its_threshold(fitted_guard, scale
 @pytest.fixture(scope="module")
 def released() -> Predictor:
     """The app's model: the bundled LiteRT export of the released ensemble, with its fitted guard."""
-    return Predictor(DEFAULT_APP_MODEL_PATH, num_threads=1)
+    return Predictor(DEFAULT_LITERT_MODEL_PATH, num_threads=1)
 
 
 def colour_photo() -> Image.Image:
@@ -287,7 +287,7 @@ def test_released_model_flags_adults_and_keeps_children_in_scope(released, share
 
 
 def test_without_the_guard_every_image_is_scored_in_scope(released):
-    bare = Predictor(DEFAULT_APP_MODEL_PATH, num_threads=1, scope_guard=False)
+    bare = Predictor(DEFAULT_LITERT_MODEL_PATH, num_threads=1, scope_guard=False)
     assert bare.guard is None and released.guard is not None
     answer = bare.predict_bytes(encoded(colour_photo(), "JPEG"), name="photo.jpeg")
     assert isinstance(answer, Prediction) and answer.in_scope and answer.scope_reason == ""

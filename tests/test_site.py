@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumoscan.config import default_app_model_path, default_model_path
+from pneumoscan.config import default_keras_model_path, default_serving_model_path
 from pneumoscan.data.dataset import discover_split
 from pneumoscan.evaluation.overlap import TrainingDataOverlapError
 from pneumoscan.evaluation.site import (
@@ -162,7 +162,7 @@ def test_site_check_tells_the_reframed_site_to_adapt(site, tmp_path):
 
     report = site_check(
         discover_split(site["B"], prefer="test"),
-        Predictor(default_app_model_path()),
+        Predictor(default_serving_model_path()),
         out_dir=tmp_path,
         progress=False,
     )
@@ -178,7 +178,9 @@ def test_adapt_gains_on_held_out_site_patients(site, adapted, tmp_path):
     from pneumoscan.inference.predictor import Predictor
 
     b = discover_split(site["B"], prefer="test")
-    base = evaluate_folder(b, Predictor(default_model_path()), out_dir=tmp_path / "base", progress=False)
+    base = evaluate_folder(
+        b, Predictor(default_keras_model_path()), out_dir=tmp_path / "base", progress=False
+    )
     new = evaluate_folder(
         b, Predictor(adapted["files"]["keras"]), out_dir=tmp_path / "adapted", progress=False, n_boot=200
     )
@@ -197,7 +199,9 @@ def test_adapt_gains_on_held_out_site_patients(site, adapted, tmp_path):
     assert meta["threshold"] == pytest.approx(adapted["threshold"])
     assert (
         meta["scope"]
-        == json.loads(default_model_path().with_suffix("").with_suffix(".meta.json").read_text())["scope"]
+        == json.loads(default_keras_model_path().with_suffix("").with_suffix(".meta.json").read_text())[
+            "scope"
+        ]
     )
 
 
@@ -205,7 +209,7 @@ def test_training_images_are_refused(site, tmp_path):
     train = discover_split(site["train"], prefer="train")
     sample = [s for s in train if s.label == 0][:45] + [s for s in train if s.label == 1][:45]
     with pytest.raises(TrainingDataOverlapError, match="were used to train"):
-        adapt_model(sample, default_model_path(), tmp_path, progress=False)
+        adapt_model(sample, default_keras_model_path(), tmp_path, progress=False)
 
 
 @pytest.mark.required
@@ -217,7 +221,7 @@ def test_drift_orders_training_split_site_and_out_of_scope(site, ood_data):
     from pneumoscan.inference.predictor import Predictor
     from pneumoscan.testing.site import write_simulated_site
 
-    predictor = Predictor(default_app_model_path())
+    predictor = Predictor(default_serving_model_path())
     train = discover_split(site["train"], prefer="train")
     b = discover_split(site["B"], prefer="test")
     mild = write_simulated_site(site["B_originals"], site["root"] / "mild", crop=0.85)

@@ -73,28 +73,31 @@ def _bundled_models_dir() -> Path:
 #: The folder of the released model, its LiteRT export, their sidecars and the model card.
 BUNDLED_MODELS_DIR = _bundled_models_dir()
 #: The released model.
-DEFAULT_MODEL_PATH = BUNDLED_MODELS_DIR / BUNDLED_MODEL_NAME
+DEFAULT_KERAS_MODEL_PATH = BUNDLED_MODELS_DIR / BUNDLED_MODEL_NAME
 #: Its LiteRT export with float16 weights (made and checked by ``pneumoscan export --quantize
 #: float16``): what the app, ``serve`` and ``predict`` use by default.
-DEFAULT_APP_MODEL_PATH = BUNDLED_MODELS_DIR / "pneumoscan-mobilenetv2-litert.tflite"
+DEFAULT_LITERT_MODEL_PATH = BUNDLED_MODELS_DIR / "pneumoscan-mobilenetv2-litert.tflite"
 
 
-def default_model_path() -> Path:
-    """The model to use: ``$PNEUMOSCAN_MODEL`` when set, else the bundled :data:`DEFAULT_MODEL_PATH`."""
-    return Path(os.environ.get("PNEUMOSCAN_MODEL", DEFAULT_MODEL_PATH))
+def default_keras_model_path() -> Path:
+    """The Keras model a command uses without ``--model`` (``evaluate``, ``explain``, ``export``,
+    ``adapt``): ``$PNEUMOSCAN_MODEL`` when set, else the bundled :data:`DEFAULT_KERAS_MODEL_PATH`."""
+    return Path(os.environ.get("PNEUMOSCAN_MODEL", DEFAULT_KERAS_MODEL_PATH))
 
 
-def default_app_model_path() -> Path:
-    """The app's model: ``$PNEUMOSCAN_MODEL`` when set, else the bundled LiteRT export, else the
+def default_serving_model_path() -> Path:
+    """The model that answers without ``--model`` (the app, ``serve``, ``predict``, ``drift``,
+    ``site-check``): ``$PNEUMOSCAN_MODEL`` when set, else the bundled LiteRT export, else the
     bundled Keras model.
 
-    The app prefers LiteRT because Streamlit calls ``keras.backend.clear_session()`` after every
+    LiteRT because it starts without importing TensorFlow and runs one image in about 10 ms on 2
+    cores; and in the app because Streamlit calls ``keras.backend.clear_session()`` after every
     script run, which drops TensorFlow's kernels: the next Keras prediction rebuilt them in about
-    0.5 s on 2 cores, against 10 ms for LiteRT, which also starts without importing TensorFlow.
+    0.5 s on 2 cores.
     """
     if "PNEUMOSCAN_MODEL" in os.environ:
         return Path(os.environ["PNEUMOSCAN_MODEL"])
-    return DEFAULT_APP_MODEL_PATH if DEFAULT_APP_MODEL_PATH.is_file() else DEFAULT_MODEL_PATH
+    return DEFAULT_LITERT_MODEL_PATH if DEFAULT_LITERT_MODEL_PATH.is_file() else DEFAULT_KERAS_MODEL_PATH
 
 
 @dataclasses.dataclass(frozen=True)

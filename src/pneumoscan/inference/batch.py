@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumoscan.config import default_app_model_path
+from pneumoscan.config import default_serving_model_path
 from pneumoscan.data.imaging import MAX_FILE_BYTES, ImageDecodeError, read_file_bytes
 from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row, write_rows
 from pneumoscan.runtime import available_cpus
@@ -194,7 +194,7 @@ class PredictorActor:
         from pneumoscan.inference.predictor import Predictor
 
         self.predictor = Predictor(
-            model_path if model_path is not None else default_app_model_path(),
+            model_path if model_path is not None else default_serving_model_path(),
             threshold=threshold,
             num_threads=num_threads,
         )
@@ -429,7 +429,7 @@ def _drift(out: Path, model_path: str | Path | None) -> dict | None:
     from pneumoscan.inference.drift import batch_drift
     from pneumoscan.models.artifacts import ModelMetadata
 
-    scope = ModelMetadata.read(model_path or default_app_model_path()).scope
+    scope = ModelMetadata.read(model_path or default_serving_model_path()).scope
     if scope is None:
         return None
     return batch_drift(_pyarrow()[1].read_table(out, columns=["scope_distance"]).to_pylist(), scope)
@@ -466,7 +466,7 @@ def _checked_inputs(
     inputs = list(dict.fromkeys(str(p) for p in paths))
     if not inputs:
         raise ValueError("no input files to score")
-    meta = ModelMetadata.read(Path(model_path) if model_path is not None else default_app_model_path())
+    meta = ModelMetadata.read(Path(model_path) if model_path is not None else default_serving_model_path())
     threshold_used = float(meta.threshold if threshold is None else threshold)
     if not 0.0 < threshold_used < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold_used}")

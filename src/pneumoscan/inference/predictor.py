@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.config import DISCLAIMER, default_model_path
+from pneumoscan.config import DISCLAIMER, default_keras_model_path
 from pneumoscan.data.imaging import (
     DecodedImage,
     ImageDecodeError,
@@ -153,7 +153,7 @@ class Predictor:
     ----------
     model_path : path, optional
         A ``.keras`` or ``.tflite`` file with its ``.meta.json`` sidecar. Default: the bundled
-        model (:func:`pneumoscan.config.default_model_path`).
+        model (:func:`pneumoscan.config.default_keras_model_path`).
     threshold : float, optional
         Override the stored operating threshold.
     num_threads : int, optional
@@ -180,7 +180,7 @@ class Predictor:
         num_threads: int | None = None,
         scope_guard: bool = True,
     ):
-        self.model_path = Path(model_path) if model_path is not None else default_model_path()
+        self.model_path = Path(model_path) if model_path is not None else default_keras_model_path()
         if not self.model_path.is_file():
             raise FileNotFoundError(
                 f"model file not found: {self.model_path}. Train one with `pneumoscan train`, or "

@@ -2,7 +2,7 @@
 
 Start it with ``pneumoscan app [--model PATH] [--port N]``, which runs ``streamlit run`` on this
 file; the model is ``$PNEUMOSCAN_MODEL`` or the bundled LiteRT export of the released model
-(:func:`pneumoscan.config.default_app_model_path`). Grad-CAM needs gradients, so for a LiteRT model
+(:func:`pneumoscan.config.default_serving_model_path`). Grad-CAM needs gradients, so for a LiteRT model
 it runs on the ``.keras`` model the export was made from, loaded the first time a heatmap is asked
 for.
 
@@ -30,7 +30,7 @@ import numpy as np
 import streamlit as st
 
 from pneumoscan import __version__
-from pneumoscan.config import DISCLAIMER, default_app_model_path
+from pneumoscan.config import DISCLAIMER, default_serving_model_path
 from pneumoscan.data.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_bytes
 from pneumoscan.inference.decision import HEADLINES, NO_PNEUMONIA, OUT_OF_SCOPE, PNEUMONIA, band_summary
 from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row
@@ -544,7 +544,7 @@ def main() -> None:
     show_header()
     gradcam = sidebar_options()
 
-    model_path = default_app_model_path()
+    model_path = default_serving_model_path()
     try:
         with st.spinner(f"Loading the model {model_path.name}… (once per server start)"):
             predictor = load_predictor(str(model_path))

@@ -35,9 +35,9 @@ def _with_app_model(args):
     answers as the app and the service without importing TensorFlow, at a fraction of the memory
     and start-up time (``benchmarks/decode_memory.py`` measures the memory)."""
     if args.model is None:
-        from pneumoscan.config import default_app_model_path
+        from pneumoscan.config import default_serving_model_path
 
-        args.model = default_app_model_path()
+        args.model = default_serving_model_path()
     return args
 
 
@@ -405,11 +405,11 @@ def cmd_serve(args) -> int:
 
     import uvicorn
 
-    from pneumoscan.config import default_app_model_path
+    from pneumoscan.config import default_serving_model_path
     from pneumoscan.interfaces.service import API_KEY_HEADER, ServiceLimits, create_app
     from pneumoscan.models.artifacts import ModelMetadata
 
-    model = args.model if args.model is not None else default_app_model_path()
+    model = args.model if args.model is not None else default_serving_model_path()
     if not model.is_file():
         raise CommandError(f"model file not found: {model}; pass --model PATH to a .keras or .tflite file")
     ModelMetadata.read(model)  # a missing or bad sidecar fails here, before the server starts

@@ -52,7 +52,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from pneumoscan import __version__
-from pneumoscan.config import DISCLAIMER, default_app_model_path
+from pneumoscan.config import DISCLAIMER, default_serving_model_path
 from pneumoscan.inference.batch import bytes_row
 from pneumoscan.inference.drift import batch_drift
 from pneumoscan.inference.predictor import Predictor
@@ -496,7 +496,7 @@ def create_app(
     Parameters
     ----------
     model_path : path, optional
-        Model to load at start-up (default :func:`pneumoscan.config.default_app_model_path`, the
+        Model to load at start-up (default :func:`pneumoscan.config.default_serving_model_path`, the
         bundled LiteRT export). Ignored when ``predictor`` is given.
     predictor : Predictor, optional
         An already loaded predictor (tests, embedding); the app is ready at once.
@@ -514,7 +514,7 @@ def create_app(
     if api_key is not None and not api_key:
         raise ValueError("api_key must not be empty (use None for no key)")
     slot = _ModelSlot()
-    path = Path(model_path) if model_path is not None else default_app_model_path()
+    path = Path(model_path) if model_path is not None else default_serving_model_path()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -71,9 +71,9 @@ def cmd_adapt(args) -> int:
     samples = _site_samples(args.data)
     model = args.model
     if model is None:
-        from pneumoscan.config import default_model_path
+        from pneumoscan.config import default_keras_model_path
 
-        model = default_model_path()
+        model = default_keras_model_path()
     report = adapt_model(
         samples,
         model,
