@@ -27,8 +27,16 @@ from pneumoscan.evaluation.site import (
     site_check,
     site_verdict,
 )
-from pneumoscan.inference.drift import DIFFERS, OUT_OF_SCOPE, SIMILAR, drift_summary, relative_distances
+from pneumoscan.inference.drift import (
+    DIFFERS,
+    OUT_OF_SCOPE,
+    SIMILAR,
+    batch_drift,
+    drift_summary,
+    relative_distances,
+)
 from pneumoscan.inference.scope import REFERENCE_QUANTILES, ScopeGuard
+from pneumoscan.models.artifacts import ModelMetadata
 from pneumoscan.training.adapt import (
     LITERT_FILE,
     MODEL_FILE,
@@ -64,6 +72,23 @@ def test_drift_verdicts_follow_the_distances():
     # Without a stored reference only the share beyond the threshold is tested.
     assert drift_summary(rng.choice(train, 300) * 1.3, _guard())["p_distribution"] is None
     assert drift_summary(np.full(50, 0.5), None)["verdict"] is None
+
+
+def test_batch_drift_reads_rows_with_a_guard_or_a_sidecar_scope_section(tmp_path):
+    # The Ray engine passes the sidecar's scope section as ModelMetadata keeps it (read-only).
+    rng = np.random.default_rng(1)
+    train = rng.gamma(4.0, 1.0, 20000)
+    train /= np.quantile(train, 0.99)
+    guard = _guard(np.quantile(train, REFERENCE_QUANTILES))
+    ensemble = {"members": 2, "embedding_dim": 4}
+    meta = ModelMetadata(image_size=64, threshold=0.5, ensemble=ensemble, scope=guard.to_dict())
+    path = tmp_path / "m.keras"
+    meta.write(path)
+    section = ModelMetadata.read(path).scope
+    rows = [{"scope_distance": float(d)} for d in rng.choice(train, 300) * 4.0] + [{"scope_distance": None}]
+    for given in (guard, section):
+        summary = batch_drift(rows, given)
+        assert summary["n"] == 300 and summary["verdict"] == OUT_OF_SCOPE, summary
 
 
 def _report(recall, spec, lo_r, lo_s, ece=0.02, n=(100, 100)):

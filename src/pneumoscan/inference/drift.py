@@ -17,6 +17,7 @@ summary, the Ray engine, the service and the app's batch summary all call it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -136,11 +137,11 @@ def reference_quantiles(guard: ScopeGuard, embeddings: np.ndarray, groups, *, se
     return np.quantile(oof / guard.threshold, REFERENCE_QUANTILES)
 
 
-def batch_drift(rows, guard: ScopeGuard | dict | None) -> dict[str, Any]:
+def batch_drift(rows, guard: ScopeGuard | Mapping[str, Any] | None) -> dict[str, Any]:
     """:func:`drift_summary` of prediction rows (:data:`~pneumoscan.inference.results.PREDICTION_COLUMNS`,
     their ``scope_distance``): the per-batch summary of the service, the Ray engine and the app.
-    ``guard`` may be a sidecar's ``scope`` section."""
-    if isinstance(guard, dict):
+    ``guard`` may be a sidecar's ``scope`` section (a read-only mapping, as ModelMetadata keeps it)."""
+    if isinstance(guard, Mapping):
         guard = ScopeGuard.from_dict(guard)
     distances = [np.nan if r.get("scope_distance") is None else float(r["scope_distance"]) for r in rows]
     return drift_summary(np.asarray(distances, dtype=np.float64), guard)
