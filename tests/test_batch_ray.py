@@ -178,6 +178,21 @@ def test_ray_reads_file_uris(local_ray, lite_model, tmp_path):
 
 
 @pytest.mark.slow
+def test_ray_job_on_the_bundled_model_reports_its_drift(local_ray, tmp_path):
+    # The bundled model has a scope guard: the job's drift summary reads its sidecar section.
+    from pneumoscan.config import default_serving_model_path
+
+    folder = make_images(tmp_path / "images", 6, bad=False)
+    summary = score_archive(
+        [str(p) for p in sorted(folder.iterdir())],
+        tmp_path / "out.parquet",
+        model_path=default_serving_model_path(),
+        progress=False,
+    )
+    assert summary.drift is not None and summary.drift["verdict"] is not None, summary.drift
+
+
+@pytest.mark.slow
 @pytest.mark.required
 def test_a_run_killed_midway_resumes_with_one_row_per_file(lite_model, tmp_path):
     folder = make_images(tmp_path / "images", 400, size=160)
