@@ -416,7 +416,7 @@ released = ModelMetadata.read(config.DEFAULT_KERAS_MODEL_PATH)
 print(f"{'':<12}{'threshold':>10}{'recall':>8}{'spec.':>8}{'ROC AUC':>9}{'ECE':>8}")
 for name, threshold, m in (
     ("this run", ensemble["threshold"], ensemble),
-    ("released", released.threshold, released.validation),
+    ("released", released.threshold, released.held_out.metrics),
 ):
     print(
         f"{name:<12}{threshold:>10.3f}{m['recall']:>8.3f}{m['specificity']:>8.3f}{m['roc_auc']:>9.3f}"

@@ -74,6 +74,27 @@ def test_metadata_defaults_unknown_keys_and_mapping_view(tmp_path):
     assert changed.updated(data_dir=None).data_dir is None
 
 
+def test_held_out_figures_say_which_images_and_what_they_chose_and_read_older_sidecars():
+    base = {"image_size": 64, "threshold": 0.3, "class_names": list(CLASS_NAMES)}
+    # A single model's sidecar written before the section had a type: bare metrics as "validation".
+    old = ModelMetadata.from_json({**base, "validation": {"n": 10, "recall": 0.9}})
+    assert dict(old.held_out.metrics) == {"n": 10, "recall": 0.9}
+    assert old.held_out.measured_on == "the model's patient-level validation split"
+    assert old.held_out.chose == ("epochs", "calibration", "threshold")
+    assert "validation" not in old.to_json() and old.to_json()["held_out"]["metrics"] == {
+        "n": 10,
+        "recall": 0.9,
+    }
+    assert ModelMetadata.from_json(old.to_json()) == old
+    # An ensemble with fixed-epoch fold members and a band: its own words, no epochs, the band.
+    ensemble = {"members": 3, "member_split": "folds", "validation": "out-of-fold: each image ..."}
+    band = {"band": {"lower": 0.1, "upper": 0.5}}
+    folds = ModelMetadata.from_json({**base, "ensemble": ensemble, "decision": band, "validation": {"n": 5}})
+    assert folds.held_out.measured_on == "out-of-fold: each image ..."
+    assert folds.held_out.chose == ("calibration", "threshold", "band")
+    assert folds.held_out.optimistic == "optimistic: these images chose the calibration, threshold, band"
+
+
 def test_metadata_is_frozen_all_the_way_down():
     meta = ModelMetadata(image_size=64, threshold=0.5, export={"check": {"agreement": 1.0}})
     with pytest.raises(AttributeError):
@@ -94,7 +115,9 @@ def test_metadata_is_frozen_all_the_way_down():
         ({"arch": "resnet"}, "unknown architecture 'resnet'"),
         ({"calibration": {"a": -1.0, "b": 0.0}}, "slope a must be a finite positive number"),
         ({"split": {"val_fraction": 0.2, "sed": 1}}, "split has unknown keys"),
-        ({"validation": {"recall": "high"}}, r"validation\['recall'\] must be a number"),
+        ({"validation": {"recall": "high"}}, r"held_out.metrics\['recall'\] must be a number"),
+        ({"held_out": {"metrics": {"recall": 0.9}}}, "held_out must hold 'metrics' and 'measured_on'"),
+        ({"held_out": {"metrics": {}, "measured_on": " "}}, "held_out.measured_on must say which images"),
         ({"export": {"source": 3}}, "export.source must be a path string"),
         ({"threshold": None}, "missing key 'threshold'"),
         ({"class_names": None}, r"class_names must be \['NORMAL', 'PNEUMONIA'\], got \[\]"),

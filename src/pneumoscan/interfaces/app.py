@@ -336,10 +336,8 @@ def sidebar_model_card(predictor: Predictor) -> None:
     lines.append(f"**pneumoscan:** {__version__}")
     sb.markdown("  \n".join(lines))
 
-    validation = meta.validation or {}
-    shown = [
-        (label, validation[key], kind) for key, label, kind in METRICS if validation.get(key) is not None
-    ]
+    held_out = meta.held_out.metrics if meta.held_out is not None else {}
+    shown = [(label, held_out[key], kind) for key, label, kind in METRICS if held_out.get(key) is not None]
     if shown:
         sb.subheader("Held-out training images, one member each" if meta.ensemble else "Validation metrics")
         table = ["| metric | value |", "|---|---:|"]
@@ -361,7 +359,7 @@ def sidebar_model_card(predictor: Predictor) -> None:
             "optimistic."
         )
     else:
-        sb.caption("No validation metrics are stored with this model.")
+        sb.caption("No held-out figures are stored with this model.")
     test = meta.test_split or {}
     shown = [(label, test[key], kind) for key, label, kind in METRICS if test.get(key) is not None]
     if shown:

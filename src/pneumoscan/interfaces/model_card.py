@@ -16,8 +16,9 @@ from pneumoscan.models.artifacts import ModelMetadata
 def model_card(predictor: Predictor) -> dict[str, Any]:
     """What ``GET /v1/model`` answers: the model's identity, operating point and figures.
 
-    ``held_out`` holds the sidecar's ``validation`` figures (images the model, or a member, held out
-    in training; they chose its operating point, so they are optimistic), ``independent`` the
+    ``held_out`` holds the sidecar's ``held_out`` figures (images the model, or a member, held out
+    in training, with which images and what they chose: its operating point, so they are
+    optimistic), ``independent`` the
     figures measured on data that chose nothing about the model (the sidecar's ``test_split``
     section); each ``None`` when the sidecar records none.
     """
@@ -58,13 +59,12 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
 
 def _held_out(meta: ModelMetadata) -> dict[str, Any] | None:
     """The sidecar's held-out training figures, with what they were measured on and why optimistic."""
-    if meta.validation is None:
+    if meta.held_out is None:
         return None
     return {
-        **_plain(meta.validation),
-        "measured_on": (meta.ensemble or {}).get("validation")
-        or "the model's patient-level validation split",
-        "optimistic": "these images chose the epochs, the calibration, the threshold and the band",
+        **_plain(meta.held_out.metrics),
+        "measured_on": meta.held_out.measured_on,
+        "optimistic": meta.held_out.optimistic,
     }
 
 

@@ -8,7 +8,8 @@ Three contracts, each defined here and nowhere else:
 
       {"arch": "mobilenetv2", "calibration": {"a": 1.46, "b": -0.32},
        "class_names": ["NORMAL", "PNEUMONIA"], "image_size": 224, "threshold": 0.912,
-       "split": {"limit": null, "seed": 1337, "val_fraction": 0.15}, "validation": {...}, ...}
+       "split": {"limit": null, "seed": 1337, "val_fraction": 0.15},
+       "held_out": {"metrics": {...}, "measured_on": "...", "chose": [...]}, ...}
 
 - :class:`OutputLayout`, where each quantity sits in a model's raw output row (probability,
   members, spread, embedding), read from the sidecar: the model builders in
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -45,6 +45,7 @@ from pneumoscan.models.calibration import (
     PlattCalibrator,
     calibrator_from_dict,
 )
+from pneumoscan.models.sections import HeldOutFigures, is_number
 
 SIDECAR_SUFFIX = ".meta.json"
 
@@ -137,10 +138,6 @@ def _thawed(value: Any) -> Any:
     return value
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 #: The columns a student's sidecar must name (``student.outputs``).
 STUDENT_OUTPUTS = ("p_pneumonia", "spread", "embedding")
 
@@ -196,8 +193,10 @@ class ModelMetadata(Mapping):
         The patient-level split of ``data_dir`` the model was validated on.
     data_dir, data_fingerprint : str, optional
         The training data and a hash of its files (:func:`pneumoscan.data.dataset.fingerprint`).
-    validation : mapping of str to number or None, optional
-        Validation metrics at the threshold (``n``, ``accuracy``, ``recall``, ...).
+    held_out : HeldOutFigures, optional
+        Metrics at the threshold on training images the model (or each member) held out, with which
+        images and what they chose (:class:`~pneumoscan.models.sections.HeldOutFigures`). Read
+        from the ``validation`` key of older sidecars.
     ensemble : mapping, optional
         Present for a deep ensemble (:func:`pneumoscan.models.architectures.build_ensemble`): the
         model's output is then ``(n, 1 + members + embedding_dim)``: the mean raw probability,
@@ -223,7 +222,7 @@ class ModelMetadata(Mapping):
     test_split : mapping, optional
         Metrics of *this* model measured independently on the official test split (``n``,
         ``accuracy``, ``recall``, ..., and ``ci`` with 95 % intervals, ``source``); shown beside
-        ``validation`` and only for this model.
+        ``held_out`` and only for this model.
     export : mapping, optional
         How a LiteRT file was made from a Keras model and checked (``source``, ``quantize``,
         ``check``, ...; :mod:`pneumoscan.training.export`).
@@ -242,7 +241,7 @@ class ModelMetadata(Mapping):
     split: SplitConfig | None = None
     data_dir: str | None = None
     data_fingerprint: str | None = None
-    validation: Mapping[str, float | int | None] | None = None
+    held_out: HeldOutFigures | None = None
     ensemble: Mapping[str, Any] | None = None
     student: Mapping[str, Any] | None = None
     decision: Mapping[str, Any] | None = None
@@ -271,7 +270,6 @@ class ModelMetadata(Mapping):
         set_ = object.__setattr__  # frozen: normalise the nested values once, here
         set_(self, "class_names", tuple(self.class_names))
         for name in (
-            "validation",
             "ensemble",
             "student",
             "decision",
@@ -293,10 +291,10 @@ class ModelMetadata(Mapping):
             raise ValueError(f"image_size must be an integer, got {self.image_size!r}")
         if self.image_size < MIN_IMAGE_SIDE:
             raise ValueError(f"image_size must be at least {MIN_IMAGE_SIDE}, got {self.image_size}")
-        if not (_is_number(self.threshold) and 0.0 < self.threshold < 1.0):
+        if not (is_number(self.threshold) and 0.0 < self.threshold < 1.0):
             raise ValueError(f"threshold must be a number in (0, 1), got {self.threshold!r}")
         if self.target_recall is not None and not (
-            _is_number(self.target_recall) and 0.0 < self.target_recall <= 1.0
+            is_number(self.target_recall) and 0.0 < self.target_recall <= 1.0
         ):
             raise ValueError(f"target_recall must be a number in (0, 1], got {self.target_recall!r}")
         if not isinstance(self.calibration, PlattCalibrator | IsotonicCalibrator):
@@ -323,9 +321,8 @@ class ModelMetadata(Mapping):
             raise ValueError(f"split must be a SplitConfig, got {self.split!r}")
         if self.arch is not None:
             architecture(self.arch)  # ValueError naming the registered ones
-        for key, value in (self.validation or {}).items():
-            if value is not None and not _is_number(value):
-                raise ValueError(f"validation[{key!r}] must be a number or null, got {value!r}")
+        if self.held_out is not None and not isinstance(self.held_out, HeldOutFigures):
+            raise ValueError(f"held_out must be HeldOutFigures, got {self.held_out!r}")
         source = (self.export or {}).get("source")
         if source is not None and not isinstance(source, str):
             raise ValueError(f"export.source must be a path string, got {source!r}")
@@ -366,9 +363,14 @@ class ModelMetadata(Mapping):
             if not isinstance(data["split"], Mapping):
                 raise ValueError(f"split must be a mapping, got {data['split']!r}")
             values["split"] = SplitConfig.from_dict(dict(data["split"]))
-        for key in ("validation", "ensemble", "student", "decision", "scope", "test_split", "export"):
+        for key in ("ensemble", "student", "decision", "scope", "test_split", "export"):
             if data.get(key) is not None:
                 values[key] = data[key]
+        if data.get("held_out") is not None:
+            values["held_out"] = HeldOutFigures.from_dict(data["held_out"])
+        elif data.get("validation") is not None:  # written before the section had a type
+            values["held_out"] = HeldOutFigures.from_legacy(data["validation"], data)
+        known.add("validation")
         values["extra"] = {k: v for k, v in data.items() if k not in known}
         return cls(**values)
 
@@ -379,7 +381,9 @@ class ModelMetadata(Mapping):
         out["calibration"] = self.calibration.to_dict()
         if self.split is not None:
             out["split"] = self.split.to_dict()
-        for key in ("validation", "ensemble", "student", "decision", "scope", "test_split", "export"):
+        if self.held_out is not None:
+            out["held_out"] = self.held_out.to_dict()
+        for key in ("ensemble", "student", "decision", "scope", "test_split", "export"):
             if getattr(self, key) is not None:
                 out[key] = _thawed(getattr(self, key))
         out.update(_thawed(self.extra))

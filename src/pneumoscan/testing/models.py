@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from pneumoscan.models.artifacts import ModelMetadata
+from pneumoscan.models.sections import HeldOutFigures
 
 #: File names of a tiny training tree (``make_tree(TINY_NAMES)``): 11 normal images of 10 patients
 #: and 14 pneumonia images of 12, some patients with two: enough for a patient-level split.
@@ -39,7 +40,10 @@ def make_tiny_model(
         image_size=image_size,
         threshold=threshold,
         arch="regularized",
-        validation={"accuracy": 0.5, "recall": 0.5, "specificity": 0.5, "roc_auc": 0.5},
+        held_out=HeldOutFigures(
+            {"accuracy": 0.5, "recall": 0.5, "specificity": 0.5, "roc_auc": 0.5},
+            measured_on="nothing: an untrained test model with made-up figures",
+        ),
         pneumoscan_version="test",
     ).write(path)
     return path

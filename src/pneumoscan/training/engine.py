@@ -48,6 +48,7 @@ from pneumoscan.evaluation import metrics as metrics_lib
 from pneumoscan.models.architectures import architecture, mobilenet_cut_layer, set_finetune_trainable
 from pneumoscan.models.artifacts import ModelMetadata, RunFolder, save_model
 from pneumoscan.models.calibration import PlattCalibrator
+from pneumoscan.models.sections import HeldOutFigures
 from pneumoscan.plotting import save as save_figure
 from pneumoscan.training.run_files import package_versions, write_history, write_validation_predictions
 
@@ -458,8 +459,14 @@ class Trainer:
         calibrator, threshold = calibrate(val.y, raw, target_recall=cfg.target_recall)
         metrics = validation_metrics(predictor, val, raw, calibrator, threshold, seed=cfg.seed)
         self.files.validation.write_text(json.dumps(metrics, indent=2) + "\n")
-        validation = {k: metrics[k] for k in SIDECAR_VALIDATION_METRICS}
-        dataclasses.replace(meta, threshold=threshold, calibration=calibrator, validation=validation).write(
+        held_out = HeldOutFigures(
+            {k: metrics[k] for k in SIDECAR_VALIDATION_METRICS},
+            measured_on=(
+                f"the model's patient-level validation split ({cfg.split.val_fraction:.0%} of the "
+                f"training folder's patients, seed {cfg.split.seed})"
+            ),
+        )
+        dataclasses.replace(meta, threshold=threshold, calibration=calibrator, held_out=held_out).write(
             self.files.model
         )
         p_cal = calibrator.transform(raw)

@@ -59,6 +59,13 @@ from pneumoscan.evaluation.robustness import SHIFTS, stress_from_predictions
 from pneumoscan.models.architectures import build_ensemble, mobilenet_cut_layer, mobilenet_member
 from pneumoscan.models.artifacts import ModelMetadata, save_model
 from pneumoscan.models.calibration import choose_calibrator
+from pneumoscan.models.sections import (
+    CHOSE_BAND,
+    CHOSE_CALIBRATION,
+    CHOSE_EPOCHS,
+    CHOSE_THRESHOLD,
+    HeldOutFigures,
+)
 from pneumoscan.plotting import save as save_figure
 from pneumoscan.training.engine import (
     SIDECAR_VALIDATION_METRICS,
@@ -356,7 +363,13 @@ class EnsembleTrainer(Trainer):
             target_recall=cfg.target_recall,
             data_dir=str(self.data_dir),
             data_fingerprint=self.fingerprint,
-            validation={k: metrics[k] for k in SIDECAR_VALIDATION_METRICS},
+            held_out=HeldOutFigures(
+                {k: metrics[k] for k in SIDECAR_VALIDATION_METRICS},
+                measured_on=HELD_OUT_WORDS[cfg.member_split],
+                # Fold members train fixed epochs; validation members keep their best epoch.
+                chose=((CHOSE_EPOCHS,) if cfg.member_split == "validation" else ())
+                + (CHOSE_CALIBRATION, CHOSE_THRESHOLD, CHOSE_BAND),
+            ),
             decision={"band": band.to_dict()},
             scope=guard.to_dict(),
             ensemble={
