@@ -39,7 +39,7 @@ def plain_fit_rate(cfg, train_x, train_y, *, phase: str, steps: int) -> float:
 
     from pneumoscan.data.dataset import class_weights, make_dataset
     from pneumoscan.models.architectures import build_model, mobilenet_cut_layer, set_finetune_trainable
-    from pneumoscan.training.engine import _compile
+    from pneumoscan.training.engine import compile_model
 
     model = build_model(cfg)
     if phase == "finetune":
@@ -47,7 +47,7 @@ def plain_fit_rate(cfg, train_x, train_y, *, phase: str, steps: int) -> float:
         lr = cfg.finetune_learning_rate
     else:
         lr = cfg.head_learning_rate
-    _compile(model, lr, cfg.label_smoothing)
+    compile_model(model, lr, cfg.label_smoothing)
     ds = make_dataset(
         train_x, train_y, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed
     ).repeat()
