@@ -221,6 +221,11 @@ def test_adapt_gains_on_held_out_site_patients(site, adapted, tmp_path):
     assert set(site_meta["counts"]) == {"NORMAL", "PNEUMONIA"}
     assert len(site_meta["base_model_sha256"]) == 64 and site_meta["sample_fingerprint"]
     assert 0.0 < site_meta["estimate"]["specificity"] <= 1.0
+    # Its held-out figures are that estimate on the site, not the base model's training figures.
+    held_out = meta["held_out"]
+    assert held_out["measured_on"].startswith("the site's sample") and held_out["chose"] == ["prior strength"]
+    assert held_out["metrics"]["n"] == site_meta["n"]
+    assert held_out["metrics"]["specificity"] == site_meta["estimate"]["specificity"]
     assert meta["threshold"] == pytest.approx(adapted["threshold"])
     assert (
         meta["scope"]

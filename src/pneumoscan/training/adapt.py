@@ -46,6 +46,7 @@ from pneumoscan.evaluation.overlap import TrainingDataOverlapError, check_traini
 from pneumoscan.inference.decision import fit_uncertainty_band
 from pneumoscan.models.artifacts import ModelMetadata, save_model
 from pneumoscan.models.calibration import choose_calibrator
+from pneumoscan.models.sections import HeldOutFigures
 
 log = logging.getLogger(__name__)
 
@@ -345,8 +346,6 @@ def adapt_model(
     set_last_layer_weights(model, base_meta, fit.weights)
     timings.lap("fit")
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = fit.report(decoded, base_meta, seed=seed)
     site = _site_section(fit, report, keras_path, decoded.samples, counts, target_recall, seed)
     meta = base_meta.updated(
@@ -354,21 +353,41 @@ def adapt_model(
         calibration=fit.calibrator.to_dict(),
         target_recall=target_recall,
         decision={"band": fit.band.to_dict()},
+        held_out=_held_out_on_site(fit.nested, len(decoded.samples)).to_dict(),
         export=None,
         site=site,
     )
+    files = _write_adapted(model, meta, Path(out_dir), decoded.x if export else None, timings)
+    report.update(files=files, timings=timings.seconds, site=site)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, default=float) + "\n")
+    return report
+
+
+def _held_out_on_site(nested: dict, n: int) -> HeldOutFigures:
+    """The adapted model's held-out figures: the nested estimate on the site sample (the base
+    model's training-folder figures say nothing about the adapted one)."""
+    return HeldOutFigures(
+        {"n": n, **{k: v for k, v in nested.items() if k != "protocol"}},
+        measured_on=f"the site's sample: {nested['protocol']}",
+        # The L2 prior strength was chosen on cross-fitted log loss over the whole sample.
+        chose=("prior strength",),
+    )
+
+
+def _write_adapted(model, meta: ModelMetadata, out_dir: Path, export_x: np.ndarray | None, timings) -> dict:
+    """Save the adapted Keras model with ``meta`` and, given the site images ``export_x``, its
+    checked LiteRT export; the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     keras_out = out_dir / MODEL_FILE
     save_model(model, keras_out)
     meta.write(keras_out)
     files = {"keras": str(keras_out)}
     timings.lap("save")
-    if export:
-        files["litert"] = str(export_site_model(keras_out, decoded.x, out_dir / LITERT_FILE))
+    if export_x is not None:
+        files["litert"] = str(export_site_model(keras_out, export_x, out_dir / LITERT_FILE))
         timings.lap("export_and_check")
-    report.update(files=files, timings=timings.seconds, site=site)
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, default=float) + "\n")
-    return report
+    return files
 
 
 class _Laps:
