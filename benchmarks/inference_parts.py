@@ -34,7 +34,7 @@ def ms(times: list[float], q: float = 50) -> float:
 def machine() -> dict:
     """The CPU (lscpu's model name), its AVX2 and AVX-512 flags, the cores this process may use and
     the load average when measured: printed with every absolute figure."""
-    from pneumoscan.data.imaging import available_cpus
+    from pneumoscan.runtime import available_cpus
 
     name = "unknown CPU"
     try:

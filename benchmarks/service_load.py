@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import os
-import platform
 import random
 import re
 import subprocess
@@ -49,6 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference_parts import machine, machine_words  # noqa: E402  (the benchmarks' one machine record)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_TRAIN = REPO_ROOT.parent / "shared" / "data" / "chest_xray" / "train"
@@ -371,22 +372,6 @@ def percentiles(results: list[Result]) -> str:
     return " / ".join(f"{np.percentile(ms, q):.0f}" for q in (50, 95, 99)) + " ms"
 
 
-def machine() -> str:
-    model = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    load = os.getloadavg()
-    return (
-        f"{model}; {len(os.sched_getaffinity(0))} cores for this process; load average at start "
-        f"{load[0]:.1f} (other work on the machine counts against both sides)"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="default: the bundled LiteRT export (what serve serves)")
@@ -412,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = args.model or default_serving_model_path()
     small, full, source = load_images(512, 24)
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_words(machine())} (other work on the machine counts against both sides)")
     print(f"model: {model}")
     print(
         f"images: {source}; {len(full)} full-size copies ({min(len(d) for d in full.values()) / 2**20:.1f}-"
