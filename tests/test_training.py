@@ -298,6 +298,9 @@ def test_ensemble_is_cross_fitted_and_serves_its_members(make_tree, tmp_path):
 
     predictor = Predictor(run_dir / "model.keras")
     assert predictor.members == 3 and predictor.metadata.ensemble["members"] == 3
+    # Fold members train fixed epochs: their out-of-fold figures chose no epoch.
+    assert predictor.metadata.held_out.chose == ("calibration", "threshold", "band")
+    assert predictor.metadata.held_out.measured_on.startswith("out-of-fold")
     # Weights only: no optimizer state saved with the members (it would triple the file).
     n_weights = sum(int(np.prod(w.shape)) for w in predictor.model.weights)
     assert (run_dir / "model.keras").stat().st_size < 4 * n_weights * 1.2
@@ -338,6 +341,10 @@ def test_default_ensemble_members_keep_their_best_epoch_on_their_own_validation_
     predictor = Predictor(run_dir / "model.keras")
     assert predictor.metadata.ensemble["member_split"] == "validation"
     assert len(predictor.metadata.scope["mean"]) > 0 and metrics["serving_check"]["passed"]
+    # The sidecar says what its held-out figures are: one member's, on images that chose its epochs.
+    held_out = predictor.metadata.held_out
+    assert held_out.metrics["n"] == scored and "scored by that member" in held_out.measured_on
+    assert held_out.chose == ("epochs", "calibration", "threshold", "band")
 
 
 @pytest.mark.slow

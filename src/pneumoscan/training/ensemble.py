@@ -43,6 +43,7 @@ import keras
 import numpy as np
 
 from pneumoscan import __version__
+from pneumoscan.config import TrainConfig
 from pneumoscan.data.dataset import (
     DecodedSet,
     class_weights,
@@ -363,30 +364,10 @@ class EnsembleTrainer(Trainer):
             target_recall=cfg.target_recall,
             data_dir=str(self.data_dir),
             data_fingerprint=self.fingerprint,
-            held_out=HeldOutFigures(
-                {k: metrics[k] for k in SIDECAR_VALIDATION_METRICS},
-                measured_on=HELD_OUT_WORDS[cfg.member_split],
-                # Fold members train fixed epochs; validation members keep their best epoch.
-                chose=((CHOSE_EPOCHS,) if cfg.member_split == "validation" else ())
-                + (CHOSE_CALIBRATION, CHOSE_THRESHOLD, CHOSE_BAND),
-            ),
+            held_out=held_out_figures(cfg, metrics),
             decision={"band": band.to_dict()},
             scope=guard.to_dict(),
-            ensemble={
-                "members": cfg.members,
-                "embedding_dim": embedding_dim,
-                "member_split": cfg.member_split,
-                **(
-                    {"folds": cfg.members}
-                    if cfg.member_split == "folds"
-                    else {"val_fraction": cfg.val_fraction}
-                ),
-                "fold_seed": cfg.seed,
-                "limit": cfg.limit,
-                "unfreeze_blocks": cfg.unfreeze_blocks,
-                "combine": "mean of the members' calibrated probabilities",
-                "validation": HELD_OUT_WORDS[cfg.member_split],
-            },
+            ensemble=ensemble_section(cfg, embedding_dim),
             pneumoscan_version=__version__,
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         )
@@ -403,6 +384,33 @@ class EnsembleTrainer(Trainer):
         )
         shutil.rmtree(self.files.backup, ignore_errors=True)
         return metrics
+
+
+def held_out_figures(cfg: TrainConfig, metrics: dict) -> HeldOutFigures:
+    """The sidecar's held-out figures of an ensemble: which images, and what they chose."""
+    return HeldOutFigures(
+        {k: metrics[k] for k in SIDECAR_VALIDATION_METRICS},
+        measured_on=HELD_OUT_WORDS[cfg.member_split],
+        # Fold members train fixed epochs; validation members keep their best epoch.
+        chose=((CHOSE_EPOCHS,) if cfg.member_split == "validation" else ())
+        + (CHOSE_CALIBRATION, CHOSE_THRESHOLD, CHOSE_BAND),
+    )
+
+
+def ensemble_section(cfg: TrainConfig, embedding_dim: int) -> dict:
+    """The sidecar's ``ensemble`` section: how the output is laid out and how the members were trained."""
+    split = {"folds": cfg.members} if cfg.member_split == "folds" else {"val_fraction": cfg.val_fraction}
+    return {
+        "members": cfg.members,
+        "embedding_dim": embedding_dim,
+        "member_split": cfg.member_split,
+        **split,
+        "fold_seed": cfg.seed,
+        "limit": cfg.limit,
+        "unfreeze_blocks": cfg.unfreeze_blocks,
+        "combine": "mean of the members' calibrated probabilities",
+        "validation": HELD_OUT_WORDS[cfg.member_split],
+    }
 
 
 def held_out_part(data: DecodedSet, oof: OutOfFold) -> tuple[DecodedSet, OutOfFold]:
