@@ -32,7 +32,7 @@ def stored() -> ModelMetadata:
 
 
 def stored_band(meta: ModelMetadata) -> UncertaintyBand:
-    decision = meta.get("decision")
+    decision = meta.decision
     if decision and decision.get("band"):
         return UncertaintyBand.from_dict(decision["band"])
     return UncertaintyBand.minimal(meta.threshold)

@@ -121,13 +121,13 @@ def test_export_passes_its_check_and_matches_keras(predictor, tmp_path, quantize
     assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, metadata_path(out).name])
     meta = json.loads(metadata_path(out).read_text())
     for key in ("threshold", "calibration", "image_size", "class_names", "split"):
-        assert meta[key] == predictor.metadata[key]
+        assert meta[key] == predictor.metadata.to_json()[key]
     assert meta["export"]["quantize"] == quantize
     check = meta["export"]["check"]
     assert check["agreement"] == report["agreement"] and check["n_check"] == report["n_check"]
     assert check["max_abs_prob_diff"] == report["max_abs_prob_diff"]
     # Images the model never trained on: its validation split, and views of those films.
-    _, val = model_split(predictor.metadata, predictor.metadata["data_dir"])
+    _, val = model_split(predictor.metadata, predictor.metadata.data_dir)
     assert check["kinds"] == {
         "held_out": len(val),
         "shifted": len(CHECK_SHIFTS) * len(val),
@@ -152,7 +152,7 @@ def test_int8_is_refused_when_it_moves_probabilities_past_the_gate(predictor, tm
     # With the limit raised the same export is written, calibrated on the training side only.
     monkeypatch.setattr(export, "MAX_ABS_PROB_DIFF", 0.25)
     report = export_tflite(predictor, out=out, quantize="int8", progress=False)
-    train, _ = model_split(predictor.metadata, predictor.metadata["data_dir"])
+    train, _ = model_split(predictor.metadata, predictor.metadata.data_dir)
     assert report["passed"] and report["n_representative"] == len(train)
     assert 0.05 < report["max_abs_prob_diff"] <= 0.25
     assert ModelMetadata.read(out).export["check"]["gate"]["max_abs_prob_diff"] == 0.25
@@ -285,7 +285,7 @@ def test_the_gate_fails_a_broken_export(predictor, tmp_path, monkeypatch):
     lite_path.parent.mkdir()
     lite_path.write_bytes(flatbuffer)
     predictor.metadata.write(lite_path)
-    check = check_images(predictor, predictor.metadata["data_dir"], ood_dir=None)
+    check = check_images(predictor, predictor.metadata.data_dir, ood_dir=None)
     report = parity(predictor, Predictor(lite_path), check)
     assert report["passed"] is False and report["max_abs_prob_diff"] > 0.05
 

@@ -166,18 +166,22 @@ def test_source_keras_model_of_an_export(model_path, tmp_path):
     assert source_keras_model(model_path, ModelMetadata.read(model_path)) == model_path
     # At the recorded path: relative to the export's folder, as `pneumoscan export` writes it...
     shutil.copy(model_path, tmp_path / model_path.name)
-    relative = {"export": {"source": model_path.name}}
+
+    def exported(source: str) -> ModelMetadata:
+        return ModelMetadata(image_size=64, threshold=0.5, export={"source": source})
+
+    relative = exported(model_path.name)
     assert source_keras_model(tmp_path / "m.tflite", relative) == tmp_path / model_path.name
     (tmp_path / "sub").mkdir()
-    up = {"export": {"source": "../" + model_path.name}}
+    up = exported("../" + model_path.name)
     assert source_keras_model(tmp_path / "sub" / "m.tflite", up) == tmp_path / "sub" / ".." / model_path.name
     # ...or absolute; and failing that, beside the export under the recorded name.
-    recorded = {"export": {"source": str(model_path)}}
+    recorded = exported(str(model_path))
     assert source_keras_model(tmp_path / "sub" / "m.tflite", recorded) == model_path
-    moved = {"export": {"source": f"/elsewhere/{model_path.name}"}}
+    moved = exported(f"/elsewhere/{model_path.name}")
     assert source_keras_model(tmp_path / "m.tflite", moved) == tmp_path / model_path.name
     assert source_keras_model(tmp_path / "sub" / "m.tflite", moved) is None
-    assert source_keras_model(tmp_path / "m.tflite", {}) is None
+    assert source_keras_model(tmp_path / "m.tflite", ModelMetadata(image_size=64, threshold=0.5)) is None
 
 
 @pytest.mark.slow
@@ -194,7 +198,7 @@ def test_bundled_litert_export_answers_like_the_bundled_keras_model(shared_data)
     assert lite_model.backend == "litert" and lite_model.threshold == keras_model.threshold
     p_keras = keras_model.predict_paths(files, progress=False).p_pneumonia
     p_lite = lite_model.predict_paths(files, progress=False).p_pneumonia
-    check = lite_model.metadata["export"]["check"]
+    check = lite_model.metadata.export["check"]
     np.testing.assert_allclose(p_lite, p_keras, atol=max(1e-4, 1.5 * check["max_abs_prob_diff"]))
     # Every label the same, as the docs say. A label can differ only for an image whose two
     # probabilities straddle the threshold, i.e. one within |dp| of it; the message says how close.

@@ -101,7 +101,7 @@ def test_each_architecture_trains_into_a_complete_loadable_run(arch, make_tree, 
     from pneumoscan.inference.predictor import Predictor
 
     predictor = Predictor(run_dir / "model.keras")
-    assert predictor.metadata["arch"] == arch
+    assert predictor.metadata.arch == arch
     assert 0.0 < predictor.threshold < 1.0
     assert_chooser_reaches_target_on_its_own_split(run_dir, metrics, predictor.threshold)
     rows = (run_dir / "validation_predictions.csv").read_text().splitlines()

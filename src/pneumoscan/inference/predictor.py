@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from pneumoscan.runtime import available_cpus, decode_workers
 log = logging.getLogger(__name__)
 
 
-def source_keras_model(model_path: str | Path, metadata: Mapping) -> Path | None:
+def source_keras_model(model_path: str | Path, metadata: ModelMetadata) -> Path | None:
     """The ``.keras`` model a LiteRT export was made from (Grad-CAM needs its gradients), or None.
 
     Looked for at the path its sidecar records (``export.source``, relative to the export's
@@ -49,7 +49,7 @@ def source_keras_model(model_path: str | Path, metadata: Mapping) -> Path | None
     model_path = Path(model_path)
     if model_path.suffix.lower() == ".keras":
         return model_path
-    source = (metadata.get("export") or {}).get("source")
+    source = (metadata.export or {}).get("source")
     if not source:
         return None
     for candidate in (model_path.parent / source, model_path.parent / Path(source).name):

@@ -23,7 +23,7 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
     section); each ``None`` when the sidecar records none.
     """
     meta = predictor.metadata
-    export = meta.get("export") or {}
+    export = meta.export or {}
     return {
         "model_file": predictor.model_path.name,
         "architecture": meta.arch,

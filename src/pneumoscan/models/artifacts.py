@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -166,11 +166,10 @@ def _check_student(student: Mapping[str, Any]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelMetadata(Mapping):
+class ModelMetadata:
     """The sidecar of one model file: what the model needs and how to read its output.
 
-    Also a read-only :class:`~collections.abc.Mapping` of its JSON form (``meta["threshold"]``,
-    ``meta.get("export")``), for code that reads the sidecar's keys.
+    Read its fields (``meta.threshold``, ``meta.export``); :meth:`to_json` is the file's form.
 
     Attributes
     ----------
@@ -427,17 +426,6 @@ class ModelMetadata(Mapping):
         path = metadata_path(model_path)
         path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
         return path
-
-    # ------------------------------------------------------------------ read-only mapping
-
-    def __getitem__(self, key: str) -> Any:
-        return self.to_json()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_json())
-
-    def __len__(self) -> int:
-        return len(self.to_json())
 
     __hash__ = None  # holds mappings; equality is by value
 
