@@ -77,7 +77,7 @@ METRICS = (
     ("roc_auc", "ROC AUC", "number"),
     ("pr_auc", "PR AUC", "number"),
     ("ece", "Calibration error (ECE)", "number"),
-    ("n", "Validation images", "count"),
+    ("n", "Images scored", "count"),
 )
 
 
