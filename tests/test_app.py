@@ -23,6 +23,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from pneumoscan.config import DISCLAIMER
+from pneumoscan.models.artifacts import ModelMetadata
 from pneumoscan.testing.models import export_tiny_litert, make_tiny_model
 from pneumoscan.testing.synthetic import xray_image
 
@@ -116,6 +117,11 @@ def test_page_shows_title_disclaimer_uploader_and_model_card(app, tiny_model):
     assert "0.500" in card  # the threshold
     assert tiny_model.name in card
     assert "Sensitivity (recall)" in card and "ROC AUC" in card
+    # Under the figures: which images they were measured on and what they chose, from the sidecar.
+    captions = "\n".join(texts(app.sidebar.caption))
+    held_out = ModelMetadata.read(tiny_model).held_out
+    assert f"Measured on: {held_out.measured_on}." in captions
+    assert "chose the epochs, calibration, threshold, so the figures are optimistic" in captions
     assert app.sidebar.toggle(key="show_gradcam").value is False
 
 

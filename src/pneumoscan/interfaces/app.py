@@ -36,6 +36,7 @@ from pneumoscan.inference.decision import HEADLINES, NO_PNEUMONIA, OUT_OF_SCOPE,
 from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row
 from pneumoscan.inference.scope import ScopeCheck
 from pneumoscan.models.architectures import ARCHITECTURES
+from pneumoscan.models.sections import HeldOutFigures
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -319,6 +320,15 @@ def sidebar_options() -> bool:
     )
 
 
+def held_out_caption(held_out: HeldOutFigures) -> str:
+    """What the sidebar says under the held-out figures: which images, and what they chose (from the
+    sidecar, so that an adapted model states its own)."""
+    text = f"At the operating threshold. Measured on: {held_out.measured_on}."
+    if held_out.chose:
+        text += f" These images also chose the {', '.join(held_out.chose)}, so the figures are optimistic."
+    return text
+
+
 def sidebar_model_card(predictor: Predictor) -> None:
     """The model card: architecture, validation metrics, threshold, file, version, full card."""
     meta = predictor.metadata
@@ -339,7 +349,7 @@ def sidebar_model_card(predictor: Predictor) -> None:
     held_out = meta.held_out.metrics if meta.held_out is not None else {}
     shown = [(label, held_out[key], kind) for key, label, kind in METRICS if held_out.get(key) is not None]
     if shown:
-        sb.subheader("Held-out training images, one member each" if meta.ensemble else "Validation metrics")
+        sb.subheader("Held-out figures")
         table = ["| metric | value |", "|---|---:|"]
         for label, value, kind in shown:
             if kind == "percent":
@@ -350,14 +360,7 @@ def sidebar_model_card(predictor: Predictor) -> None:
                 text = f"{float(value):.3f}"
             table.append(f"| {label} | {text} |")
         sb.markdown("\n".join(table))
-        sb.caption(
-            "At the operating threshold, on training images that one member held out, each scored by that "
-            "member alone: the figures of a single member, not of the averaged ensemble. They chose the "
-            "calibration and threshold (and, by default, each member's epochs), so they are optimistic."
-            if meta.ensemble
-            else "At the operating threshold, on a patient-level validation split that chose the model: "
-            "optimistic."
-        )
+        sb.caption(held_out_caption(meta.held_out))
     else:
         sb.caption("No held-out figures are stored with this model.")
     test = meta.test_split or {}

@@ -81,10 +81,14 @@ log = logging.getLogger(__name__)
 
 #: What the held-out predictions of each ``member_split`` are, in the words of the sidecar and reports.
 HELD_OUT_WORDS = {
-    "folds": "out-of-fold: each training image scored by the member that did not see it",
+    "folds": (
+        "out-of-fold: each training image scored by the member that did not see it, alone: one member's "
+        "figures, not the averaged ensemble's"
+    ),
     "validation": (
         "held out: each image of a member's own patient-level validation split scored by that member "
-        "(the first such member), which kept its best epoch there; images no member held out are not scored"
+        "alone (the first such member), which kept its best epoch there: one member's figures, not the "
+        "averaged ensemble's; images no member held out are not scored"
     ),
 }
 #: Metrics summarised over the members (each on the images it held out).
