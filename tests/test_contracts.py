@@ -37,7 +37,7 @@ def test_released_sidecars_round_trip_unchanged(sidecar, tmp_path):
     assert meta.to_json() == data
     # The release is an ensemble: it says how its members held images out, not one split.
     assert meta.arch == "mobilenetv2" and meta.split is None
-    assert meta.ensemble["member_split"] in ("validation", "folds") and meta.ensemble["members"] >= 3
+    assert meta.ensemble.member_split in ("validation", "folds") and meta.ensemble.members >= 3
     # Written back, the file is the released one (which was saved without a final newline).
     model = tmp_path / sidecar.name.replace(".meta.json", ".keras")
     meta.write(model)
@@ -90,6 +90,10 @@ def test_held_out_figures_say_which_images_and_what_they_chose_and_read_older_si
     ensemble = {"members": 3, "member_split": "folds", "validation": "out-of-fold: each image ..."}
     band = {"band": {"lower": 0.1, "upper": 0.5}}
     folds = ModelMetadata.from_json({**base, "ensemble": ensemble, "decision": band, "validation": {"n": 5}})
+    # The ensemble section's own words move to held_out_words; written back under that name.
+    assert folds.ensemble.held_out_words == "out-of-fold: each image ..."
+    assert folds.to_json()["ensemble"]["held_out_words"] == "out-of-fold: each image ..."
+    assert "validation" not in folds.to_json()["ensemble"]
     assert folds.held_out.measured_on == "out-of-fold: each image ..."
     assert folds.held_out.chose == ("calibration", "threshold", "band")
     assert folds.held_out.optimistic == "optimistic: these images chose the calibration, threshold, band"
@@ -119,6 +123,10 @@ def test_metadata_is_frozen_all_the_way_down():
         ({"held_out": {"metrics": {"recall": 0.9}}}, "held_out must hold 'metrics' and 'measured_on'"),
         ({"held_out": {"metrics": {}, "measured_on": " "}}, "held_out.measured_on must say which images"),
         ({"export": {"source": 3}}, "export.source must be a path string"),
+        ({"ensemble": {"members": 1}}, "ensemble.members must be an integer >= 2, got 1"),
+        ({"ensemble": {"members": 3, "member_split": "bags"}}, "ensemble.member_split must be one of"),
+        ({"ensemble": {"members": 3, "val_fraction": 1.5}}, r"ensemble.val_fraction must be in \(0, 1\)"),
+        ({"ensemble": {"embedding_dim": 4}}, "ensemble must be a mapping with 'members'"),
         ({"threshold": None}, "missing key 'threshold'"),
         ({"class_names": None}, r"class_names must be \['NORMAL', 'PNEUMONIA'\], got \[\]"),
     ],

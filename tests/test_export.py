@@ -267,7 +267,7 @@ def test_an_ensembles_held_out_images_are_held_out_by_every_member(predictor, da
     held, some, words = held_out_samples(meta, data_dir)
     assert {s.path for s in held} == vals[0] & vals[1] & vals[2] and "all 3 members" in words
     assert {s.path for s in some} == vals[0] | vals[1] | vals[2]
-    folds = meta.updated(ensemble={**meta.ensemble, "member_split": "folds"})
+    folds = meta.updated(ensemble={**meta.ensemble.to_dict(), "member_split": "folds"})
     held, some, words = held_out_samples(folds, data_dir)
     assert held == [] and len(some) == len(samples) and words.startswith("none")
 

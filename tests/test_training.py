@@ -297,7 +297,7 @@ def test_ensemble_is_cross_fitted_and_serves_its_members(make_tree, tmp_path):
     assert pooled_recall >= TrainConfig().target_recall - 1e-12
 
     predictor = Predictor(run_dir / "model.keras")
-    assert predictor.members == 3 and predictor.metadata.ensemble["members"] == 3
+    assert predictor.members == 3 and predictor.metadata.ensemble.members == 3
     # Fold members train fixed epochs: their out-of-fold figures chose no epoch.
     assert predictor.metadata.held_out.chose == ("calibration", "threshold", "band")
     assert predictor.metadata.held_out.measured_on.startswith("out-of-fold")
@@ -339,7 +339,7 @@ def test_default_ensemble_members_keep_their_best_epoch_on_their_own_validation_
         for phase in (f"member{k}_head", f"member{k}_finetune"):
             assert sum(int(r["best"]) for r in rows if r["phase"] == phase) == 1, phase
     predictor = Predictor(run_dir / "model.keras")
-    assert predictor.metadata.ensemble["member_split"] == "validation"
+    assert predictor.metadata.ensemble.member_split == "validation"
     assert len(predictor.metadata.scope["mean"]) > 0 and metrics["serving_check"]["passed"]
     # The sidecar says what its held-out figures are: one member's, on images that chose its epochs.
     held_out = predictor.metadata.held_out

@@ -194,7 +194,6 @@ def _against_stored_hashes(paths: Sequence[Path], extra: Mapping[str, Any]) -> O
 
 
 def _against_split(paths: Sequence[Path], metadata, data_dir: Path) -> OverlapCheck:
-    from pneumoscan.config import DEFAULT_SEED
     from pneumoscan.data.dataset import discover_split, fingerprint, stratified_subset, train_val_split
 
     notes = []
@@ -204,8 +203,8 @@ def _against_split(paths: Sequence[Path], metadata, data_dir: Path) -> OverlapCh
         return _unchecked(f"the model's training data {data_dir} could not be read ({exc})")
     ensemble = getattr(metadata, "ensemble", None)
     if ensemble is not None:  # cross-fitted: every image (of the limit) trained all members but one
-        seed = ensemble.get("fold_seed", DEFAULT_SEED)
-        train, val = stratified_subset(folder, ensemble.get("limit"), seed=seed), []
+        seed = ensemble.fold_seed
+        train, val = stratified_subset(folder, ensemble.limit, seed=seed), []
         compared = f"the images the ensemble was cross-fitted on, in {data_dir} (seed {seed})"
     elif metadata.split is not None:
         train, val = train_val_split(folder, metadata.split)

@@ -33,7 +33,7 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
         "threshold": predictor.threshold,
         "target_recall": meta.target_recall,
         "calibration": _plain(meta.to_json().get("calibration")),
-        "ensemble": _plain(meta.ensemble),
+        "ensemble": meta.ensemble.to_dict() if meta.ensemble is not None else None,
         "held_out": _held_out(meta),
         "independent": _plain(meta.test_split),
         "decision_band": predictor.band.to_dict(),

@@ -45,7 +45,7 @@ from pneumoscan.models.calibration import (
     PlattCalibrator,
     calibrator_from_dict,
 )
-from pneumoscan.models.sections import HeldOutFigures, is_number
+from pneumoscan.models.sections import EnsembleSection, HeldOutFigures, is_number
 
 SIDECAR_SUFFIX = ".meta.json"
 
@@ -196,12 +196,12 @@ class ModelMetadata:
         Metrics at the threshold on training images the model (or each member) held out, with which
         images and what they chose (:class:`~pneumoscan.models.sections.HeldOutFigures`). Read
         from the ``validation`` key of older sidecars.
-    ensemble : mapping, optional
-        Present for a deep ensemble (:func:`pneumoscan.models.architectures.build_ensemble`): the
+    ensemble : EnsembleSection, optional
+        Present for a deep ensemble (:func:`pneumoscan.models.architectures.build_ensemble`;
+        given as a :class:`~pneumoscan.models.sections.EnsembleSection` or its JSON form): the
         model's output is then ``(n, 1 + members + embedding_dim)``: the mean raw probability,
-        each member's raw probability, and the embedding of the shared frozen stem. Keys
-        ``members`` (int >= 2), ``embedding_dim`` (int >= 0), and how it was trained (``folds``,
-        ``unfreeze_blocks``, ...).
+        each member's raw probability, and the embedding of the shared frozen stem; the section
+        also says how the members split the training folder.
     student : mapping, optional
         Present for a distilled student (:mod:`pneumoscan.training.distill`): one top on the
         teacher ensemble's frozen stem. Its ``outputs`` name the columns of the model's output
@@ -241,7 +241,7 @@ class ModelMetadata:
     data_dir: str | None = None
     data_fingerprint: str | None = None
     held_out: HeldOutFigures | None = None
-    ensemble: Mapping[str, Any] | None = None
+    ensemble: EnsembleSection | None = None
     student: Mapping[str, Any] | None = None
     decision: Mapping[str, Any] | None = None
     scope: Mapping[str, Any] | None = None
@@ -268,8 +268,9 @@ class ModelMetadata:
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise the nested values once, here
         set_(self, "class_names", tuple(self.class_names))
+        if isinstance(self.ensemble, Mapping):  # given in its JSON form
+            set_(self, "ensemble", EnsembleSection.from_dict(self.ensemble))
         for name in (
-            "ensemble",
             "student",
             "decision",
             "scope",
@@ -298,12 +299,8 @@ class ModelMetadata:
             raise ValueError(f"target_recall must be a number in (0, 1], got {self.target_recall!r}")
         if not isinstance(self.calibration, PlattCalibrator | IsotonicCalibrator):
             raise ValueError(f"calibration must be a calibration map, got {self.calibration!r}")
-        if self.ensemble is not None:
-            members, dim = self.ensemble.get("members"), self.ensemble.get("embedding_dim", 0)
-            if not (isinstance(members, int) and not isinstance(members, bool) and members >= 2):
-                raise ValueError(f"ensemble.members must be an integer >= 2, got {members!r}")
-            if not (isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0):
-                raise ValueError(f"ensemble.embedding_dim must be an integer >= 0, got {dim!r}")
+        if self.ensemble is not None and not isinstance(self.ensemble, EnsembleSection):
+            raise ValueError(f"ensemble must be an EnsembleSection or its JSON form, got {self.ensemble!r}")
         if self.student is not None:
             _check_student(self.student)
         # The band and the guard are parsed (and fully checked) by the inference stage that uses them.
@@ -334,7 +331,7 @@ class ModelMetadata:
         """Width of the model's embedding output: a student's, else an ensemble's, else 0."""
         if self.student is not None:
             return int(self.student.get("embedding_dim", 0))
-        return int((self.ensemble or {}).get("embedding_dim", 0))
+        return self.ensemble.embedding_dim if self.ensemble is not None else 0
 
     # ------------------------------------------------------------------ JSON
 
@@ -364,7 +361,7 @@ class ModelMetadata:
             values["split"] = SplitConfig.from_dict(dict(data["split"]))
         for key in ("ensemble", "student", "decision", "scope", "test_split", "export"):
             if data.get(key) is not None:
-                values[key] = data[key]
+                values[key] = data[key]  # ensemble: parsed into its section by __post_init__
         if data.get("held_out") is not None:
             values["held_out"] = HeldOutFigures.from_dict(data["held_out"])
         elif data.get("validation") is not None:  # written before the section had a type
@@ -382,7 +379,9 @@ class ModelMetadata:
             out["split"] = self.split.to_dict()
         if self.held_out is not None:
             out["held_out"] = self.held_out.to_dict()
-        for key in ("ensemble", "student", "decision", "scope", "test_split", "export"):
+        if self.ensemble is not None:
+            out["ensemble"] = self.ensemble.to_dict()
+        for key in ("student", "decision", "scope", "test_split", "export"):
             if getattr(self, key) is not None:
                 out[key] = _thawed(getattr(self, key))
         out.update(_thawed(self.extra))
@@ -478,7 +477,7 @@ class OutputLayout:
                 embedding=int(columns["embedding"]),
                 embedding_dim=int(student["embedding_dim"]),
             )
-        members = int((metadata.ensemble or {}).get("members", 0))
+        members = metadata.ensemble.members if metadata.ensemble is not None else 0
         dim = metadata.embedding_dim if members else 0
         return cls(width=1 + members + dim, members=members, embedding=1 + members, embedding_dim=dim)
 

@@ -7,6 +7,9 @@ numbers are, checks them when it is made, and reads and writes its JSON form:
   training images the model (or each member) held out, with what those images were and what they
   chose. Older sidecars stored the bare metrics as ``validation``; :meth:`HeldOutFigures.from_legacy`
   reads them.
+- :class:`EnsembleSection`, the sidecar's ``ensemble`` section: how many members the output row
+  holds, the embedding's width, and how the members split the training folder (the one place
+  that knows the defaults of sidecars that left a key out).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import math
 import types
 from collections.abc import Mapping
 from typing import Any
+
+from pneumoscan.config import DEFAULT_SEED, DEFAULT_VAL_FRACTION
 
 #: What held-out images choose in a training run, in the words the model card and the API use.
 CHOSE_EPOCHS, CHOSE_CALIBRATION, CHOSE_THRESHOLD, CHOSE_BAND = "epochs", "calibration", "threshold", "band"
@@ -86,10 +91,106 @@ class HeldOutFigures:
         if not isinstance(metrics, Mapping):
             raise ValueError(f"validation must be a mapping, got {metrics!r}")
         ensemble = sidecar.get("ensemble") or {}
-        measured_on = ensemble.get("validation") or "the model's patient-level validation split"
+        measured_on = (
+            ensemble.get("held_out_words")
+            or ensemble.get("validation")
+            or "the model's patient-level validation split"
+        )
         chose = [CHOSE_CALIBRATION, CHOSE_THRESHOLD]
-        if ensemble.get("member_split", "validation") == "validation":
+        # A single model keeps its best epoch; so do "validation" members; fold members (and
+        # ensembles from before member_split was recorded) train fixed epochs.
+        if not ensemble or ensemble.get("member_split", "folds") == "validation":
             chose.insert(0, CHOSE_EPOCHS)
         if sidecar.get("decision") is not None:
             chose.append(CHOSE_BAND)
         return cls(metrics, measured_on, tuple(chose))
+
+
+#: How ensemble members hold training images out: cross-fitted patient folds, or each member its
+#: own seeded patient-level validation split.
+MEMBER_SPLITS = ("folds", "validation")
+
+
+def _is_count(value: Any, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleSection:
+    """How a deep ensemble's output is laid out and how its members were trained.
+
+    Attributes
+    ----------
+    members : int >= 2
+        Member columns of the output row (:class:`~pneumoscan.models.artifacts.OutputLayout`).
+    embedding_dim : int >= 0
+        Width of the stem's embedding at the end of the row.
+    member_split : {"folds", "validation"}
+        How members held images out (:data:`MEMBER_SPLITS`); sidecars without the key were folds.
+    val_fraction : float or None
+        Each member's validation share of patients (``"validation"``; the default when missing).
+    folds : int or None
+        Patient folds (``"folds"``).
+    fold_seed : int
+        Seed of the folds, or of member 0's validation split (member ``k``: ``fold_seed + k``).
+    limit : int or None
+        The stratified subset of the training folder the members saw (None: all of it).
+    unfreeze_blocks : int
+        Top MobileNetV2 blocks each member fine-tuned: the stem is cut below them.
+    combine, held_out_words : str or None
+        How the members' probabilities are combined, and what their held-out predictions are, in
+        words (written as ``held_out_words``; older sidecars wrote ``validation``).
+    extra : mapping
+        Other keys, kept as they were.
+    """
+
+    members: int
+    embedding_dim: int = 0
+    member_split: str = "folds"
+    val_fraction: float | None = None
+    folds: int | None = None
+    fold_seed: int = DEFAULT_SEED
+    limit: int | None = None
+    unfreeze_blocks: int = 3
+    combine: str | None = None
+    held_out_words: str | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not _is_count(self.members, 2):
+            raise ValueError(f"ensemble.members must be an integer >= 2, got {self.members!r}")
+        if not _is_count(self.embedding_dim):
+            raise ValueError(f"ensemble.embedding_dim must be an integer >= 0, got {self.embedding_dim!r}")
+        if self.member_split not in MEMBER_SPLITS:
+            raise ValueError(
+                f"ensemble.member_split must be one of {MEMBER_SPLITS}, got {self.member_split!r}"
+            )
+        if self.member_split == "validation" and self.val_fraction is None:
+            object.__setattr__(self, "val_fraction", DEFAULT_VAL_FRACTION)
+        if self.val_fraction is not None and not (is_number(self.val_fraction) and 0 < self.val_fraction < 1):
+            raise ValueError(f"ensemble.val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        for name in ("fold_seed", "unfreeze_blocks"):
+            if not _is_count(getattr(self, name)):
+                raise ValueError(f"ensemble.{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if self.limit is not None and not _is_count(self.limit, 1):
+            raise ValueError(f"ensemble.limit must be a positive integer or null, got {self.limit!r}")
+        object.__setattr__(self, "extra", types.MappingProxyType(dict(self.extra)))
+
+    _KEYS = ("members", "embedding_dim", "member_split", "val_fraction", "folds", "fold_seed", "limit")
+    _WORDS = ("unfreeze_blocks", "combine", "held_out_words")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self._KEYS + self._WORDS if getattr(self, k) is not None}
+        out["limit"] = self.limit  # written even when null: "all of the folder" is a statement
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EnsembleSection:
+        if not isinstance(d, Mapping) or "members" not in d:
+            raise ValueError(f"ensemble must be a mapping with 'members', got {d!r}")
+        known = set(cls._KEYS + cls._WORDS)
+        values = {k: d[k] for k in known if d.get(k) is not None}
+        if "held_out_words" not in values and isinstance(d.get("validation"), str):
+            values["held_out_words"] = d["validation"]  # older sidecars
+        extra = {k: v for k, v in d.items() if k not in known | {"validation"}}
+        return cls(**values, extra=extra)

@@ -104,7 +104,7 @@ def check_site_sample(samples: Sequence[Sample], *, where: str = "the site sampl
 
 def _tops(model, metadata: ModelMetadata) -> list:
     """The sub-models whose ``pred`` layer is refitted: each member of an ensemble, else the model."""
-    members = int((metadata.ensemble or {}).get("members", 0))
+    members = metadata.ensemble.members if metadata.ensemble is not None else 0
     if members:
         return [model.get_layer(f"member_{k}") for k in range(members)]
     return [model]
@@ -123,7 +123,7 @@ def head_features(model, metadata: ModelMetadata, x: np.ndarray, *, batch_size: 
     tops = _tops(model, metadata)
     stem = None
     if tops[0] is not model:
-        cut = mobilenet_cut_layer(model, int(metadata.ensemble["unfreeze_blocks"]))
+        cut = mobilenet_cut_layer(model, metadata.ensemble.unfreeze_blocks)
         stem = keras.Model(model.input, model.get_layer(cut).output)
     heads = [keras.Model(top.input, top.get_layer("head_dense").output) for top in tops]
     out: list[list[np.ndarray]] = [[] for _ in tops]

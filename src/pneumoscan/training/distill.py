@@ -132,8 +132,8 @@ class Teacher:
                 f"{path}: not an ensemble (its sidecar has no 'ensemble' section, or is a student's)"
             )
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
-        cut = mobilenet_cut_layer(model, int(meta.ensemble.get("unfreeze_blocks", 3)))
-        tops = [model.get_layer(f"member_{k}") for k in range(int(meta.ensemble["members"]))]
+        cut = mobilenet_cut_layer(model, meta.ensemble.unfreeze_blocks)
+        tops = [model.get_layer(f"member_{k}") for k in range(meta.ensemble.members)]
         return cls(path, meta, model, cut, tops, hashlib.sha256(path.read_bytes()).hexdigest())
 
     def stem(self) -> keras.Model:
@@ -165,17 +165,17 @@ def _predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
 def members_held_out(samples: list[Sample], metadata: ModelMetadata) -> set[Path]:
     """Paths of the images every member of the teacher held out (none for cross-fitted folds, or
     when ``samples`` are not the folder the teacher was trained on)."""
-    ensemble = metadata.ensemble or {}
-    if ensemble.get("member_split") != "validation":
+    ensemble = metadata.ensemble
+    if ensemble is None or ensemble.member_split != "validation":
         return set()
-    seed = int(ensemble.get("fold_seed", 1337))
-    folder = stratified_subset(samples, ensemble.get("limit"), seed=seed)
+    seed = ensemble.fold_seed
+    folder = stratified_subset(samples, ensemble.limit, seed=seed)
     if metadata.data_fingerprint and fingerprint(folder) != metadata.data_fingerprint:
         log.warning("the data is not the teacher's training folder: no image is known to be held out by all")
         return set()
     held = None
-    for k in range(int(ensemble["members"])):
-        _, val = patient_split(folder, val_fraction=float(ensemble["val_fraction"]), seed=seed + k)
+    for k in range(ensemble.members):
+        _, val = patient_split(folder, val_fraction=ensemble.val_fraction, seed=seed + k)
         held = {s.path for s in val} if held is None else held & {s.path for s in val}
     return held or set()
 

@@ -413,7 +413,7 @@ def ensemble_section(cfg: TrainConfig, embedding_dim: int) -> dict:
         "limit": cfg.limit,
         "unfreeze_blocks": cfg.unfreeze_blocks,
         "combine": "mean of the members' calibrated probabilities",
-        "validation": HELD_OUT_WORDS[cfg.member_split],
+        "held_out_words": HELD_OUT_WORDS[cfg.member_split],
     }
 
 

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumoscan.config import DEFAULT_VAL_FRACTION, SplitConfig
+from pneumoscan.config import SplitConfig
 from pneumoscan.data.dataset import (
     Sample,
     decode_samples,
@@ -162,9 +162,7 @@ def model_split(metadata: ModelMetadata, data_dir: str | Path) -> tuple[list[Sam
     if split is None and metadata.ensemble is not None:
         # An ensemble has no one held-out split (see held_out_samples); this split's train side
         # (member 0's, with the default member_split) gives the int8 calibration images.
-        split = SplitConfig(
-            seed=metadata.ensemble.get("fold_seed", SplitConfig().seed), limit=metadata.ensemble.get("limit")
-        )
+        split = SplitConfig(seed=metadata.ensemble.fold_seed, limit=metadata.ensemble.limit)
     elif split is None:
         split = SplitConfig()
         log.warning("the model's sidecar has no 'split' entry; assuming the default split %s", split)
@@ -272,7 +270,7 @@ class CheckSet:
 
 def _check_seed(metadata: ModelMetadata) -> int:
     if metadata.ensemble is not None:
-        return int(metadata.ensemble.get("fold_seed", SplitConfig().seed))
+        return metadata.ensemble.fold_seed
     return (metadata.split or SplitConfig()).seed
 
 
@@ -288,12 +286,11 @@ def held_out_samples(metadata: ModelMetadata, data_dir: str | Path) -> tuple[lis
     if ensemble is None:
         _, val = model_split(metadata, data_dir)
         return val, val, "the model's own validation split (sidecar 'split'), which it never trained on"
-    seed = int(ensemble.get("fold_seed", SplitConfig().seed))
-    samples = stratified_subset(discover_split(data_dir, prefer="train"), ensemble.get("limit"), seed=seed)
-    members = int(ensemble.get("members", 0))
-    if ensemble.get("member_split", "folds") == "folds":
+    seed, members = ensemble.fold_seed, ensemble.members
+    samples = stratified_subset(discover_split(data_dir, prefer="train"), ensemble.limit, seed=seed)
+    if ensemble.member_split == "folds":
         return [], samples, f"none: with member_split 'folds' each image trained {members - 1} members"
-    fraction = float(ensemble.get("val_fraction", DEFAULT_VAL_FRACTION))
+    fraction = ensemble.val_fraction
     counts: collections.Counter = collections.Counter()
     for k in range(members):
         counts.update(s.path for s in patient_split(samples, val_fraction=fraction, seed=seed + k)[1])
