@@ -90,10 +90,10 @@ def default_serving_model_path() -> Path:
     ``site-check``): ``$PNEUMOSCAN_MODEL`` when set, else the bundled LiteRT export, else the
     bundled Keras model.
 
-    LiteRT because it starts without importing TensorFlow and runs one image in about 10 ms on 2
-    cores; and in the app because Streamlit calls ``keras.backend.clear_session()`` after every
-    script run, which drops TensorFlow's kernels: the next Keras prediction rebuilt them in about
-    0.5 s on 2 cores.
+    LiteRT because it starts without importing TensorFlow and answers one image about 2.7 times
+    faster (``benchmarks/inference.py``); and in the app because Streamlit calls
+    ``keras.backend.clear_session()`` after every script run, which drops TensorFlow's kernels, so
+    each upload rebuilds them (``benchmarks/app_latency.py``: the README gives the figures).
     """
     if "PNEUMOSCAN_MODEL" in os.environ:
         return Path(os.environ["PNEUMOSCAN_MODEL"])
