@@ -45,7 +45,7 @@ from pneumoscan.models.calibration import (
     PlattCalibrator,
     calibrator_from_dict,
 )
-from pneumoscan.models.sections import EnsembleSection, HeldOutFigures, is_number
+from pneumoscan.models.sections import EnsembleSection, HeldOutFigures, is_count, is_number
 
 SIDECAR_SUFFIX = ".meta.json"
 
@@ -142,18 +142,14 @@ def _thawed(value: Any) -> Any:
 STUDENT_OUTPUTS = ("p_pneumonia", "spread", "embedding")
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _check_student(student: Mapping[str, Any]) -> None:
     """ValueError unless ``student`` names every output column inside its ``width``."""
     outputs, width, dim = student.get("outputs"), student.get("width"), student.get("embedding_dim")
-    if not isinstance(outputs, Mapping) or not all(_is_count(outputs.get(k)) for k in STUDENT_OUTPUTS):
+    if not isinstance(outputs, Mapping) or not all(is_count(outputs.get(k)) for k in STUDENT_OUTPUTS):
         raise ValueError(
             f"student.outputs must give a column for each of {list(STUDENT_OUTPUTS)}, got {outputs!r}"
         )
-    if not (_is_count(width) and _is_count(dim)):
+    if not (is_count(width) and is_count(dim)):
         raise ValueError(
             f"student.width and student.embedding_dim must be integers >= 0, got {width!r}, {dim!r}"
         )

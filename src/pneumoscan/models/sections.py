@@ -31,6 +31,11 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def is_count(value: Any, least: int = 0) -> bool:
+    """An int (not a bool) of at least ``least``: a sidecar's counts, columns and seeds."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 @dataclasses.dataclass(frozen=True)
 class HeldOutFigures:
     """Metrics of a model at its stored threshold on training images it held out.
@@ -111,10 +116,6 @@ class HeldOutFigures:
 MEMBER_SPLITS = ("folds", "validation")
 
 
-def _is_count(value: Any, least: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
 @dataclasses.dataclass(frozen=True)
 class EnsembleSection:
     """How a deep ensemble's output is laid out and how its members were trained.
@@ -157,9 +158,9 @@ class EnsembleSection:
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        if not _is_count(self.members, 2):
+        if not is_count(self.members, 2):
             raise ValueError(f"ensemble.members must be an integer >= 2, got {self.members!r}")
-        if not _is_count(self.embedding_dim):
+        if not is_count(self.embedding_dim):
             raise ValueError(f"ensemble.embedding_dim must be an integer >= 0, got {self.embedding_dim!r}")
         if self.member_split not in MEMBER_SPLITS:
             raise ValueError(
@@ -170,9 +171,9 @@ class EnsembleSection:
         if self.val_fraction is not None and not (is_number(self.val_fraction) and 0 < self.val_fraction < 1):
             raise ValueError(f"ensemble.val_fraction must be in (0, 1), got {self.val_fraction!r}")
         for name in ("fold_seed", "unfreeze_blocks"):
-            if not _is_count(getattr(self, name)):
+            if not is_count(getattr(self, name)):
                 raise ValueError(f"ensemble.{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        if self.limit is not None and not _is_count(self.limit, 1):
+        if self.limit is not None and not is_count(self.limit, 1):
             raise ValueError(f"ensemble.limit must be a positive integer or null, got {self.limit!r}")
         object.__setattr__(self, "extra", types.MappingProxyType(dict(self.extra)))
 
