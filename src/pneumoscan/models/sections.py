@@ -95,20 +95,18 @@ class HeldOutFigures:
         """
         if not isinstance(metrics, Mapping):
             raise ValueError(f"validation must be a mapping, got {metrics!r}")
-        ensemble = sidecar.get("ensemble") or {}
-        measured_on = (
-            ensemble.get("held_out_words")
-            or ensemble.get("validation")
-            or "the model's patient-level validation split"
-        )
-        chose = [CHOSE_CALIBRATION, CHOSE_THRESHOLD]
-        # A single model keeps its best epoch; so do "validation" members; fold members (and
-        # ensembles from before member_split was recorded) train fixed epochs.
-        if not ensemble or ensemble.get("member_split", "folds") == "validation":
-            chose.insert(0, CHOSE_EPOCHS)
-        if sidecar.get("decision") is not None:
-            chose.append(CHOSE_BAND)
-        return cls(metrics, measured_on, tuple(chose))
+        ensemble = EnsembleSection.from_dict(sidecar["ensemble"]) if sidecar.get("ensemble") else None
+        measured_on = (ensemble and ensemble.held_out_words) or "the model's patient-level validation split"
+        return cls(metrics, measured_on, held_out_choices(ensemble, band=sidecar.get("decision") is not None))
+
+
+def held_out_choices(ensemble: EnsembleSection | None, *, band: bool) -> tuple[str, ...]:
+    """What a model's held-out images chose in training: the calibration and threshold always; the
+    epochs for a single model and for ``"validation"`` members (fold members train fixed epochs);
+    the uncertainty band when one was fitted on them."""
+    epochs = ensemble is None or ensemble.member_split == "validation"
+    chose = ((CHOSE_EPOCHS,) if epochs else ()) + (CHOSE_CALIBRATION, CHOSE_THRESHOLD)
+    return chose + ((CHOSE_BAND,) if band else ())
 
 
 #: How ensemble members hold training images out: cross-fitted patient folds, or each member its

@@ -60,13 +60,7 @@ from pneumoscan.evaluation.robustness import SHIFTS, stress_from_predictions
 from pneumoscan.models.architectures import build_ensemble, mobilenet_cut_layer, mobilenet_member
 from pneumoscan.models.artifacts import ModelMetadata, save_model
 from pneumoscan.models.calibration import choose_calibrator
-from pneumoscan.models.sections import (
-    CHOSE_BAND,
-    CHOSE_CALIBRATION,
-    CHOSE_EPOCHS,
-    CHOSE_THRESHOLD,
-    HeldOutFigures,
-)
+from pneumoscan.models.sections import EnsembleSection, HeldOutFigures, held_out_choices
 from pneumoscan.plotting import save as save_figure
 from pneumoscan.training.engine import (
     SIDECAR_VALIDATION_METRICS,
@@ -354,7 +348,7 @@ class EnsembleTrainer(Trainer):
             "ece_before": metrics_lib.expected_calibration_error(data.y, oof.clean),
             "ece_after": metrics_lib.expected_calibration_error(data.y, calibrator.transform(oof.clean)),
         }
-        embedding_dim = int(model.output.shape[-1]) - 1 - cfg.members
+        section = ensemble_section(cfg, embedding_dim=int(model.output.shape[-1]) - 1 - cfg.members)
         band, guard = fit_band_and_guard(
             data, oof, calibrator, threshold, embeddings, all_groups, seed=cfg.seed
         )
@@ -368,10 +362,10 @@ class EnsembleTrainer(Trainer):
             target_recall=cfg.target_recall,
             data_dir=str(self.data_dir),
             data_fingerprint=self.fingerprint,
-            held_out=held_out_figures(cfg, metrics),
+            held_out=held_out_figures(cfg, metrics, section),
             decision={"band": band.to_dict()},
             scope=guard.to_dict(),
-            ensemble=ensemble_section(cfg, embedding_dim),
+            ensemble=section,
             pneumoscan_version=__version__,
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         )
@@ -390,31 +384,30 @@ class EnsembleTrainer(Trainer):
         return metrics
 
 
-def held_out_figures(cfg: TrainConfig, metrics: dict) -> HeldOutFigures:
+def held_out_figures(cfg: TrainConfig, metrics: dict, section: EnsembleSection) -> HeldOutFigures:
     """The sidecar's held-out figures of an ensemble: which images, and what they chose."""
     return HeldOutFigures(
         {k: metrics[k] for k in SIDECAR_VALIDATION_METRICS},
         measured_on=HELD_OUT_WORDS[cfg.member_split],
-        # Fold members train fixed epochs; validation members keep their best epoch.
-        chose=((CHOSE_EPOCHS,) if cfg.member_split == "validation" else ())
-        + (CHOSE_CALIBRATION, CHOSE_THRESHOLD, CHOSE_BAND),
+        chose=held_out_choices(section, band=True),
     )
 
 
-def ensemble_section(cfg: TrainConfig, embedding_dim: int) -> dict:
+def ensemble_section(cfg: TrainConfig, embedding_dim: int) -> EnsembleSection:
     """The sidecar's ``ensemble`` section: how the output is laid out and how the members were trained."""
-    split = {"folds": cfg.members} if cfg.member_split == "folds" else {"val_fraction": cfg.val_fraction}
-    return {
-        "members": cfg.members,
-        "embedding_dim": embedding_dim,
-        "member_split": cfg.member_split,
-        **split,
-        "fold_seed": cfg.seed,
-        "limit": cfg.limit,
-        "unfreeze_blocks": cfg.unfreeze_blocks,
-        "combine": "mean of the members' calibrated probabilities",
-        "held_out_words": HELD_OUT_WORDS[cfg.member_split],
-    }
+    folds = cfg.member_split == "folds"
+    return EnsembleSection(
+        members=cfg.members,
+        embedding_dim=embedding_dim,
+        member_split=cfg.member_split,
+        folds=cfg.members if folds else None,
+        val_fraction=None if folds else cfg.val_fraction,
+        fold_seed=cfg.seed,
+        limit=cfg.limit,
+        unfreeze_blocks=cfg.unfreeze_blocks,
+        combine="mean of the members' calibrated probabilities",
+        held_out_words=HELD_OUT_WORDS[cfg.member_split],
+    )
 
 
 def held_out_part(data: DecodedSet, oof: OutOfFold) -> tuple[DecodedSet, OutOfFold]:
