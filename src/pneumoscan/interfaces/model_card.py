@@ -32,7 +32,7 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
         "class_names": list(meta.class_names),
         "threshold": predictor.threshold,
         "target_recall": meta.target_recall,
-        "calibration": _plain(meta.to_json().get("calibration")),
+        "calibration": meta.calibration.to_dict(),
         "ensemble": meta.ensemble.to_dict() if meta.ensemble is not None else None,
         "held_out": _held_out(meta),
         "independent": _plain(meta.test_split),

@@ -282,7 +282,7 @@ def held_out_samples(metadata: ModelMetadata, data_dir: str | Path) -> tuple[lis
     model: its validation split, twice. (Training split the images it could decode; a folder with
     unreadable files may shift a few patients.)"""
     ensemble = metadata.ensemble
-    student = metadata.to_json().get("student")
+    student = metadata.student
     if ensemble is None:
         _, val = model_split(metadata, data_dir)
         return val, val, "the model's own validation split (sidecar 'split'), which it never trained on"
