@@ -82,6 +82,7 @@ def one_split(site: Path, split: int, root: Path) -> dict:
         "n_A": report["site"]["n"],
         "n_B": len(b_samples),
         "adapt_seconds": round(seconds, 1),
+        "adapt_stage_seconds": {k: round(v, 1) for k, v in report["timings"].items()},
         "base_on_B": {k: base[k] for k in KEYS},
         "adapted_on_B": {k: new[k] for k in KEYS},
         "adapt_estimate_from_A": {k: report["nested"][k] for k in KEYS},
@@ -138,9 +139,13 @@ def main() -> None:
         )
     print("(measured on half B of each split: patients the adaptation never saw; mean ± SD over splits)")
     for s in splits:
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in s["adapt_stage_seconds"].items())
         print(
-            f"adapt on {s['n_A']} images: {s['adapt_seconds']:.0f} s; files {s['files_bytes'] / 1e6:.1f} MB"
+            f"adapt on {s['n_A']} images: {s['adapt_seconds']:.0f} s ({stages});"
+            f" files {s['files_bytes'] / 1e6:.1f} MB"
         )
+        estimate = ", ".join(f"{k} {v:.3f}" for k, v in s["adapt_estimate_from_A"].items())
+        print(f"  adapt's own estimate from A (nested cross-fitting): {estimate}")
         print(f"  site-check on B: {s['site_check_on_B']}")
     for name, d in drift.items():
         print(f"drift, {name}: {d['summary']}")
