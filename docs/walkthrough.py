@@ -387,8 +387,9 @@ print(format_metrics_table(single))
 # acquisition shift (darker, brighter, blurred, cropped...); the scope guard is fitted on every
 # image. The members are then put on the stem in one Keras model that outputs the mean probability,
 # each member's, and the stem's embedding. (`member_split="folds"` gives the earlier recipe: member
-# *k* cross-fitted on every patient fold but *k*, for fixed epochs. The saved outputs of this
-# notebook come from a full run of that earlier recipe; `make walkthrough` re-runs it.)
+# *k* cross-fitted on every patient fold but *k*, for fixed epochs.) The saved outputs of this
+# notebook come from a full run of the released recipe (`member_split="validation"`, printed with
+# the settings above); `make walkthrough` re-runs it.
 
 # %%
 ensemble_run = fresh_run("ensemble")
@@ -405,9 +406,11 @@ print(f"calibration chosen on evidence: {ensemble['calibration']['method']}")
 print(f"served model matches the held-out predictions: {ensemble['serving_check']}")
 
 # %% [markdown]
-# Does this reproduce the released model? Same recipe, same seed, same data: its out-of-fold
-# figures should match the bundled model's sidecar (in quick mode they will not: less data, fewer
-# epochs).
+# Does this reproduce the released model? Same recipe, same seed, same data: its held-out figures
+# should come close to the bundled model's sidecar but not match it exactly, since training is not
+# bit-for-bit reproducible across machines (the saved run and the release ran on different CPUs).
+# The table shows how far this run lands, threshold included. In quick mode they will not come
+# close (less data, fewer epochs).
 
 # %%
 from pneumoscan.models.artifacts import ModelMetadata
@@ -428,8 +431,10 @@ for name, threshold, m in (
 #
 # A missed pneumonia costs more than an extra review, so the operating threshold is the highest one
 # that still reaches the target **recall** (sensitivity), and specificity is what we pay for it.
-# Everything below reads the ensemble's out-of-fold predictions (`validation_predictions.csv`),
-# one per training image.
+# Everything below reads the members' held-out predictions (`validation_predictions.csv`): each
+# image that some member held out, scored by the first such member. These are one member's
+# figures, not the averaged ensemble's, and images no member held out are not scored (the count
+# is printed below).
 
 # %%
 with open(ensemble_run / "validation_predictions.csv") as fh:
@@ -458,7 +463,7 @@ display(figures.threshold_sweep_figure(y, p, threshold=threshold, target_recall=
 # %% [markdown]
 # **Calibration**: a probability is honest when, among the images given a probability *p*, a share *p*
 # has pneumonia.
-# The reliability diagram compares the raw ensemble output with the calibrated one (ECE: the
+# The reliability diagram compares the raw held-out predictions with the calibrated ones (ECE: the
 # average gap, in probability).
 
 # %%
@@ -470,7 +475,7 @@ print(
 
 # %% [markdown]
 # **The stress test**: the same images re-rendered as another machine might have taken them. Each
-# training image got one shift; the table shows each shift's images at the unchanged threshold.
+# scored image got one shift; the table shows each shift's images at the unchanged threshold.
 # The shift that costs the most specificity is where new intakes that differ that way will see
 # more false alarms.
 
@@ -549,7 +554,7 @@ for r in chosen:
 # `pneumoscan.Predictor`, on the bundled model by default. `assess` gives the whole answer for one
 # image: the scope guard first, then the calibrated probability and a decision in three outcomes:
 # *pneumonia suspected*, *no pneumonia detected*, or *uncertain* when the probability falls in the
-# band where the model's out-of-fold errors concentrate (a clinician should read those). When the
+# band where the members' held-out errors concentrate (a clinician should read those). When the
 # members disagree (a large sd), the probability tends to fall in that band, and the answer says so
 # instead of stating a confident class.
 
@@ -632,8 +637,9 @@ print("LiteRT:", litert.assess(image))
 # ## 9. A new site: `drift`, `site-check`, `adapt`
 #
 # A model chosen on one folder does not promise how it does at the next hospital: on a new intake
-# the released ensemble kept its recall but called many healthy children "pneumonia suspected"
-# (the README's results). Three commands make checking and adapting a routine step:
+# the cross-fitted ensemble released before this model kept its recall but called many healthy
+# children "pneumonia suspected" (the README's results; this release is not measured there yet).
+# Three commands make checking and adapting a routine step:
 #
 # - `pneumoscan drift PATH...`, on unlabelled images of an intake: how far they lie from the
 #   training images (the scope guard's embedding distance) and a verdict;
