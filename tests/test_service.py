@@ -38,7 +38,7 @@ URL = "/v1/predictions"
 
 @pytest.fixture(scope="module")
 def lite_model(tmp_path_factory) -> Path:
-    """A tiny model's float32 LiteRT export: the kind of model the service serves by default."""
+    """A tiny model's LiteRT export (float32; the bundled one the service serves by default is float16)."""
     keras_path = make_tiny_model(tmp_path_factory.mktemp("model"), image_size=SIZE, threshold=0.45)
     return export_tiny_litert(keras_path)
 

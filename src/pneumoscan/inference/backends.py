@@ -105,8 +105,8 @@ class LiteRTBackend:
         # One image at a time runs fastest on one interpreter using every core...
         self._session = _LiteRTSession(model_path, self.num_threads)
         # ...many images on one single-threaded interpreter per core, each taking whole images
-        # (measured on 2 cores, float32, alternating in one process: 139-148 images/s against
-        # 106-131 for one 2-thread interpreter at batch 4; int8 was even).
+        # (faster than one 2-thread interpreter on batches when timed on 2 cores on 2026-11-28, with
+        # the float32 export of that day's model; no benchmark here repeats that comparison).
         self._workers: queue.SimpleQueue[_LiteRTSession] | None = None
         self._pool = None
 

@@ -134,10 +134,10 @@ def threshold_explanation(predictor: Predictor) -> str:
     """What the operating threshold means, in one paragraph of Markdown."""
     target = predictor.metadata.target_recall
     chosen = (
-        f"chosen on the validation set so that about {percent(target)} of pneumonias are flagged "
-        "(sensitivity, or recall)"
+        f"chosen on the model's held-out predictions so that about {percent(target)} of pneumonias are "
+        "flagged (sensitivity, or recall)"
         if target
-        else "chosen on the validation set for high sensitivity (recall)"
+        else "chosen on the model's held-out predictions for high sensitivity (recall)"
     )
     if predictor.threshold != predictor.metadata.threshold:
         chosen = f"set by hand for this session (the model's own is {predictor.metadata.threshold:.2f})"
@@ -315,8 +315,7 @@ def sidebar_options() -> bool:
         "Show Grad-CAM heatmaps",
         value=False,
         key="show_gradcam",
-        help="Colour the regions that drove the pneumonia score. Computed only when switched on "
-        "(about a second per image).",
+        help="Colour the regions that drove the pneumonia score. Computed only when switched on.",
     )
 
 
