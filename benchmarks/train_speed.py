@@ -1,4 +1,4 @@
-"""Training speed of the default recipe (the cross-fitted ensemble) against a plain ``model.fit``.
+"""Training speed of the default recipe (three members on one stem) against a plain ``model.fit``.
 
     python benchmarks/train_speed.py [--data ../shared/data/chest_xray/train] [--plain-steps 20]
     python benchmarks/train_speed.py --run-dir runs/ens-1337     # reuse a finished default run
@@ -11,7 +11,7 @@
    full model fitted on images with on-the-fly augmentation, the backbone recomputed every epoch
    (frozen for the head phase, top blocks trainable for the fine-tune phase). It times
    ``--plain-steps`` batches of each phase after a warm-up and extrapolates to the image-passes one
-   member makes (its folds x views x epochs).
+   member makes (the images it trains on x views x epochs).
 3. Prints two ratios: plain fit of one member / cached training of the whole ensemble, and the same
    for equal image-passes (plain rate extrapolated to every member's passes); then the verdict
    against the 25-minute target. Needs KERAS_HOME pointing at the ImageNet weights (set
@@ -100,9 +100,9 @@ def main() -> None:
         total = time.perf_counter() - start
     else:
         run_dir, total = args.run_dir, None
-    # The same images and folds, through a scratch folder so a finished run's timings stay intact.
+    # The same images and held-out masks, through a scratch folder so a finished run's timings stay intact.
     scratch = Path(tempfile.mkdtemp(prefix="pneumoscan-train-speed-")) / "unused"
-    data, folds = EnsembleTrainer(cfg, args.data, scratch, progress=False).load_all()
+    data, held = EnsembleTrainer(cfg, args.data, scratch, progress=False).load_all()
     timings = json.loads((run_dir / "timings.json").read_text())
     if total is None:
         stages = [k for k in timings if k != "total_after_decode" and not k.startswith("fit_member")]
@@ -110,7 +110,9 @@ def main() -> None:
         print("(total = the sum of the run's recorded stages; the run itself took that plus start-up)")
 
     views = 1 + cfg.augmented_views
-    member_images = int(np.mean([(folds != k).sum() for k in range(cfg.members)]))
+    # Each member trains on what it does not hold out (its folds' complement, or all but its
+    # validation split); load_all returns the held-out masks.
+    member_images = int(np.mean([(~mask).sum() for mask in held]))
     head_images = member_images * views * cfg.head_epochs
     ft_images = member_images * views * cfg.finetune_epochs
     plain_head = plain_fit_rate(cfg, data.x, data.y, phase="head", steps=args.plain_steps)
@@ -118,7 +120,9 @@ def main() -> None:
     plain_member = head_images / plain_head + ft_images / plain_ft
     fixed = timings["decode"]["seconds"] + timings["finalise"]["seconds"]
 
-    print(f"data: {args.data} ({len(data.y)} images, {cfg.members} patient folds), run: {run_dir}")
+    print(
+        f"data: {args.data} ({len(data.y)} images, {cfg.members} members, {cfg.member_split}), run: {run_dir}"
+    )
     print(
         f"recipe: {cfg.members} members, {views} training views/image (+1 shifted for calibration), head "
         f"{cfg.head_epochs} epochs, fine-tune {cfg.finetune_epochs} epochs ({cfg.unfreeze_blocks} blocks), "
