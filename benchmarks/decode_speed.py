@@ -6,7 +6,7 @@ blur), one file at a time on one thread, p50 over ``--reps`` calls after one war
 
 - a real 224-px training JPEG re-encoded in memory (the archive of this dataset's kind);
 - a full-size frontal film as a 2048 x 2500, 12-bit-stored, 16-bit-allocated uncompressed DICOM
-  (9.8 MB), made from a real training film resized up (``pneumoscan.testing.dicom``), else a
+  (10.2 MB), made from a real training film resized up (``pneumoscan.testing.dicom``), else a
   synthetic one;
 
 beside a plain baseline measured in the same run: Pillow's own decode and resize of the same JPEG
