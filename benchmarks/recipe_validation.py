@@ -2,6 +2,7 @@
 
     python benchmarks/recipe_validation.py [--recipes frozen_lr,ensemble,single,reweighted]
                                            [--seeds 1337,7,42] [--cache runs/proxy-cache] [--json OUT]
+                                           [--image-size 224]
 
 The protocol (issue 16). The shortcut audit (:mod:`pneumoscan.evaluation.shortcuts`) finds that
 the border of a film alone predicts its label (ROC AUC about 0.97 out of fold): normal films of the
@@ -28,8 +29,12 @@ augmented view of every image, computed once):
 - ``reweighted``: ``single`` with every image weighted so that, within the training part, the
   set-up (quintile of the border score) no longer predicts the label; and the mean of its seeds.
 
+``--image-size`` runs every recipe at another input side (the ImageNet weights of that size; a
+cache of its own, ``<cache>-<size>``). The held-out images are the same at every size: the set-up
+score that picks them is always computed on the 224-px decode.
+
 Cost on 2 CPU cores: about 4 min to build the cache once, 10 s per ``frozen_lr``, 1-3 min per
-fine-tuned model. Needs ``../shared`` (training images, ImageNet weights).
+fine-tuned model (at 224 px). Needs ``../shared`` (training images, ImageNet weights).
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ if (SHARED / "keras" / "models").is_dir():
 STEM_CUT = "block_13_project_BN"
 
 #: Test ROC AUC of each rerunnable recipe on the official test split, measured independently
-#: (issue 16, 2026-11-30): the ground truth the protocol must rank the same way.
+#: (issue 16, tracker #19, read 2026-12-01): the ground truth the protocol must rank the same way.
 GROUND_TRUTH = {
     "frozen_lr": 0.954,
     "single (mean over seeds)": float(np.mean([0.967, 0.940, 0.938])),
@@ -59,14 +64,20 @@ GROUND_TRUTH = {
 }
 
 
+#: The protocol's input side; ``--image-size`` changes it (set once, before anything is built).
+IMAGE_SIZE = 224
+#: The side the set-up score (which picks the held-out images) is always computed at.
+SETUP_SIZE = 224
+
+
 def run_stem(x: np.ndarray, augmenter=None) -> np.ndarray:
-    """MobileNetV2 (ImageNet) features after ``block_13``: (n, 224, 224, 1) -> (n, 7, 7, 160) float16."""
+    """MobileNetV2 (ImageNet) features after ``block_13``: (n, s, s, 1) -> (n, s/32, s/32, 160) float16."""
     import keras
     import tensorflow as tf
 
     from pneumoscan.models.architectures import build_mobilenetv2
 
-    model = build_mobilenetv2(224)
+    model = build_mobilenetv2(IMAGE_SIZE)
     stem = keras.Model(model.input, model.get_layer(STEM_CUT).output)
 
     @tf.function(reduce_retracing=True)
@@ -90,7 +101,7 @@ def build_cache(data_dir: Path, cache: Path) -> None:
 
     cache.mkdir(parents=True, exist_ok=True)
     if not (cache / "x.npy").exists():
-        data = decode_samples(discover_split(data_dir, prefer="train"), 224, progress=False)
+        data = decode_samples(discover_split(data_dir, prefer="train"), IMAGE_SIZE, progress=False)
         np.save(cache / "x.npy", data.x)
         np.save(cache / "y.npy", data.y)
         samples = [[str(s.path), s.patient_id, s.subtype] for s in data.samples]
@@ -100,7 +111,7 @@ def build_cache(data_dir: Path, cache: Path) -> None:
         np.save(cache / "stem_clean.npy", run_stem(x))
         np.save(cache / "stem_aug1.npy", run_stem(x, build_augmenter(AugmentConfig(), seed=1438)))
     if not (cache / "gap_aug1.npy").exists():
-        model = build_mobilenetv2(224)
+        model = build_mobilenetv2(IMAGE_SIZE)
         top = keras.Model(model.get_layer(STEM_CUT).output, model.get_layer("avg_pool").output)
         for view in ("clean", "aug1"):
             stem = np.load(cache / f"stem_{view}.npy").astype(np.float32)
@@ -108,6 +119,9 @@ def build_cache(data_dir: Path, cache: Path) -> None:
     if not (cache / "setup_score.npy").exists():
         y = np.load(cache / "y.npy")
         groups = [s[1] for s in json.loads((cache / "samples.json").read_text())]
+        if IMAGE_SIZE != SETUP_SIZE:
+            # The same held-out images at every input size: score the set-up on the 224-px decode.
+            x = decode_samples(discover_split(data_dir, prefer="train"), SETUP_SIZE, progress=False).x
         np.save(cache / "setup_score.npy", setup_scores(x, y, groups))
 
 
@@ -130,7 +144,7 @@ def held_out_views(cache: Path, c: Cache, held: np.ndarray) -> dict[str, dict[st
     if not path.exists():
         x = np.load(cache / "x.npy", mmap_mode="r")[held]
         stem = run_stem(SHIFTS[STRESS_SHIFT](np.ascontiguousarray(x)))
-        model = build_mobilenetv2(224)
+        model = build_mobilenetv2(IMAGE_SIZE)
         top = keras.Model(model.get_layer(STEM_CUT).output, model.get_layer("avg_pool").output)
         np.savez(path, stem=stem, gap=top.predict(stem.astype(np.float32), batch_size=256, verbose=0))
     crop = np.load(path)
@@ -178,7 +192,7 @@ def fit_finetuned(c: Cache, train: np.ndarray, seed: int, *, inner_val: bool, we
         sw = np.array([cw[int(v)] for v in y_fit])
     else:
         sw = np.tile(weights[fit_idx], 2)
-    full = build_mobilenetv2(224)
+    full = build_mobilenetv2(IMAGE_SIZE)
     pooled, cut = full.get_layer("avg_pool").output, full.get_layer(STEM_CUT).output
 
     def phase(model, x, xv, epochs, lr):
@@ -254,7 +268,12 @@ def main() -> None:
     parser.add_argument(
         "--group", type=int, default=0, help="also score ensembles of this many consecutive seeds' models"
     )
+    parser.add_argument("--image-size", type=int, default=224, help="input side in px (default 224)")
     args = parser.parse_args()
+    global IMAGE_SIZE
+    IMAGE_SIZE = args.image_size
+    if IMAGE_SIZE != 224:
+        args.cache = args.cache.with_name(f"{args.cache.name}-{IMAGE_SIZE}")
 
     from pneumoscan.data.dataset import fold_patients
     from pneumoscan.evaluation.shortcuts import setup_balanced_weights, setup_shift_split
@@ -274,7 +293,12 @@ def main() -> None:
     )
     print(f"   each scored clean and under '{STRESS_SHIFT}' (the crop column)", flush=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    out: dict = {"split": args.split, "held_out": int(held.sum()), "held_out_normal": int((y == 0).sum())}
+    out: dict = {
+        "image_size": IMAGE_SIZE,
+        "split": args.split,
+        "held_out": int(held.sum()),
+        "held_out_normal": int((y == 0).sum()),
+    }
     measured: dict[str, dict[str, float]] = {"clean": {}, "crop": {}}
 
     def predict_views(predict) -> dict[str, np.ndarray]:
