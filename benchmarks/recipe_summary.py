@@ -1,0 +1,110 @@
+"""The recipe validation's summaries over several runs: what the README's recipe table prints.
+
+    python benchmarks/recipe_summary.py runs/recipe_validation_*.json
+
+Each run of :mod:`recipe_validation` writes one JSON file (``--json``): one row per model it
+trained, each scored on the held-out images clean and under a tight crop. A summary over seeds
+needs several runs (a recipe's seeds are spread over them), so this script reads every file given,
+groups the rows by input size and recipe, and prints, for each view:
+
+- ``frozen_lr``: its ROC AUC (deterministic; every run that has it should print the same);
+- a fine-tuned recipe's single models (``single``, ``reweighted``): mean ± SD [min, max] over
+  every seed found, and how many;
+- the mean of three single models (a run's "mean of the seeds' models" over exactly three seeds,
+  and its "ensemble of seeds [...]" rows): mean ± SD over the groups found;
+- the cross-fitted ensemble: mean ± SD over the runs that trained one (one seed each);
+
+then the agreement of those summaries with the independently measured test figures
+(:data:`recipe_validation.GROUND_TRUTH`): Spearman rho and pairwise order agreement, per view and
+input size. Nothing is trained; it reads the files only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipe_validation import GROUND_TRUTH, agreement  # noqa: E402  (one definition of the check)
+
+VIEWS = ("clean", "crop")
+SEED_ROW = re.compile(r"^(single|reweighted) seed (\d+)$")
+GROUP_ROW = re.compile(r"^single, ensemble of seeds \[([\d, ]+)\]$")
+
+
+def collect(paths: list[Path]) -> dict[int, dict[str, dict[str, list[tuple[str, float]]]]]:
+    """``{image size: {summary row: {view: [(source, auc), ...]}}}`` from every file."""
+    found: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for path in paths:
+        run = json.loads(path.read_text())
+        size = int(run.get("image_size", 224))
+        rows = found[size]
+        singles = sum(bool(SEED_ROW.match(n)) and n.startswith("single") for n in run)
+        for name, row in run.items():
+            if not isinstance(row, dict) or not all(v in row for v in VIEWS):
+                continue
+            seed, group = SEED_ROW.match(name), GROUP_ROW.match(name)
+            if name == "frozen_lr":
+                key, source = "frozen_lr", path.name
+            elif seed:
+                key, source = f"{seed.group(1)}: single models", f"{path.name} seed {seed.group(2)}"
+            elif group and len(group.group(1).split(",")) == 3:
+                key, source = "single: mean of 3 models", f"{path.name} seeds [{group.group(1)}]"
+            elif name == "single, mean of the seeds' models" and singles == 3:
+                key, source = "single: mean of 3 models", f"{path.name} (its 3 seeds)"
+            elif name == "ensemble":
+                key, source = "ensemble (cross-fitted)", path.name
+            else:
+                continue
+            for view in VIEWS:
+                rows[key][view].append((source, float(row[view]["auc"])))
+    return found
+
+
+def describe(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f} (1 run)"
+    v = np.asarray(values)
+    return f"{v.mean():.4f} ± {v.std(ddof=1):.4f} [{v.min():.4f}, {v.max():.4f}] (n {len(v)})"
+
+
+#: Which summary row stands for which row of the independently measured test table.
+TEST_ROWS = {
+    "frozen_lr": "frozen_lr",
+    "single: single models": "single (mean over seeds)",
+    "single: mean of 3 models": "single, mean of the seeds' models",
+    "ensemble (cross-fitted)": "ensemble",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="JSON files of recipe_validation.py --json")
+    args = parser.parse_args(argv)
+    for size, rows in sorted(collect(args.runs).items()):
+        print(f"== input {size} px: held-out ROC AUC, mean ± SD [min, max] (n)")
+        measured: dict[str, dict[str, float]] = {view: {} for view in VIEWS}
+        for key in sorted(rows):
+            print(f"  {key}")
+            for view in VIEWS:
+                values = [auc for _, auc in rows[key][view]]
+                print(f"    {view:<6} {describe(values)}")
+                if key in TEST_ROWS:
+                    measured[view][TEST_ROWS[key]] = float(np.mean(values))
+        for view in VIEWS:
+            if len(measured[view]) > 2:
+                found = agreement(measured[view])
+                print(f"  agreement with the test split ({view}): {json.dumps(found)}")
+        known = ", ".join(f"{k} {v:.3f}" for k, v in GROUND_TRUTH.items())
+        print(f"  (test split ROC AUC, measured independently: {known})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
