@@ -40,7 +40,7 @@ def quality(teacher, student, data_dir: Path, ood_dir: Path | None) -> dict:
     from pneumoscan.training.distill_gate import GATE_SHIFTS, GateSet, gate
 
     meta = student.metadata
-    cfg = DistillConfig(**meta.student["config"])
+    cfg = DistillConfig(**meta.student.extra["config"])
     _, held, never = distillation_split(data_dir, meta, cfg)
     size = meta.image_size
     views = [("held out", decode_samples(held, size, progress=False), False)]

@@ -306,7 +306,7 @@ def test_export_writes_a_checked_litert_model(model, data, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] is True and report["n_check"] > 0
     assert out.stat().st_size == report["size_bytes"]
-    assert ModelMetadata.read(out).export["check"]["n_check"] == report["n_check"]
+    assert ModelMetadata.read(out).export.check["n_check"] == report["n_check"]
     assert run("predict", data / "test", "--model", out, "-q") == 0  # the export serves
 
 

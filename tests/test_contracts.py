@@ -104,7 +104,7 @@ def test_metadata_is_frozen_all_the_way_down():
     with pytest.raises(AttributeError):
         meta.threshold = 0.1
     with pytest.raises(TypeError):
-        meta.export["check"]["agreement"] = 0.0
+        meta.export.check["agreement"] = 0.0
     assert meta.to_json()["export"] == {"check": {"agreement": 1.0}}
 
 
@@ -123,6 +123,22 @@ def test_metadata_is_frozen_all_the_way_down():
         ({"held_out": {"metrics": {"recall": 0.9}}}, "held_out must hold 'metrics' and 'measured_on'"),
         ({"held_out": {"metrics": {}, "measured_on": " "}}, "held_out.measured_on must say which images"),
         ({"export": {"source": 3}}, "export.source must be a path string"),
+        ({"export": {"quantize": 16}}, "export.quantize must be a string, got 16"),
+        ({"export": {"check": [1.0]}}, "export.check must be a mapping"),
+        (
+            {"student": {"outputs": {"p_pneumonia": 0}, "width": 2, "embedding_dim": 0}},
+            "student.outputs must give",
+        ),
+        (
+            {
+                "student": {
+                    "outputs": {"p_pneumonia": 0, "spread": 0, "embedding": 2},
+                    "width": 2,
+                    "embedding_dim": 0,
+                }
+            },
+            "do not fit an output",
+        ),
         ({"ensemble": {"members": 1}}, "ensemble.members must be an integer >= 2, got 1"),
         ({"ensemble": {"members": 3, "member_split": "bags"}}, "ensemble.member_split must be one of"),
         ({"ensemble": {"members": 3, "val_fraction": 1.5}}, r"ensemble.val_fraction must be in \(0, 1\)"),
@@ -135,6 +151,45 @@ def test_metadata_refuses_bad_values_naming_them(changes, message):
     good = {"image_size": 64, "threshold": 0.5, "class_names": list(CLASS_NAMES)}
     with pytest.raises(ValueError, match=message):
         ModelMetadata.from_json({**good, **changes})
+
+
+def test_student_and_export_sections_are_typed_and_keep_what_they_do_not_know():
+    from pneumoscan.models.artifacts import OutputLayout
+    from pneumoscan.models.sections import ExportSection, StudentSection
+
+    student = {
+        "outputs": {"p_pneumonia": 0, "spread": 1, "embedding": 2},
+        "width": 6,
+        "embedding_dim": 4,
+        "teacher": {"file": "t.keras", "members": 3},
+        "seed": 7,
+    }
+    export = {
+        "source": "m.keras",
+        "format": "tflite",
+        "quantize": "float16",
+        "check": {"n_check": 9},
+        "created": "x",
+    }
+    sidecar = {
+        "image_size": 64,
+        "threshold": 0.5,
+        "class_names": list(CLASS_NAMES),
+        "student": student,
+        "export": export,
+    }
+    meta = ModelMetadata.from_json(sidecar)
+    assert isinstance(meta.student, StudentSection) and isinstance(meta.export, ExportSection)
+    assert meta.student.outputs["spread"] == 1 and meta.student.extra["teacher"]["members"] == 3
+    assert meta.embedding_dim == 4
+    layout = OutputLayout.of(meta)
+    assert (layout.width, layout.probability, layout.spread, layout.embedding) == (6, 0, 1, 2)
+    assert meta.export.source == "m.keras" and meta.export.check["n_check"] == 9
+    assert meta.export.extra["created"] == "x"
+    # The file's form is what was read, unknown keys included.
+    assert meta.to_json()["student"] == student and meta.to_json()["export"] == export
+    with pytest.raises(TypeError):
+        meta.student.extra["teacher"]["members"] = 1
 
 
 def test_read_names_the_file(tmp_path):

@@ -111,9 +111,9 @@ def test_distilled_student_keeps_probability_spread_embedding_and_guard(teacher,
     assert report["distilled_on"]["images"] + report["distilled_on"]["held_out_images"] == 25
     meta = ModelMetadata.read(out / "model.keras")
     student, teacher_meta = meta.student, ModelMetadata.read(teacher)
-    assert student["outputs"] == {"p_pneumonia": 0, "spread": 1, "embedding": 2}
-    assert student["width"] == 162 and student["teacher"]["file"] == "teacher.keras"
-    assert len(student["teacher"]["sha256"]) == 64 and student["seed"] == 7
+    assert student.outputs == {"p_pneumonia": 0, "spread": 1, "embedding": 2}
+    assert student.width == 162 and student.extra["teacher"]["file"] == "teacher.keras"
+    assert len(student.extra["teacher"]["sha256"]) == 64 and student.extra["seed"] == 7
     assert meta.threshold == teacher_meta.threshold and meta.scope == teacher_meta.scope
     assert json.loads((out / "distill.json").read_text())["gate"]["passed"]
 

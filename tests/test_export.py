@@ -155,7 +155,7 @@ def test_int8_is_refused_when_it_moves_probabilities_past_the_gate(predictor, tm
     train, _ = model_split(predictor.metadata, predictor.metadata.data_dir)
     assert report["passed"] and report["n_representative"] == len(train)
     assert 0.05 < report["max_abs_prob_diff"] <= 0.25
-    assert ModelMetadata.read(out).export["check"]["gate"]["max_abs_prob_diff"] == 0.25
+    assert ModelMetadata.read(out).export.check["gate"]["max_abs_prob_diff"] == 0.25
     x = fixed_inputs()
     p_keras, p_lite = predictor.predict_proba(x), Predictor(out).predict_proba(x)
     np.testing.assert_allclose(p_lite, p_keras, atol=0.25)

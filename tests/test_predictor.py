@@ -198,7 +198,7 @@ def test_bundled_litert_export_answers_like_the_bundled_keras_model(shared_data)
     assert lite_model.backend == "litert" and lite_model.threshold == keras_model.threshold
     p_keras = keras_model.predict_paths(files, progress=False).p_pneumonia
     p_lite = lite_model.predict_paths(files, progress=False).p_pneumonia
-    check = lite_model.metadata.export["check"]
+    check = lite_model.metadata.export.check
     np.testing.assert_allclose(p_lite, p_keras, atol=max(1e-4, 1.5 * check["max_abs_prob_diff"]))
     # Every label the same, as the docs say. A label can differ only for an image whose two
     # probabilities straddle the threshold, i.e. one within |dp| of it; the message says how close.

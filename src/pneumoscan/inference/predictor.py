@@ -49,7 +49,7 @@ def source_keras_model(model_path: str | Path, metadata: ModelMetadata) -> Path 
     model_path = Path(model_path)
     if model_path.suffix.lower() == ".keras":
         return model_path
-    source = (metadata.export or {}).get("source")
+    source = metadata.export.source if metadata.export is not None else None
     if not source:
         return None
     for candidate in (model_path.parent / source, model_path.parent / Path(source).name):

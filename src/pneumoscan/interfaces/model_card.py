@@ -23,7 +23,7 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
     section); each ``None`` when the sidecar records none.
     """
     meta = predictor.metadata
-    export = meta.export or {}
+    export = meta.export
     return {
         "model_file": predictor.model_path.name,
         "architecture": meta.arch,
@@ -39,11 +39,11 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
         "decision_band": predictor.band.to_dict(),
         "scope_guard": predictor.guard is not None,
         "export": {
-            "format": export.get("format"),
-            "quantize": export.get("quantize"),
-            "check": _plain(export.get("check")),
+            "format": export.format,
+            "quantize": export.quantize,
+            "check": _plain(export.check) if export.check else None,
         }
-        if export
+        if export is not None
         else None,
         "version": {
             "model_created": meta.created,

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,7 +44,15 @@ from pneumoscan.models.calibration import (
     PlattCalibrator,
     calibrator_from_dict,
 )
-from pneumoscan.models.sections import EnsembleSection, HeldOutFigures, is_count, is_number
+from pneumoscan.models.sections import (
+    EnsembleSection,
+    ExportSection,
+    HeldOutFigures,
+    StudentSection,
+    frozen_json,
+    is_number,
+    thawed_json,
+)
 
 SIDECAR_SUFFIX = ".meta.json"
 
@@ -120,45 +127,8 @@ def metadata_path(model_path: str | Path) -> Path:
     return model_path.with_name(model_path.stem + SIDECAR_SUFFIX)
 
 
-def _frozen(value: Any) -> Any:
-    """A read-only deep copy of a JSON value (mappings become ``MappingProxyType``, lists tuples)."""
-    if isinstance(value, Mapping):
-        return types.MappingProxyType({str(k): _frozen(v) for k, v in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(_frozen(v) for v in value)
-    return value
-
-
-def _thawed(value: Any) -> Any:
-    """The plain JSON value (dicts, lists) of a :func:`_frozen` one."""
-    if isinstance(value, Mapping):
-        return {k: _thawed(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_thawed(v) for v in value]
-    return value
-
-
-#: The columns a student's sidecar must name (``student.outputs``).
-STUDENT_OUTPUTS = ("p_pneumonia", "spread", "embedding")
-
-
-def _check_student(student: Mapping[str, Any]) -> None:
-    """ValueError unless ``student`` names every output column inside its ``width``."""
-    outputs, width, dim = student.get("outputs"), student.get("width"), student.get("embedding_dim")
-    if not isinstance(outputs, Mapping) or not all(is_count(outputs.get(k)) for k in STUDENT_OUTPUTS):
-        raise ValueError(
-            f"student.outputs must give a column for each of {list(STUDENT_OUTPUTS)}, got {outputs!r}"
-        )
-    if not (is_count(width) and is_count(dim)):
-        raise ValueError(
-            f"student.width and student.embedding_dim must be integers >= 0, got {width!r}, {dim!r}"
-        )
-    p, spread, start = (outputs[k] for k in STUDENT_OUTPUTS)
-    embedding = set(range(start, start + dim))
-    if max(p, spread) >= width or start + dim > width or len({p, spread}) < 2 or {p, spread} & embedding:
-        raise ValueError(
-            f"student.outputs {dict(outputs)} with a {dim}-d embedding do not fit an output of width {width}"
-        )
+#: Sidecar sections with a class of their own (:mod:`pneumoscan.models.sections`).
+_TYPED_SECTIONS = (("ensemble", EnsembleSection), ("student", StudentSection), ("export", ExportSection))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,8 +168,9 @@ class ModelMetadata:
         model's output is then ``(n, 1 + members + embedding_dim)``: the mean raw probability,
         each member's raw probability, and the embedding of the shared frozen stem; the section
         also says how the members split the training folder.
-    student : mapping, optional
-        Present for a distilled student (:mod:`pneumoscan.training.distill`): one top on the
+    student : StudentSection, optional
+        Present for a distilled student (:mod:`pneumoscan.training.distill`; given as a
+        :class:`~pneumoscan.models.sections.StudentSection` or its JSON form): one top on the
         teacher ensemble's frozen stem. Its ``outputs`` name the columns of the model's output
         (``p_pneumonia``, the teacher's *calibrated* ensemble probability, so ``calibration`` is
         not applied to it; ``spread``, the teacher members' spread; ``embedding``, the first of
@@ -218,9 +189,10 @@ class ModelMetadata:
         Metrics of *this* model measured independently on the official test split (``n``,
         ``accuracy``, ``recall``, ..., and ``ci`` with 95 % intervals, ``source``); shown beside
         ``held_out`` and only for this model.
-    export : mapping, optional
+    export : ExportSection, optional
         How a LiteRT file was made from a Keras model and checked (``source``, ``quantize``,
-        ``check``, ...; :mod:`pneumoscan.training.export`).
+        ``check``, ...; :class:`~pneumoscan.models.sections.ExportSection`, or its JSON form;
+        :mod:`pneumoscan.training.export`).
     pneumoscan_version, created, released_from : str, optional
         Provenance: the version that trained it, when (ISO 8601, UTC), and a release note.
     extra : mapping
@@ -238,11 +210,11 @@ class ModelMetadata:
     data_fingerprint: str | None = None
     held_out: HeldOutFigures | None = None
     ensemble: EnsembleSection | None = None
-    student: Mapping[str, Any] | None = None
+    student: StudentSection | None = None
     decision: Mapping[str, Any] | None = None
     scope: Mapping[str, Any] | None = None
     test_split: Mapping[str, Any] | None = None
-    export: Mapping[str, Any] | None = None
+    export: ExportSection | None = None
     pneumoscan_version: str | None = None
     created: str | None = None
     released_from: str | None = None
@@ -264,20 +236,14 @@ class ModelMetadata:
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise the nested values once, here
         set_(self, "class_names", tuple(self.class_names))
-        if isinstance(self.ensemble, Mapping):  # given in its JSON form
-            set_(self, "ensemble", EnsembleSection.from_dict(self.ensemble))
-        for name in (
-            "student",
-            "decision",
-            "scope",
-            "test_split",
-            "export",
-            "extra",
-        ):
+        for name, section in _TYPED_SECTIONS:
+            if isinstance(getattr(self, name), Mapping):  # given in its JSON form
+                set_(self, name, section.from_dict(getattr(self, name)))
+        for name in ("decision", "scope", "test_split", "extra"):
             if getattr(self, name) is not None:
                 if not isinstance(getattr(self, name), Mapping):
                     raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
-                set_(self, name, _frozen(getattr(self, name)))
+                set_(self, name, frozen_json(getattr(self, name)))
         self._check()
 
     def _check(self) -> None:
@@ -295,13 +261,14 @@ class ModelMetadata:
             raise ValueError(f"target_recall must be a number in (0, 1], got {self.target_recall!r}")
         if not isinstance(self.calibration, PlattCalibrator | IsotonicCalibrator):
             raise ValueError(f"calibration must be a calibration map, got {self.calibration!r}")
-        if self.ensemble is not None and not isinstance(self.ensemble, EnsembleSection):
-            raise ValueError(f"ensemble must be an EnsembleSection or its JSON form, got {self.ensemble!r}")
-        if self.student is not None:
-            _check_student(self.student)
+        for name, section in _TYPED_SECTIONS:
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), section):
+                raise ValueError(
+                    f"{name} must be a {section.__name__} or its JSON form, got {getattr(self, name)!r}"
+                )
         # The band and the guard are parsed (and fully checked) by the inference stage that uses them.
         if self.decision is not None and not isinstance(self.decision.get("band"), Mapping):
-            raise ValueError(f"decision must hold a 'band' mapping, got {_thawed(self.decision)!r}")
+            raise ValueError(f"decision must hold a 'band' mapping, got {thawed_json(self.decision)!r}")
         if self.scope is not None:
             dim = self.embedding_dim
             if not dim or len(self.scope.get("mean", ())) != dim:
@@ -315,9 +282,6 @@ class ModelMetadata:
             architecture(self.arch)  # ValueError naming the registered ones
         if self.held_out is not None and not isinstance(self.held_out, HeldOutFigures):
             raise ValueError(f"held_out must be HeldOutFigures, got {self.held_out!r}")
-        source = (self.export or {}).get("source")
-        if source is not None and not isinstance(source, str):
-            raise ValueError(f"export.source must be a path string, got {source!r}")
         clash = set(self.extra) & {f.name for f in dataclasses.fields(self)}
         if clash:
             raise ValueError(f"extra must not repeat known keys, got {sorted(clash)}")
@@ -326,7 +290,7 @@ class ModelMetadata:
     def embedding_dim(self) -> int:
         """Width of the model's embedding output: a student's, else an ensemble's, else 0."""
         if self.student is not None:
-            return int(self.student.get("embedding_dim", 0))
+            return self.student.embedding_dim
         return self.ensemble.embedding_dim if self.ensemble is not None else 0
 
     # ------------------------------------------------------------------ JSON
@@ -357,7 +321,7 @@ class ModelMetadata:
             values["split"] = SplitConfig.from_dict(dict(data["split"]))
         for key in ("ensemble", "student", "decision", "scope", "test_split", "export"):
             if data.get(key) is not None:
-                values[key] = data[key]  # ensemble: parsed into its section by __post_init__
+                values[key] = data[key]  # typed ones parsed by __post_init__
         if data.get("held_out") is not None:
             values["held_out"] = HeldOutFigures.from_dict(data["held_out"])
         elif data.get("validation") is not None:  # written before the section had a type
@@ -375,12 +339,13 @@ class ModelMetadata:
             out["split"] = self.split.to_dict()
         if self.held_out is not None:
             out["held_out"] = self.held_out.to_dict()
-        if self.ensemble is not None:
-            out["ensemble"] = self.ensemble.to_dict()
-        for key in ("student", "decision", "scope", "test_split", "export"):
+        for key in ("ensemble", "student", "export"):
             if getattr(self, key) is not None:
-                out[key] = _thawed(getattr(self, key))
-        out.update(_thawed(self.extra))
+                out[key] = getattr(self, key).to_dict()
+        for key in ("decision", "scope", "test_split"):
+            if getattr(self, key) is not None:
+                out[key] = thawed_json(getattr(self, key))
+        out.update(thawed_json(self.extra))
         return out
 
     def updated(self, **changes: Any) -> ModelMetadata:
@@ -464,14 +429,14 @@ class OutputLayout:
     def of(cls, metadata: ModelMetadata) -> OutputLayout:
         """The layout the sidecar ``metadata`` describes."""
         if metadata.student is not None:
-            student, columns = metadata.student, metadata.student["outputs"]
+            student, columns = metadata.student, metadata.student.outputs
             return cls(
-                width=int(student["width"]),
-                probability=int(columns["p_pneumonia"]),
+                width=student.width,
+                probability=columns["p_pneumonia"],
                 calibrated=True,
-                spread=int(columns["spread"]),
-                embedding=int(columns["embedding"]),
-                embedding_dim=int(student["embedding_dim"]),
+                spread=columns["spread"],
+                embedding=columns["embedding"],
+                embedding_dim=student.embedding_dim,
             )
         members = metadata.ensemble.members if metadata.ensemble is not None else 0
         dim = metadata.embedding_dim if members else 0

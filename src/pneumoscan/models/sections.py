@@ -10,6 +10,15 @@ numbers are, checks them when it is made, and reads and writes its JSON form:
 - :class:`EnsembleSection`, the sidecar's ``ensemble`` section: how many members the output row
   holds, the embedding's width, and how the members split the training folder (the one place
   that knows the defaults of sidecars that left a key out).
+- :class:`StudentSection`, the ``student`` section of a distilled student: which output column
+  holds what, and where the student came from.
+- :class:`ExportSection`, the ``export`` section of a LiteRT file: its Keras source, how it was
+  converted and what its parity check found.
+
+The band (``decision``) and the guard (``scope``) are parsed by the inference classes that use
+them (:class:`~pneumoscan.inference.decision.UncertaintyBand`,
+:class:`~pneumoscan.inference.scope.ScopeGuard`); ``test_split`` is figures reported back, shown as
+they are. Those stay read-only mappings (:func:`frozen_json`).
 """
 
 from __future__ import annotations
@@ -24,6 +33,24 @@ from pneumoscan.config import DEFAULT_SEED, DEFAULT_VAL_FRACTION
 
 #: What held-out images choose in a training run, in the words the model card and the API use.
 CHOSE_EPOCHS, CHOSE_CALIBRATION, CHOSE_THRESHOLD, CHOSE_BAND = "epochs", "calibration", "threshold", "band"
+
+
+def frozen_json(value: Any) -> Any:
+    """A read-only deep copy of a JSON value (mappings become ``MappingProxyType``, lists tuples)."""
+    if isinstance(value, Mapping):
+        return types.MappingProxyType({str(k): frozen_json(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(frozen_json(v) for v in value)
+    return value
+
+
+def thawed_json(value: Any) -> Any:
+    """The plain JSON value (dicts, lists) of a :func:`frozen_json` one."""
+    if isinstance(value, Mapping):
+        return {k: thawed_json(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thawed_json(v) for v in value]
+    return value
 
 
 def is_number(value: Any) -> bool:
@@ -193,3 +220,119 @@ class EnsembleSection:
             values["held_out_words"] = d["validation"]  # older sidecars
         extra = {k: v for k, v in d.items() if k not in known | {"validation"}}
         return cls(**values, extra=extra)
+
+
+#: The columns a student's sidecar must name (``student.outputs``).
+STUDENT_OUTPUTS = ("p_pneumonia", "spread", "embedding")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentSection:
+    """How a distilled student's output row is laid out (:mod:`pneumoscan.training.distill`).
+
+    Attributes
+    ----------
+    outputs : mapping of str to int
+        The column of each of :data:`STUDENT_OUTPUTS`: ``p_pneumonia`` (the teacher's *calibrated*
+        ensemble probability, so the sidecar's calibration is not applied to it), ``spread`` (the
+        teacher members' spread), ``embedding`` (the first of ``embedding_dim`` columns).
+    width : int
+        Columns of the output row.
+    embedding_dim : int
+        Width of the stem's embedding (the teacher's).
+    extra : mapping
+        Where it came from and how it was checked (``teacher``, ``config``, ``distilled_on``,
+        ``gate``, ...), kept as they were (read-only).
+    """
+
+    outputs: Mapping[str, int]
+    width: int
+    embedding_dim: int
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        outputs, width, dim = self.outputs, self.width, self.embedding_dim
+        if not isinstance(outputs, Mapping) or not all(is_count(outputs.get(k)) for k in STUDENT_OUTPUTS):
+            raise ValueError(
+                f"student.outputs must give a column for each of {list(STUDENT_OUTPUTS)}, got {outputs!r}"
+            )
+        if not (is_count(width) and is_count(dim)):
+            raise ValueError(
+                f"student.width and student.embedding_dim must be integers >= 0, got {width!r}, {dim!r}"
+            )
+        p, spread, start = (outputs[k] for k in STUDENT_OUTPUTS)
+        embedding = set(range(start, start + dim))
+        if max(p, spread) >= width or start + dim > width or len({p, spread}) < 2 or {p, spread} & embedding:
+            raise ValueError(
+                f"student.outputs {dict(outputs)} with a {dim}-d embedding do not fit an output"
+                f" of width {width}"
+            )
+        object.__setattr__(self, "outputs", types.MappingProxyType(dict(outputs)))
+        object.__setattr__(self, "extra", frozen_json(self.extra))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outputs": dict(self.outputs),
+            "width": self.width,
+            "embedding_dim": self.embedding_dim,
+            **thawed_json(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StudentSection:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"student must be a mapping, got {d!r}")
+        known = ("outputs", "width", "embedding_dim")
+        extra = {k: v for k, v in d.items() if k not in known}
+        return cls(d.get("outputs"), d.get("width"), d.get("embedding_dim"), extra=extra)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSection:
+    """How a LiteRT file was made from a Keras model and checked against it
+    (:mod:`pneumoscan.training.export`, and ``adapt``'s export).
+
+    Attributes
+    ----------
+    source : str or None
+        The Keras model it was converted from: relative to the export's folder, or absolute.
+    format, quantize : str or None
+        ``"tflite"``; ``"none"``, ``"float16"`` or ``"int8"``.
+    check : mapping
+        The parity check against the Keras model: which images (``n_check``, ``kinds``,
+        ``sources``), decision agreement, max |dp|, the gate, ``passed`` (read-only; empty when
+        none was run).
+    extra : mapping
+        Other keys (``created``, ``tensorflow``, ``data_dir``, ``n_representative``), kept as they were.
+    """
+
+    source: str | None = None
+    format: str | None = None
+    quantize: str | None = None
+    check: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, what in (("source", "a path string"), ("format", "a string"), ("quantize", "a string")):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"export.{name} must be {what}, got {value!r}")
+        if not isinstance(self.check, Mapping):
+            raise ValueError(f"export.check must be a mapping, got {self.check!r}")
+        object.__setattr__(self, "check", frozen_json(self.check))
+        object.__setattr__(self, "extra", frozen_json(self.extra))
+
+    _KEYS = ("source", "format", "quantize")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: getattr(self, k) for k in self._KEYS if getattr(self, k) is not None}
+        if self.check:
+            out["check"] = thawed_json(self.check)
+        return {**out, **thawed_json(self.extra)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ExportSection:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"export must be a mapping, got {d!r}")
+        extra = {k: v for k, v in d.items() if k not in (*cls._KEYS, "check")}
+        return cls(**{k: d.get(k) for k in cls._KEYS}, check=d.get("check") or {}, extra=extra)

@@ -549,5 +549,5 @@ def export_site_model(keras_path: Path, x: np.ndarray, out: Path) -> Path:
     if not check["passed"]:
         out.unlink(missing_ok=True)
         raise ValueError(f"the LiteRT export of {keras_path} failed its check on the site images: {check}")
-    meta.updated(export={**meta.export, "check": check}).write(out)
+    meta.updated(export={**meta.export.to_dict(), "check": check}).write(out)
     return out
