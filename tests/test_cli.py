@@ -87,6 +87,14 @@ def test_every_subcommand_has_help(command, capsys):
     assert "--help" in out
 
 
+def test_python_dash_m_runs_the_same_command_line():
+    done = subprocess.run(
+        [sys.executable, "-m", "pneumoscan", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("pneumoscan ")
+
+
 def test_top_level_help_version_and_usage_errors(capsys):
     assert run("--help") == 0
     out = capsys.readouterr().out

@@ -30,7 +30,7 @@ STAGES = (
 )
 #: Stage rank: a module may import ranks <= its own. The leaves share rank 0.
 RANK = {"_version": 0, "config": 0, "runtime": 0, "plotting": 0, "data": 1, "models": 2, "inference": 3}
-RANK |= {"evaluation": 4, "training": 5, "interfaces": 6, "testing": 7}
+RANK |= {"evaluation": 4, "training": 5, "interfaces": 6, "__main__": 6, "testing": 7}  # __main__: the CLI
 
 
 def module_name(path: Path) -> str:
