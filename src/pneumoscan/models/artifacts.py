@@ -339,7 +339,7 @@ class ModelMetadata:
             out["split"] = self.split.to_dict()
         if self.held_out is not None:
             out["held_out"] = self.held_out.to_dict()
-        for key in ("ensemble", "student", "export"):
+        for key, _ in _TYPED_SECTIONS:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key).to_dict()
         for key in ("decision", "scope", "test_split"):
