@@ -15,8 +15,9 @@ groups the rows by input size and recipe, and prints, for each view:
 - the cross-fitted ensemble: mean ± SD over the runs that trained one (one seed each);
 
 then the agreement of those summaries with the independently measured test figures
-(:data:`recipe_validation.GROUND_TRUTH`): Spearman rho and pairwise order agreement, per view and
-input size. Nothing is trained; it reads the files only.
+(:data:`ground_truth.GROUND_TRUTH`): Spearman rho and pairwise order agreement, per view and input
+size, over every pair and over the pairs the test split itself resolves; last, how precise those
+test figures are (:func:`ground_truth.report`). Nothing is trained; it reads the files only.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_validation import GROUND_TRUTH, agreement  # noqa: E402  (one definition of the check)
+from ground_truth import GROUND_TRUTH, agreement, report  # noqa: E402  (one definition of the check)
 
 VIEWS = ("clean", "crop")
 SEED_ROW = re.compile(r"^(single|reweighted) seed (\d+)$")
@@ -85,7 +86,7 @@ TEST_ROWS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="JSON files of recipe_validation.py --json")
+    parser.add_argument("runs", nargs="*", type=Path, help="JSON files of recipe_validation.py --json")
     args = parser.parse_args(argv)
     for size, rows in sorted(collect(args.runs).items()):
         print(f"== input {size} px: held-out ROC AUC, mean ± SD [min, max] (n)")
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  agreement with the test split ({view}): {json.dumps(found)}")
         known = ", ".join(f"{k} {v:.3f}" for k, v in GROUND_TRUTH.items())
         print(f"  (test split ROC AUC, measured independently: {known})")
+    print(report())
     return 0
 
 

@@ -14,8 +14,9 @@ patients; every recipe trains on the rest. A recipe that scores the set-up calls
 normals pneumonia.
 
 Before it chooses anything the protocol is checked against the independently measured test
-figures of issue 16 (``GROUND_TRUTH``): it prints each recipe's held-out ROC AUC beside the test
-AUC and their Spearman rank correlation and pairwise agreement.
+figures of issue 16 (:data:`ground_truth.GROUND_TRUTH`): it prints each recipe's held-out ROC AUC
+beside the test AUC and their Spearman rank correlation and pairwise agreement, over every pair and
+over the pairs the test split itself resolves (:mod:`ground_truth`).
 
 Recipes, all on one cached frozen MobileNetV2 stem (ImageNet, to ``block_13``; clean and one
 augmented view of every image, computed once):
@@ -42,10 +43,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ground_truth import agreement  # noqa: E402  (one definition of the check)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -53,16 +58,6 @@ if (SHARED / "keras" / "models").is_dir():
     os.environ.setdefault("KERAS_HOME", str(SHARED / "keras"))
 
 STEM_CUT = "block_13_project_BN"
-
-#: Test ROC AUC of each rerunnable recipe on the official test split, measured independently
-#: (issue 16, tracker #19, read 2026-12-01): the ground truth the protocol must rank the same way.
-GROUND_TRUTH = {
-    "frozen_lr": 0.954,
-    "single (mean over seeds)": float(np.mean([0.967, 0.940, 0.938])),
-    "single, mean of the seeds' models": 0.963,
-    "ensemble": 0.940,
-}
-
 
 #: The protocol's input side; ``--image-size`` changes it (set once, before anything is built).
 IMAGE_SIZE = 224
@@ -240,19 +235,6 @@ def scores(y: np.ndarray, p: np.ndarray) -> dict:
         "auc": round(float(roc_auc_score(y, p)), 4),
         "spec_at_recall_0.98": round(float((p[y == 0] < t).mean()), 3),
     }
-
-
-def agreement(measured: dict[str, float]) -> dict:
-    """Spearman rho and pairwise order agreement of ``measured`` against :data:`GROUND_TRUTH`."""
-    from scipy.stats import spearmanr
-
-    names = [n for n in GROUND_TRUTH if n in measured]
-    truth = [GROUND_TRUTH[n] for n in names]
-    ours = [measured[n] for n in names]
-    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names)) if truth[i] != truth[j]]
-    agree = sum((truth[i] - truth[j]) * (ours[i] - ours[j]) > 0 for i, j in pairs)
-    rho = float(spearmanr(truth, ours).statistic) if len(names) > 2 else float("nan")
-    return {"rows": names, "spearman_rho": round(rho, 3), "pairs_agreeing": f"{agree} of {len(pairs)}"}
 
 
 def main() -> None:
