@@ -113,7 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--exports",
-        default="none,float16,int8",
+        default="none,float16,dynamic,int8",
         help="fresh exports to check and time, comma-separated quantize modes, '' for none "
         "(default: %(default)s)",
     )

@@ -1,6 +1,6 @@
-"""LiteRT export: float, float16 and int8 pass their check against Keras; the check runs on images the
-model never trained on (held out, shifted views, out-of-scope) and fails a broken export; a failed
-check leaves nothing behind; no data, no export."""
+"""LiteRT export: float, float16, dynamic-range and int8 pass their check against Keras; the check runs
+on images the model never trained on (held out, shifted views, out-of-scope) and fails a broken export;
+a failed check leaves nothing behind; no data, no export."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def fixed_inputs(n: int = 7) -> np.ndarray:
     return np.stack([preprocess(chest(i % 2 == 1, 500 + i), SIZE) for i in range(n)])
 
 
-@pytest.mark.parametrize(("quantize", "atol"), [("none", 1e-5), ("float16", 5e-3)])
+@pytest.mark.parametrize(("quantize", "atol"), [("none", 1e-5), ("float16", 5e-3), ("dynamic", 5e-2)])
 def test_export_passes_its_check_and_matches_keras(predictor, tmp_path, quantize, atol):
     out = tmp_path / "out" / f"m-{quantize}.tflite"
     report = export_tflite(predictor, out=out, quantize=quantize, progress=False)

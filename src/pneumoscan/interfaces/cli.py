@@ -275,7 +275,14 @@ def add_export_parser(sub) -> None:
     p = sub.add_parser("export", help="export to LiteRT (TFLite), checked against the Keras model")
     _model_arg(p)
     p.add_argument("--format", choices=list(EXPORT_FORMATS), default="tflite", help="default: %(default)s")
-    p.add_argument("--quantize", choices=QUANTIZE_MODES, default="none")
+    p.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        default="none",
+        help="none: float32; float16: half-size weights, float arithmetic (what ships); dynamic: int8 "
+        "weights, activations quantized per call; int8: weights and activations, calibrated on training "
+        "images. Any mode is written only if it passes the check (default: %(default)s)",
+    )
     p.add_argument(
         "--data",
         type=_existing_dir,

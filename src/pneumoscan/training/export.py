@@ -71,7 +71,10 @@ from pneumoscan.models.artifacts import ModelMetadata, metadata_path
 
 log = logging.getLogger(__name__)
 
-QUANTIZE_MODES = ("none", "float16", "int8")
+#: ``none``: float32; ``float16``: float16 weights, float32 arithmetic; ``dynamic``: int8 weights,
+#: activations quantized at run time per call (no calibration images); ``int8``: weights and
+#: activations int8, activation ranges calibrated on training images.
+QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
 #: Least share of check images whose three-outcome decision must be the same for Keras and LiteRT.
 MIN_AGREEMENT = 0.99
 #: Largest allowed |calibrated P(pneumonia), Keras - LiteRT| on any check image.
@@ -139,6 +142,9 @@ def convert_keras_model(model, *, quantize: str = "none", representative: np.nda
         if quantize == "float16":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "dynamic":
+            # Dynamic-range quantization: DEFAULT with no representative data and no target type.
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
         elif quantize == "int8":
             images = np.asarray(representative, dtype=np.float32)
 
@@ -188,7 +194,7 @@ def export_tflite(
     out : path
         The ``.tflite`` file to write; its sidecar ``<stem>.meta.json`` is written beside it.
         Existing files are replaced only when the new export passes its check.
-    quantize : {"none", "float16", "int8"}, default="none"
+    quantize : {"none", "float16", "dynamic", "int8"}, default="none"
     data_dir : path, optional
         Training data (split folder or root with ``train/``). Default: the sidecar's ``data_dir``.
     progress : bool, default=True
