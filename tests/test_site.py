@@ -31,9 +31,12 @@ from pneumoscan.inference.drift import (
     DIFFERS,
     OUT_OF_SCOPE,
     SIMILAR,
+    _reference_cdf,
     batch_drift,
+    distribution_p_value,
     drift_summary,
     relative_distances,
+    share_p_value,
 )
 from pneumoscan.inference.scope import REFERENCE_QUANTILES, ScopeGuard
 from pneumoscan.models.artifacts import ModelMetadata
@@ -72,6 +75,28 @@ def test_drift_verdicts_follow_the_distances():
     # Without a stored reference only the share beyond the threshold is tested.
     assert drift_summary(rng.choice(train, 300) * 1.3, _guard())["p_distribution"] is None
     assert drift_summary(np.full(50, 0.5), None)["verdict"] is None
+
+
+def test_drift_p_values_are_scipy_stats_binomtest_and_kstest():
+    # drift.py computes them from scipy.special to spare predict the scipy.stats import; they must
+    # stay the library's tests: intakes nearer, like and farther than the reference, with ties,
+    # from the smallest judged batch up, and shares beyond the threshold from none to all.
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    train = rng.gamma(4.0, 1.0, 20000)
+    train /= np.quantile(train, 0.99)
+    cdf = _reference_cdf(np.quantile(train, REFERENCE_QUANTILES))
+    for trial in range(120):
+        n = int(rng.integers(20, 800))
+        d = rng.choice(train, n) * rng.choice([0.7, 1.0, 1.1, 1.3, 3.0])
+        if trial % 4 == 0:
+            d = np.round(d, 1)
+        expected = stats.kstest(d, cdf, alternative="less").pvalue
+        assert distribution_p_value(d, cdf) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        beyond, rate = int(rng.integers(0, n + 1)), float(rng.choice([0.01, 0.05, 0.3]))
+        expected = stats.binomtest(beyond, n, rate, alternative="greater").pvalue
+        assert share_p_value(beyond, n, rate) == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
 def test_batch_drift_reads_rows_with_a_guard_or_a_sidecar_scope_section(tmp_path):
