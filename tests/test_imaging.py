@@ -26,6 +26,7 @@ from pneumoscan.data.imaging import (
     read_image,
     resize_gray,
 )
+from pneumoscan.data.imaging.pixels import stretch
 from pneumoscan.testing.dicom import dicom_dataset, dicom_to_bytes
 from pneumoscan.testing.synthetic import write_image, xray_like
 
@@ -179,6 +180,26 @@ def test_preprocess_keeps_an_image_of_the_right_size_and_rejects_bad_arrays():
         preprocess(gray[..., None], SIZE)
     with pytest.raises(ValueError, match="2-D uint8"):
         preprocess(gray.astype(np.float32), SIZE)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.integers(1, 40),
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.integers(0, 2**32 - 1),
+)
+def test_stretch_of_8_bit_pixels_is_the_float_mapping_byte_for_byte(h, w, a, b, seed):
+    # stretch() maps 8-bit pixels through a 256-entry table; the same values as uint16 take the
+    # float path every other input takes. Both must give the same bytes, for any range.
+    lo, hi = min(a, b), max(a, b)
+    pixels = np.random.default_rng(seed).integers(lo, hi + 1, (h, w), dtype=np.uint8)
+    table = stretch(pixels)
+    assert table.dtype == np.uint8
+    np.testing.assert_array_equal(table, stretch(pixels.astype(np.uint16)))
+    if hi > lo and pixels.min() < pixels.max():
+        assert table.min() == 0 and table.max() == 255
 
 
 def test_resize_does_not_keep_aspect_ratio():
