@@ -1,0 +1,195 @@
+"""Would one top at a smaller input give the release's answers? A student at ``--size`` px (default
+160) distilled from the bundled ensemble, judged by ``pneumoscan distill``'s own gate.
+
+    python benchmarks/student_size.py [--size 160] [--json runs/student_160.json]
+
+Why (issue 18, tracker #21): one image end to end may take at most 1.3x a stock MobileNetV2's model
+time, which leaves the model about 0.6-0.7x of it (README, Inference); ``model_cost.py`` puts one
+top at 160 px at 0.57x and the release's three tops at 224 px at 1.55x. ``pneumoscan distill``
+keeps the teacher's 224-px stem, so its student cannot fit. This measures the one shape that does,
+before anyone builds it into the product:
+
+- **teacher**: the bundled ensemble at its own 224 px: the mean of its members' calibrated
+  probabilities and their spread (:class:`pneumoscan.training.distill.Teacher`);
+- **student**: the same network at ``--size`` px. MobileNetV2 is convolutional, so the teacher's
+  frozen ImageNet stem and the chosen member's top run at any input side with the same weights
+  (copied layer by layer; the copy is checked at 224 px against the teacher's stem). One member's
+  top (the one closest to the teacher, :func:`~pneumoscan.training.distill.choose_member`) with a
+  spread unit, trained as ``pneumoscan distill`` trains (:func:`~pneumoscan.training.distill.
+  fit_student`: the head on pooled features, then the blocks) on the teacher's answers;
+- **what it learns from**: ``distill``'s patient-level split (:func:`~pneumoscan.training.distill.
+  distillation_split`, :class:`~pneumoscan.config.DistillConfig` defaults), each image clean and,
+  with ``--views shifted`` (default), under the gate's three shifts too (the shifted views of the
+  *distillation* images; the gate's are of the held-out ones, so the student has seen the kinds of
+  shift it is judged on: optimistic for shifts of other kinds). Each view is decoded twice from the
+  same file by the same loader, at 224 px for the teacher and at ``--size`` for the student;
+- **the gate**: :func:`pneumoscan.training.distill_gate.gate`, unchanged: ROC AUC within 0.005 of
+  the teacher's on the held-out images and on their shifted views; three-outcome decisions (the
+  teacher's threshold and band, each model with its own spread) agreeing on at least 99 % of the
+  images no member trained on (shifted views, images every member held out, out-of-scope
+  radiographs).
+
+It writes nothing but ``--json``. The out-of-scope guard is not refitted on the student's
+embedding: this measures the answers, not a model that could ship. Needs ``../shared`` (training
+images, the out-of-scope set) and the ImageNet weights only for the architecture (weights are
+copied from the teacher). About 10-15 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+if (SHARED / "keras" / "models").is_dir():
+    os.environ.setdefault("KERAS_HOME", str(SHARED / "keras"))
+
+TEACHER_SIZE = 224
+
+
+def resized_network(teacher, size: int):
+    """The teacher's stem and member tops rebuilt at ``size`` px with the teacher's weights."""
+    import keras
+
+    from pneumoscan.config import TrainConfig
+    from pneumoscan.models.architectures import build_mobilenetv2, mobilenet_member
+
+    full = build_mobilenetv2(size, weights=None)
+    names = {layer.name for layer in teacher.model.layers}
+    for layer in full.layers:
+        if layer.name in names and layer.weights:
+            layer.set_weights(teacher.model.get_layer(layer.name).get_weights())
+    stem = keras.Model(full.input, full.get_layer(teacher.cut).output, name=f"stem_{size}")
+    tops = []
+    for k, member in enumerate(teacher.tops):
+        _, top = mobilenet_member(TrainConfig(image_size=size), teacher.cut, name=f"member_{k}", weights=None)
+        source = member.get_weights()
+        if [w.shape for w in top.get_weights()] != [w.shape for w in source]:
+            raise RuntimeError(f"member {k}: the rebuilt top's weights do not line up with the teacher's")
+        top.set_weights(source)
+        tops.append(top)
+    return stem, tops
+
+
+def stem_features(stem, x: np.ndarray) -> np.ndarray:
+    return stem.predict(x.astype(np.float32), batch_size=64, verbose=0).astype(np.float16)
+
+
+def views(samples, loaders: dict, size: int):
+    """Each named view of ``samples`` at ``size`` px: ``{name: DecodedSet}``."""
+    from pneumoscan.data.dataset import decode_samples
+
+    return {name: decode_samples(samples, size, progress=False, load=load) for name, load in loaders.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=160, help="the student's input side in px (default 160)")
+    parser.add_argument("--teacher", type=Path, default=REPO / "models" / "pneumoscan-mobilenetv2.keras")
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "chest_xray" / "train")
+    parser.add_argument("--ood", type=Path, default=SHARED / "data" / "ood")
+    parser.add_argument("--views", choices=("clean", "shifted"), default="shifted")
+    parser.add_argument("--limit", type=int, help="use at most this many images (a smoke run)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+
+    import keras
+
+    from pneumoscan.config import DistillConfig
+    from pneumoscan.data.imaging import load_image
+    from pneumoscan.training.distill import Teacher, distillation_split, fit_student
+    from pneumoscan.training.distill_gate import GATE_SHIFTS, GateSet, gate, ood_images, score_student
+
+    started, timings = time.perf_counter(), {}
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.perf_counter() - started - sum(timings.values()), 1)
+        print(f"  {name}: {timings[name]:.0f} s", flush=True)
+
+    cfg = DistillConfig(limit=args.limit)
+    keras.utils.set_random_seed(cfg.seed)
+    teacher = Teacher.load(args.teacher)
+    if teacher.metadata.image_size != TEACHER_SIZE:
+        raise SystemExit(f"expected a {TEACHER_SIZE}-px teacher, got {teacher.metadata.image_size}")
+    stem_s, tops_s = resized_network(teacher, args.size)
+    check_stem, _ = resized_network(teacher, TEACHER_SIZE)
+    distil, held, never = distillation_split(args.data, teacher.metadata, cfg)
+    probe = views(held[:8], {"clean": load_image}, TEACHER_SIZE)["clean"].x
+    copy_error = float(np.abs(stem_features(check_stem, probe) - stem_features(teacher.stem(), probe)).max())
+    print(f"student at {args.size} px; stem copy checked at 224 px: max |diff| {copy_error:.2g}")
+    print(f"distillation images {len(distil)}, held out {len(held)} ({len(never)} held out by every member)")
+    lap("load")
+
+    loaders = {"clean": load_image} | (dict(GATE_SHIFTS) if args.views == "shifted" else {})
+    teacher_stem = teacher.stem()
+    feats_t, feats_s, kept = [], [], None
+    big_views, small_views = views(distil, loaders, TEACHER_SIZE), views(distil, loaders, args.size)
+    for name in loaders:
+        big, small = big_views[name], small_views[name]
+        if [s.path for s in big.samples] != [s.path for s in small.samples]:
+            raise RuntimeError(f"view {name!r}: the two sizes decoded different files")
+        kept = kept or big.samples
+        feats_t.append(stem_features(teacher_stem, big.x))
+        feats_s.append(stem_features(stem_s, small.x))
+    members = teacher.members(np.concatenate(feats_t))
+    del feats_t, big_views, small_views
+    features = np.concatenate(feats_s)
+    lap("distillation views: decode both sizes, stems, teacher")
+
+    small_teacher = dataclasses.replace(teacher, tops=tops_s)
+    student, training = fit_student(small_teacher, features, members, cfg, n_clean=len(kept), progress=False)
+    del features
+    lap("student training")
+
+    sets = []
+    gate_loaders = {"held out": load_image} | dict(GATE_SHIFTS)
+    big_views, small_views = views(held, gate_loaders, TEACHER_SIZE), views(held, gate_loaders, args.size)
+    for name in gate_loaders:
+        big, small = big_views[name], small_views[name]
+        never_mask = np.array([name != "held out" or s.path in never for s in big.samples], bool)
+        p, spread = teacher.targets(stem_features(teacher_stem, big.x))
+        sets.append(GateSet(name, stem_features(stem_s, small.x), big.y, never_mask, p, spread))
+    if args.ood.is_dir():
+        x_big, names_big = ood_images(args.ood, TEACHER_SIZE)
+        x_small, names_small = ood_images(args.ood, args.size)
+        if names_big != names_small:
+            raise RuntimeError("the out-of-scope set decoded differently at the two sizes")
+        p, spread = teacher.targets(stem_features(teacher_stem, x_big))
+        ood_features = stem_features(stem_s, x_small)
+        sets.append(GateSet("out of scope", ood_features, None, np.ones(len(p), bool), p, spread))
+    score_student(student, sets)
+    report = gate(sets, teacher.metadata, max_auc_diff=cfg.max_auc_diff, min_agreement=cfg.min_agreement)
+    lap("gate: decode both sizes, stems, scores")
+
+    print(f"\nstudent at {args.size} px against the {TEACHER_SIZE}-px teacher ({args.views} views):")
+    for name, figures in [*report["sets"].items(), ("shifted, together", report["held_out_shifted"]),
+                          ("never trained on", report["never_trained"])]:  # fmt: skip
+        auc = (
+            f"ROC AUC {figures['roc_auc_student']:.4f} vs {figures['roc_auc_teacher']:.4f}"
+            if figures["roc_auc_teacher"] is not None
+            else "no labels"
+        )
+        spread_r = float("nan") if figures["spread_correlation"] is None else figures["spread_correlation"]
+        print(
+            f"  {name:<30} n {figures['n']:>5}  {auc}  decisions agree {figures['decision_agreement']:.2%}  "
+            f"max |dp| {figures['max_abs_p_diff']:.3f}  spread r {spread_r:.2f}"
+        )
+    verdict = "PASS" if report["passed"] else "FAIL: " + "; ".join(report["misses"])
+    print(f"gate (ROC AUC within {cfg.max_auc_diff}, decisions >= {cfg.min_agreement:.0%}): {verdict}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        out = {"size": args.size, "views": args.views, "stem_copy_max_diff": copy_error, "gate": report,
+               "training": training, "timings_s": timings, "config": dataclasses.asdict(cfg)}  # fmt: skip
+        args.json.write_text(json.dumps(out, indent=2, default=float) + "\n")
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
