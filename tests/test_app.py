@@ -323,6 +323,40 @@ def test_default_app_model_is_the_bundled_litert_export(monkeypatch):
 # --------------------------------------------------------------------------- helpers of the page
 
 
+@pytest.mark.parametrize(
+    ("value", "digits", "shown"),
+    [
+        (0.932, 0, "93"),
+        (0.5, 1, "50.0"),
+        (1.0, 0, "100"),
+        (0.0, 1, "0.0"),
+        (0.996, 0, "> 99"),  # rounding would say 100 %: certainty the model did not state
+        (0.9996, 1, "> 99.9"),
+        (0.99949, 1, "99.9"),
+        (0.004, 0, "< 1"),
+        (0.0004, 1, "< 0.1"),
+    ],
+)
+def test_percent_never_rounds_a_probability_to_certainty(value, digits, shown):
+    from pneumoscan.inference.results import percent
+
+    assert percent(value, digits) == shown.replace(" ", "\u00a0") + "\u00a0%"
+
+
+def test_the_cli_table_reads_percentages_the_same_way_without_spaces():
+    from pneumoscan.inference.results import percent
+
+    assert [percent(v, 1, space="") for v in (0.9996, 0.932, 0.0004)] == [">99.9%", "93.2%", "<0.1%"]
+
+
+def test_a_near_certain_answer_is_shown_short_of_certainty():
+    from pneumoscan.inference.predictor import make_prediction
+    from pneumoscan.interfaces.app import verdict
+
+    headline, _ = verdict(make_prediction(0.9996, 0.5))
+    assert headline == "Pneumonia suspected — confidence >\u00a099\u00a0%"
+
+
 @pytest.mark.parametrize("threshold", [0.3, 0.9123794438495197])  # a low one and the released model's
 def test_verdict_never_states_an_outcome_below_fifty_percent(threshold):
     from pneumoscan.inference.predictor import make_prediction

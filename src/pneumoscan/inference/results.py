@@ -11,6 +11,8 @@
   ``pneumoscan compare`` reads. In these two ``label`` is the *true* class index (0/1) and
   ``predicted`` the model's; in the prediction row ``label`` is the predicted class name.
 - :func:`write_rows`: the one CSV writer (floats with a fixed number of decimals, ``None`` empty).
+- :func:`percent`: a probability as people read it, on every screen (the app, the CLI's table),
+  never rounded to certainty.
 
 The row states the three-outcome decision (:mod:`pneumoscan.inference.decision`) and the
 out-of-scope guard's verdict (:mod:`pneumoscan.inference.scope`): ``decision``, ``uncertainty``
@@ -244,6 +246,22 @@ def labelled_row(sample: Sample, outcome: Prediction | ScopeCheck | str) -> dict
         "label": int(sample.label),
         "predicted": None if failed else int(row["label"] == POSITIVE_CLASS),
     }
+
+
+def percent(value: float, digits: int = 0, *, space: str = "\u00a0") -> str:
+    """``0.932 -> "93 %"`` (with ``digits`` decimals; ``space`` before the sign, a no-break space
+    unless given).
+
+    A probability short of certainty never reads as certain: ``0.996 -> "> 99 %"`` and
+    ``0.0004`` with one decimal ``-> "< 0.1 %"``, where plain rounding would print 100 % and 0.0 %.
+    """
+    pct = 100.0 * float(value)
+    text, step = f"{pct:.{digits}f}", 10.0**-digits
+    if float(text) >= 100.0 > pct:
+        return f">{space}{100.0 - step:.{digits}f}{space}%"
+    if float(text) <= 0.0 < pct:
+        return f"<{space}{step:.{digits}f}{space}%"
+    return f"{text}{space}%"
 
 
 def _cell(value: Any, digits: int) -> Any:

@@ -33,7 +33,7 @@ from pneumoscan import __version__
 from pneumoscan.config import DISCLAIMER, default_serving_model_path
 from pneumoscan.data.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_bytes
 from pneumoscan.inference.decision import HEADLINES, NO_PNEUMONIA, OUT_OF_SCOPE, PNEUMONIA, band_summary
-from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row
+from pneumoscan.inference.results import PREDICTION_COLUMNS, percent, prediction_row
 from pneumoscan.inference.scope import ScopeCheck
 from pneumoscan.models.architectures import ARCHITECTURES
 from pneumoscan.models.sections import HeldOutFigures
@@ -83,11 +83,6 @@ METRICS = (
 
 
 # --------------------------------------------------------------------------- helpers (no Streamlit)
-
-
-def percent(value: float, digits: int = 0) -> str:
-    """``0.932 -> "93 %"`` (with ``digits`` decimals; the space is a no-break space)."""
-    return f"{100.0 * float(value):.{digits}f}\u00a0%"
 
 
 def preview(gray: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:

@@ -155,7 +155,7 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
 
 
 def cmd_predict(args) -> int:
-    from pneumoscan.inference.results import PREDICTION_COLUMNS, prediction_row, write_rows
+    from pneumoscan.inference.results import PREDICTION_COLUMNS, percent, prediction_row, write_rows
 
     _with_app_model(args)
     if args.engine == "ray":
@@ -188,11 +188,10 @@ def cmd_predict(args) -> int:
             print(f"{name:<{width}}  OUT OF SCOPE: {r['scope_reason']}")
         else:
             # Rounded as in the CSV first, so the screen and the file never disagree.
-            p_normal, p_pneum = (round(r[k], 4) for k in ("p_normal", "p_pneumonia"))
-            confidence = "" if r["confidence"] is None else f"{round(r['confidence'], 4):.1%}"
-            print(
-                f"{name:<{width}}  {p_normal:>9.1%}  {p_pneum:>9.1%}  {r['decision']:<21}  {confidence:>10}"
-            )
+            # percent(): a probability short of 1 never reads 100.0% (">99.9%").
+            p_normal, p_pneum = (percent(round(r[k], 4), 1, space="") for k in ("p_normal", "p_pneumonia"))
+            confidence = "" if r["confidence"] is None else percent(round(r["confidence"], 4), 1, space="")
+            print(f"{name:<{width}}  {p_normal:>9}  {p_pneum:>9}  {r['decision']:<21}  {confidence:>10}")
             if not r["in_scope"]:
                 print(f"{'':<{width}}  WARNING: {r['scope_reason']}")
     failed = sum(1 for r in rows if r["error"])
@@ -272,11 +271,12 @@ def _predict_on_ray(args) -> int:
 
 def cmd_explain(args) -> int:
     from pneumoscan.inference.explain import explain_file
+    from pneumoscan.inference.results import percent
 
     predictor = _load_predictor(args)
     prediction = explain_file(predictor, args.image, out=args.out)
     print(
-        f"{args.image}: {prediction.decision} (P(pneumonia) {prediction.p_pneumonia:.1%}, "
+        f"{args.image}: {prediction.decision} (P(pneumonia) {percent(prediction.p_pneumonia, 1, space='')}, "
         f"threshold {prediction.threshold:.3f}); Grad-CAM overlay written to {args.out}"
     )
     if not prediction.in_scope:
