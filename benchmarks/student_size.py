@@ -89,6 +89,34 @@ def views(samples, loaders: dict, size: int):
     return {name: decode_samples(samples, size, progress=False, load=load) for name, load in loaders.items()}
 
 
+def flips(sets, metadata) -> dict:
+    """On the images no member trained on: which three-outcome decisions change from the teacher's
+    to the student's, and the agreement when one of the two inputs of the decision (probability,
+    spread) is the teacher's: where the misses come from."""
+    from pneumoscan.inference.decision import UncertaintyBand, decide_many
+
+    band = UncertaintyBand.from_dict(metadata.decision["band"]) if metadata.decision else None
+
+    def decide(p, spread):
+        return decide_many(np.clip(p, 0, 1), threshold=metadata.threshold, band=band, spread=spread)
+
+    tp, ts, sp, ss = (
+        np.concatenate([getattr(g, k)[g.never] for g in sets])
+        for k in ("teacher_p", "teacher_spread", "student_p", "student_spread")
+    )
+    teacher, student = decide(tp, ts), decide(sp, ss)
+    counts: dict[str, int] = {}
+    for a, b in zip(teacher, student, strict=True):
+        if a != b:
+            counts[f"{a} -> {b}"] = counts.get(f"{a} -> {b}", 0) + 1
+    return {
+        "n": len(tp),
+        "counts": dict(sorted(counts.items(), key=lambda item: -item[1])),
+        "agreement_teacher_spread": float(np.mean(decide(sp, ts) == teacher)),
+        "agreement_student_spread": float(np.mean(decide(tp, ss) == teacher)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=160, help="the student's input side in px (default 160)")
@@ -181,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
             f"  {name:<30} n {figures['n']:>5}  {auc}  decisions agree {figures['decision_agreement']:.2%}  "
             f"max |dp| {figures['max_abs_p_diff']:.3f}  spread r {spread_r:.2f}"
         )
+    report["flips"] = flips(sets, teacher.metadata)
+    print("  never trained on, teacher's outcome -> student's:", json.dumps(report["flips"]["counts"]))
+    print(
+        "  agreement with the student's probability and the teacher's spread "
+        f"{report['flips']['agreement_teacher_spread']:.2%}; the teacher's probability and the student's "
+        f"spread {report['flips']['agreement_student_spread']:.2%}"
+    )
     verdict = "PASS" if report["passed"] else "FAIL: " + "; ".join(report["misses"])
     print(f"gate (ROC AUC within {cfg.max_auc_diff}, decisions >= {cfg.min_agreement:.0%}): {verdict}")
     if args.json:
