@@ -89,6 +89,74 @@ def views(samples, loaders: dict, size: int):
     return {name: decode_samples(samples, size, progress=False, load=load) for name, load in loaders.items()}
 
 
+def distillation_views(teacher, stem_s, distil, size: int, kind: str):
+    """Student stem features of every distillation view at ``size`` px, the teacher members'
+    calibrated answers on the same views at 224 px, and the images kept (clean view first)."""
+    from pneumoscan.data.imaging import load_image
+    from pneumoscan.training.distill_gate import GATE_SHIFTS
+
+    loaders = {"clean": load_image} | (dict(GATE_SHIFTS) if kind == "shifted" else {})
+    teacher_stem = teacher.stem()
+    feats_t, feats_s, kept = [], [], None
+    big_views, small_views = views(distil, loaders, TEACHER_SIZE), views(distil, loaders, size)
+    for name in loaders:
+        big, small = big_views[name], small_views[name]
+        if [s.path for s in big.samples] != [s.path for s in small.samples]:
+            raise RuntimeError(f"view {name!r}: the two sizes decoded different files")
+        kept = kept or big.samples
+        feats_t.append(stem_features(teacher_stem, big.x))
+        feats_s.append(stem_features(stem_s, small.x))
+    return np.concatenate(feats_s), teacher.members(np.concatenate(feats_t)), kept
+
+
+def gate_sets(teacher, stem_s, held, never, size: int, ood: Path) -> list:
+    """distill's gate sets (held out clean and shifted, the out-of-scope set when ``ood`` exists):
+    the teacher's answers from 224 px, the student's features from ``size`` px of the same files."""
+    from pneumoscan.data.imaging import load_image
+    from pneumoscan.training.distill_gate import GATE_SHIFTS, GateSet, ood_images
+
+    teacher_stem, sets = teacher.stem(), []
+    loaders = {"held out": load_image} | dict(GATE_SHIFTS)
+    big_views, small_views = views(held, loaders, TEACHER_SIZE), views(held, loaders, size)
+    for name in loaders:
+        big, small = big_views[name], small_views[name]
+        never_mask = np.array([name != "held out" or s.path in never for s in big.samples], bool)
+        p, spread = teacher.targets(stem_features(teacher_stem, big.x))
+        sets.append(GateSet(name, stem_features(stem_s, small.x), big.y, never_mask, p, spread))
+    if ood.is_dir():
+        x_big, names_big = ood_images(ood, TEACHER_SIZE)
+        x_small, names_small = ood_images(ood, size)
+        if names_big != names_small:
+            raise RuntimeError("the out-of-scope set decoded differently at the two sizes")
+        p, spread = teacher.targets(stem_features(teacher_stem, x_big))
+        sets.append(
+            GateSet("out of scope", stem_features(stem_s, x_small), None, np.ones(len(p), bool), p, spread)
+        )
+    return sets
+
+
+def print_report(report: dict, size: int, kind: str) -> None:
+    print(f"\nstudent at {size} px against the {TEACHER_SIZE}-px teacher ({kind} views):")
+    for name, figures in [*report["sets"].items(), ("shifted, together", report["held_out_shifted"]),
+                          ("never trained on", report["never_trained"])]:  # fmt: skip
+        auc = (
+            f"ROC AUC {figures['roc_auc_student']:.4f} vs {figures['roc_auc_teacher']:.4f}"
+            if figures["roc_auc_teacher"] is not None
+            else "no labels"
+        )
+        spread_r = float("nan") if figures["spread_correlation"] is None else figures["spread_correlation"]
+        print(
+            f"  {name:<30} n {figures['n']:>5}  {auc}  decisions agree {figures['decision_agreement']:.2%}  "
+            f"max |dp| {figures['max_abs_p_diff']:.3f}  spread r {spread_r:.2f}"
+        )
+    print("  never trained on, teacher's outcome -> student's:", json.dumps(report["flips"]["counts"]))
+    print(
+        "  agreement with the student's probability and the teacher's spread "
+        f"{report['flips']['agreement_teacher_spread']:.2%}; the teacher's probability and the student's "
+        f"spread {report['flips']['agreement_student_spread']:.2%}"
+    )
+
+
 def flips(sets, metadata) -> dict:
     """On the images no member trained on: which three-outcome decisions change from the teacher's
     to the student's, and the agreement when one of the two inputs of the decision (probability,
@@ -133,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     from pneumoscan.config import DistillConfig
     from pneumoscan.data.imaging import load_image
     from pneumoscan.training.distill import Teacher, distillation_split, fit_student
-    from pneumoscan.training.distill_gate import GATE_SHIFTS, GateSet, gate, ood_images, score_student
+    from pneumoscan.training.distill_gate import gate, score_student
 
     started, timings = time.perf_counter(), {}
 
@@ -155,20 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"distillation images {len(distil)}, held out {len(held)} ({len(never)} held out by every member)")
     lap("load")
 
-    loaders = {"clean": load_image} | (dict(GATE_SHIFTS) if args.views == "shifted" else {})
-    teacher_stem = teacher.stem()
-    feats_t, feats_s, kept = [], [], None
-    big_views, small_views = views(distil, loaders, TEACHER_SIZE), views(distil, loaders, args.size)
-    for name in loaders:
-        big, small = big_views[name], small_views[name]
-        if [s.path for s in big.samples] != [s.path for s in small.samples]:
-            raise RuntimeError(f"view {name!r}: the two sizes decoded different files")
-        kept = kept or big.samples
-        feats_t.append(stem_features(teacher_stem, big.x))
-        feats_s.append(stem_features(stem_s, small.x))
-    members = teacher.members(np.concatenate(feats_t))
-    del feats_t, big_views, small_views
-    features = np.concatenate(feats_s)
+    features, members, kept = distillation_views(teacher, stem_s, distil, args.size, args.views)
     lap("distillation views: decode both sizes, stems, teacher")
 
     small_teacher = dataclasses.replace(teacher, tops=tops_s)
@@ -176,46 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     del features
     lap("student training")
 
-    sets = []
-    gate_loaders = {"held out": load_image} | dict(GATE_SHIFTS)
-    big_views, small_views = views(held, gate_loaders, TEACHER_SIZE), views(held, gate_loaders, args.size)
-    for name in gate_loaders:
-        big, small = big_views[name], small_views[name]
-        never_mask = np.array([name != "held out" or s.path in never for s in big.samples], bool)
-        p, spread = teacher.targets(stem_features(teacher_stem, big.x))
-        sets.append(GateSet(name, stem_features(stem_s, small.x), big.y, never_mask, p, spread))
-    if args.ood.is_dir():
-        x_big, names_big = ood_images(args.ood, TEACHER_SIZE)
-        x_small, names_small = ood_images(args.ood, args.size)
-        if names_big != names_small:
-            raise RuntimeError("the out-of-scope set decoded differently at the two sizes")
-        p, spread = teacher.targets(stem_features(teacher_stem, x_big))
-        ood_features = stem_features(stem_s, x_small)
-        sets.append(GateSet("out of scope", ood_features, None, np.ones(len(p), bool), p, spread))
+    sets = gate_sets(teacher, stem_s, held, never, args.size, args.ood)
     score_student(student, sets)
     report = gate(sets, teacher.metadata, max_auc_diff=cfg.max_auc_diff, min_agreement=cfg.min_agreement)
     lap("gate: decode both sizes, stems, scores")
 
-    print(f"\nstudent at {args.size} px against the {TEACHER_SIZE}-px teacher ({args.views} views):")
-    for name, figures in [*report["sets"].items(), ("shifted, together", report["held_out_shifted"]),
-                          ("never trained on", report["never_trained"])]:  # fmt: skip
-        auc = (
-            f"ROC AUC {figures['roc_auc_student']:.4f} vs {figures['roc_auc_teacher']:.4f}"
-            if figures["roc_auc_teacher"] is not None
-            else "no labels"
-        )
-        spread_r = float("nan") if figures["spread_correlation"] is None else figures["spread_correlation"]
-        print(
-            f"  {name:<30} n {figures['n']:>5}  {auc}  decisions agree {figures['decision_agreement']:.2%}  "
-            f"max |dp| {figures['max_abs_p_diff']:.3f}  spread r {spread_r:.2f}"
-        )
     report["flips"] = flips(sets, teacher.metadata)
-    print("  never trained on, teacher's outcome -> student's:", json.dumps(report["flips"]["counts"]))
-    print(
-        "  agreement with the student's probability and the teacher's spread "
-        f"{report['flips']['agreement_teacher_spread']:.2%}; the teacher's probability and the student's "
-        f"spread {report['flips']['agreement_student_spread']:.2%}"
-    )
+    print_report(report, args.size, args.views)
     verdict = "PASS" if report["passed"] else "FAIL: " + "; ".join(report["misses"])
     print(f"gate (ROC AUC within {cfg.max_auc_diff}, decisions >= {cfg.min_agreement:.0%}): {verdict}")
     if args.json:
