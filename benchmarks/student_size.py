@@ -42,6 +42,7 @@ import dataclasses
 import json
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -54,19 +55,25 @@ if (SHARED / "keras" / "models").is_dir():
 TEACHER_SIZE = 224
 
 
-def resized_network(teacher, size: int):
-    """The teacher's stem and member tops rebuilt at ``size`` px with the teacher's weights."""
+def resized_stem(teacher, size: int):
+    """The teacher's frozen stem rebuilt at ``size`` px with the teacher's weights, layer by layer."""
     import keras
 
-    from pneumoscan.config import TrainConfig
-    from pneumoscan.models.architectures import build_mobilenetv2, mobilenet_member
+    from pneumoscan.models.architectures import build_mobilenetv2
 
     full = build_mobilenetv2(size, weights=None)
     names = {layer.name for layer in teacher.model.layers}
     for layer in full.layers:
         if layer.name in names and layer.weights:
             layer.set_weights(teacher.model.get_layer(layer.name).get_weights())
-    stem = keras.Model(full.input, full.get_layer(teacher.cut).output, name=f"stem_{size}")
+    return keras.Model(full.input, full.get_layer(teacher.cut).output, name=f"stem_{size}")
+
+
+def resized_tops(teacher, size: int) -> list:
+    """The teacher's member tops rebuilt for the cut features of a ``size``-px input, same weights."""
+    from pneumoscan.config import TrainConfig
+    from pneumoscan.models.architectures import mobilenet_member
+
     tops = []
     for k, member in enumerate(teacher.tops):
         _, top = mobilenet_member(TrainConfig(image_size=size), teacher.cut, name=f"member_{k}", weights=None)
@@ -75,52 +82,52 @@ def resized_network(teacher, size: int):
             raise RuntimeError(f"member {k}: the rebuilt top's weights do not line up with the teacher's")
         top.set_weights(source)
         tops.append(top)
-    return stem, tops
+    return tops
 
 
 def stem_features(stem, x: np.ndarray) -> np.ndarray:
     return stem.predict(x.astype(np.float32), batch_size=64, verbose=0).astype(np.float16)
 
 
-def views(samples, loaders: dict, size: int):
-    """Each named view of ``samples`` at ``size`` px: ``{name: DecodedSet}``."""
+def paired_views(samples, loaders: dict, size: int):
+    """Each named view of ``samples`` decoded twice from the same files, at the teacher's 224 px and
+    at ``size`` px: ``(name, DecodedSet 224, DecodedSet size)``; RuntimeError when the two kept
+    different files (a file that fails at one size only)."""
     from pneumoscan.data.dataset import decode_samples
 
-    return {name: decode_samples(samples, size, progress=False, load=load) for name, load in loaders.items()}
+    for name, load in loaders.items():
+        big, small = (
+            decode_samples(samples, side, progress=False, load=load) for side in (TEACHER_SIZE, size)
+        )
+        if [x.path for x in big.samples] != [x.path for x in small.samples]:
+            raise RuntimeError(f"view {name!r}: the two sizes decoded different files")
+        yield name, big, small
 
 
-def distillation_views(teacher, stem_s, distil, size: int, kind: str):
+def distillation_views(teacher, teacher_stem, stem_s, distil, size: int, kind: str):
     """Student stem features of every distillation view at ``size`` px, the teacher members'
     calibrated answers on the same views at 224 px, and the images kept (clean view first)."""
     from pneumoscan.data.imaging import load_image
     from pneumoscan.training.distill_gate import GATE_SHIFTS
 
     loaders = {"clean": load_image} | (dict(GATE_SHIFTS) if kind == "shifted" else {})
-    teacher_stem = teacher.stem()
     feats_t, feats_s, kept = [], [], None
-    big_views, small_views = views(distil, loaders, TEACHER_SIZE), views(distil, loaders, size)
-    for name in loaders:
-        big, small = big_views[name], small_views[name]
-        if [s.path for s in big.samples] != [s.path for s in small.samples]:
-            raise RuntimeError(f"view {name!r}: the two sizes decoded different files")
+    for _, big, small in paired_views(distil, loaders, size):
         kept = kept or big.samples
         feats_t.append(stem_features(teacher_stem, big.x))
         feats_s.append(stem_features(stem_s, small.x))
     return np.concatenate(feats_s), teacher.members(np.concatenate(feats_t)), kept
 
 
-def gate_sets(teacher, stem_s, held, never, size: int, ood: Path) -> list:
+def gate_sets(teacher, teacher_stem, stem_s, held, never, size: int, ood: Path) -> list:
     """distill's gate sets (held out clean and shifted, the out-of-scope set when ``ood`` exists):
     the teacher's answers from 224 px, the student's features from ``size`` px of the same files."""
     from pneumoscan.data.imaging import load_image
     from pneumoscan.training.distill_gate import GATE_SHIFTS, GateSet, ood_images
 
-    teacher_stem, sets = teacher.stem(), []
-    loaders = {"held out": load_image} | dict(GATE_SHIFTS)
-    big_views, small_views = views(held, loaders, TEACHER_SIZE), views(held, loaders, size)
-    for name in loaders:
-        big, small = big_views[name], small_views[name]
-        never_mask = np.array([name != "held out" or s.path in never for s in big.samples], bool)
+    sets = []
+    for name, big, small in paired_views(held, {"held out": load_image} | dict(GATE_SHIFTS), size):
+        never_mask = np.array([name != "held out" or x.path in never for x in big.samples], bool)
         p, spread = teacher.targets(stem_features(teacher_stem, big.x))
         sets.append(GateSet(name, stem_features(stem_s, small.x), big.y, never_mask, p, spread))
     if ood.is_dir():
@@ -161,25 +168,18 @@ def flips(sets, metadata) -> dict:
     """On the images no member trained on: which three-outcome decisions change from the teacher's
     to the student's, and the agreement when one of the two inputs of the decision (probability,
     spread) is the teacher's: where the misses come from."""
-    from pneumoscan.inference.decision import UncertaintyBand, decide_many
+    from pneumoscan.training.distill_gate import decider
 
-    band = UncertaintyBand.from_dict(metadata.decision["band"]) if metadata.decision else None
-
-    def decide(p, spread):
-        return decide_many(np.clip(p, 0, 1), threshold=metadata.threshold, band=band, spread=spread)
-
+    decide = decider(metadata)
     tp, ts, sp, ss = (
         np.concatenate([getattr(g, k)[g.never] for g in sets])
         for k in ("teacher_p", "teacher_spread", "student_p", "student_spread")
     )
     teacher, student = decide(tp, ts), decide(sp, ss)
-    counts: dict[str, int] = {}
-    for a, b in zip(teacher, student, strict=True):
-        if a != b:
-            counts[f"{a} -> {b}"] = counts.get(f"{a} -> {b}", 0) + 1
+    counts = Counter(f"{a} -> {b}" for a, b in zip(teacher, student, strict=True) if a != b)
     return {
         "n": len(tp),
-        "counts": dict(sorted(counts.items(), key=lambda item: -item[1])),
+        "counts": dict(counts.most_common()),
         "agreement_teacher_spread": float(np.mean(decide(sp, ts) == teacher)),
         "agreement_student_spread": float(np.mean(decide(tp, ss) == teacher)),
     }
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from pneumoscan.config import DistillConfig
-    from pneumoscan.data.imaging import load_image
+    from pneumoscan.data.dataset import decode_samples
     from pneumoscan.training.distill import Teacher, distillation_split, fit_student
     from pneumoscan.training.distill_gate import gate, score_student
 
@@ -214,24 +214,24 @@ def main(argv: list[str] | None = None) -> int:
     teacher = Teacher.load(args.teacher)
     if teacher.metadata.image_size != TEACHER_SIZE:
         raise SystemExit(f"expected a {TEACHER_SIZE}-px teacher, got {teacher.metadata.image_size}")
-    stem_s, tops_s = resized_network(teacher, args.size)
-    check_stem, _ = resized_network(teacher, TEACHER_SIZE)
+    teacher_stem, stem_s = teacher.stem(), resized_stem(teacher, args.size)
     distil, held, never = distillation_split(args.data, teacher.metadata, cfg)
-    probe = views(held[:8], {"clean": load_image}, TEACHER_SIZE)["clean"].x
-    copy_error = float(np.abs(stem_features(check_stem, probe) - stem_features(teacher.stem(), probe)).max())
+    probe = decode_samples(held[:8], TEACHER_SIZE, progress=False).x
+    copy = resized_stem(teacher, TEACHER_SIZE)  # the same copy at the teacher's size must be exact
+    copy_error = float(np.abs(stem_features(copy, probe) - stem_features(teacher_stem, probe)).max())
     print(f"student at {args.size} px; stem copy checked at 224 px: max |diff| {copy_error:.2g}")
     print(f"distillation images {len(distil)}, held out {len(held)} ({len(never)} held out by every member)")
     lap("load")
 
-    features, members, kept = distillation_views(teacher, stem_s, distil, args.size, args.views)
+    features, members, kept = distillation_views(teacher, teacher_stem, stem_s, distil, args.size, args.views)
     lap("distillation views: decode both sizes, stems, teacher")
 
-    small_teacher = dataclasses.replace(teacher, tops=tops_s)
+    small_teacher = dataclasses.replace(teacher, tops=resized_tops(teacher, args.size))
     student, training = fit_student(small_teacher, features, members, cfg, n_clean=len(kept), progress=False)
     del features
     lap("student training")
 
-    sets = gate_sets(teacher, stem_s, held, never, args.size, args.ood)
+    sets = gate_sets(teacher, teacher_stem, stem_s, held, never, args.size, args.ood)
     score_student(student, sets)
     report = gate(sets, teacher.metadata, max_auc_diff=cfg.max_auc_diff, min_agreement=cfg.min_agreement)
     lap("gate: decode both sizes, stems, scores")

@@ -126,9 +126,9 @@ def _compare(y, tp, ts, sp, ss, decide) -> dict:
     }
 
 
-def gate(sets: list[GateSet], metadata: ModelMetadata, *, max_auc_diff: float, min_agreement: float) -> dict:
-    """Compare the student with the teacher on every gate set (filled in by :func:`score_student`);
-    ``passed`` and, when not, ``misses`` (what failed, by how much)."""
+def decider(metadata: ModelMetadata) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``(p, spread) -> outcomes``: the three-outcome decision with the teacher's threshold and band
+    (:func:`~pneumoscan.inference.decision.decide_many`), the one both models are judged by."""
     from pneumoscan.inference.decision import UncertaintyBand, decide_many
 
     band = UncertaintyBand.minimal(metadata.threshold)
@@ -137,6 +137,14 @@ def gate(sets: list[GateSet], metadata: ModelMetadata, *, max_auc_diff: float, m
 
     def decide(p, spread):
         return decide_many(np.clip(p, 0, 1), threshold=metadata.threshold, band=band, spread=spread)
+
+    return decide
+
+
+def gate(sets: list[GateSet], metadata: ModelMetadata, *, max_auc_diff: float, min_agreement: float) -> dict:
+    """Compare the student with the teacher on every gate set (filled in by :func:`score_student`);
+    ``passed`` and, when not, ``misses`` (what failed, by how much)."""
+    decide = decider(metadata)
 
     def group(chosen: list[GateSet], mask=lambda s: np.ones(len(s.teacher_p), bool)) -> dict:
         parts = [(s, mask(s)) for s in chosen]
