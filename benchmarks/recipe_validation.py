@@ -1,8 +1,8 @@
 """Which recipe holds on a new intake? Recipes ranked on a validation where the set-up gives nothing away.
 
     python benchmarks/recipe_validation.py [--recipes frozen_lr,ensemble,single,reweighted]
-                                           [--seeds 1337,7,42] [--cache runs/proxy-cache] [--json OUT]
-                                           [--image-size 224]
+                                           [--seeds 1337,7,42] [--split setup|earliest|random]
+                                           [--cache runs/proxy-cache] [--json OUT] [--image-size 224]
 
 The protocol (issue 16). The shortcut audit (:mod:`pneumoscan.evaluation.shortcuts`) finds that
 the border of a film alone predicts its label (ROC AUC about 0.97 out of fold): normal films of the
@@ -12,6 +12,13 @@ images whose border looks most like a pneumonia film (the border model's out-of-
 :func:`~pneumoscan.evaluation.shortcuts.setup_shift_split`) and a random 20 % of pneumonia
 patients; every recipe trains on the rest. A recipe that scores the set-up calls the held-out
 normals pneumonia.
+
+``--split earliest`` holds out, instead of the most pneumonia-like normals, the lowest-numbered
+normal patients of each naming series (:func:`~pneumoscan.data.dataset.earliest_intake_split`):
+the training folder's normal numbers begin where the test split's end (``IM-0115``,
+``NORMAL2-IM-0383``), so, if numbers follow acquisition, these are the training folder's films
+nearest in time to the new intake's healthy children. ``--split random`` holds out a random 20 %
+of patients.
 
 Before it chooses anything the protocol is checked against the independently measured test
 figures of issue 16 (:data:`ground_truth.GROUND_TRUTH`): it prints each recipe's held-out ROC AUC
@@ -245,7 +252,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "proxy-cache")
     parser.add_argument("--recipes", default="frozen_lr,ensemble,single,reweighted")
     parser.add_argument("--seeds", default="1337,7,42")
-    parser.add_argument("--split", choices=("setup", "random"), default="setup")
+    parser.add_argument("--split", choices=("setup", "earliest", "random"), default="setup")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument(
         "--group", type=int, default=0, help="also score ensembles of this many consecutive seeds' models"
@@ -257,7 +264,7 @@ def main() -> None:
     if IMAGE_SIZE != 224:
         args.cache = args.cache.with_name(f"{args.cache.name}-{IMAGE_SIZE}")
 
-    from pneumoscan.data.dataset import fold_patients
+    from pneumoscan.data.dataset import earliest_intake_split, fold_patients
     from pneumoscan.evaluation.shortcuts import setup_balanced_weights, setup_shift_split
 
     start = time.perf_counter()
@@ -266,6 +273,8 @@ def main() -> None:
     print(f"cache ready in {time.perf_counter() - start:.0f} s", flush=True)
     if args.split == "setup":
         held = setup_shift_split(c.setup, c.y, c.patients, seed=0)
+    elif args.split == "earliest":
+        held = earliest_intake_split(c.y, c.patients, seed=0)
     else:
         held = fold_patients(list(c.patients), list(c.y), 5, seed=0) == 0
     train, y = ~held, c.y[held]

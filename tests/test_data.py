@@ -15,11 +15,13 @@ from pneumoscan.data.dataset import (
     decode_samples,
     discover,
     discover_split,
+    earliest_intake_split,
     fingerprint,
     make_dataset,
     patient_id,
     patient_split,
     pneumonia_subtype,
+    series_position,
 )
 from pneumoscan.testing.synthetic import DEFAULT_NAMES, write_image, xray_like
 
@@ -169,6 +171,36 @@ def test_patient_split_rejects_bad_fraction():
     for bad in (0.0, 1.0, -0.1):
         with pytest.raises(ValueError, match="val_fraction"):
             patient_split(_synthetic_samples(10), val_fraction=bad)
+
+
+def test_series_position_orders_each_naming_series_by_number():
+    ids = ["IM-0120", "IM-0115", "IM-0766", "NORMAL2-IM-1423", "NORMAL2-IM-0383"]
+    ids += ["person9", "person10", "scan"]
+    pos = series_position(ids)
+    assert pos["IM-0115"] == 0.0 and pos["IM-0120"] == 0.5 and pos["IM-0766"] == 1.0
+    assert pos["NORMAL2-IM-0383"] == 0.0 and pos["NORMAL2-IM-1423"] == 1.0
+    assert pos["person9"] == 0.0 and pos["person10"] == 1.0  # by number, not as text
+    assert pos["scan"] == 0.0  # no number: a series of its own
+
+
+def test_earliest_intake_split_holds_out_the_lowest_numbered_normals_of_each_series():
+    normals = [f"IM-{i:04d}" for i in range(115, 215)] + [f"NORMAL2-IM-{i:04d}" for i in range(383, 433)]
+    groups = [p for p in normals for _ in range(2)] + [f"person{i}" for i in range(300) for _ in range(3)]
+    y = np.array([0] * (2 * len(normals)) + [1] * 900)
+    rng = np.random.default_rng(3)
+    order = rng.permutation(len(y))  # input order plays no part
+    groups, y = np.array(groups)[order], y[order]
+    held = earliest_intake_split(y, groups, normal_share=0.3, pneumonia_share=0.2, seed=0)
+    assert 0.3 <= held[y == 0].mean() <= 0.32 and 0.2 <= held[y == 1].mean() <= 0.21
+    assert not set(groups[held]) & set(groups[~held])  # whole patients
+    held_normals = set(groups[held & (y == 0)])
+    # The lowest 30 % of each series, not the lowest ids overall (IM- would fill it alone).
+    assert {f"IM-{i:04d}" for i in range(115, 145)} <= held_normals
+    assert {f"NORMAL2-IM-{i:04d}" for i in range(383, 397)} <= held_normals
+    assert not held_normals & {f"IM-{i:04d}" for i in range(147, 215)}
+    again = earliest_intake_split(y, groups, normal_share=0.3, pneumonia_share=0.2, seed=0)
+    assert (again == held).all()
+    assert (earliest_intake_split(y, groups, seed=1)[y == 0] == held[y == 0]).all()  # seed: pneumonia only
 
 
 def test_class_weights():

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
 _IM = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE)
 _SUBTYPE = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
+#: A patient id as its series and number: ``NORMAL2-IM-0383`` -> (``NORMAL2-IM-``, ``0383``).
+_SERIES_NUMBER = re.compile(r"^(.*?)(\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +205,93 @@ def patient_split(
     train = sorted((s for s in samples if s.patient_id not in val_patients), key=lambda s: str(s.path))
     val = sorted((s for s in samples if s.patient_id in val_patients), key=lambda s: str(s.path))
     return train, val
+
+
+def hold_out_patients(
+    normal_order: Sequence,
+    y: Sequence[int],
+    groups: Sequence,
+    *,
+    normal_share: float,
+    pneumonia_share: float,
+    seed: int,
+) -> np.ndarray:
+    """A held-out mask of whole patients: normals in a given order, pneumonia at random.
+
+    The normal patients are taken in ``normal_order`` until they hold ``normal_share`` of the
+    normal images; then pneumonia patients, shuffled with ``seed``, until they hold
+    ``pneumonia_share`` of the pneumonia images. The validation protocols of issue 16 differ only in
+    the order of the normals (:func:`earliest_intake_split`,
+    :func:`pneumoscan.evaluation.shortcuts.setup_shift_split`). Returns shape (n,), bool.
+    """
+    y = np.asarray(y)
+    groups = np.asarray(list(groups))
+    held: set = set()
+    taken, target = 0, normal_share * (y == 0).sum()
+    for p in normal_order:
+        if taken >= target:
+            break
+        held.add(p)
+        taken += int((groups == p).sum())
+    pneumonia = sorted(set(groups[y == 1].tolist()) - held)
+    np.random.default_rng(seed).shuffle(pneumonia)
+    taken, target = 0, pneumonia_share * (y == 1).sum()
+    for p in pneumonia:
+        if taken >= target:
+            break
+        held.add(p)
+        taken += int((groups == p).sum())
+    return np.isin(groups, list(held))
+
+
+def series_position(patient_ids: Sequence[str]) -> dict[str, float]:
+    """Each patient's place in its naming series, from 0 (lowest number) to 1 (highest).
+
+    A series is the id without its trailing number (``IM-``, ``NORMAL2-IM-``, ``person``); an id
+    without one is a series of its own (position 0). The training folder's series start well
+    above 1 (``IM-0115``, ``NORMAL2-IM-0383``): the lower numbers are the held-out test split's.
+    """
+    series: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for pid in set(patient_ids):
+        match = _SERIES_NUMBER.match(pid)
+        if match:
+            series[match.group(1)].append((int(match.group(2)), pid))
+        else:
+            series[pid].append((0, pid))
+    position = {}
+    for members in series.values():
+        members.sort()
+        for rank, (_, pid) in enumerate(members):
+            position[pid] = rank / max(len(members) - 1, 1)
+    return position
+
+
+def earliest_intake_split(
+    y: Sequence[int],
+    groups: Sequence[str],
+    *,
+    normal_share: float = 0.3,
+    pneumonia_share: float = 0.2,
+    seed: int = DEFAULT_SEED,
+) -> np.ndarray:
+    """A validation of the normal patients numbered nearest the held-out test split's.
+
+    The Kermany folders number patients in series, and the training folder's normal series begin
+    where the official test split's normals end (``IM-0001``..``IM-0114`` and
+    ``NORMAL2-IM-0000``..``0382`` are not in it): if numbers follow the order of acquisition, the
+    test's healthy children are an earlier intake. Held out: the lowest-numbered normal patients of
+    each series (the same share of each, by :func:`series_position`) up to ``normal_share`` of the
+    normal images, and a random ``pneumonia_share`` of the pneumonia images
+    (:func:`hold_out_patients`). Returns the held-out mask, shape (n,).
+    """
+    y = np.asarray(y)
+    groups = np.asarray(list(groups))
+    normals = sorted(set(groups[y == 0].tolist()))
+    position = series_position(normals)
+    order = sorted(normals, key=lambda p: (position[p], p))
+    return hold_out_patients(
+        order, y, groups, normal_share=normal_share, pneumonia_share=pneumonia_share, seed=seed
+    )
 
 
 def stratified_subset(samples: Sequence[Sample], limit: int | None, *, seed: int) -> list[Sample]:

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pneumoscan.config import DEFAULT_SEED
-from pneumoscan.data.dataset import fold_patients
+from pneumoscan.data.dataset import fold_patients, hold_out_patients
 
 #: Side, in pixels, of the thumbnails the region models read.
 THUMBNAIL_SIDE = 32
@@ -267,23 +267,11 @@ def setup_shift_split(
     """
     y = np.asarray(y)
     groups = np.asarray(list(groups))
-    held: set = set()
     normal = {p: float(setup_score[(groups == p)].mean()) for p in set(groups[y == 0].tolist())}
-    taken, target = 0, normal_share * (y == 0).sum()
-    for p in sorted(normal, key=lambda p: (-normal[p], p)):
-        if taken >= target:
-            break
-        held.add(p)
-        taken += int((groups == p).sum())
-    pneumonia = sorted(set(groups[y == 1].tolist()) - held)
-    np.random.default_rng(seed).shuffle(pneumonia)
-    taken, target = 0, pneumonia_share * (y == 1).sum()
-    for p in pneumonia:
-        if taken >= target:
-            break
-        held.add(p)
-        taken += int((groups == p).sum())
-    return np.isin(groups, list(held))
+    order = sorted(normal, key=lambda p: (-normal[p], p))
+    return hold_out_patients(
+        order, y, groups, normal_share=normal_share, pneumonia_share=pneumonia_share, seed=seed
+    )
 
 
 def format_audit(result: dict) -> str:
