@@ -5,7 +5,7 @@
 Each run of :mod:`recipe_validation` writes one JSON file (``--json``): one row per model it
 trained, each scored on the held-out images clean and under a tight crop. A summary over seeds
 needs several runs (a recipe's seeds are spread over them), so this script reads every file given,
-groups the rows by split (``--split``), input size and recipe, and prints, for each view:
+groups the rows by split (``--split``), input (``--input``), input size and recipe, and prints, for each view:
 
 - ``frozen_lr``: its ROC AUC (deterministic; every run that has it should print the same);
 - a fine-tuned recipe's single models (``single``, ``reweighted``): mean ± SD [min, max] over
@@ -15,8 +15,8 @@ groups the rows by split (``--split``), input size and recipe, and prints, for e
 - the cross-fitted ensemble: mean ± SD over the runs that trained one (one seed each);
 
 then the agreement of those summaries with the independently measured test figures
-(:data:`ground_truth.GROUND_TRUTH`): Spearman rho and pairwise order agreement, per view, split and
-input size, over every pair and over the pairs the test split itself resolves; last, how precise those
+(:data:`ground_truth.GROUND_TRUTH`): Spearman rho and pairwise order agreement, per view, split, input and
+size, over every pair and over the pairs the test split itself resolves; last, how precise those
 test figures are (:func:`ground_truth.report`). Nothing is trained; it reads the files only.
 """
 
@@ -39,14 +39,15 @@ SEED_ROW = re.compile(r"^(single|reweighted) seed (\d+)$")
 GROUP_ROW = re.compile(r"^single, ensemble of seeds \[([\d, ]+)\]$")
 
 
-def collect(paths: list[Path]) -> dict[tuple[str, int], dict[str, dict[str, list[tuple[str, float]]]]]:
-    """``{(split, image size): {summary row: {view: [(source, auc), ...]}}}`` from every file.
+def collect(paths: list[Path]) -> dict[tuple[str, str, int], dict[str, dict[str, list[tuple[str, float]]]]]:
+    """``{(split, input, image size): {summary row: {view: [(source, auc), ...]}}}`` from every file.
 
-    Runs of different splits hold out different images: they are never summarised together."""
+    Runs of different splits hold out different images, runs on different inputs train different
+    models: they are never summarised together."""
     found: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for path in paths:
         run = json.loads(path.read_text())
-        rows = found[(run.get("split", "setup"), int(run.get("image_size", 224)))]
+        rows = found[(run.get("split", "setup"), run.get("input", "model"), int(run.get("image_size", 224)))]
         singles = sum(bool(SEED_ROW.match(n)) and n.startswith("single") for n in run)
         for name, row in run.items():
             if not isinstance(row, dict) or not all(v in row for v in VIEWS):
@@ -89,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", type=Path, help="JSON files of recipe_validation.py --json")
     args = parser.parse_args(argv)
-    for (split, size), rows in sorted(collect(args.runs).items()):
-        print(f"== {split} split, input {size} px: held-out ROC AUC, mean ± SD [min, max] (n)")
+    for (split, kind, size), rows in sorted(collect(args.runs).items()):
+        print(f"== {split} split, {kind} input, {size} px: held-out ROC AUC, mean ± SD [min, max] (n)")
         measured: dict[str, dict[str, float]] = {view: {} for view in VIEWS}
         for key in sorted(rows):
             print(f"  {key}")

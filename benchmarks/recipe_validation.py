@@ -2,7 +2,8 @@
 
     python benchmarks/recipe_validation.py [--recipes frozen_lr,ensemble,single,reweighted]
                                            [--seeds 1337,7,42] [--split setup|earliest|random]
-                                           [--cache runs/proxy-cache] [--json OUT] [--image-size 224]
+                                           [--input model|as-decoded] [--image-size 224]
+                                           [--cache runs/proxy-cache] [--json OUT]
 
 The protocol (issue 16). The shortcut audit (:mod:`pneumoscan.evaluation.shortcuts`) finds that
 the border of a film alone predicts its label (ROC AUC about 0.97 out of fold): normal films of the
@@ -37,6 +38,12 @@ augmented view of every image, computed once):
 - ``reweighted``: ``single`` with every image weighted so that, within the training part, the
   set-up (quintile of the border score) no longer predicts the label; and the mean of its seeds.
 
+``--input as-decoded`` trains and scores every recipe on the films as decoded and resized, not
+stretched or blurred: the input of every recipe in the test table, all measured before the input's
+stretch and blur (2026-12-01). Checking the protocol against that table on today's input compares
+recipes the test never saw; this option checks it on the ones it did (a cache of its own,
+``<cache>-as-decoded``; the held-out images are the same).
+
 ``--image-size`` runs every recipe at another input side (the ImageNet weights of that size; a
 cache of its own, ``<cache>-<size>``). The held-out images are the same at every size: the set-up
 score that picks them is always computed on the 224-px decode.
@@ -70,6 +77,8 @@ STEM_CUT = "block_13_project_BN"
 IMAGE_SIZE = 224
 #: The side the set-up score (which picks the held-out images) is always computed at.
 SETUP_SIZE = 224
+#: The input the recipes train and score on; ``--input as-decoded`` changes it.
+INPUT = "model"
 
 
 def run_stem(x: np.ndarray, augmenter=None) -> np.ndarray:
@@ -98,12 +107,14 @@ def build_cache(data_dir: Path, cache: Path) -> None:
     from pneumoscan.config import AugmentConfig
     from pneumoscan.data.augment import build_augmenter
     from pneumoscan.data.dataset import decode_samples, discover_split
-    from pneumoscan.evaluation.shortcuts import setup_scores
+    from pneumoscan.data.imaging import load_image
+    from pneumoscan.evaluation.shortcuts import film_as_decoded, setup_scores
     from pneumoscan.models.architectures import build_mobilenetv2
 
     cache.mkdir(parents=True, exist_ok=True)
     if not (cache / "x.npy").exists():
-        data = decode_samples(discover_split(data_dir, prefer="train"), IMAGE_SIZE, progress=False)
+        load = film_as_decoded if INPUT == "as-decoded" else load_image
+        data = decode_samples(discover_split(data_dir, prefer="train"), IMAGE_SIZE, progress=False, load=load)
         np.save(cache / "x.npy", data.x)
         np.save(cache / "y.npy", data.y)
         samples = [[str(s.path), s.patient_id, s.subtype] for s in data.samples]
@@ -121,8 +132,8 @@ def build_cache(data_dir: Path, cache: Path) -> None:
     if not (cache / "setup_score.npy").exists():
         y = np.load(cache / "y.npy")
         groups = [s[1] for s in json.loads((cache / "samples.json").read_text())]
-        if IMAGE_SIZE != SETUP_SIZE:
-            # The same held-out images at every input size: score the set-up on the 224-px decode.
+        if IMAGE_SIZE != SETUP_SIZE or INPUT != "model":
+            # The same held-out images at every input: score the set-up on the 224-px model input.
             x = decode_samples(discover_split(data_dir, prefer="train"), SETUP_SIZE, progress=False).x
         np.save(cache / "setup_score.npy", setup_scores(x, y, groups))
 
@@ -258,11 +269,19 @@ def main() -> None:
         "--group", type=int, default=0, help="also score ensembles of this many consecutive seeds' models"
     )
     parser.add_argument("--image-size", type=int, default=224, help="input side in px (default 224)")
+    parser.add_argument(
+        "--input",
+        choices=("model", "as-decoded"),
+        default="model",
+        help="the model's input (stretched, blurred; default) or the film as decoded (before 2026-12-01)",
+    )
     args = parser.parse_args()
-    global IMAGE_SIZE
-    IMAGE_SIZE = args.image_size
+    global IMAGE_SIZE, INPUT
+    IMAGE_SIZE, INPUT = args.image_size, args.input
     if IMAGE_SIZE != 224:
         args.cache = args.cache.with_name(f"{args.cache.name}-{IMAGE_SIZE}")
+    if INPUT != "model":
+        args.cache = args.cache.with_name(f"{args.cache.name}-{INPUT}")
 
     from pneumoscan.data.dataset import earliest_intake_split, fold_patients
     from pneumoscan.evaluation.shortcuts import setup_balanced_weights, setup_shift_split
@@ -286,6 +305,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     out: dict = {
         "image_size": IMAGE_SIZE,
+        "input": INPUT,
         "split": args.split,
         "held_out": int(held.sum()),
         "held_out_normal": int((y == 0).sum()),
