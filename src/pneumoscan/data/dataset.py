@@ -226,21 +226,21 @@ def hold_out_patients(
     """
     y = np.asarray(y)
     groups = np.asarray(list(groups))
-    held: set = set()
-    taken, target = 0, normal_share * (y == 0).sum()
-    for p in normal_order:
-        if taken >= target:
-            break
-        held.add(p)
-        taken += int((groups == p).sum())
+
+    def first_patients(order, target: float) -> list:
+        """Patients from the front of ``order`` until they hold ``target`` images."""
+        taken, picked = 0, []
+        for p in order:
+            if taken >= target:
+                break
+            picked.append(p)
+            taken += int((groups == p).sum())
+        return picked
+
+    held = set(first_patients(normal_order, normal_share * (y == 0).sum()))
     pneumonia = sorted(set(groups[y == 1].tolist()) - held)
     np.random.default_rng(seed).shuffle(pneumonia)
-    taken, target = 0, pneumonia_share * (y == 1).sum()
-    for p in pneumonia:
-        if taken >= target:
-            break
-        held.add(p)
-        taken += int((groups == p).sum())
+    held |= set(first_patients(pneumonia, pneumonia_share * (y == 1).sum()))
     return np.isin(groups, list(held))
 
 
