@@ -255,7 +255,8 @@ def scores(y: np.ndarray, p: np.ndarray) -> dict:
     }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; sets the protocol's input side and kind, and names the cache after them."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -275,34 +276,138 @@ def main() -> None:
         default="model",
         help="the model's input (stretched, blurred; default) or the film as decoded (before 2026-12-01)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     global IMAGE_SIZE, INPUT
     IMAGE_SIZE, INPUT = args.image_size, args.input
     if IMAGE_SIZE != 224:
         args.cache = args.cache.with_name(f"{args.cache.name}-{IMAGE_SIZE}")
     if INPUT != "model":
         args.cache = args.cache.with_name(f"{args.cache.name}-{INPUT}")
+    return args
 
+
+def held_out_mask(split: str, c: Cache) -> np.ndarray:
+    """The images the protocol holds out (``--split``)."""
     from pneumoscan.data.dataset import earliest_intake_split, fold_patients
-    from pneumoscan.evaluation.shortcuts import setup_balanced_weights, setup_shift_split
+    from pneumoscan.evaluation.shortcuts import setup_shift_split
 
+    if split == "setup":
+        return setup_shift_split(c.setup, c.y, c.patients, seed=0)
+    if split == "earliest":
+        return earliest_intake_split(c.y, c.patients, seed=0)
+    return fold_patients(list(c.patients), list(c.y), 5, seed=0) == 0
+
+
+class Protocol:
+    """One run of the protocol: trains each recipe on ``train``, scores the held-out ``views``, and
+    keeps every row (``out``, the JSON file) and the figures checked against the test table
+    (``measured``)."""
+
+    def __init__(self, c: Cache, held: np.ndarray, views: dict, out: dict):
+        self.c, self.train, self.y, self.views, self.out = c, ~held, c.y[held], views, out
+        self.measured: dict[str, dict[str, float]] = {"clean": {}, "crop": {}}
+
+    def predict_views(self, predict) -> dict[str, np.ndarray]:
+        return {name: predict(view) for name, view in self.views.items()}
+
+    def report(self, name: str, preds: dict[str, np.ndarray], secs: float) -> dict:
+        row = {view: scores(self.y, p) for view, p in preds.items()}
+        print(json.dumps({"recipe": name, "secs": round(secs), **row}), flush=True)
+        self.out[name] = row
+        return row
+
+    def record(self, key: str, row: dict) -> None:
+        for view in self.measured:
+            self.measured[view][key] = row[view]["auc"]
+
+    def mean_of(self, preds: list[dict]) -> dict[str, np.ndarray]:
+        return {view: np.mean([p[view] for p in preds], 0) for view in self.views}
+
+    def frozen_lr(self) -> None:
+        t = time.perf_counter()
+        preds = self.predict_views(fit_frozen_lr(self.c, self.train, 0))
+        self.record("frozen_lr", self.report("frozen_lr", preds, time.perf_counter() - t))
+
+    def ensemble(self, seed: int) -> None:
+        """The cross-fitted ensemble: 3 members, each on 2 of 3 patient folds, fixed epochs."""
+        from pneumoscan.data.dataset import fold_patients
+
+        c, t = self.c, time.perf_counter()
+        idx = np.flatnonzero(self.train)
+        fold = fold_patients(list(c.patients[idx]), list(c.y[idx]), 3, seed=seed)
+        members = []
+        for k in range(3):
+            part = np.zeros(len(c.y), bool)
+            part[idx[fold != k]] = True
+            members.append(self.predict_views(fit_finetuned(c, part, seed + 1000 * (k + 1), inner_val=False)))
+            self.report(f"ensemble member {k}", members[-1], time.perf_counter() - t)
+        self.record("ensemble", self.report("ensemble", self.mean_of(members), time.perf_counter() - t))
+
+    def seeded(self, recipe: str, seeds: list[int], group: int) -> None:
+        """One model of ``recipe`` (``single``, ``reweighted``) per seed, their spread and mean, and
+        the means of ``group`` consecutive seeds' models."""
+        from pneumoscan.evaluation.shortcuts import setup_balanced_weights
+
+        c, weights = self.c, None
+        if recipe == "reweighted":
+            weights = np.zeros(len(c.y))
+            weights[self.train] = setup_balanced_weights(c.setup[self.train], c.y[self.train])
+        preds = []
+        for seed in seeds:
+            t = time.perf_counter()
+            preds.append(
+                self.predict_views(fit_finetuned(c, self.train, seed, inner_val=True, weights=weights))
+            )
+            self.report(f"{recipe} seed {seed}", preds[-1], time.perf_counter() - t)
+        summary = {view: spread([scores(self.y, p[view])["auc"] for p in preds]) for view in self.views}
+        print(
+            f"  {recipe}: single models' ROC AUC over {len(seeds)} seeds: {json.dumps(summary)}", flush=True
+        )
+        self.out[f"{recipe} seeds"] = summary
+        mean = self.report(f"{recipe}, mean of the seeds' models", self.mean_of(preds), 0)
+        if group and len(preds) > group:
+            # Several ensembles of ``group`` consecutive seeds: the spread of the ensemble recipe itself.
+            rows = [
+                self.report(
+                    f"{recipe}, ensemble of seeds {seeds[i : i + group]}",
+                    self.mean_of(preds[i : i + group]),
+                    0,
+                )
+                for i in range(0, len(preds) - group + 1, group)
+            ]
+            groups = {view: spread([r[view]["auc"] for r in rows], extremes=False) for view in self.views}
+            print(
+                f"  {recipe}: ensembles of {group} over {len(rows)} seed groups: {json.dumps(groups)}",
+                flush=True,
+            )
+            self.out[f"{recipe} ensembles of {group}"] = groups
+        if recipe == "single":
+            for view in self.views:
+                self.measured[view]["single (mean over seeds)"] = summary[view]["mean"]
+            self.record("single, mean of the seeds' models", mean)
+
+
+def spread(aucs: list[float], *, extremes: bool = True) -> dict:
+    """Mean and SD (ddof 1; 0 for one value) of some ROC AUCs, and their min and max."""
+    row = {
+        "mean": round(float(np.mean(aucs)), 4),
+        "sd": round(float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0, 4),
+    }
+    return {**row, "min": min(aucs), "max": max(aucs)} if extremes else row
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     start = time.perf_counter()
     build_cache(args.data, args.cache)
     c = Cache(args.cache)
     print(f"cache ready in {time.perf_counter() - start:.0f} s", flush=True)
-    if args.split == "setup":
-        held = setup_shift_split(c.setup, c.y, c.patients, seed=0)
-    elif args.split == "earliest":
-        held = earliest_intake_split(c.y, c.patients, seed=0)
-    else:
-        held = fold_patients(list(c.patients), list(c.y), 5, seed=0) == 0
-    train, y = ~held, c.y[held]
-    views = held_out_views(args.cache, c, held)
+    held = held_out_mask(args.split, c)
+    y = c.y[held]
     print(
         f"== {args.split} split: {held.sum()} held-out images ({(y == 0).sum()} normal), trained on the rest"
     )
     print(f"   each scored clean and under '{STRESS_SHIFT}' (the crop column)", flush=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
     out: dict = {
         "image_size": IMAGE_SIZE,
         "input": INPUT,
@@ -310,97 +415,16 @@ def main() -> None:
         "held_out": int(held.sum()),
         "held_out_normal": int((y == 0).sum()),
     }
-    measured: dict[str, dict[str, float]] = {"clean": {}, "crop": {}}
-
-    def predict_views(predict) -> dict[str, np.ndarray]:
-        return {name: predict(view) for name, view in views.items()}
-
-    def report(name: str, preds: dict[str, np.ndarray], secs: float) -> dict:
-        row = {view: scores(y, p) for view, p in preds.items()}
-        print(json.dumps({"recipe": name, "secs": round(secs), **row}), flush=True)
-        out[name] = row
-        return row
-
-    def record(key: str, row: dict) -> None:
-        for view in measured:
-            measured[view][key] = row[view]["auc"]
-
-    def mean_of(preds: list[dict]) -> dict[str, np.ndarray]:
-        return {view: np.mean([p[view] for p in preds], 0) for view in views}
-
+    run = Protocol(c, held, held_out_views(args.cache, c, held), out)
+    seeds = [int(s) for s in args.seeds.split(",")]
     for recipe in args.recipes.split(","):
-        t = time.perf_counter()
         if recipe == "frozen_lr":
-            record(
-                "frozen_lr",
-                report("frozen_lr", predict_views(fit_frozen_lr(c, train, 0)), time.perf_counter() - t),
-            )
-            continue
-        if recipe == "ensemble":
-            idx = np.flatnonzero(train)
-            fold = fold_patients(list(c.patients[idx]), list(c.y[idx]), 3, seed=seeds[0])
-            members = []
-            for k in range(3):
-                part = np.zeros(len(c.y), bool)
-                part[idx[fold != k]] = True
-                members.append(
-                    predict_views(fit_finetuned(c, part, seeds[0] + 1000 * (k + 1), inner_val=False))
-                )
-                report(f"ensemble member {k}", members[-1], time.perf_counter() - t)
-            record("ensemble", report("ensemble", mean_of(members), time.perf_counter() - t))
-            continue
-        weights = None
-        if recipe == "reweighted":
-            weights = np.zeros(len(c.y))
-            weights[train] = setup_balanced_weights(c.setup[train], c.y[train])
-        preds = []
-        for seed in seeds:
-            t = time.perf_counter()
-            preds.append(predict_views(fit_finetuned(c, train, seed, inner_val=True, weights=weights)))
-            report(f"{recipe} seed {seed}", preds[-1], time.perf_counter() - t)
-        summary = {}
-        for view in views:
-            aucs = [scores(y, p[view])["auc"] for p in preds]
-            sd = float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0
-            summary[view] = {
-                "mean": round(float(np.mean(aucs)), 4),
-                "sd": round(sd, 4),
-                "min": min(aucs),
-                "max": max(aucs),
-            }
-        print(
-            f"  {recipe}: single models' ROC AUC over {len(seeds)} seeds: {json.dumps(summary)}", flush=True
-        )
-        out[f"{recipe} seeds"] = summary
-        mean = report(f"{recipe}, mean of the seeds' models", mean_of(preds), 0)
-        if args.group and len(preds) > args.group:
-            # Several ensembles of ``group`` consecutive seeds: the spread of the ensemble recipe itself.
-            groups = [preds[i : i + args.group] for i in range(0, len(preds) - args.group + 1, args.group)]
-            rows = [
-                report(
-                    f"{recipe}, ensemble of seeds {seeds[i * args.group : (i + 1) * args.group]}",
-                    mean_of(g),
-                    0,
-                )
-                for i, g in enumerate(groups)
-            ]
-            spread = {
-                view: {
-                    "mean": round(float(np.mean([r[view]["auc"] for r in rows])), 4),
-                    "sd": round(float(np.std([r[view]["auc"] for r in rows], ddof=1)), 4),
-                }
-                for view in views
-            }
-            print(
-                f"  {recipe}: ensembles of {args.group} over {len(rows)} seed groups: {json.dumps(spread)}",
-                flush=True,
-            )
-            out[f"{recipe} ensembles of {args.group}"] = spread
-        if recipe == "single":
-            for view in views:
-                measured[view]["single (mean over seeds)"] = summary[view]["mean"]
-            record("single, mean of the seeds' models", mean)
-    out["agreement_with_the_test_split"] = {view: agreement(m) for view, m in measured.items()}
+            run.frozen_lr()
+        elif recipe == "ensemble":
+            run.ensemble(seeds[0])
+        else:
+            run.seeded(recipe, seeds, args.group)
+    out["agreement_with_the_test_split"] = {view: agreement(m) for view, m in run.measured.items()}
     for view, a in out["agreement_with_the_test_split"].items():
         print(f"agreement with the independent test figures ({view}):", json.dumps(a))
     if args.json:
