@@ -16,10 +16,10 @@ normals pneumonia.
 
 ``--split earliest`` holds out, instead of the most pneumonia-like normals, the lowest-numbered
 normal patients of each naming series (:func:`~pneumoscan.data.dataset.earliest_intake_split`):
-the training folder's normal numbers begin where the test split's end (``IM-0115``,
-``NORMAL2-IM-0383``), so, if numbers follow acquisition, these are the training folder's films
-nearest in time to the new intake's healthy children. ``--split random`` holds out a random 20 %
-of patients.
+the training folder's normal numbers begin high (``IM-0115``, ``NORMAL2-IM-0383``), the lower
+ones presumably the test split's, so, if numbers follow acquisition, these are the training
+folder's films nearest in time to the new intake's healthy children. ``--split random`` holds out
+a random 20 % of patients.
 
 Before it chooses anything the protocol is checked against the independently measured test
 figures of issue 16 (:data:`ground_truth.GROUND_TRUTH`): it prints each recipe's held-out ROC AUC

@@ -248,8 +248,9 @@ def series_position(patient_ids: Sequence[str]) -> dict[str, float]:
     """Each patient's place in its naming series, from 0 (lowest number) to 1 (highest).
 
     A series is the id without its trailing number (``IM-``, ``NORMAL2-IM-``, ``person``); an id
-    without one is a series of its own (position 0). The training folder's series start well
-    above 1 (``IM-0115``, ``NORMAL2-IM-0383``): the lower numbers are the held-out test split's.
+    without one is a series of its own (position 0). The training folder's normal series start
+    well above 1 (``IM-0115``, ``NORMAL2-IM-0383``): the lower numbers are elsewhere, presumably in
+    the held-out test split.
     """
     series: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for pid in set(patient_ids):
@@ -277,11 +278,12 @@ def earliest_intake_split(
     """A validation of the normal patients numbered nearest the held-out test split's.
 
     The Kermany folders number patients in series, and the training folder's normal series begin
-    where the official test split's normals end (``IM-0001``..``IM-0114`` and
-    ``NORMAL2-IM-0000``..``0382`` are not in it): if numbers follow the order of acquisition, the
-    test's healthy children are an earlier intake. Held out: the lowest-numbered normal patients of
-    each series (the same share of each, by :func:`series_position`) up to ``normal_share`` of the
-    normal images, and a random ``pneumonia_share`` of the pneumonia images
+    high (``IM-0001``..``IM-0114`` and ``NORMAL2-IM-0000``..``0382`` are not in it): presumably the
+    official test split's normals hold those numbers (its file names are not here to check), and if
+    numbers follow the order of acquisition, its healthy children are an earlier intake. Held out:
+    the lowest-numbered normal patients of each series (the same share of each, by
+    :func:`series_position`) up to ``normal_share`` of the normal images, and a random
+    ``pneumonia_share`` of the pneumonia images
     (:func:`hold_out_patients`). Returns the held-out mask, shape (n,).
     """
     y = np.asarray(y)
