@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageOps
 
 from pneumoscan.data.imaging import (
     INPUT_BLUR,
@@ -280,6 +280,34 @@ def test_colourfulness_does_not_depend_on_the_encoding():
     ]
     assert min(scores) > 40
     assert max(scores) - min(scores) < 0.05 * max(scores)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF", "WEBP"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_turns_the_film_the_way_viewers_show_it(fmt, orientation):
+    # A film stored turned or mirrored, with an EXIF Orientation saying so, must reach the model the
+    # way every viewer shows it: PIL's own exif_transpose is the reference. Lossless formats only
+    # for TIFF and WebP; the JPEG is compared with a decode of the same bytes.
+    film = Image.fromarray(xray_like(60, 90, seed=orientation), "L")  # not square: the sides swap
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    options = {"lossless": True} if fmt == "WEBP" else {"quality": 95} if fmt == "JPEG" else {}
+    film.save(buf, format=fmt, exif=exif.tobytes(), **options)
+    data = buf.getvalue()
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("L"))
+    decoded = decode_bytes(data, name=f"turned.{fmt.lower()}")
+    np.testing.assert_array_equal(decoded.gray, shown)
+    assert (decoded.height, decoded.width) == shown.shape
+    assert shown.shape == ((90, 60) if orientation >= 5 else (60, 90))
+
+
+def test_malformed_exif_keeps_the_pixels_as_stored():
+    film = Image.fromarray(xray_like(64, 64, seed=1), "L")
+    buf = io.BytesIO()
+    film.save(buf, format="JPEG", quality=95, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\xff\xff")
+    as_stored = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L"))
+    np.testing.assert_array_equal(decode_bytes(buf.getvalue(), name="bad-exif.jpeg").gray, as_stored)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])

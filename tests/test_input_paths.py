@@ -1,6 +1,8 @@
 """The same X-ray gives the same answer whatever path brings it in (issue 16): real training films
-re-encoded as PNG (8 and 16 bit), DICOM (8 and 12 bit, MONOCHROME1), a colour JPEG and larger
-resamplings, scored by the released model through the byte-decoding path every surface uses."""
+re-encoded as PNG (8 and 16 bit), TIFF, WebP, DICOM (8 and 12 bit, MONOCHROME1, signed with a
+rescale, RLE and JPEG 2000 compressed), a colour JPEG, a JPEG stored on its side with an EXIF
+orientation, and larger and smaller resamplings, scored by the released model through the
+byte-decoding path every surface uses."""
 
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ def test_every_variant_decodes_to_the_same_film_up_to_resampling():
     for name, data in xray_variants(film).items():
         x = preprocess(decode_bytes(data, name=name), 224).astype(int)
         diff = np.abs(x - base)
-        if name.startswith("up") or "jpeg" in name:
+        if name.startswith("down"):
+            assert diff.mean() < 8, name  # half the pixels: the synthetic film's pixel noise is gone
+        elif name.startswith("up") or "jpeg" in name:
             assert diff.mean() < 6, name  # resampled or lossy: close, not equal
         else:
             assert diff.max() <= 1, name  # lossless paths: the same pixels after the stretch

@@ -2,7 +2,9 @@
 
 A model must give the same answer whatever path brings an image in (issue 16). :func:`xray_variants`
 re-encodes one grey image as the files a hospital, a PACS export or a user's screenshot produce;
-the tests and ``benchmarks/input_paths.py`` score them all and compare.
+the tests and ``benchmarks/input_paths.py`` score them all and compare. :func:`lossy_variants` are
+harder: new compression artefacts at qualities the training copy never had. The benchmark reports
+them apart, as a finding about the model, not a requirement of the decoder.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image
+from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from pneumoscan.testing.dicom import dicom_dataset, dicom_to_bytes
 
@@ -21,10 +24,36 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _jpeg(image: Image.Image, quality: int) -> bytes:
+def _save(image: Image.Image, fmt: str, **options) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=quality)
+    image.save(buf, format=fmt, **options)
     return buf.getvalue()
+
+
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    return _save(image, "JPEG", quality=quality)
+
+
+def _on_its_side_jpeg(image: Image.Image) -> bytes:
+    """A JPEG stored turned a quarter turn, whose EXIF ``Orientation`` 6 tells viewers to turn it back."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    return _save(image.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif.tobytes())
+
+
+def _compressed_dicom(pixels: np.ndarray, transfer_syntax) -> bytes:
+    """A 12-bit DICOM whose pixel data is compressed losslessly (pydicom's encoders)."""
+    ds = dicom_dataset(pixels, bits_stored=12)
+    ds.compress(transfer_syntax)
+    return dicom_to_bytes(ds)
+
+
+def _signed_rescaled_dicom(twelve: np.ndarray) -> bytes:
+    """The 12-bit values stored signed, shifted by -2048, with a rescale intercept that undoes it."""
+    ds = dicom_dataset((twelve.astype(np.int32) - 2048).astype(np.int16).view(np.uint16), bits_stored=12)
+    ds.PixelRepresentation = 1
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 2048
+    return dicom_to_bytes(ds)
 
 
 def xray_variants(gray: np.ndarray) -> dict[str, bytes]:
@@ -38,13 +67,19 @@ def xray_variants(gray: np.ndarray) -> dict[str, bytes]:
     - ``rgb_jpeg95``: a colour JPEG of the grey film, quality 95;
     - ``up1024_png``, ``up1024_jpeg90``, ``up2048_jpeg90``: resampled to a larger original (Lanczos)
       as a PNG or a JPEG, which the decoder brings back down (JPEGs over 1024 px at half scale);
-    - ``up1024_dicom12``: the 1024-px resampling as a 12-bit DICOM.
+    - ``up1024_dicom12``: the 1024-px resampling as a 12-bit DICOM;
+    - ``tiff16``: 16-bit grey TIFF; ``webp_lossless``; ``la_png``: grey with an opaque alpha channel;
+    - ``jpeg_exif_rotated``: stored on its side with EXIF ``Orientation`` 6 (viewers turn it back);
+    - ``dicom12_signed_rescaled``: signed stored values and a rescale intercept;
+      ``dicom12_rle``, ``dicom12_j2k``: RLE and JPEG 2000 lossless compressed pixel data;
+    - ``down_half_png``: a copy at half the size (Lanczos), as a thumbnail or a downsized export.
     """
     gray = np.asarray(gray, dtype=np.uint8)
     twelve = gray.astype(np.uint16) * 16
     image = Image.fromarray(gray, "L")
     up1024 = image.resize((1024, 1024), Image.Resampling.LANCZOS)
     up2048 = image.resize((2048, 2048), Image.Resampling.LANCZOS)
+    half = (max(1, gray.shape[1] // 2), max(1, gray.shape[0] // 2))
     return {
         "png8": _png(gray),
         "png16": _png(gray.astype(np.uint16) * 257),
@@ -60,4 +95,27 @@ def xray_variants(gray: np.ndarray) -> dict[str, bytes]:
         "up1024_dicom12": dicom_to_bytes(
             dicom_dataset(np.asarray(up1024).astype(np.uint16) * 16, bits_stored=12)
         ),
+        "tiff16": _save(Image.fromarray(gray.astype(np.uint16) * 257), "TIFF"),
+        "webp_lossless": _save(image, "WEBP", lossless=True),
+        "la_png": _save(Image.merge("LA", (image, Image.new("L", image.size, 255))), "PNG"),
+        "jpeg_exif_rotated": _on_its_side_jpeg(image),
+        "dicom12_signed_rescaled": _signed_rescaled_dicom(twelve),
+        "dicom12_rle": _compressed_dicom(twelve, RLELossless),
+        "dicom12_j2k": _compressed_dicom(twelve, JPEG2000Lossless),
+        "down_half_png": _png(np.asarray(image.resize(half, Image.Resampling.LANCZOS))),
+    }
+
+
+def lossy_variants(gray: np.ndarray) -> dict[str, bytes]:
+    """The same film re-compressed at qualities the training copy never had: name -> file bytes.
+
+    Every training file is a JPEG at one quality (the same quantization tables throughout), so a
+    re-encoding at that quality changes almost nothing; these add new artefacts: ``jpeg_q50``, and
+    lossy WebP at quality 80 and 50.
+    """
+    image = Image.fromarray(np.asarray(gray, dtype=np.uint8), "L")
+    return {
+        "jpeg_q50": _jpeg(image, 50),
+        "webp_q80": _save(image, "WEBP", quality=80),
+        "webp_q50": _save(image, "WEBP", quality=50),
     }

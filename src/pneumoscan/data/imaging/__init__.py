@@ -44,7 +44,8 @@ copies for reading: the decoders read them from :mod:`.limits`, which is where t
 Preprocessing policy (written down because models depend on it):
 
 1. Convert to one grey channel. Colour is dropped (ITU-R 601 luma); transparent pixels are laid on
-   black, the usual X-ray background.
+   black, the usual X-ray background. An image stored turned or mirrored with an EXIF
+   ``Orientation`` saying so is turned the way viewers show it.
 2. Bring to 0..255. 8-bit data is kept as is. Data with more bits (16-bit PNG/TIFF, float TIFF,
    DICOM) is mapped linearly from its own min..max, after DICOM's modality LUT (rescale
    slope/intercept) and VOI LUT or window, and MONOCHROME1 is inverted so that bone is always bright.
