@@ -372,7 +372,7 @@ def percentiles(results: list[Result]) -> str:
     return " / ".join(f"{np.percentile(ms, q):.0f}" for q in (50, 95, 99)) + " ms"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="default: the bundled LiteRT export (what serve serves)")
     parser.add_argument("--requests", type=int, default=5000, help="224-px requests (default: %(default)s)")
@@ -389,25 +389,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--warmup", type=int, default=100, help="224-px and full-size requests each, before RSS is first read"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    from pneumoscan.config import default_serving_model_path
-    from pneumoscan.inference.predictor import Predictor
+
+@dataclass
+class LoadRun:
+    """What one run against the server process measured."""
+
+    warmups: list[Result]
+    main_blocks: list[Block]
+    full_blocks: list[Block]
+    rss_start: float
+    rss_end: float
+    rss_peak: float
+    server_log: str
+
+    def problems(self) -> list[Result]:
+        """Every request answered wrongly, warm-up included: a failure there is a failure."""
+        phases = (merged(self.main_blocks), merged(self.full_blocks))
+        return [r for r in self.warmups if not r.ok] + [r for ph in phases for r in ph.results if not r.ok]
+
+    def server_5xx(self) -> int:
+        return len(re.findall(r'"POST /v1/predictions HTTP/1.1" 5[0-9][0-9]', self.server_log))
+
+
+def load_server(args, model: Path, predictor, small, full, rows) -> LoadRun:
+    """Start ``pneumoscan serve``, warm it up on both kinds of image, then run the 224-px and the
+    full-size blocks while a thread samples its resident memory; stop it and keep its log."""
     from pneumoscan.testing.app_server import free_port
-
-    model = args.model or default_serving_model_path()
-    small, full, source = load_images(512, 24)
-    print(f"machine: {machine_words(machine())} (other work on the machine counts against both sides)")
-    print(f"model: {model}")
-    print(
-        f"images: {source}; {len(full)} full-size copies ({min(len(d) for d in full.values()) / 2**20:.1f}-"
-        f"{max(len(d) for d in full.values()) / 2**20:.1f} MB, ~2000 px, PNG and JPEG)"
-    )
-
-    predictor = Predictor(model)
-    rows = reference_rows(predictor, small) | reference_rows(predictor, full)  # also warms it up
-    one_n, one_s = in_process(predictor, small, list(small)[:200], 1)
-    print(f"in-process Predictor.predict_bytes, one thread: {one_n / one_s:.1f} images/s (224 px)")
 
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="pneumoscan-load-") as tmp:
@@ -427,65 +436,51 @@ def main(argv: list[str] | None = None) -> int:
             # allocator's first reach for full-size buffers.
             warmups = []
             for images, seed in ((small, 1), (full, 4)):
+                mix = request_mix(images, args.warmup, seed=seed)
                 warmups += asyncio.run(
-                    run_phase(
-                        url,
-                        request_mix(images, args.warmup, seed=seed),
-                        args.concurrency,
-                        rows,
-                        client=args.client,
-                    )
+                    run_phase(url, mix, args.concurrency, rows, client=args.client)
                 ).results
             rss_start = rss_mb(proc.pid)
             sampler.start()
-            main_blocks = run_blocks(
-                url,
-                predictor,
-                small,
-                request_mix(small, args.requests, seed=2),
-                BLOCKS,
-                args.concurrency,
-                rows,
-                args.client,
-            )
-            full_blocks = run_blocks(
-                url,
-                predictor,
-                full,
-                request_mix(full, args.full_size, seed=3),
-                2,
-                args.concurrency,
-                rows,
-                args.client,
-            )
+            blocks = []
+            for images, n, seed, n_blocks in (
+                (small, args.requests, 2, BLOCKS),
+                (full, args.full_size, 3, 2),
+            ):
+                mix = request_mix(images, n, seed=seed)
+                blocks.append(
+                    run_blocks(url, predictor, images, mix, n_blocks, args.concurrency, rows, args.client)
+                )
             rss_end = rss_mb(proc.pid)
         finally:
             stop.set()
             proc.terminate()
             proc.wait(timeout=30)
         server_log = log_path.read_text()
+    return LoadRun(warmups, *blocks, rss_start, rss_end, max(peak[0], rss_end), server_log)
 
-    main_phase, full_phase = merged(main_blocks), merged(full_blocks)
+
+def summary(blocks: list[Block]) -> tuple[float, float, float]:
+    """Service images/s, in-process images/s, ratio: totals over the blocks."""
+    good = sum(len(b.phase.good()) for b in blocks)
+    service = good / sum(b.phase.seconds for b in blocks)
+    base = sum(b.base_images for b in blocks) / sum(b.base_seconds for b in blocks)
+    return service, base, service / base
+
+
+def report(args, run: LoadRun) -> dict[str, bool]:
+    """Print the run's figures; return the verdict's checks, each passed or not."""
+    main_phase, full_phase = merged(run.main_blocks), merged(run.full_blocks)
     total = 2 * args.warmup + args.requests + args.full_size
-    # Warm-up answers are checked too: a failure there is a failure.
-    problems = [r for r in warmups if not r.ok] + [
-        r for ph in (main_phase, full_phase) for r in ph.results if not r.ok
-    ]
+    problems = run.problems()
     failed_good = [r for r in problems if r.kind == "good"]
     wrong_malformed = [r for r in problems if r.kind != "good"]
-
-    def summary(blocks: list[Block]) -> tuple[float, float, float]:
-        """Service images/s, in-process images/s, ratio: totals over the blocks."""
-        good = sum(len(b.phase.good()) for b in blocks)
-        service = good / sum(b.phase.seconds for b in blocks)
-        base = sum(b.base_images for b in blocks) / sum(b.base_seconds for b in blocks)
-        return service, base, service / base
-
-    rate, base_rate, ratio = summary(main_blocks)
-    full_rate, full_base, full_ratio = summary(full_blocks)
+    rate, base_rate, ratio = summary(run.main_blocks)
+    full_rate, full_base, full_ratio = summary(run.full_blocks)
     # Degradation: the service's standing against the Predictor at the end against the start.
-    last_vs_first = np.mean([b.ratio for b in main_blocks[-3:]]) / np.mean([b.ratio for b in main_blocks[:3]])
-    growth = rss_end - rss_start
+    blocks = run.main_blocks
+    last_vs_first = np.mean([b.ratio for b in blocks[-3:]]) / np.mean([b.ratio for b in blocks[:3]])
+    growth = run.rss_end - run.rss_start
     print(
         f"service: {total} requests over {args.concurrency} connections ({2 * args.warmup} warm-up), "
         f"10 % malformed, {args.client} client; each block of requests follows an in-process run "
@@ -502,37 +497,60 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         "  224-px blocks, service/in-process: "
-        + ", ".join(f"{b.ratio:.2f}" for b in main_blocks)
+        + ", ".join(f"{b.ratio:.2f}" for b in blocks)
         + f"; last 3 / first 3 = {last_vs_first:.2f}"
     )
-    server_5xx = len(re.findall(r'"POST /v1/predictions HTTP/1.1" 5[0-9][0-9]', server_log))
     print(
         f"  malformed: {sum(r.kind != 'good' for ph in (main_phase, full_phase) for r in ph.results)} sent, "
         f"{len(wrong_malformed)} answered other than their expected 4xx; "
-        f"5xx answers to predictions in the server log: {server_5xx}"
+        f"5xx answers to predictions in the server log: {run.server_5xx()}"
     )
     print(
-        f"  server RSS: {rss_start:.0f} MB after warm-up, {rss_end:.0f} MB after "
+        f"  server RSS: {run.rss_start:.0f} MB after warm-up, {run.rss_end:.0f} MB after "
         f"{args.requests + args.full_size} more requests (growth {growth:+.1f} MB, "
-        f"peak {max(peak[0], rss_end):.0f} MB)"
+        f"peak {run.rss_peak:.0f} MB)"
     )
     for r in problems[:5]:
         print(f"  problem: {r.problem}")
-    for line in [
+    error_lines = [
         ln
-        for ln in server_log.splitlines()
+        for ln in run.server_log.splitlines()
         if re.search(r'"POST /v1/predictions HTTP/1.1" 5[0-9][0-9]|ERROR', ln)
-    ][:10]:
+    ]
+    for line in error_lines[:10]:
         print(f"  server log: {line}")
-    checks = {
+    return {
         "0 failed good requests": not failed_good,
-        "no 5xx": server_5xx == 0,
+        "no 5xx": run.server_5xx() == 0,
         "every malformed request got its 4xx": not wrong_malformed,
         f"throughput >= {TARGET_RATIO}x in-process": ratio >= TARGET_RATIO,
         f"RSS growth <= {TARGET_RSS_MB:.0f} MB": growth <= TARGET_RSS_MB,
         f"no degradation (last 3 blocks' ratio >= {TARGET_LAST_BLOCKS:.0%} of the first 3's)": last_vs_first
         >= TARGET_LAST_BLOCKS,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    from pneumoscan.config import default_serving_model_path
+    from pneumoscan.inference.predictor import Predictor
+
+    model = args.model or default_serving_model_path()
+    small, full, source = load_images(512, 24)
+    print(f"machine: {machine_words(machine())} (other work on the machine counts against both sides)")
+    print(f"model: {model}")
+    print(
+        f"images: {source}; {len(full)} full-size copies ({min(len(d) for d in full.values()) / 2**20:.1f}-"
+        f"{max(len(d) for d in full.values()) / 2**20:.1f} MB, ~2000 px, PNG and JPEG)"
+    )
+
+    predictor = Predictor(model)
+    rows = reference_rows(predictor, small) | reference_rows(predictor, full)  # also warms it up
+    one_n, one_s = in_process(predictor, small, list(small)[:200], 1)
+    print(f"in-process Predictor.predict_bytes, one thread: {one_n / one_s:.1f} images/s (224 px)")
+
+    checks = report(args, load_server(args, model, predictor, small, full, rows))
     missed = [name for name, ok in checks.items() if not ok]
     print(
         ("verdict: PASS (" + "; ".join(checks) + ")")
