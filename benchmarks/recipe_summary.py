@@ -5,7 +5,8 @@
 Each run of :mod:`recipe_validation` writes one JSON file (``--json``): one row per model it
 trained, each scored on the held-out images clean and under a tight crop. A summary over seeds
 needs several runs (a recipe's seeds are spread over them), so this script reads every file given,
-groups the rows by split (``--split``), input (``--input``), input size and recipe, and prints, for each view:
+groups the rows by split (``--split``), input (``--input``), training view (``--augment``), input
+size and recipe, and prints, for each view:
 
 - ``frozen_lr``: its ROC AUC (deterministic; every run that has it should print the same);
 - a fine-tuned recipe's single models (``single``, ``reweighted``): mean ± SD [min, max] over
@@ -39,15 +40,19 @@ SEED_ROW = re.compile(r"^(single|reweighted) seed (\d+)$")
 GROUP_ROW = re.compile(r"^single, ensemble of seeds \[([\d, ]+)\]$")
 
 
-def collect(paths: list[Path]) -> dict[tuple[str, str, int], dict[str, dict[str, list[tuple[str, float]]]]]:
-    """``{(split, input, image size): {summary row: {view: [(source, auc), ...]}}}`` from every file.
+def collect(
+    paths: list[Path],
+) -> dict[tuple[str, str, str, int], dict[str, dict[str, list[tuple[str, float]]]]]:
+    """``{(split, input, augment, image size): {summary row: {view: [(source, auc), ...]}}}`` from
+    every file.
 
-    Runs of different splits hold out different images, runs on different inputs train different
-    models: they are never summarised together."""
+    Runs of different splits hold out different images, runs on different inputs or training views
+    train different models: they are never summarised together."""
     found: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for path in paths:
         run = json.loads(path.read_text())
-        rows = found[(run.get("split", "setup"), run.get("input", "model"), int(run.get("image_size", 224)))]
+        kind = (run.get("split", "setup"), run.get("input", "model"), run.get("augment", "standard"))
+        rows = found[(*kind, int(run.get("image_size", 224)))]
         singles = sum(bool(SEED_ROW.match(n)) and n.startswith("single") for n in run)
         for name, row in run.items():
             if not isinstance(row, dict) or not all(v in row for v in VIEWS):
@@ -90,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", type=Path, help="JSON files of recipe_validation.py --json")
     args = parser.parse_args(argv)
-    for (split, kind, size), rows in sorted(collect(args.runs).items()):
-        print(f"== {split} split, {kind} input, {size} px: held-out ROC AUC, mean ± SD [min, max] (n)")
+    for (split, kind, augment, size), rows in sorted(collect(args.runs).items()):
+        print(
+            f"== {split} split, {kind} input, {augment} training view, {size} px: "
+            "held-out ROC AUC, mean ± SD [min, max] (n)"
+        )
         measured: dict[str, dict[str, float]] = {view: {} for view in VIEWS}
         for key in sorted(rows):
             print(f"  {key}")

@@ -3,6 +3,7 @@
     python benchmarks/recipe_validation.py [--recipes frozen_lr,ensemble,single,reweighted]
                                            [--seeds 1337,7,42] [--split setup|earliest|random]
                                            [--input model|as-decoded] [--image-size 224]
+                                           [--augment standard|recompress]
                                            [--cache runs/proxy-cache] [--json OUT]
 
 The protocol (issue 16). The shortcut audit (:mod:`pneumoscan.evaluation.shortcuts`) finds that
@@ -48,6 +49,14 @@ recipes the test never saw; this option checks it on the ones it did (a cache of
 cache of its own, ``<cache>-<size>``). The held-out images are the same at every size: the set-up
 score that picks them is always computed on the 224-px decode.
 
+Every held-out image is also scored as a JPEG of quality 50 (``jpeg50``: the film re-encoded,
+decoded and made into the model's input as any file is), with each model's move from its clean
+P(pneumonia) (mean, 95th percentile and largest ``|P(jpeg50) - P(clean)|``): the training files are
+all JPEGs of one quality, and new compression artefacts move the released model by up to 0.1-0.2
+(``benchmarks/input_paths.py``). ``--augment recompress`` tests a cure: the one augmented view of
+every training image is made from the film re-encoded as a JPEG of a random quality in 30..95
+(seeded) before the usual augmentation (a cache file of its own in the same cache).
+
 Cost on 2 CPU cores: about 4 min to build the cache once, 10 s per ``frozen_lr``, 1-3 min per
 fine-tuned model (at 224 px). Needs ``../shared`` (training images, ImageNet weights).
 """
@@ -79,6 +88,32 @@ IMAGE_SIZE = 224
 SETUP_SIZE = 224
 #: The input the recipes train and score on; ``--input as-decoded`` changes it.
 INPUT = "model"
+#: How the one augmented view of each training image is made; ``--augment recompress`` changes it.
+AUGMENT = "standard"
+#: The qualities a recompressed view draws from, and the quality of the held-out ``jpeg50`` view.
+RECOMPRESS_QUALITY = (30, 95)
+LOSSY_VIEW, LOSSY_QUALITY = "jpeg50", 50
+
+
+def as_jpeg(paths: list[str], qualities: np.ndarray) -> np.ndarray:
+    """Each film re-encoded as a JPEG of its quality, then decoded and preprocessed as any file is."""
+    import io
+
+    from PIL import Image
+
+    from pneumoscan.data.imaging import decode_bytes, preprocess, read_image
+
+    out = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8)
+    for i, (path, quality) in enumerate(zip(paths, qualities, strict=True)):
+        buf = io.BytesIO()
+        Image.fromarray(read_image(path).gray, "L").save(buf, format="JPEG", quality=int(quality))
+        out[i] = preprocess(decode_bytes(buf.getvalue(), name=Path(path).name), IMAGE_SIZE)
+    return out
+
+
+def aug_view() -> str:
+    """The cache's name for the augmented view of ``AUGMENT``."""
+    return "aug1" if AUGMENT == "standard" else f"aug1-{AUGMENT}"
 
 
 def run_stem(x: np.ndarray, augmenter=None) -> np.ndarray:
@@ -120,13 +155,21 @@ def build_cache(data_dir: Path, cache: Path) -> None:
         samples = [[str(s.path), s.patient_id, s.subtype] for s in data.samples]
         (cache / "samples.json").write_text(json.dumps(samples))
     x = np.load(cache / "x.npy")
-    if not (cache / "stem_aug1.npy").exists():
+    if not (cache / "stem_clean.npy").exists():
         np.save(cache / "stem_clean.npy", run_stem(x))
-        np.save(cache / "stem_aug1.npy", run_stem(x, build_augmenter(AugmentConfig(), seed=1438)))
-    if not (cache / "gap_aug1.npy").exists():
-        model = build_mobilenetv2(IMAGE_SIZE)
-        top = keras.Model(model.get_layer(STEM_CUT).output, model.get_layer("avg_pool").output)
-        for view in ("clean", "aug1"):
+    aug = aug_view()
+    if not (cache / f"stem_{aug}.npy").exists():
+        if AUGMENT == "recompress":
+            paths = [s[0] for s in json.loads((cache / "samples.json").read_text())]
+            qualities = np.random.default_rng(1438).integers(
+                *RECOMPRESS_QUALITY, endpoint=True, size=len(paths)
+            )
+            x = as_jpeg(paths, qualities)
+        np.save(cache / f"stem_{aug}.npy", run_stem(x, build_augmenter(AugmentConfig(), seed=1438)))
+    for view in ("clean", aug):
+        if not (cache / f"gap_{view}.npy").exists():
+            model = build_mobilenetv2(IMAGE_SIZE)
+            top = keras.Model(model.get_layer(STEM_CUT).output, model.get_layer("avg_pool").output)
             stem = np.load(cache / f"stem_{view}.npy").astype(np.float32)
             np.save(cache / f"gap_{view}.npy", top.predict(stem, batch_size=256, verbose=0))
     if not (cache / "setup_score.npy").exists():
@@ -145,34 +188,42 @@ STRESS_SHIFT = "tight crop (85 %)"
 
 
 def held_out_views(cache: Path, c: Cache, held: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-    """Stem and pooled features of the held-out images, clean and under :data:`STRESS_SHIFT`
-    (computed once per split and kept in the cache)."""
+    """Stem and pooled features of the held-out images, clean, under :data:`STRESS_SHIFT` and as
+    JPEGs of :data:`LOSSY_QUALITY` (computed once per split and kept in the cache)."""
     import keras
 
     from pneumoscan.evaluation.robustness import SHIFTS
     from pneumoscan.models.architectures import build_mobilenetv2
 
     key = f"{int(held.sum())}-{int(np.flatnonzero(held)[:50].sum())}"
-    path = cache / f"held_{key}_crop.npz"
-    if not path.exists():
-        x = np.load(cache / "x.npy", mmap_mode="r")[held]
-        stem = run_stem(SHIFTS[STRESS_SHIFT](np.ascontiguousarray(x)))
-        model = build_mobilenetv2(IMAGE_SIZE)
-        top = keras.Model(model.get_layer(STEM_CUT).output, model.get_layer("avg_pool").output)
-        np.savez(path, stem=stem, gap=top.predict(stem.astype(np.float32), batch_size=256, verbose=0))
-    crop = np.load(path)
-    return {
-        "clean": {"stem": c.stem["clean"][held], "gap": c.gap["clean"][held]},
-        "crop": {"stem": crop["stem"], "gap": crop["gap"]},
-    }
+    views = {"clean": {"stem": c.stem["clean"][held], "gap": c.gap["clean"][held]}}
+    for view in ("crop", LOSSY_VIEW):
+        path = cache / f"held_{key}_{view}.npz"
+        if not path.exists():
+            if view == "crop":
+                x = SHIFTS[STRESS_SHIFT](np.ascontiguousarray(np.load(cache / "x.npy", mmap_mode="r")[held]))
+            else:
+                paths = [s[0] for s in json.loads((cache / "samples.json").read_text())]
+                held_paths = [paths[i] for i in np.flatnonzero(held)]
+                x = as_jpeg(held_paths, np.full(len(held_paths), LOSSY_QUALITY))
+            stem = run_stem(x)
+            model = build_mobilenetv2(IMAGE_SIZE)
+            top = keras.Model(model.get_layer(STEM_CUT).output, model.get_layer("avg_pool").output)
+            np.savez(path, stem=stem, gap=top.predict(stem.astype(np.float32), batch_size=256, verbose=0))
+        saved = np.load(path)
+        views[view] = {"stem": saved["stem"], "gap": saved["gap"]}
+    return views
 
 
 class Cache:
     def __init__(self, cache: Path):
         self.y = np.load(cache / "y.npy")
         self.patients = np.array([s[1] for s in json.loads((cache / "samples.json").read_text())])
-        self.stem = {v: np.load(cache / f"stem_{v}.npy") for v in ("clean", "aug1")}
-        self.gap = {v: np.load(cache / f"gap_{v}.npy") for v in ("clean", "aug1")}
+        # "aug1" is the training view of --augment, whichever it is.
+        self.stem = {
+            v: np.load(cache / f"stem_{f}.npy") for v, f in (("clean", "clean"), ("aug1", aug_view()))
+        }
+        self.gap = {v: np.load(cache / f"gap_{f}.npy") for v, f in (("clean", "clean"), ("aug1", aug_view()))}
         self.setup = np.load(cache / "setup_score.npy")
 
 
@@ -276,9 +327,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="model",
         help="the model's input (stretched, blurred; default) or the film as decoded (before 2026-12-01)",
     )
+    parser.add_argument(
+        "--augment",
+        choices=("standard", "recompress"),
+        default="standard",
+        help="the augmented training view: the usual augmentation, or it after a random JPEG re-encoding",
+    )
     args = parser.parse_args(argv)
-    global IMAGE_SIZE, INPUT
-    IMAGE_SIZE, INPUT = args.image_size, args.input
+    global IMAGE_SIZE, INPUT, AUGMENT
+    IMAGE_SIZE, INPUT, AUGMENT = args.image_size, args.input, args.augment
+    if AUGMENT != "standard" and INPUT != "model":
+        parser.error("--augment recompress re-encodes the model's input; use it with --input model")
     if IMAGE_SIZE != 224:
         args.cache = args.cache.with_name(f"{args.cache.name}-{IMAGE_SIZE}")
     if INPUT != "model":
@@ -312,6 +371,12 @@ class Protocol:
 
     def report(self, name: str, preds: dict[str, np.ndarray], secs: float) -> dict:
         row = {view: scores(self.y, p) for view, p in preds.items()}
+        move = np.abs(preds[LOSSY_VIEW] - preds["clean"])
+        row[LOSSY_VIEW] |= {
+            "mean_move": round(float(move.mean()), 4),
+            "p95_move": round(float(np.percentile(move, 95)), 4),
+            "max_move": round(float(move.max()), 4),
+        }
         print(json.dumps({"recipe": name, "secs": round(secs), **row}), flush=True)
         self.out[name] = row
         return row
@@ -382,7 +447,7 @@ class Protocol:
             )
             self.out[f"{recipe} ensembles of {group}"] = groups
         if recipe == "single":
-            for view in self.views:
+            for view in self.measured:
                 self.measured[view]["single (mean over seeds)"] = summary[view]["mean"]
             self.record("single, mean of the seeds' models", mean)
 
@@ -407,10 +472,15 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"== {args.split} split: {held.sum()} held-out images ({(y == 0).sum()} normal), trained on the rest"
     )
-    print(f"   each scored clean and under '{STRESS_SHIFT}' (the crop column)", flush=True)
+    print(
+        f"   each scored clean, under '{STRESS_SHIFT}' (the crop column) and as a JPEG of quality "
+        f"{LOSSY_QUALITY} ({LOSSY_VIEW}); training view: {AUGMENT}",
+        flush=True,
+    )
     out: dict = {
         "image_size": IMAGE_SIZE,
         "input": INPUT,
+        "augment": AUGMENT,
         "split": args.split,
         "held_out": int(held.sum()),
         "held_out_normal": int((y == 0).sum()),
