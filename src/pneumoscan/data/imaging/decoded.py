@@ -32,7 +32,8 @@ class DecodedImage:
         Usually ``(height, width)``; JPEGs over 1024 px a side are decoded at half scale (still far
         above any model's input).
     width, height : int
-        Original size in pixels, as stored in the file.
+        Original size in pixels, as stored in the file, or as shown when an EXIF ``Orientation``
+        turned it a quarter turn.
     mode : str
         What the file held: a PIL mode (``"L"``, ``"RGB"``, ``"I;16"``, ...) or ``"DICOM/<photometric>"``.
     format : str
