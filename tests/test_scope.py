@@ -19,6 +19,7 @@ from pneumoscan.inference.predictor import Predictor
 from pneumoscan.inference.results import Prediction, prediction_row
 from pneumoscan.inference.scope import (
     IN_SCOPE,
+    MIN_JPEG_QUALITY,
     REASON_COLOUR,
     REASON_DOCUMENT,
     REASON_POPULATION,
@@ -33,8 +34,12 @@ from pneumoscan.testing.synthetic import xray_image
 
 
 def encoded(img: Image.Image, fmt: str = "PNG") -> bytes:
+    """``img`` as a file of ``fmt``; ``"JPEG-<q>"`` is a JPEG of quality q."""
     buf = io.BytesIO()
-    img.save(buf, fmt)
+    if fmt.startswith("JPEG-"):
+        img.save(buf, "JPEG", quality=int(fmt.split("-")[1]))
+    else:
+        img.save(buf, fmt)
     return buf.getvalue()
 
 
@@ -185,6 +190,18 @@ def test_pixel_refusal_wins_over_the_embedding():
     assert combine(IN_SCOPE, None) is IN_SCOPE
 
 
+def test_a_compressed_radiograph_keeps_both_reasons_and_the_embedding_distance():
+    compressed = check_image(decode_bytes(encoded(xray_image(160, seed=2), "JPEG-40"), name="x.jpeg"))
+    assert compressed.radiograph and not compressed.in_scope
+    assert "JPEG quality about 40" in compressed.reason and compressed.distance is None
+    population = ScopeCheck(False, True, REASON_POPULATION, 3.0)
+    both = combine(compressed, population)
+    assert not both.in_scope and both.radiograph and both.distance == 3.0
+    assert both.reason == f"{compressed.reason}; {REASON_POPULATION}"
+    alone = combine(compressed, ScopeCheck(True, distance=0.4))
+    assert (alone.in_scope, alone.reason, alone.distance) == (False, compressed.reason, 0.4)
+
+
 # --------------------------------------------------------------------------- invariants
 
 
@@ -284,6 +301,44 @@ def test_released_model_flags_adults_and_keeps_children_in_scope(released, share
     kept = [a for a in answers if a.in_scope]
     assert len(kept) >= 18  # the guard's out-of-fold false alarms are 1 %
     assert all(a.scope_reason == "" for a in kept)
+
+
+@pytest.mark.required
+def test_a_heavily_compressed_film_keeps_its_answer_marked_unreliable(released, shared_data, tmp_path):
+    """A real training film re-encoded below the training images' JPEG quality (75) keeps its
+    probabilities and decision, flagged; at or above the bound it is in scope. The file and the
+    in-memory paths agree."""
+    film = Image.fromarray(read_image(shared_data / "train" / "NORMAL" / "IM-0127-0001.jpeg").gray, "L")
+    for quality in (40, MIN_JPEG_QUALITY - 1, MIN_JPEG_QUALITY, 75, 95):
+        data = encoded(film, f"JPEG-{quality}")
+        answer = released.predict_bytes(data, name=f"q{quality}.jpeg")
+        assert isinstance(answer, Prediction) and 0.0 <= answer.p_pneumonia <= 1.0
+        if quality < MIN_JPEG_QUALITY:
+            assert not answer.in_scope, quality
+            assert answer.scope_reason.startswith(
+                f"compressed more heavily than the training images (JPEG quality about {quality};"
+            )
+            assert answer.decision != OUT_OF_SCOPE and prediction_row("x", answer)["in_scope"] is False
+        else:
+            assert answer.in_scope and answer.scope_reason == "", quality
+        path = tmp_path / f"q{quality}.jpeg"
+        path.write_bytes(data)
+        batch = released.predict_paths([path], progress=False)
+        assert batch.scope[0].reason == answer.scope_reason and batch.p_pneumonia[0] == pytest.approx(
+            answer.p_pneumonia
+        )
+
+
+@pytest.mark.required
+def test_every_training_jpeg_is_of_the_quality_the_bound_is_set_against(shared_data):
+    """The compression bound is set against the training images' quality, 75: all 5,216 of them."""
+    from pneumoscan.data.imaging.pillow import jpeg_quality
+
+    files = list_input_files(shared_data / "train" / "NORMAL") + list_input_files(
+        shared_data / "train" / "PNEUMONIA"
+    )
+    assert len(files) == 5216
+    assert {jpeg_quality(Image.open(f)) for f in files} == {75}
 
 
 def test_without_the_guard_every_image_is_scored_in_scope(released):

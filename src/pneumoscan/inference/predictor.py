@@ -32,7 +32,7 @@ from pneumoscan.data.imaging import (
 from pneumoscan.inference.backends import Backend, load_backend
 from pneumoscan.inference.decision import UncertaintyBand
 from pneumoscan.inference.results import Prediction, make_prediction
-from pneumoscan.inference.scope import IN_SCOPE, ScopeCheck, ScopeGuard, check_image
+from pneumoscan.inference.scope import IN_SCOPE, ScopeCheck, ScopeGuard, check_image, combine
 from pneumoscan.models.artifacts import ModelMetadata, OutputLayout
 from pneumoscan.runtime import available_cpus, decode_workers
 
@@ -322,13 +322,14 @@ class Predictor:
             The guard's refusal when the image is not a radiograph (no probabilities), else the
             prediction with its decision and scope verdict.
         """
+        pixel_check = IN_SCOPE
         if self.scope_guard and isinstance(image, DecodedImage):
             pixel_check = check_image(image)
             if not pixel_check.radiograph:
                 return pixel_check
         x = preprocess(image, self.image_size)[None]
         details = self.predict_details(x, tta=tta)
-        scope = self.embedding_checks(details.embedding, 1)[0]
+        scope = combine(pixel_check, self.embedding_checks(details.embedding, 1)[0])
         spread = None if details.spread is None else details.spread[0]
         return make_prediction(
             details.p_pneumonia[0], self.threshold, band=self.band, spread=spread, scope=scope
@@ -371,16 +372,17 @@ class Predictor:
         scope: list[ScopeCheck] = [IN_SCOPE] * len(paths)
         bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress)
 
-        def load(path: Path) -> np.ndarray | str | ScopeCheck:
+        def load(path: Path) -> tuple[np.ndarray, ScopeCheck] | str | ScopeCheck:
+            """The model input and the pixel check's verdict; the reason it cannot be read; or the
+            refusal of what is not a radiograph."""
             try:
                 image = read_image(path)
             except ImageDecodeError as exc:
                 return exc.reason
-            if self.scope_guard:
-                pixel_check = check_image(image)
-                if not pixel_check.radiograph:
-                    return pixel_check
-            return preprocess(image, self.image_size)
+            pixel_check = check_image(image) if self.scope_guard else IN_SCOPE
+            if not pixel_check.radiograph:
+                return pixel_check
+            return preprocess(image, self.image_size), pixel_check
 
         chunks = [list(range(s, min(s + batch_size, len(paths)))) for s in range(0, len(paths), batch_size)]
         with concurrent.futures.ThreadPoolExecutor(decode_workers()) as pool:
@@ -400,7 +402,8 @@ class Predictor:
                         scope[i] = result
                         log.warning("not scored %s: %s", paths[i], result.reason)
                     else:
-                        arrays.append(result)
+                        arrays.append(result[0])
+                        scope[i] = result[1]  # the pixel check's; the embedding's joins it below
                         kept.append(i)
                 if arrays:
                     details = self.predict_details(np.stack(arrays), tta=tta, batch_size=batch_size)
@@ -412,7 +415,7 @@ class Predictor:
                     for i, check in zip(
                         kept, self.embedding_checks(details.embedding, len(kept)), strict=True
                     ):
-                        scope[i] = check
+                        scope[i] = combine(scope[i], check)
                 bar.update(len(chunk))
         bar.close()
         return PathResults(paths, probs, errors, spread, embedding, scope)
