@@ -19,23 +19,11 @@ import io
 import re
 
 import numpy as np
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 import pneumoscan.data.imaging.limits as limits
 from pneumoscan.data.imaging.decoded import DecodedImage, ImageDecodeError
 from pneumoscan.data.imaging.pixels import colourfulness, sample_image, stretch
-
-#: How to turn a stored image the way its EXIF ``Orientation`` (2..8) says it is shown; 1 and
-#: anything else leave it as stored (the table of ``PIL.ImageOps.exif_transpose``).
-_ORIENTATION_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 #: The IJG (libjpeg) luminance quantization table at quality 50, whose scaled copies make the
 #: table of every other quality; only its sum is used, so its order does not matter.
@@ -72,11 +60,11 @@ def decode_pillow(data: bytes, name: str, fmt: str) -> DecodedImage:
             width, height = img.size
         # Read after loading: Pillow turns a TIFF itself as it loads it, and drops its Orientation.
         orientation = _orientation(img)
+        if 2 <= orientation <= 8:
+            ImageOps.exif_transpose(img, in_place=True)  # in place: the JPEG's format and planes stay
+            if orientation >= 5:  # a quarter turn or a transposition: the shown image is the other way up
+                width, height = height, width
         gray, colour = _pil_to_gray(img)
-    if orientation in _ORIENTATION_TRANSPOSE:
-        gray = np.asarray(Image.fromarray(gray, "L").transpose(_ORIENTATION_TRANSPOSE[orientation]))
-        if orientation >= 5:  # a quarter turn or a transposition: the shown image is the other way up
-            width, height = height, width
     quality = jpeg_quality(img) if fmt == "JPEG" else None
     return DecodedImage(gray, width, height, mode, fmt, colour, quality)
 
