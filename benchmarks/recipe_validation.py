@@ -134,17 +134,31 @@ def run_stem(x: np.ndarray, augmenter=None) -> np.ndarray:
     return np.concatenate([f(x[i : i + 64]).numpy().astype(np.float16) for i in range(0, len(x), 64)])
 
 
+def pool(stem: np.ndarray) -> np.ndarray:
+    """Stem features -> the frozen ImageNet top's pooled ``out_relu`` features (frozen + LR's input)."""
+    import keras
+
+    from pneumoscan.models.architectures import build_mobilenetv2
+
+    model = build_mobilenetv2(IMAGE_SIZE)
+    top = keras.Model(model.get_layer(STEM_CUT).output, model.get_layer("avg_pool").output)
+    return top.predict(stem.astype(np.float32), batch_size=256, verbose=0)
+
+
+def cached_paths(cache: Path) -> list[str]:
+    """Every image's path, in the cache's order."""
+    return [s[0] for s in json.loads((cache / "samples.json").read_text())]
+
+
 def build_cache(data_dir: Path, cache: Path) -> None:
     """Decode every training image, run the frozen stem (clean, one augmented view), pool, and score
     each image's acquisition set-up (the shortcut audit's border model)."""
-    import keras
 
     from pneumoscan.config import AugmentConfig
     from pneumoscan.data.augment import build_augmenter
     from pneumoscan.data.dataset import decode_samples, discover_split
     from pneumoscan.data.imaging import load_image
     from pneumoscan.evaluation.shortcuts import film_as_decoded, setup_scores
-    from pneumoscan.models.architectures import build_mobilenetv2
 
     cache.mkdir(parents=True, exist_ok=True)
     if not (cache / "x.npy").exists():
@@ -159,19 +173,17 @@ def build_cache(data_dir: Path, cache: Path) -> None:
         np.save(cache / "stem_clean.npy", run_stem(x))
     aug = aug_view()
     if not (cache / f"stem_{aug}.npy").exists():
+        source = x  # the set-up score below must see the model input, never the re-encoded copies
         if AUGMENT == "recompress":
-            paths = [s[0] for s in json.loads((cache / "samples.json").read_text())]
+            paths = cached_paths(cache)
             qualities = np.random.default_rng(1438).integers(
                 *RECOMPRESS_QUALITY, endpoint=True, size=len(paths)
             )
-            x = as_jpeg(paths, qualities)
-        np.save(cache / f"stem_{aug}.npy", run_stem(x, build_augmenter(AugmentConfig(), seed=1438)))
+            source = as_jpeg(paths, qualities)
+        np.save(cache / f"stem_{aug}.npy", run_stem(source, build_augmenter(AugmentConfig(), seed=1438)))
     for view in ("clean", aug):
         if not (cache / f"gap_{view}.npy").exists():
-            model = build_mobilenetv2(IMAGE_SIZE)
-            top = keras.Model(model.get_layer(STEM_CUT).output, model.get_layer("avg_pool").output)
-            stem = np.load(cache / f"stem_{view}.npy").astype(np.float32)
-            np.save(cache / f"gap_{view}.npy", top.predict(stem, batch_size=256, verbose=0))
+            np.save(cache / f"gap_{view}.npy", pool(np.load(cache / f"stem_{view}.npy")))
     if not (cache / "setup_score.npy").exists():
         y = np.load(cache / "y.npy")
         groups = [s[1] for s in json.loads((cache / "samples.json").read_text())]
@@ -190,10 +202,8 @@ STRESS_SHIFT = "tight crop (85 %)"
 def held_out_views(cache: Path, c: Cache, held: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
     """Stem and pooled features of the held-out images, clean, under :data:`STRESS_SHIFT` and as
     JPEGs of :data:`LOSSY_QUALITY` (computed once per split and kept in the cache)."""
-    import keras
 
     from pneumoscan.evaluation.robustness import SHIFTS
-    from pneumoscan.models.architectures import build_mobilenetv2
 
     key = f"{int(held.sum())}-{int(np.flatnonzero(held)[:50].sum())}"
     views = {"clean": {"stem": c.stem["clean"][held], "gap": c.gap["clean"][held]}}
@@ -203,13 +213,10 @@ def held_out_views(cache: Path, c: Cache, held: np.ndarray) -> dict[str, dict[st
             if view == "crop":
                 x = SHIFTS[STRESS_SHIFT](np.ascontiguousarray(np.load(cache / "x.npy", mmap_mode="r")[held]))
             else:
-                paths = [s[0] for s in json.loads((cache / "samples.json").read_text())]
-                held_paths = [paths[i] for i in np.flatnonzero(held)]
+                held_paths = [cached_paths(cache)[i] for i in np.flatnonzero(held)]
                 x = as_jpeg(held_paths, np.full(len(held_paths), LOSSY_QUALITY))
             stem = run_stem(x)
-            model = build_mobilenetv2(IMAGE_SIZE)
-            top = keras.Model(model.get_layer(STEM_CUT).output, model.get_layer("avg_pool").output)
-            np.savez(path, stem=stem, gap=top.predict(stem.astype(np.float32), batch_size=256, verbose=0))
+            np.savez(path, stem=stem, gap=pool(stem))
         saved = np.load(path)
         views[view] = {"stem": saved["stem"], "gap": saved["gap"]}
     return views
