@@ -33,13 +33,10 @@ from pneumoscan.inference.scope import (
 from pneumoscan.testing.synthetic import xray_image
 
 
-def encoded(img: Image.Image, fmt: str = "PNG") -> bytes:
-    """``img`` as a file of ``fmt``; ``"JPEG-<q>"`` is a JPEG of quality q."""
+def encoded(img: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    """``img`` as a file of ``fmt``, saved with Pillow's ``options`` (e.g. ``quality``)."""
     buf = io.BytesIO()
-    if fmt.startswith("JPEG-"):
-        img.save(buf, "JPEG", quality=int(fmt.split("-")[1]))
-    else:
-        img.save(buf, fmt)
+    img.save(buf, fmt, **options)
     return buf.getvalue()
 
 
@@ -191,7 +188,9 @@ def test_pixel_refusal_wins_over_the_embedding():
 
 
 def test_a_compressed_radiograph_keeps_both_reasons_and_the_embedding_distance():
-    compressed = check_image(decode_bytes(encoded(xray_image(160, seed=2), "JPEG-40"), name="x.jpeg"))
+    compressed = check_image(
+        decode_bytes(encoded(xray_image(160, seed=2), "JPEG", quality=40), name="x.jpeg")
+    )
     assert compressed.radiograph and not compressed.in_scope
     assert "JPEG quality about 40" in compressed.reason and compressed.distance is None
     population = ScopeCheck(False, True, REASON_POPULATION, 3.0)
@@ -310,7 +309,7 @@ def test_a_heavily_compressed_film_keeps_its_answer_marked_unreliable(released, 
     in-memory paths agree."""
     film = Image.fromarray(read_image(shared_data / "train" / "NORMAL" / "IM-0127-0001.jpeg").gray, "L")
     for quality in (40, MIN_JPEG_QUALITY - 1, MIN_JPEG_QUALITY, 75, 95):
-        data = encoded(film, f"JPEG-{quality}")
+        data = encoded(film, "JPEG", quality=quality)
         answer = released.predict_bytes(data, name=f"q{quality}.jpeg")
         assert isinstance(answer, Prediction) and 0.0 <= answer.p_pneumonia <= 1.0
         if quality < MIN_JPEG_QUALITY:
