@@ -16,6 +16,11 @@ new compression artefacts, which say how much the model reads texture; not part 
 also counts the films the scope guard flags as compressed more heavily than the training images
 (JPEG below quality 70; lossy WebP carries no quality and is not flagged).
 
+``--sweep N`` then re-encodes N films of each class (a seeded random sample) as JPEGs of quality
+50, 55, ..., 90 and prints, per quality, how far P(pneumonia) moved from the film's file (largest,
+90th percentile, mean, share above 0.05) and how many the scope guard flagged, for any reason:
+what the guard's bound (``pneumoscan.inference.scope.MIN_JPEG_QUALITY``) was set from.
+
 These are training images, which the released members trained on: the figure is about consistency
 across paths, not about accuracy. Needs ``../shared`` (the training folder).
 """
@@ -38,6 +43,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="default: the bundled LiteRT export (what predict uses)")
     parser.add_argument("--data", type=Path, default=TRAIN)
     parser.add_argument("--per-class", type=int, default=6)
+    parser.add_argument("--sweep", type=int, default=0, help="films per class for the JPEG quality sweep")
     args = parser.parse_args()
 
     from pneumoscan.config import DEFAULT_LITERT_MODEL_PATH
@@ -79,6 +85,37 @@ def main() -> None:
             f"{k} {v:.4f} ({lossy_flagged[k]} of {len(films)} flagged)" for k, v in lossy_moves.items()
         )
     )
+    if args.sweep:
+        quality_sweep(predictor, args.data, args.sweep)
+
+
+def quality_sweep(predictor, data: Path, per_class: int, seed: int = 3) -> None:
+    """JPEG re-encodings of a seeded sample of films at falling quality: how far P(pneumonia) moves."""
+    from pneumoscan.data.imaging import read_image
+    from pneumoscan.testing.variants import jpeg_bytes
+
+    rng = np.random.default_rng(seed)
+    films = []
+    for cls in ("NORMAL", "PNEUMONIA"):
+        files = sorted((data / cls).iterdir())
+        films += [files[i] for i in rng.choice(len(files), per_class, replace=False)]
+    qualities = range(50, 91, 5)
+    moves = {q: [] for q in qualities}
+    flagged = dict.fromkeys(qualities, 0)
+    for film in films:
+        gray = read_image(film).gray
+        base = float(predictor.predict_paths([film], progress=False).p_pneumonia[0])
+        for q in qualities:
+            answer = predictor.predict_bytes(jpeg_bytes(gray, q), name=f"q{q}.jpeg")
+            moves[q].append(abs(answer.p_pneumonia - base))
+            flagged[q] += not answer.in_scope
+    print(f"\nJPEG quality sweep, {len(films)} films ({per_class} per class, seed {seed}): |P - P(file)|")
+    for q in qualities:
+        m = np.asarray(moves[q])
+        print(
+            f"  quality {q}: largest {m.max():.4f}, p90 {np.percentile(m, 90):.4f}, mean {m.mean():.4f}, "
+            f"above 0.05 {np.mean(m > 0.05):.3f}; out of scope (any reason) {flagged[q]} of {len(films)}"
+        )
 
 
 if __name__ == "__main__":

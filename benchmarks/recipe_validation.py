@@ -97,17 +97,13 @@ LOSSY_VIEW, LOSSY_QUALITY = "jpeg50", 50
 
 def as_jpeg(paths: list[str], qualities: np.ndarray) -> np.ndarray:
     """Each film re-encoded as a JPEG of its quality, then decoded and preprocessed as any file is."""
-    import io
-
-    from PIL import Image
-
     from pneumoscan.data.imaging import decode_bytes, preprocess, read_image
+    from pneumoscan.testing.variants import jpeg_bytes
 
     out = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8)
     for i, (path, quality) in enumerate(zip(paths, qualities, strict=True)):
-        buf = io.BytesIO()
-        Image.fromarray(read_image(path).gray, "L").save(buf, format="JPEG", quality=int(quality))
-        out[i] = preprocess(decode_bytes(buf.getvalue(), name=Path(path).name), IMAGE_SIZE)
+        data = jpeg_bytes(read_image(path).gray, quality)
+        out[i] = preprocess(decode_bytes(data, name=Path(path).name), IMAGE_SIZE)
     return out
 
 

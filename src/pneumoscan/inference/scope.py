@@ -15,7 +15,8 @@ prediction (``predict``, ``evaluate``, ``explain``, the app) passes the same two
    training images** (estimated quality below :data:`MIN_JPEG_QUALITY`; the training images are
    all of quality 75): it keeps its probabilities, marked unreliable, since new compression
    artefacts move the model (on 60 training films re-encoded at quality 70 and above,
-   P(pneumonia) moved by at most 0.043; at 65, 0.092; at 60, 0.116; 2026-12-03).
+   P(pneumonia) moved by at most 0.043; at 65, 0.092; at 60, 0.116; ``python
+   benchmarks/input_paths.py --sweep 30``, 2026-12-03).
 2. :class:`ScopeGuard`, on the model's embedding (the pooled features of the frozen stem):
    **outside the training population** (adults, lateral views, CT slices, other body parts, natural
    photographs). A Mahalanobis distance to the training embeddings (standardised, PCA, Ledoit-Wolf

@@ -34,6 +34,11 @@ def _jpeg(image: Image.Image, quality: int) -> bytes:
     return _save(image, "JPEG", quality=quality)
 
 
+def jpeg_bytes(gray: np.ndarray, quality: int) -> bytes:
+    """A grey film as a JPEG file of ``quality`` (Pillow's, i.e. libjpeg's, scale)."""
+    return _jpeg(Image.fromarray(np.asarray(gray, dtype=np.uint8), "L"), int(quality))
+
+
 def _on_its_side_jpeg(image: Image.Image) -> bytes:
     """A JPEG stored turned a quarter turn, whose EXIF ``Orientation`` 6 tells viewers to turn it back."""
     exif = Image.Exif()
@@ -115,7 +120,7 @@ def lossy_variants(gray: np.ndarray) -> dict[str, bytes]:
     """
     image = Image.fromarray(np.asarray(gray, dtype=np.uint8), "L")
     return {
-        "jpeg_q50": _jpeg(image, 50),
+        "jpeg_q50": jpeg_bytes(gray, 50),
         "webp_q80": _save(image, "WEBP", quality=80),
         "webp_q50": _save(image, "WEBP", quality=50),
     }

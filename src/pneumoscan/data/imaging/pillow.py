@@ -8,9 +8,9 @@ decoded; PNG text chunks are capped by Pillow's own ``PngImagePlugin.MAX_TEXT_CH
 package's policy (:mod:`pneumoscan.data.imaging`): colour to ITU-R 601 luma, transparency laid on
 black, more than 8 bits stretched from min..max. A JPEG, TIFF or WebP whose EXIF ``Orientation``
 says it is stored rotated or mirrored is turned the way every viewer shows it (the model is not
-rotation invariant: over the 12 training films of ``benchmarks/input_paths.py``, a JPEG stored on
-its side moved P(pneumonia) by up to 0.78, mean 0.14, before this turn, and by up to 0.006 after it;
-2026-12-03).
+rotation invariant: ``benchmarks/input_paths.py`` on its 12 training films printed a largest spread
+of 0.78, mean 0.14, the JPEG stored on its side the farthest, with the decoder of commit 7dafb30,
+before this turn; 0.027 and 0.006 after it, a half-size copy the farthest; 2026-12-03).
 """
 
 from __future__ import annotations
