@@ -14,12 +14,14 @@ Then, apart, the largest move from the file's own P(pneumonia) under each of
 :func:`~pneumoscan.testing.variants.lossy_variants` (JPEG at quality 50, lossy WebP at 80 and 50):
 new compression artefacts, which say how much the model reads texture; not part of the bound. It
 also counts the films the scope guard flags as compressed more heavily than the training images
-(JPEG below quality 70; lossy WebP carries no quality and is not flagged).
+(``pneumoscan.inference.scope.MIN_QUALITY``: a JPEG below quality 70, a lossy WebP below 84).
 
 ``--sweep N`` then re-encodes N films of each class (a seeded random sample) as JPEGs of quality
-50, 55, ..., 90 and prints, per quality, how far P(pneumonia) moved from the film's file (largest,
-90th percentile, mean, share above 0.05) and how many the scope guard flagged, for any reason:
-what the guard's bound (``pneumoscan.inference.scope.MIN_JPEG_QUALITY``) was set from.
+50, 55, ..., 90 and as lossy WebPs of quality 60, 65, ..., 100 and prints, per codec and quality,
+how far P(pneumonia) moved from the film's file (largest, 90th percentile, mean, share above
+0.05), the range of the quality the guard read back from the files, and how many the scope guard
+flagged, for any reason: what the guard's bounds (``pneumoscan.inference.scope.MIN_QUALITY``)
+were set from.
 
 These are training images, which the released members trained on: the figure is about consistency
 across paths, not about accuracy. Needs ``../shared`` (the training folder).
@@ -90,31 +92,36 @@ def main() -> None:
 
 
 def quality_sweep(predictor, data: Path, per_class: int, seed: int = 3) -> None:
-    """JPEG re-encodings of a seeded sample of films at falling quality: how far P(pneumonia) moves."""
-    from pneumoscan.data.imaging import read_image
-    from pneumoscan.testing.variants import jpeg_bytes
+    """Re-encodings of a seeded sample of films at falling quality, as JPEG and as lossy WebP: how
+    far P(pneumonia) moves, how many the guard flags, and the quality the guard read from the file."""
+    from pneumoscan.data.imaging import decode_bytes, read_image
+    from pneumoscan.testing.variants import jpeg_bytes, webp_bytes
 
     rng = np.random.default_rng(seed)
     films = []
     for cls in ("NORMAL", "PNEUMONIA"):
         files = sorted((data / cls).iterdir())
         films += [files[i] for i in rng.choice(len(files), per_class, replace=False)]
-    qualities = range(50, 91, 5)
-    moves = {q: [] for q in qualities}
-    flagged = dict.fromkeys(qualities, 0)
+    encoders = {"JPEG": (jpeg_bytes, range(50, 91, 5)), "WebP": (webp_bytes, range(60, 101, 5))}
+    grid = [(codec, q) for codec, (_, qualities) in encoders.items() for q in qualities]
+    moves, estimates = ({key: [] for key in grid} for _ in range(2))
+    flagged = dict.fromkeys(grid, 0)
     for film in films:
         gray = read_image(film).gray
         base = float(predictor.predict_paths([film], progress=False).p_pneumonia[0])
-        for q in qualities:
-            answer = predictor.predict_bytes(jpeg_bytes(gray, q), name=f"q{q}.jpeg")
-            moves[q].append(abs(answer.p_pneumonia - base))
-            flagged[q] += not answer.in_scope
-    print(f"\nJPEG quality sweep, {len(films)} films ({per_class} per class, seed {seed}): |P - P(file)|")
-    for q in qualities:
-        m = np.asarray(moves[q])
+        for codec, q in grid:
+            encoded = encoders[codec][0](gray, q)
+            answer = predictor.predict_bytes(encoded, name=f"q{q}.{codec.lower()}")
+            moves[codec, q].append(abs(answer.p_pneumonia - base))
+            estimates[codec, q].append(decode_bytes(encoded).lossy_quality)
+            flagged[codec, q] += not answer.in_scope
+    print(f"\nQuality sweep, {len(films)} films ({per_class} per class, seed {seed}): |P - P(file)|")
+    for codec, q in grid:
+        m, e = np.asarray(moves[codec, q]), np.asarray(estimates[codec, q])
         print(
-            f"  quality {q}: largest {m.max():.4f}, p90 {np.percentile(m, 90):.4f}, mean {m.mean():.4f}, "
-            f"above 0.05 {np.mean(m > 0.05):.3f}; out of scope (any reason) {flagged[q]} of {len(films)}"
+            f"  {codec} {q:3d}: largest {m.max():.4f}, p90 {np.percentile(m, 90):.4f}, mean {m.mean():.4f}, "
+            f"above 0.05 {np.mean(m > 0.05):.3f}; quality read from the file {e.min()}..{e.max()}; "
+            f"out of scope (any reason) {flagged[codec, q]} of {len(films)}"
         )
 
 

@@ -302,18 +302,6 @@ def test_exif_orientation_turns_the_film_the_way_viewers_show_it(fmt, orientatio
     assert shown.shape == ((90, 60) if orientation >= 5 else (60, 90))
 
 
-@pytest.mark.parametrize("quality", [20, 30, 50, 69, 70, 75, 90, 100])
-@pytest.mark.parametrize("mode", ["L", "RGB"])
-def test_jpeg_quality_is_read_back_from_the_file(quality, mode):
-    film = Image.fromarray(xray_like(64, 64, seed=quality), "L").convert(mode)
-    buf = io.BytesIO()
-    film.save(buf, format="JPEG", quality=quality)
-    assert abs(decode_bytes(buf.getvalue(), name="q.jpeg").jpeg_quality - quality) <= 1
-    png = io.BytesIO()
-    film.save(png, format="PNG")
-    assert decode_bytes(png.getvalue(), name="q.png").jpeg_quality is None
-
-
 def test_malformed_exif_keeps_the_pixels_as_stored():
     film = Image.fromarray(xray_like(64, 64, seed=1), "L")
     buf = io.BytesIO()

@@ -14,12 +14,13 @@ from PIL import Image, ImageDraw
 
 from pneumoscan.config import DEFAULT_LITERT_MODEL_PATH
 from pneumoscan.data.imaging import decode_bytes, list_input_files, read_image
+from pneumoscan.data.imaging.compression import jpeg_quality
 from pneumoscan.inference.decision import OUT_OF_SCOPE
 from pneumoscan.inference.predictor import Predictor
 from pneumoscan.inference.results import Prediction, prediction_row
 from pneumoscan.inference.scope import (
     IN_SCOPE,
-    MIN_JPEG_QUALITY,
+    MIN_QUALITY,
     REASON_COLOUR,
     REASON_DOCUMENT,
     REASON_POPULATION,
@@ -303,24 +304,35 @@ def test_released_model_flags_adults_and_keeps_children_in_scope(released, share
 
 
 @pytest.mark.required
-def test_a_heavily_compressed_film_keeps_its_answer_marked_unreliable(released, shared_data, tmp_path):
-    """A real training film re-encoded below the training images' JPEG quality (75) keeps its
-    probabilities and decision, flagged; at or above the bound it is in scope. The file and the
-    in-memory paths agree."""
+@pytest.mark.parametrize(
+    ("codec", "fmt", "qualities"),
+    [
+        ("JPEG", "JPEG", (40, MIN_QUALITY["JPEG"] - 1, MIN_QUALITY["JPEG"], 75, 95)),
+        ("WebP", "WEBP", (50, 70, 80, 90, 95)),
+    ],
+)
+def test_a_heavily_compressed_film_keeps_its_answer_marked_unreliable(
+    released, shared_data, tmp_path, codec, fmt, qualities
+):
+    """A real training film re-encoded below its codec's bound (JPEG 70, WebP 84; the training
+    images are JPEGs of quality 75) keeps its probabilities and decision, flagged with the estimated
+    quality; above the bound it is in scope. The file and the in-memory paths agree."""
     film = Image.fromarray(read_image(shared_data / "train" / "NORMAL" / "IM-0127-0001.jpeg").gray, "L")
-    for quality in (40, MIN_JPEG_QUALITY - 1, MIN_JPEG_QUALITY, 75, 95):
-        data = encoded(film, "JPEG", quality=quality)
-        answer = released.predict_bytes(data, name=f"q{quality}.jpeg")
+    for quality in qualities:
+        data = encoded(film, fmt, quality=quality)
+        estimate = decode_bytes(data, name="q").lossy_quality
+        assert abs(estimate - quality) <= (1 if fmt == "JPEG" else 3 if quality >= 80 else 10)
+        answer = released.predict_bytes(data, name=f"q{quality}.{fmt.lower()}")
         assert isinstance(answer, Prediction) and 0.0 <= answer.p_pneumonia <= 1.0
-        if quality < MIN_JPEG_QUALITY:
+        if quality < MIN_QUALITY[fmt] - (0 if fmt == "JPEG" else 3):
             assert not answer.in_scope, quality
             assert answer.scope_reason.startswith(
-                f"compressed more heavily than the training images (JPEG quality about {quality};"
+                f"compressed more heavily than the training images ({codec} quality about {estimate};"
             )
             assert answer.decision != OUT_OF_SCOPE and prediction_row("x", answer)["in_scope"] is False
-        else:
+        elif quality >= MIN_QUALITY[fmt] + (0 if fmt == "JPEG" else 3):
             assert answer.in_scope and answer.scope_reason == "", quality
-        path = tmp_path / f"q{quality}.jpeg"
+        path = tmp_path / f"q{quality}.{fmt.lower()}"
         path.write_bytes(data)
         batch = released.predict_paths([path], progress=False)
         assert batch.scope[0].reason == answer.scope_reason and batch.p_pneumonia[0] == pytest.approx(
@@ -331,8 +343,6 @@ def test_a_heavily_compressed_film_keeps_its_answer_marked_unreliable(released, 
 @pytest.mark.required
 def test_every_training_jpeg_is_of_the_quality_the_bound_is_set_against(shared_data):
     """The compression bound is set against the training images' quality, 75: all 5,216 of them."""
-    from pneumoscan.data.imaging.pillow import jpeg_quality
-
     files = list_input_files(shared_data / "train" / "NORMAL") + list_input_files(
         shared_data / "train" / "PNEUMONIA"
     )

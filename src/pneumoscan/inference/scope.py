@@ -11,12 +11,15 @@ prediction (``predict``, ``evaluate``, ``explain``, the app) passes the same two
    :data:`MIN_STILL_SHARE` of neighbouring pixel pairs exactly equal; on the 5,216 training X-rays
    resized to 224 px these shares reach at most 0.33 and 0.38, on the out-of-scope development
    X-rays and CT slices 0.51 and 0.67, on rendered text and line drawings 0.7 to 0.99). Such an
-   image gets no probabilities. The same check flags a JPEG **compressed more heavily than the
-   training images** (estimated quality below :data:`MIN_JPEG_QUALITY`; the training images are
-   all of quality 75): it keeps its probabilities, marked unreliable, since new compression
-   artefacts move the model (on 60 training films re-encoded at quality 70 and above,
-   P(pneumonia) moved by at most 0.043; at 65, 0.092; at 60, 0.116; ``python
-   benchmarks/input_paths.py --sweep 30``, 2026-12-03).
+   image gets no probabilities. The same check flags a lossy file **compressed more heavily than
+   the training images** (all JPEGs of quality 75): a JPEG of estimated quality below 70 or a lossy
+   WebP below 84 (:data:`MIN_QUALITY`; :mod:`pneumoscan.data.imaging.compression` reads the
+   estimate, exact for JPEG, rough for WebP). It keeps its probabilities, marked unreliable,
+   since new compression artefacts move the model. ``python benchmarks/input_paths.py --sweep
+   30`` (60 training films, 2026-12-03): a JPEG re-encoding moved P(pneumonia) by at most 0.043
+   at quality 70 and above, 0.092 at 65, 0.116 at 60; a WebP one by at most 0.031 at 85 and
+   above, 0.089 at 80, 0.152 at 70. WebP's bound lies between the estimates read back at 80
+   (78..83) and at 85 (84..87).
 2. :class:`ScopeGuard`, on the model's embedding (the pooled features of the frozen stem):
    **outside the training population** (adults, lateral views, CT slices, other body parts, natural
    photographs). A Mahalanobis distance to the training embeddings (standardised, PCA, Ledoit-Wolf
@@ -45,8 +48,9 @@ ANALYSIS_SIDE = 512
 MIN_FLAT_SHARE = 0.6
 #: ...and at least this share of horizontally or vertically neighbouring pixels exactly equal.
 MIN_STILL_SHARE = 0.6
-#: A JPEG of lower estimated quality is flagged (probabilities kept, marked unreliable).
-MIN_JPEG_QUALITY = 70
+#: A lossy file of lower estimated quality is flagged (probabilities kept, marked unreliable), per
+#: codec (``DecodedImage.format``): at one nominal quality, WebP's artefacts move the model more.
+MIN_QUALITY = {"JPEG": 70, "WEBP": 84}
 #: False-alarm rate on out-of-fold training images at which :meth:`ScopeGuard.fit` sets its threshold.
 DEFAULT_FALSE_ALARM_RATE = 0.01
 #: PCA dimensions the guard keeps at most (all of a 160-d embedding would be 160).
@@ -57,8 +61,8 @@ REFERENCE_QUANTILES = np.linspace(0.0, 1.0, 101)
 REASON_COLOUR = "colour image: not a radiograph"
 REASON_DOCUMENT = "looks like a document or drawing, not a radiograph"
 REASON_COMPRESSED = (
-    "compressed more heavily than the training images (JPEG quality about {quality}; theirs 75): "
-    "probabilities unreliable"
+    "compressed more heavily than the training images ({codec} quality about {quality}; theirs are "
+    "JPEGs of quality 75): probabilities unreliable"
 )
 REASON_POPULATION = (
     "unlike the children's frontal chest X-rays the model was trained on (may be an adult, a lateral "
@@ -127,7 +131,7 @@ def check_image(image: DecodedImage) -> ScopeCheck:
     -------
     ScopeCheck
         ``radiograph=False`` with :data:`REASON_COLOUR` or :data:`REASON_DOCUMENT`; a radiograph
-        out of scope with :data:`REASON_COMPRESSED` (a JPEG below :data:`MIN_JPEG_QUALITY`); else
+        out of scope with :data:`REASON_COMPRESSED` (a lossy file below :data:`MIN_QUALITY`); else
         :data:`IN_SCOPE`. The embedding check comes later (:func:`combine`).
     """
     if image.colourfulness > MAX_COLOURFULNESS:
@@ -144,8 +148,10 @@ def check_image(image: DecodedImage) -> ScopeCheck:
             radiograph=False,
             reason=f"{REASON_DOCUMENT} ({flat:.0%} of it is one flat background)",
         )
-    if image.jpeg_quality is not None and image.jpeg_quality < MIN_JPEG_QUALITY:
-        return ScopeCheck(False, reason=REASON_COMPRESSED.format(quality=image.jpeg_quality))
+    bound = MIN_QUALITY.get(image.format)
+    if bound is not None and image.lossy_quality is not None and image.lossy_quality < bound:
+        codec = "WebP" if image.format == "WEBP" else image.format
+        return ScopeCheck(False, reason=REASON_COMPRESSED.format(codec=codec, quality=image.lossy_quality))
     return IN_SCOPE
 
 

@@ -111,6 +111,11 @@ def xray_variants(gray: np.ndarray) -> dict[str, bytes]:
     }
 
 
+def webp_bytes(gray: np.ndarray, quality: int) -> bytes:
+    """A grey film as a lossy WebP of ``quality`` (libwebp through Pillow)."""
+    return _save(Image.fromarray(np.asarray(gray, dtype=np.uint8), "L"), "WEBP", quality=quality)
+
+
 def lossy_variants(gray: np.ndarray) -> dict[str, bytes]:
     """The same film re-compressed at qualities the training copy never had: name -> file bytes.
 
@@ -118,9 +123,8 @@ def lossy_variants(gray: np.ndarray) -> dict[str, bytes]:
     re-encoding at that quality changes almost nothing; these add new artefacts: ``jpeg_q50``, and
     lossy WebP at quality 80 and 50.
     """
-    image = Image.fromarray(np.asarray(gray, dtype=np.uint8), "L")
     return {
         "jpeg_q50": jpeg_bytes(gray, 50),
-        "webp_q80": _save(image, "WEBP", quality=80),
-        "webp_q50": _save(image, "WEBP", quality=50),
+        "webp_q80": webp_bytes(gray, 80),
+        "webp_q50": webp_bytes(gray, 50),
     }

@@ -12,14 +12,16 @@ Import from here; the submodules are how the package is organised, one concern e
 :mod:`.dicom`         DICOM through pydicom, the Deflated kind inflated as a capped stream
 :mod:`.limits`        every size limit, checked from the header, and the process-wide memory budget
 :mod:`.pixels`        array operations the decoders and preprocessing share (stretch, colourfulness)
+:mod:`.compression`   how heavily a lossy file was compressed (JPEG and WebP quality, from the file)
 :mod:`.preprocess`    decoded pixels -> the model's input (:func:`preprocess`, :func:`load_image`)
 :mod:`.files`         which files a command takes, and reading one within the size limit
 :mod:`.decoded`       the result and the error: :class:`DecodedImage`, :class:`ImageDecodeError`
 ====================  =========================================================================
 
 The imports run one way: decoded <- limits <- pixels <- (pillow, dicom) <- decode <- preprocess;
-sniff and files stand beside them. How many threads decode at once is not an image question: see
-:func:`pneumoscan.runtime.decode_workers` (also re-exported here for older callers).
+sniff, files and compression (which pillow reads) stand beside them. How many threads decode at
+once is not an image question: see :func:`pneumoscan.runtime.decode_workers` (also re-exported here
+for older callers).
 
 Formats are recognised by their content (magic bytes, the DICOM preamble), never by the file name
 (see :func:`sniff_format`). Accepted:

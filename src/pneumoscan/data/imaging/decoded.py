@@ -41,10 +41,11 @@ class DecodedImage:
     colourfulness : float
         Hasler-Suesstrunk colourfulness of the original (0 for grey images, above ~20 for ordinary
         colour photographs). X-rays are grey; the app uses this to refuse holiday photos.
-    jpeg_quality : int or None
-        A JPEG's quality on the IJG scale (1..100), estimated from its luminance quantization
-        table; ``None`` for other formats. The training images are all of quality 75; the scope
-        guard flags a JPEG compressed much more heavily.
+    lossy_quality : int or None
+        A lossy file's quality on its codec's scale, estimated from the file
+        (:mod:`~pneumoscan.data.imaging.compression`): a JPEG's on the IJG scale (1..100), a lossy
+        WebP's on libwebp's (0..100); ``None`` for lossless files. The training images are all
+        JPEGs of quality 75; the scope guard flags a file compressed much more heavily.
     """
 
     gray: np.ndarray
@@ -53,4 +54,4 @@ class DecodedImage:
     mode: str
     format: str
     colourfulness: float
-    jpeg_quality: int | None = None
+    lossy_quality: int | None = None

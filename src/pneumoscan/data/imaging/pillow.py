@@ -22,16 +22,9 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 import pneumoscan.data.imaging.limits as limits
+from pneumoscan.data.imaging.compression import jpeg_quality, webp_quality
 from pneumoscan.data.imaging.decoded import DecodedImage, ImageDecodeError
 from pneumoscan.data.imaging.pixels import colourfulness, sample_image, stretch
-
-#: The IJG (libjpeg) luminance quantization table at quality 50, whose scaled copies make the
-#: table of every other quality; only its sum is used, so its order does not matter.
-_IJG_LUMINANCE_SUM = sum(
-    (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56)
-    + (14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92)
-    + (49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99)
-)
 
 #: Bytes a sample of each Pillow mode holds (default 1).
 _MODE_SAMPLE_BYTES = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I;16S": 2}
@@ -65,22 +58,8 @@ def decode_pillow(data: bytes, name: str, fmt: str) -> DecodedImage:
             if orientation >= 5:  # a quarter turn or a transposition: the shown image is the other way up
                 width, height = height, width
         gray, colour = _pil_to_gray(img)
-    quality = jpeg_quality(img) if fmt == "JPEG" else None
+    quality = jpeg_quality(img) if fmt == "JPEG" else webp_quality(data) if fmt == "WEBP" else None
     return DecodedImage(gray, width, height, mode, fmt, colour, quality)
-
-
-def jpeg_quality(img: Image.Image) -> int | None:
-    """A JPEG's quality on the IJG scale, from how much its luminance table is scaled from the
-    quality-50 one (libjpeg's rule inverted: within 1 of the quality Pillow was given from 20 to
-    100; below, libjpeg's 8-bit tables stop scaling at 255 and it reads a little high; an estimate
-    for tables of other encoders); ``None`` without quantization tables."""
-    tables = getattr(img, "quantization", None)
-    if not tables:
-        return None
-    luminance = tables[min(tables)]
-    scale = 100.0 * sum(luminance) / _IJG_LUMINANCE_SUM  # libjpeg: quality q < 50 -> 5000/q, else 200 - 2q
-    quality = (200.0 - scale) / 2.0 if scale <= 100.0 else 5000.0 / scale
-    return int(min(100, max(1, round(quality))))
 
 
 def _orientation(img: Image.Image) -> int:
