@@ -1,6 +1,6 @@
 """One film, one answer? P(pneumonia) of the same training films brought in by 19 paths, and 3 lossy ones.
 
-    python benchmarks/input_paths.py [--model M] [--per-class 6]
+    python benchmarks/input_paths.py [--model M] [--per-class 6] [--least-sure 24] [--sweep N]
 
 Each film (the first ``--per-class`` files of each class of the training folder, sorted by name) is
 scored as its file and as the 18 files of :func:`pneumoscan.testing.variants.xray_variants` (8- and
@@ -8,7 +8,14 @@ scored as its file and as the 18 files of :func:`pneumoscan.testing.variants.xra
 and JPEG 2000, a colour JPEG, a JPEG stored on its side with an EXIF orientation, resamplings to
 1024 and 2048 px as PNG, JPEG and DICOM, a half-size copy), each decoded from bytes as every surface
 does. Prints each film's probabilities and the spread (max - min) per film, then the largest and the
-mean spread, and the path that set the largest. Issue 16's bound: 0.05.
+mean spread, how many films exceed issue 16's bound of 0.05, and each path's mean and largest move
+from the file.
+
+Then the same for the ``--least-sure`` films the model is least sure of (all training films scored,
+those with P(pneumonia) nearest 0.5 kept). The first films of each class are mostly scored near 0
+or 1, where the model's answer hardly moves whatever the input does: their spread flatters. A new
+intake's films are not so sure (the issue's example film scored 0.39), and there the same change of
+the input moves P(pneumonia) several times as far.
 
 Then, apart, the largest move from the file's own P(pneumonia) under each of
 :func:`~pneumoscan.testing.variants.lossy_variants` (JPEG at quality 50, lossy WebP at 80 and 50):
@@ -45,50 +52,85 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="default: the bundled LiteRT export (what predict uses)")
     parser.add_argument("--data", type=Path, default=TRAIN)
     parser.add_argument("--per-class", type=int, default=6)
-    parser.add_argument("--sweep", type=int, default=0, help="films per class for the JPEG quality sweep")
+    parser.add_argument(
+        "--least-sure", type=int, default=24, help="films the model is least sure of (0: skip that part)"
+    )
+    parser.add_argument("--sweep", type=int, default=0, help="films per class for the quality sweep")
     args = parser.parse_args()
 
     from pneumoscan.config import DEFAULT_LITERT_MODEL_PATH
-    from pneumoscan.data.imaging import read_image
     from pneumoscan.inference.predictor import Predictor
-    from pneumoscan.testing.variants import lossy_variants, xray_variants
 
     predictor = Predictor(args.model or DEFAULT_LITERT_MODEL_PATH)
     print(f"model: {predictor.model_path}")
     films = []
     for cls in ("NORMAL", "PNEUMONIA"):
         films += sorted((args.data / cls).iterdir())[: args.per_class]
-    spreads, lossy_moves, lossy_flagged = [], {}, {}
-    widest = ("", 0.0)  # the path farthest from its film's file, over all films
+    print(f"\nThe first {args.per_class} films of each class, by name")
+    path_spreads(predictor, films, lossy=True)
+    if args.least_sure:
+        films = least_sure(predictor, args.data, args.least_sure)
+        print(f"\nThe {len(films)} films the model is least sure of (P(pneumonia) nearest 0.5)")
+        path_spreads(predictor, films, lossy=False)
+    if args.sweep:
+        quality_sweep(predictor, args.data, args.sweep)
+
+
+def path_spreads(predictor, films: list[Path], *, lossy: bool) -> None:
+    """Each film's P(pneumonia) as its file and as every path of ``xray_variants``; the spread per
+    film, the largest and mean spread against the bound, each path's mean and largest move from the
+    file; with ``lossy``, the lossy re-encodings' largest moves and how many the guard flags."""
+    from pneumoscan.data.imaging import read_image
+    from pneumoscan.testing.variants import lossy_variants, xray_variants
+
+    spreads, moves, lossy_moves, lossy_flagged = [], {}, {}, {}
     for film in films:
         gray = read_image(film).gray
         p = {"file": float(predictor.predict_paths([film], progress=False).p_pneumonia[0])}
         for name, data in xray_variants(gray).items():
             p[name] = predictor.predict_bytes(data, name=name).p_pneumonia
-            if abs(p[name] - p["file"]) > widest[1]:
-                widest = (name, abs(p[name] - p["file"]))
+            moves.setdefault(name, []).append(abs(p[name] - p["file"]))
         spread = max(p.values()) - min(p.values())
         spreads.append(spread)
         print(f"{film.name[:28]:<28} spread {spread:.4f}  " + " ".join(f"{k}={v:.3f}" for k, v in p.items()))
-        for name, data in lossy_variants(gray).items():
+        for name, data in lossy_variants(gray).items() if lossy else ():
             answer = predictor.predict_bytes(data, name=name)
-            move = abs(answer.p_pneumonia - p["file"])
-            lossy_moves[name] = max(lossy_moves.get(name, 0.0), move)
+            lossy_moves[name] = max(lossy_moves.get(name, 0.0), abs(answer.p_pneumonia - p["file"]))
             lossy_flagged[name] = lossy_flagged.get(name, 0) + (not answer.in_scope)
+    widest = max(moves, key=lambda k: max(moves[k]))
     print(
-        f"\n{len(films)} films x {len(p)} paths: largest spread {max(spreads):.4f}, "
-        f"mean {np.mean(spreads):.4f} (bound 0.05: {'PASS' if max(spreads) <= 0.05 else 'FAIL'}); "
-        f"farthest from its file: {widest[0]} ({widest[1]:.4f})"
+        f"{len(films)} films x {len(p)} paths: largest spread {max(spreads):.4f}, "
+        f"mean {np.mean(spreads):.4f}, "
+        f"above 0.05 {sum(s > 0.05 for s in spreads)} of {len(films)} "
+        f"(bound 0.05: {'PASS' if max(spreads) <= 0.05 else 'FAIL'}); "
+        f"farthest from its file: {widest} ({max(moves[widest]):.4f})"
     )
     print(
-        "lossy re-encodings, largest |P - P(file)| (a finding, not the bound), and how many films the "
-        "guard flags: "
+        "move from the file per path, mean / largest: "
         + ", ".join(
-            f"{k} {v:.4f} ({lossy_flagged[k]} of {len(films)} flagged)" for k, v in lossy_moves.items()
+            f"{k} {np.mean(v):.4f} / {max(v):.4f}"
+            for k, v in sorted(moves.items(), key=lambda kv: -np.mean(kv[1]))
+            if max(v) > 0
         )
     )
-    if args.sweep:
-        quality_sweep(predictor, args.data, args.sweep)
+    if lossy:
+        print(
+            "lossy re-encodings, largest |P - P(file)| (a finding, not the bound), and how many films "
+            "the guard flags: "
+            + ", ".join(
+                f"{k} {v:.4f} ({lossy_flagged[k]} of {len(films)} flagged)" for k, v in lossy_moves.items()
+            )
+        )
+
+
+def least_sure(predictor, data: Path, n: int) -> list[Path]:
+    """The ``n`` training films whose P(pneumonia) is nearest 0.5 (smallest |logit|): where a path's
+    small change of the input moves the answer most, and where a new intake's films lie."""
+    from pneumoscan.data.imaging import list_input_files
+
+    files = list_input_files(data / "NORMAL") + list_input_files(data / "PNEUMONIA")
+    p = np.clip(np.asarray(predictor.predict_paths(files, progress=False).p_pneumonia), 1e-6, 1 - 1e-6)
+    return [files[i] for i in np.argsort(np.abs(np.log(p / (1 - p))), kind="stable")[:n]]
 
 
 def quality_sweep(predictor, data: Path, per_class: int, seed: int = 3) -> None:

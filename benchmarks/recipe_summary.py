@@ -15,9 +15,11 @@ size and recipe, and prints, for each view:
   and its "ensemble of seeds [...]" rows): mean ± SD over the groups found;
 - the cross-fitted ensemble: mean ± SD over the runs that trained one (one seed each);
 
-then the agreement of those summaries with the independently measured test figures
-(:data:`ground_truth.GROUND_TRUTH`): Spearman rho and pairwise order agreement, per view, split, input and
-size, over every pair and over the pairs the test split itself resolves; last, how precise those
+and, for runs that scored the held-out images as other files of the same film (since
+2026-12-03), the spread of P(pneumonia) over those paths; then the agreement of those summaries
+with the independently measured test figures (:data:`ground_truth.GROUND_TRUTH`): Spearman rho
+and pairwise order agreement, per view, split, input and size, over every pair and over the pairs
+the test split itself resolves; last, how precise those
 test figures are (:func:`ground_truth.report`). Nothing is trained; it reads the files only.
 """
 
@@ -72,6 +74,8 @@ def collect(
                 continue
             for view in VIEWS:
                 rows[key][view].append((source, float(row[view]["auc"])))
+            if "paths" in row:  # runs since 2026-12-03: the held-out images' spread over file paths
+                rows[key]["paths"].append((source, row["paths"]))
     return found
 
 
@@ -108,6 +112,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    {view:<6} {describe(values)}")
                 if key in TEST_ROWS:
                     measured[view][TEST_ROWS[key]] = float(np.mean(values))
+            paths = [row for _, row in rows[key].get("paths", [])]
+            if paths:
+                print(
+                    "    paths  spread of P over the file paths per held-out image: mean "
+                    + ", share above 0.05 ".join(
+                        describe([r[k] for r in paths]) for k in ("mean", "over_0.05")
+                    )
+                    + "; mean where the clean P is 0.2..0.8 "
+                    + describe([r["unsure_mean"] for r in paths])
+                )
         for view in VIEWS:
             if len(measured[view]) > 2:
                 found = agreement(measured[view])

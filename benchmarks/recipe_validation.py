@@ -3,7 +3,7 @@
     python benchmarks/recipe_validation.py [--recipes frozen_lr,ensemble,single,reweighted]
                                            [--seeds 1337,7,42] [--split setup|earliest|random]
                                            [--input model|as-decoded] [--image-size 224]
-                                           [--augment standard|recompress]
+                                           [--augment standard|recompress|resample]
                                            [--cache runs/proxy-cache] [--json OUT]
 
 The protocol (issue 16). The shortcut audit (:mod:`pneumoscan.evaluation.shortcuts`) finds that
@@ -57,6 +57,17 @@ all JPEGs of one quality, and new compression artefacts move the released model 
 every training image is made from the film re-encoded as a JPEG of a random quality in 30..95
 (seeded) before the usual augmentation (a cache file of its own in the same cache).
 
+Every held-out image is also scored as the files of :data:`PATH_VIEWS` (resampled to a 1024-px PNG
+and a 2048-px JPEG, a colour JPEG of quality 95, a half-size copy; made by
+:func:`pneumoscan.testing.variants.xray_variants`, decoded and preprocessed as any file is), and
+each model's row gets ``paths``: per held-out image the spread of P(pneumonia) over the clean view
+and the first three (issue 16's bound on one film is 0.05), its mean, 95th percentile, largest,
+share above 0.05, the same over the images whose clean P is 0.2..0.8, and the half-size copy's
+largest move. ``--augment resample`` tests a cure: the augmented view of every training image is
+made from the film resampled to a random side of 112..2048 px (log-uniform, a random Lanczos,
+bicubic or bilinear filter; half of them saved as a JPEG of quality 85..95 on the way) and
+brought back to the model's side as any file is.
+
 Cost on 2 CPU cores: about 4 min to build the cache once, 10 s per ``frozen_lr``, 1-3 min per
 fine-tuned model (at 224 px). Needs ``../shared`` (training images, ImageNet weights).
 """
@@ -93,6 +104,15 @@ AUGMENT = "standard"
 #: The qualities a recompressed view draws from, and the quality of the held-out ``jpeg50`` view.
 RECOMPRESS_QUALITY = (30, 95)
 LOSSY_VIEW, LOSSY_QUALITY = "jpeg50", 50
+#: The held-out images are also scored as these files of :func:`pneumoscan.testing.variants.xray_variants`
+#: (resamplings to a larger original, a colour JPEG, a half-size copy): the paths that move the
+#: released model most. The path spread is taken over the clean view and the first three.
+PATH_VIEWS = ("up1024_png", "up2048_jpeg90", "rgb_jpeg95", "down_half_png")
+SPREAD_VIEWS = ("clean", *PATH_VIEWS[:3])
+#: ``--augment resample``: the side each training film is resampled to before it is brought back to
+#: the model's side (log-uniform), and the chance that the resampled film is saved as a JPEG of
+#: quality 85..95 on the way.
+RESAMPLE_SIDES, RESAMPLE_JPEG = (112, 2048), 0.5
 
 
 def as_jpeg(paths: list[str], qualities: np.ndarray) -> np.ndarray:
@@ -104,6 +124,41 @@ def as_jpeg(paths: list[str], qualities: np.ndarray) -> np.ndarray:
     for i, (path, quality) in enumerate(zip(paths, qualities, strict=True)):
         data = jpeg_bytes(read_image(path).gray, quality)
         out[i] = preprocess(decode_bytes(data, name=Path(path).name), IMAGE_SIZE)
+    return out
+
+
+def as_variant(paths: list[str], name: str) -> np.ndarray:
+    """Each film as the file of the path ``name`` (:data:`PATH_VIEWS`), decoded and preprocessed."""
+    from pneumoscan.data.imaging import decode_bytes, preprocess, read_image
+    from pneumoscan.testing.variants import xray_variants
+
+    out = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8)
+    for i, path in enumerate(paths):
+        data = xray_variants(read_image(path).gray, only=[name])[name]
+        out[i] = preprocess(decode_bytes(data, name=name), IMAGE_SIZE)
+    return out
+
+
+def as_resampled(paths: list[str], seed: int) -> np.ndarray:
+    """``--augment resample``: each film resampled to a random side in :data:`RESAMPLE_SIDES` with a
+    random filter (and, with chance :data:`RESAMPLE_JPEG`, saved as a JPEG of quality 85..95), then
+    decoded and preprocessed as any file is."""
+    from PIL import Image
+
+    from pneumoscan.data.imaging import decode_bytes, preprocess, read_image
+    from pneumoscan.testing.variants import jpeg_bytes
+
+    rng = np.random.default_rng(seed)
+    filters = (Image.Resampling.LANCZOS, Image.Resampling.BICUBIC, Image.Resampling.BILINEAR)
+    out = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8)
+    low, high = np.log(RESAMPLE_SIDES)
+    for i, path in enumerate(paths):
+        side = int(round(np.exp(rng.uniform(low, high))))
+        film = Image.fromarray(read_image(path).gray, "L").resize((side, side), filters[rng.integers(3)])
+        pixels = np.asarray(film)
+        if rng.random() < RESAMPLE_JPEG:  # decoded as any JPEG is (over 1024 px: at half scale)
+            pixels = decode_bytes(jpeg_bytes(pixels, int(rng.integers(85, 96))), name=Path(path).name).gray
+        out[i] = preprocess(pixels, IMAGE_SIZE)
     return out
 
 
@@ -176,6 +231,8 @@ def build_cache(data_dir: Path, cache: Path) -> None:
                 *RECOMPRESS_QUALITY, endpoint=True, size=len(paths)
             )
             source = as_jpeg(paths, qualities)
+        elif AUGMENT == "resample":
+            source = as_resampled(cached_paths(cache), seed=1438)
         np.save(cache / f"stem_{aug}.npy", run_stem(source, build_augmenter(AugmentConfig(), seed=1438)))
     for view in ("clean", aug):
         if not (cache / f"gap_{view}.npy").exists():
@@ -196,21 +253,24 @@ STRESS_SHIFT = "tight crop (85 %)"
 
 
 def held_out_views(cache: Path, c: Cache, held: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-    """Stem and pooled features of the held-out images, clean, under :data:`STRESS_SHIFT` and as
-    JPEGs of :data:`LOSSY_QUALITY` (computed once per split and kept in the cache)."""
+    """Stem and pooled features of the held-out images, clean, under :data:`STRESS_SHIFT`, as JPEGs
+    of :data:`LOSSY_QUALITY` and as the files of :data:`PATH_VIEWS` (computed once per split and kept
+    in the cache)."""
 
     from pneumoscan.evaluation.robustness import SHIFTS
 
     key = f"{int(held.sum())}-{int(np.flatnonzero(held)[:50].sum())}"
     views = {"clean": {"stem": c.stem["clean"][held], "gap": c.gap["clean"][held]}}
-    for view in ("crop", LOSSY_VIEW):
+    for view in ("crop", LOSSY_VIEW, *PATH_VIEWS):
         path = cache / f"held_{key}_{view}.npz"
         if not path.exists():
+            held_paths = [cached_paths(cache)[i] for i in np.flatnonzero(held)]
             if view == "crop":
                 x = SHIFTS[STRESS_SHIFT](np.ascontiguousarray(np.load(cache / "x.npy", mmap_mode="r")[held]))
-            else:
-                held_paths = [cached_paths(cache)[i] for i in np.flatnonzero(held)]
+            elif view == LOSSY_VIEW:
                 x = as_jpeg(held_paths, np.full(len(held_paths), LOSSY_QUALITY))
+            else:
+                x = as_variant(held_paths, view)
             stem = run_stem(x)
             np.savez(path, stem=stem, gap=pool(stem))
         saved = np.load(path)
@@ -332,15 +392,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--augment",
-        choices=("standard", "recompress"),
+        choices=("standard", "recompress", "resample"),
         default="standard",
-        help="the augmented training view: the usual augmentation, or it after a random JPEG re-encoding",
+        help="the augmented training view: the usual augmentation, or it after a random JPEG re-encoding "
+        "(recompress) or a random resampling round trip (resample)",
     )
     args = parser.parse_args(argv)
     global IMAGE_SIZE, INPUT, AUGMENT
     IMAGE_SIZE, INPUT, AUGMENT = args.image_size, args.input, args.augment
     if AUGMENT != "standard" and INPUT != "model":
-        parser.error("--augment recompress re-encodes the model's input; use it with --input model")
+        parser.error(f"--augment {AUGMENT} re-encodes the model's input; use it with --input model")
     if IMAGE_SIZE != 224:
         args.cache = args.cache.with_name(f"{args.cache.name}-{IMAGE_SIZE}")
     if INPUT != "model":
@@ -380,6 +441,7 @@ class Protocol:
             "p95_move": round(float(np.percentile(move, 95)), 4),
             "max_move": round(float(move.max()), 4),
         }
+        row["paths"] = path_spread(preds)
         print(json.dumps({"recipe": name, "secs": round(secs), **row}), flush=True)
         self.out[name] = row
         return row
@@ -432,6 +494,13 @@ class Protocol:
             f"  {recipe}: single models' ROC AUC over {len(seeds)} seeds: {json.dumps(summary)}", flush=True
         )
         self.out[f"{recipe} seeds"] = summary
+        path_rows = [path_spread(p) for p in preds]
+        paths = {
+            k: spread([r[k] for r in path_rows], extremes=False)
+            for k in ("mean", "p95", "over_0.05", "unsure_mean")
+        }
+        print(f"  {recipe}: path spread over {len(seeds)} seeds: {json.dumps(paths)}", flush=True)
+        self.out[f"{recipe} seeds paths"] = paths
         mean = self.report(f"{recipe}, mean of the seeds' models", self.mean_of(preds), 0)
         if group and len(preds) > group:
             # Several ensembles of ``group`` consecutive seeds: the spread of the ensemble recipe itself.
@@ -453,6 +522,26 @@ class Protocol:
             for view in self.measured:
                 self.measured[view]["single (mean over seeds)"] = summary[view]["mean"]
             self.record("single, mean of the seeds' models", mean)
+
+
+def path_spread(preds: dict[str, np.ndarray]) -> dict:
+    """Per held-out image, the spread (max - min) of P(pneumonia) over :data:`SPREAD_VIEWS`: its
+    mean, 95th percentile and largest, the share above issue 16's bound of 0.05, the same over the
+    images whose clean P lies in 0.2..0.8 (where the slope is steepest), and the half-size copy's
+    largest move."""
+    stacked = np.stack([preds[v] for v in SPREAD_VIEWS])
+    spreads = stacked.max(0) - stacked.min(0)
+    unsure = (preds["clean"] >= 0.2) & (preds["clean"] <= 0.8)
+    return {
+        "mean": round(float(spreads.mean()), 4),
+        "p95": round(float(np.percentile(spreads, 95)), 4),
+        "max": round(float(spreads.max()), 4),
+        "over_0.05": round(float((spreads > 0.05).mean()), 4),
+        "unsure_n": int(unsure.sum()),
+        "unsure_mean": round(float(spreads[unsure].mean()), 4) if unsure.any() else None,
+        "unsure_over_0.05": round(float((spreads[unsure] > 0.05).mean()), 4) if unsure.any() else None,
+        "half_max_move": round(float(np.abs(preds["down_half_png"] - preds["clean"]).max()), 4),
+    }
 
 
 def spread(aucs: list[float], *, extremes: bool = True) -> dict:

@@ -9,7 +9,9 @@ them apart, as a finding about the model, not a requirement of the decoder.
 
 from __future__ import annotations
 
+import functools
 import io
+from collections.abc import Iterable
 
 import numpy as np
 from PIL import ExifTags, Image
@@ -61,8 +63,8 @@ def _signed_rescaled_dicom(twelve: np.ndarray) -> bytes:
     return dicom_to_bytes(ds)
 
 
-def xray_variants(gray: np.ndarray) -> dict[str, bytes]:
-    """The same film as the files of each path: name -> file bytes.
+def xray_variants(gray: np.ndarray, only: Iterable[str] | None = None) -> dict[str, bytes]:
+    """The same film as the files of each path (all, or the names in ``only``): name -> file bytes.
 
     ``gray`` (h, w) uint8 is the film as pneumoscan decodes it. The variants:
 
@@ -82,33 +84,37 @@ def xray_variants(gray: np.ndarray) -> dict[str, bytes]:
     gray = np.asarray(gray, dtype=np.uint8)
     twelve = gray.astype(np.uint16) * 16
     image = Image.fromarray(gray, "L")
-    up1024 = image.resize((1024, 1024), Image.Resampling.LANCZOS)
-    up2048 = image.resize((2048, 2048), Image.Resampling.LANCZOS)
+    up1024 = functools.cache(lambda: image.resize((1024, 1024), Image.Resampling.LANCZOS))
+    up2048 = functools.cache(lambda: image.resize((2048, 2048), Image.Resampling.LANCZOS))
     half = (max(1, gray.shape[1] // 2), max(1, gray.shape[0] // 2))
-    return {
-        "png8": _png(gray),
-        "png16": _png(gray.astype(np.uint16) * 257),
-        "dicom8": dicom_to_bytes(dicom_dataset(gray, bits_stored=8)),
-        "dicom12": dicom_to_bytes(dicom_dataset(twelve, bits_stored=12)),
-        "dicom12_mono1": dicom_to_bytes(
+    makers = {
+        "png8": lambda: _png(gray),
+        "png16": lambda: _png(gray.astype(np.uint16) * 257),
+        "dicom8": lambda: dicom_to_bytes(dicom_dataset(gray, bits_stored=8)),
+        "dicom12": lambda: dicom_to_bytes(dicom_dataset(twelve, bits_stored=12)),
+        "dicom12_mono1": lambda: dicom_to_bytes(
             dicom_dataset((4095 - twelve).astype(np.uint16), bits_stored=12, photometric="MONOCHROME1")
         ),
-        "rgb_jpeg95": _jpeg(Image.merge("RGB", (image, image, image)), 95),
-        "up1024_png": _png(np.asarray(up1024)),
-        "up1024_jpeg90": _jpeg(up1024, 90),
-        "up2048_jpeg90": _jpeg(up2048, 90),
-        "up1024_dicom12": dicom_to_bytes(
-            dicom_dataset(np.asarray(up1024).astype(np.uint16) * 16, bits_stored=12)
+        "rgb_jpeg95": lambda: _jpeg(Image.merge("RGB", (image, image, image)), 95),
+        "up1024_png": lambda: _png(np.asarray(up1024())),
+        "up1024_jpeg90": lambda: _jpeg(up1024(), 90),
+        "up2048_jpeg90": lambda: _jpeg(up2048(), 90),
+        "up1024_dicom12": lambda: dicom_to_bytes(
+            dicom_dataset(np.asarray(up1024()).astype(np.uint16) * 16, bits_stored=12)
         ),
-        "tiff16": _save(Image.fromarray(gray.astype(np.uint16) * 257), "TIFF"),
-        "webp_lossless": _save(image, "WEBP", lossless=True),
-        "la_png": _save(Image.merge("LA", (image, Image.new("L", image.size, 255))), "PNG"),
-        "jpeg_exif_rotated": _on_its_side_jpeg(image),
-        "dicom12_signed_rescaled": _signed_rescaled_dicom(twelve),
-        "dicom12_rle": _compressed_dicom(twelve, RLELossless),
-        "dicom12_j2k": _compressed_dicom(twelve, JPEG2000Lossless),
-        "down_half_png": _png(np.asarray(image.resize(half, Image.Resampling.LANCZOS))),
+        "tiff16": lambda: _save(Image.fromarray(gray.astype(np.uint16) * 257), "TIFF"),
+        "webp_lossless": lambda: _save(image, "WEBP", lossless=True),
+        "la_png": lambda: _save(Image.merge("LA", (image, Image.new("L", image.size, 255))), "PNG"),
+        "jpeg_exif_rotated": lambda: _on_its_side_jpeg(image),
+        "dicom12_signed_rescaled": lambda: _signed_rescaled_dicom(twelve),
+        "dicom12_rle": lambda: _compressed_dicom(twelve, RLELossless),
+        "dicom12_j2k": lambda: _compressed_dicom(twelve, JPEG2000Lossless),
+        "down_half_png": lambda: _png(np.asarray(image.resize(half, Image.Resampling.LANCZOS))),
     }
+    unknown = set(only or ()) - set(makers)
+    if unknown:
+        raise ValueError(f"no such variant: {sorted(unknown)}; known: {sorted(makers)}")
+    return {name: make() for name, make in makers.items() if only is None or name in only}
 
 
 def webp_bytes(gray: np.ndarray, quality: int) -> bytes:
