@@ -2,7 +2,7 @@
 
     python benchmarks/recipe_validation.py [--recipes frozen_lr,ensemble,single,reweighted]
                                            [--seeds 1337,7,42] [--split setup|earliest|random]
-                                           [--input model|as-decoded] [--image-size 224]
+                                           [--input model|as-decoded|resampled] [--image-size 224]
                                            [--augment standard|recompress|resample]
                                            [--cache runs/proxy-cache] [--json OUT]
 
@@ -44,6 +44,16 @@ stretched or blurred: the input of every recipe in the test table, all measured 
 stretch and blur (2026-12-01). Checking the protocol against that table on today's input compares
 recipes the test never saw; this option checks it on the ones it did (a cache of its own,
 ``<cache>-as-decoded``; the held-out images are the same).
+
+``--input resampled`` tests a cure for the spread over file paths (below): every film, whatever
+its size, is first resampled to :data:`CANONICAL_SIDE` px (bilinear; antialiased where it shrinks),
+then made into the model's input as usual, so a 224-px file passes the same antialiasing filter on
+its way to the model as a 1024-px one does (a cache of its own, ``<cache>-resampled``).
+``--input percentile-stretch`` stretches each resized film between the grey levels at its 0.5th
+and 99.5th percentiles instead of its min and max (a thin bright mark sets those, and a resampling
+dims it: between a 224-px file and its 1024-px copy the input moved by 3.7 grey levels on average
+stretched from min..max, 0.5 between percentiles, on 40 training films), and ``--input blur2``
+blurs by 2 px instead of 1: two more candidate cures, each with a cache of its own.
 
 ``--image-size`` runs every recipe at another input side (the ImageNet weights of that size; a
 cache of its own, ``<cache>-<size>``). The held-out images are the same at every size: the set-up
@@ -115,27 +125,87 @@ SPREAD_VIEWS = ("clean", *PATH_VIEWS[:3])
 RESAMPLE_SIDES, RESAMPLE_JPEG = (112, 2048), 0.5
 
 
+#: ``--input resampled``: the side every film is resampled to (bilinear, antialiased when it shrinks)
+#: before the model's side, so that every file, whatever its own size, passes the same filter.
+CANONICAL_SIDE = 896
+
+
+#: ``--input percentile-stretch``: the film's grey levels at these percentiles go to 0 and 255 (not
+#: its min and max, which a thin bright mark sets and every resampling moves).
+STRETCH_PERCENTILES = (0.5, 99.5)
+#: ``--input blur2``: the model's input with a Gaussian blur of this radius instead of the package's.
+STRONG_BLUR = 2.0
+
+
+def model_input(image) -> np.ndarray:
+    """A decoded film (a ``DecodedImage`` or a grey uint8 array) -> the protocol's input (``--input``):
+    the model's (:func:`pneumoscan.data.imaging.preprocess`); the film as decoded and resized; the
+    model's after a resampling to :data:`CANONICAL_SIDE`; or, resized, stretched between
+    :data:`STRETCH_PERCENTILES` instead of min..max, or blurred by :data:`STRONG_BLUR`."""
+    from PIL import Image, ImageFilter
+
+    from pneumoscan.data.imaging import INPUT_BLUR, DecodedImage, preprocess, resize_gray
+    from pneumoscan.data.imaging.pixels import stretch
+
+    gray = image.gray if isinstance(image, DecodedImage) else np.asarray(image, dtype=np.uint8)
+    if INPUT == "as-decoded":
+        return resize_gray(gray, IMAGE_SIZE)[:, :, None]
+    if INPUT == "resampled":
+        side = (CANONICAL_SIDE, CANONICAL_SIDE)
+        gray = np.asarray(Image.fromarray(gray, "L").resize(side, Image.Resampling.BILINEAR))
+    if INPUT in ("percentile-stretch", "blur2"):
+        resized = resize_gray(gray, IMAGE_SIZE)
+        if INPUT == "blur2":
+            stretched, blur = stretch(resized), STRONG_BLUR
+        else:
+            stretched, blur = stretch_between_percentiles(resized), INPUT_BLUR
+        return np.asarray(Image.fromarray(stretched, "L").filter(ImageFilter.GaussianBlur(blur)))[:, :, None]
+    return preprocess(gray, IMAGE_SIZE)
+
+
+def stretch_between_percentiles(gray: np.ndarray) -> np.ndarray:
+    """8-bit grey levels mapped so that the levels at :data:`STRETCH_PERCENTILES` (order statistics)
+    become 0 and 255, clipped beyond (min..max when fewer than two levels lie between)."""
+    from pneumoscan.data.imaging.pixels import stretch
+
+    cumulative = np.cumsum(np.bincount(gray.ravel(), minlength=256))
+    low = int(np.searchsorted(cumulative, STRETCH_PERCENTILES[0] / 100.0 * cumulative[-1], side="right"))
+    high = int(np.searchsorted(cumulative, STRETCH_PERCENTILES[1] / 100.0 * cumulative[-1], side="left"))
+    if high <= low:
+        return stretch(gray)
+    table = np.round((np.arange(256, dtype=np.float64) - low) * (255.0 / (high - low)))
+    return np.clip(table, 0, 255).astype(np.uint8)[gray]
+
+
+def load_input(path, size: int) -> np.ndarray:
+    """The cache's loader: one file -> :func:`model_input` (``size`` is the protocol's side)."""
+    from pneumoscan.data.imaging import read_image
+
+    assert size == IMAGE_SIZE
+    return model_input(read_image(path))
+
+
 def as_jpeg(paths: list[str], qualities: np.ndarray) -> np.ndarray:
     """Each film re-encoded as a JPEG of its quality, then decoded and preprocessed as any file is."""
-    from pneumoscan.data.imaging import decode_bytes, preprocess, read_image
+    from pneumoscan.data.imaging import decode_bytes, read_image
     from pneumoscan.testing.variants import jpeg_bytes
 
     out = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8)
     for i, (path, quality) in enumerate(zip(paths, qualities, strict=True)):
         data = jpeg_bytes(read_image(path).gray, quality)
-        out[i] = preprocess(decode_bytes(data, name=Path(path).name), IMAGE_SIZE)
+        out[i] = model_input(decode_bytes(data, name=Path(path).name))
     return out
 
 
 def as_variant(paths: list[str], name: str) -> np.ndarray:
     """Each film as the file of the path ``name`` (:data:`PATH_VIEWS`), decoded and preprocessed."""
-    from pneumoscan.data.imaging import decode_bytes, preprocess, read_image
+    from pneumoscan.data.imaging import decode_bytes, read_image
     from pneumoscan.testing.variants import xray_variants
 
     out = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8)
     for i, path in enumerate(paths):
         data = xray_variants(read_image(path).gray, only=[name])[name]
-        out[i] = preprocess(decode_bytes(data, name=name), IMAGE_SIZE)
+        out[i] = model_input(decode_bytes(data, name=name))
     return out
 
 
@@ -145,7 +215,7 @@ def as_resampled(paths: list[str], seed: int) -> np.ndarray:
     decoded and preprocessed as any file is."""
     from PIL import Image
 
-    from pneumoscan.data.imaging import decode_bytes, preprocess, read_image
+    from pneumoscan.data.imaging import decode_bytes, read_image
     from pneumoscan.testing.variants import jpeg_bytes
 
     rng = np.random.default_rng(seed)
@@ -158,7 +228,7 @@ def as_resampled(paths: list[str], seed: int) -> np.ndarray:
         pixels = np.asarray(film)
         if rng.random() < RESAMPLE_JPEG:  # decoded as any JPEG is (over 1024 px: at half scale)
             pixels = decode_bytes(jpeg_bytes(pixels, int(rng.integers(85, 96))), name=Path(path).name).gray
-        out[i] = preprocess(pixels, IMAGE_SIZE)
+        out[i] = model_input(pixels)
     return out
 
 
@@ -208,13 +278,13 @@ def build_cache(data_dir: Path, cache: Path) -> None:
     from pneumoscan.config import AugmentConfig
     from pneumoscan.data.augment import build_augmenter
     from pneumoscan.data.dataset import decode_samples, discover_split
-    from pneumoscan.data.imaging import load_image
-    from pneumoscan.evaluation.shortcuts import film_as_decoded, setup_scores
+    from pneumoscan.evaluation.shortcuts import setup_scores
 
     cache.mkdir(parents=True, exist_ok=True)
     if not (cache / "x.npy").exists():
-        load = film_as_decoded if INPUT == "as-decoded" else load_image
-        data = decode_samples(discover_split(data_dir, prefer="train"), IMAGE_SIZE, progress=False, load=load)
+        data = decode_samples(
+            discover_split(data_dir, prefer="train"), IMAGE_SIZE, progress=False, load=load_input
+        )
         np.save(cache / "x.npy", data.x)
         np.save(cache / "y.npy", data.y)
         samples = [[str(s.path), s.patient_id, s.subtype] for s in data.samples]
@@ -240,10 +310,25 @@ def build_cache(data_dir: Path, cache: Path) -> None:
     if not (cache / "setup_score.npy").exists():
         y = np.load(cache / "y.npy")
         groups = [s[1] for s in json.loads((cache / "samples.json").read_text())]
-        if IMAGE_SIZE != SETUP_SIZE or INPUT != "model":
-            # The same held-out images at every input: score the set-up on the 224-px model input.
-            x = decode_samples(discover_split(data_dir, prefer="train"), SETUP_SIZE, progress=False).x
+        # The same held-out images at every input, size and preprocessing: the set-up score is always
+        # computed on the 224-px input of the release of 2026-12-01 (:func:`setup_input`).
+        x = decode_samples(
+            discover_split(data_dir, prefer="train"), SETUP_SIZE, progress=False, load=setup_input
+        ).x
         np.save(cache / "setup_score.npy", setup_scores(x, y, groups))
+
+
+def setup_input(path, size: int) -> np.ndarray:
+    """The input the set-up score, which picks the held-out images, is computed on: the model's
+    input of the release of 2026-12-01 (resized, stretched from its min..max, blurred), whatever the
+    package's preprocessing is now, so that every run of the protocol holds out the same images."""
+    from PIL import Image, ImageFilter
+
+    from pneumoscan.data.imaging import INPUT_BLUR, read_image, resize_gray
+    from pneumoscan.data.imaging.pixels import stretch
+
+    stretched = Image.fromarray(stretch(resize_gray(read_image(path), size)), "L")
+    return np.asarray(stretched.filter(ImageFilter.GaussianBlur(INPUT_BLUR)))[:, :, None]
 
 
 #: The acquisition shift every held-out image is also scored under: the new intake's healthy
@@ -386,9 +471,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=224, help="input side in px (default 224)")
     parser.add_argument(
         "--input",
-        choices=("model", "as-decoded"),
+        choices=("model", "as-decoded", "resampled", "percentile-stretch", "blur2"),
         default="model",
-        help="the model's input (stretched, blurred; default) or the film as decoded (before 2026-12-01)",
+        help="the model's input (stretched, blurred; default), the film as decoded (before 2026-12-01), "
+        f"the model's input after a resampling to {CANONICAL_SIDE} px, or stretched between percentiles "
+        f"{STRETCH_PERCENTILES} / blurred by {STRONG_BLUR} px instead",
     )
     parser.add_argument(
         "--augment",
@@ -400,8 +487,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     global IMAGE_SIZE, INPUT, AUGMENT
     IMAGE_SIZE, INPUT, AUGMENT = args.image_size, args.input, args.augment
-    if AUGMENT != "standard" and INPUT != "model":
-        parser.error(f"--augment {AUGMENT} re-encodes the model's input; use it with --input model")
     if IMAGE_SIZE != 224:
         args.cache = args.cache.with_name(f"{args.cache.name}-{IMAGE_SIZE}")
     if INPUT != "model":
