@@ -152,10 +152,10 @@ def quality_sweep(predictor, data: Path, per_class: int, seed: int = 3) -> None:
         gray = read_image(film).gray
         base = float(predictor.predict_paths([film], progress=False).p_pneumonia[0])
         for codec, q in grid:
-            encoded = encoders[codec][0](gray, q)
-            answer = predictor.predict_bytes(encoded, name=f"q{q}.{codec.lower()}")
+            decoded = decode_bytes(encoders[codec][0](gray, q), name=f"q{q}.{codec.lower()}")
+            answer = predictor.assess(decoded)  # what predict_bytes does, with the decode kept
             moves[codec, q].append(abs(answer.p_pneumonia - base))
-            estimates[codec, q].append(decode_bytes(encoded).lossy_quality)
+            estimates[codec, q].append(decoded.lossy_quality)
             flagged[codec, q] += not answer.in_scope
     print(f"\nQuality sweep, {len(films)} films ({per_class} per class, seed {seed}): |P - P(file)|")
     for codec, q in grid:

@@ -2,7 +2,8 @@
 
     python benchmarks/recipe_validation.py [--recipes frozen_lr,ensemble,single,reweighted]
                                            [--seeds 1337,7,42] [--split setup|earliest|random]
-                                           [--input model|as-decoded|resampled] [--image-size 224]
+                                           [--input model|as-decoded|percentile-stretch|blur2]
+                                           [--image-size 224]
                                            [--augment standard|recompress|resample]
                                            [--cache runs/proxy-cache] [--json OUT]
 
@@ -45,15 +46,12 @@ stretch and blur (2026-12-01). Checking the protocol against that table on today
 recipes the test never saw; this option checks it on the ones it did (a cache of its own,
 ``<cache>-as-decoded``; the held-out images are the same).
 
-``--input resampled`` tests a cure for the spread over file paths (below): every film, whatever
-its size, is first resampled to :data:`CANONICAL_SIDE` px (bilinear; antialiased where it shrinks),
-then made into the model's input as usual, so a 224-px file passes the same antialiasing filter on
-its way to the model as a 1024-px one does (a cache of its own, ``<cache>-resampled``).
 ``--input percentile-stretch`` stretches each resized film between the grey levels at its 0.5th
 and 99.5th percentiles instead of its min and max (a thin bright mark sets those, and a resampling
 dims it: between a 224-px file and its 1024-px copy the input moved by 3.7 grey levels on average
 stretched from min..max, 0.5 between percentiles, on 40 training films), and ``--input blur2``
-blurs by 2 px instead of 1: two more candidate cures, each with a cache of its own.
+blurs by 2 px instead of 1: two candidate cures for the spread over file paths (below), each with
+a cache of its own.
 
 ``--image-size`` runs every recipe at another input side (the ImageNet weights of that size; a
 cache of its own, ``<cache>-<size>``). The held-out images are the same at every size: the set-up
@@ -124,43 +122,42 @@ SPREAD_VIEWS = ("clean", *PATH_VIEWS[:3])
 #: quality 85..95 on the way.
 RESAMPLE_SIDES, RESAMPLE_JPEG = (112, 2048), 0.5
 
-
-#: ``--input resampled``: the side every film is resampled to (bilinear, antialiased when it shrinks)
-#: before the model's side, so that every file, whatever its own size, passes the same filter.
-CANONICAL_SIDE = 896
-
-
 #: ``--input percentile-stretch``: the film's grey levels at these percentiles go to 0 and 255 (not
 #: its min and max, which a thin bright mark sets and every resampling moves).
 STRETCH_PERCENTILES = (0.5, 99.5)
 #: ``--input blur2``: the model's input with a Gaussian blur of this radius instead of the package's.
 STRONG_BLUR = 2.0
+#: The blur of the 2026-12-01 release's input, on which the set-up score is always computed.
+RELEASED_BLUR = 1.0
 
 
 def model_input(image) -> np.ndarray:
     """A decoded film (a ``DecodedImage`` or a grey uint8 array) -> the protocol's input (``--input``):
-    the model's (:func:`pneumoscan.data.imaging.preprocess`); the film as decoded and resized; the
-    model's after a resampling to :data:`CANONICAL_SIDE`; or, resized, stretched between
-    :data:`STRETCH_PERCENTILES` instead of min..max, or blurred by :data:`STRONG_BLUR`."""
-    from PIL import Image, ImageFilter
-
+    the model's (:func:`pneumoscan.data.imaging.preprocess`); the film as decoded and resized; or,
+    resized, stretched between :data:`STRETCH_PERCENTILES` instead of min..max, or blurred by
+    :data:`STRONG_BLUR`."""
     from pneumoscan.data.imaging import INPUT_BLUR, DecodedImage, preprocess, resize_gray
     from pneumoscan.data.imaging.pixels import stretch
 
     gray = image.gray if isinstance(image, DecodedImage) else np.asarray(image, dtype=np.uint8)
     if INPUT == "as-decoded":
         return resize_gray(gray, IMAGE_SIZE)[:, :, None]
-    if INPUT == "resampled":
-        side = (CANONICAL_SIDE, CANONICAL_SIDE)
-        gray = np.asarray(Image.fromarray(gray, "L").resize(side, Image.Resampling.BILINEAR))
-    if INPUT in ("percentile-stretch", "blur2"):
-        resized = resize_gray(gray, IMAGE_SIZE)
-        if INPUT == "blur2":
-            stretched, blur = stretch(resized), STRONG_BLUR
-        else:
-            stretched, blur = stretch_between_percentiles(resized), INPUT_BLUR
-        return np.asarray(Image.fromarray(stretched, "L").filter(ImageFilter.GaussianBlur(blur)))[:, :, None]
+    if INPUT == "percentile-stretch":
+        return stretched_and_blurred(gray, IMAGE_SIZE, stretch_between_percentiles, INPUT_BLUR)
+    if INPUT == "blur2":
+        return stretched_and_blurred(gray, IMAGE_SIZE, stretch, STRONG_BLUR)
     return preprocess(gray, IMAGE_SIZE)
+
+
+def stretched_and_blurred(gray: np.ndarray, size: int, stretch_fn, blur: float) -> np.ndarray:
+    """The steps of :func:`pneumoscan.data.imaging.preprocess` with another stretch or blur: resized
+    to ``size``, stretched by ``stretch_fn``, blurred by a Gaussian of ``blur`` px; (size, size, 1)."""
+    from PIL import Image, ImageFilter
+
+    from pneumoscan.data.imaging import resize_gray
+
+    stretched = Image.fromarray(stretch_fn(resize_gray(gray, size)), "L")
+    return np.asarray(stretched.filter(ImageFilter.GaussianBlur(blur)))[:, :, None]
 
 
 def stretch_between_percentiles(gray: np.ndarray) -> np.ndarray:
@@ -320,15 +317,13 @@ def build_cache(data_dir: Path, cache: Path) -> None:
 
 def setup_input(path, size: int) -> np.ndarray:
     """The input the set-up score, which picks the held-out images, is computed on: the model's
-    input of the release of 2026-12-01 (resized, stretched from its min..max, blurred), whatever the
-    package's preprocessing is now, so that every run of the protocol holds out the same images."""
-    from PIL import Image, ImageFilter
-
-    from pneumoscan.data.imaging import INPUT_BLUR, read_image, resize_gray
+    input of the release of 2026-12-01 (resized, stretched from its min..max, blurred by
+    :data:`RELEASED_BLUR`), whatever the package's preprocessing is now, so that every run of the
+    protocol holds out the same images."""
+    from pneumoscan.data.imaging import read_image
     from pneumoscan.data.imaging.pixels import stretch
 
-    stretched = Image.fromarray(stretch(resize_gray(read_image(path), size)), "L")
-    return np.asarray(stretched.filter(ImageFilter.GaussianBlur(INPUT_BLUR)))[:, :, None]
+    return stretched_and_blurred(read_image(path).gray, size, stretch, RELEASED_BLUR)
 
 
 #: The acquisition shift every held-out image is also scored under: the new intake's healthy
@@ -346,10 +341,11 @@ def held_out_views(cache: Path, c: Cache, held: np.ndarray) -> dict[str, dict[st
 
     key = f"{int(held.sum())}-{int(np.flatnonzero(held)[:50].sum())}"
     views = {"clean": {"stem": c.stem["clean"][held], "gap": c.gap["clean"][held]}}
+    every_path = cached_paths(cache)
+    held_paths = [every_path[i] for i in np.flatnonzero(held)]
     for view in ("crop", LOSSY_VIEW, *PATH_VIEWS):
         path = cache / f"held_{key}_{view}.npz"
         if not path.exists():
-            held_paths = [cached_paths(cache)[i] for i in np.flatnonzero(held)]
             if view == "crop":
                 x = SHIFTS[STRESS_SHIFT](np.ascontiguousarray(np.load(cache / "x.npy", mmap_mode="r")[held]))
             elif view == LOSSY_VIEW:
@@ -471,11 +467,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=224, help="input side in px (default 224)")
     parser.add_argument(
         "--input",
-        choices=("model", "as-decoded", "resampled", "percentile-stretch", "blur2"),
+        choices=("model", "as-decoded", "percentile-stretch", "blur2"),
         default="model",
         help="the model's input (stretched, blurred; default), the film as decoded (before 2026-12-01), "
-        f"the model's input after a resampling to {CANONICAL_SIDE} px, or stretched between percentiles "
-        f"{STRETCH_PERCENTILES} / blurred by {STRONG_BLUR} px instead",
+        f"or the model's input stretched between percentiles {STRETCH_PERCENTILES} / blurred by "
+        f"{STRONG_BLUR} px instead",
     )
     parser.add_argument(
         "--augment",
@@ -625,7 +621,7 @@ def path_spread(preds: dict[str, np.ndarray]) -> dict:
         "unsure_n": int(unsure.sum()),
         "unsure_mean": round(float(spreads[unsure].mean()), 4) if unsure.any() else None,
         "unsure_over_0.05": round(float((spreads[unsure] > 0.05).mean()), 4) if unsure.any() else None,
-        "half_max_move": round(float(np.abs(preds["down_half_png"] - preds["clean"]).max()), 4),
+        "half_max_move": round(float(np.abs(preds[PATH_VIEWS[3]] - preds["clean"]).max()), 4),
     }
 
 
