@@ -49,9 +49,9 @@ recipes the test never saw; this option checks it on the ones it did (a cache of
 ``--input percentile-stretch`` stretches each resized film between the grey levels at its 0.5th
 and 99.5th percentiles instead of its min and max (a thin bright mark sets those, and a resampling
 dims it: between a 224-px file and its 1024-px copy the input moved by 3.7 grey levels on average
-stretched from min..max, 0.5 between percentiles, on 40 training films), and ``--input blur2``
-blurs by 2 px instead of 1: two candidate cures for the spread over file paths (below), each with
-a cache of its own.
+stretched from min..max, 0.5 between percentiles, on 40 training films in a one-off probe), and
+``--input blur2`` blurs by 2 px instead of 1: two candidate cures for the spread over file paths
+(below), each with a cache of its own.
 
 ``--image-size`` runs every recipe at another input side (the ImageNet weights of that size; a
 cache of its own, ``<cache>-<size>``). The held-out images are the same at every size: the set-up
