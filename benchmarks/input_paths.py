@@ -1,6 +1,7 @@
 """One film, one answer? P(pneumonia) of the same training films brought in by 19 paths, and 3 lossy ones.
 
-    python benchmarks/input_paths.py [--model M] [--per-class 6] [--least-sure 24] [--sweep N]
+    python benchmarks/input_paths.py [--model M] [--per-class 6] [--least-sure 24] [--random 120]
+                                     [--sweep N]
 
 Each film (the first ``--per-class`` files of each class of the training folder, sorted by name) is
 scored as its file and as the 18 files of :func:`pneumoscan.testing.variants.xray_variants` (8- and
@@ -15,7 +16,17 @@ Then the same for the ``--least-sure`` films the model is least sure of (all tra
 those with P(pneumonia) nearest 0.5 kept). The first films of each class are mostly scored near 0
 or 1, where the model's answer hardly moves whatever the input does: their spread flatters. A new
 intake's films are not so sure (the issue's example film scored 0.39), and there the same change of
-the input moves P(pneumonia) several times as far.
+the input moves P(pneumonia) several times as far. For them it also prints how far changes of the
+model input that no path makes and no eye sees move the answer (Gaussian noise of SD 0.5 grey levels,
+a shift by one pixel), and the spread over the paths again with test-time augmentation (``tta``: the
+image and three 92 % crops averaged, four times the cost): how much of the spread is the model's own
+roughness near 0.5 rather than any path's doing.
+
+Every film also says whether its *decision* (no pneumonia / uncertain / pneumonia suspected, the
+stored band) is the same on every path. Films near 0.5 lie inside the band, where every path says
+"uncertain"; a decision flips only for films near the band's edges. How often a film chosen at random
+is caught either way, the spread above 0.05 or a decision that depends on the path, is what
+``--random`` N says: the same figures for a seeded random sample of N training films.
 
 Then, apart, the largest move from the file's own P(pneumonia) under each of
 :func:`~pneumoscan.testing.variants.lossy_variants` (JPEG at quality 50, lossy WebP at 80 and 50):
@@ -55,6 +66,9 @@ def main() -> None:
     parser.add_argument(
         "--least-sure", type=int, default=24, help="films the model is least sure of (0: skip that part)"
     )
+    parser.add_argument(
+        "--random", type=int, default=120, help="a seeded random sample of training films (0: skip that part)"
+    )
     parser.add_argument("--sweep", type=int, default=0, help="films per class for the quality sweep")
     args = parser.parse_args()
 
@@ -69,31 +83,50 @@ def main() -> None:
     print(f"\nThe first {args.per_class} films of each class, by name")
     path_spreads(predictor, films, lossy=True)
     if args.least_sure:
-        films = least_sure(predictor, args.data, args.least_sure)
+        files, p = score_training_films(predictor, args.data)
+        films = least_sure(files, p, args.least_sure)
         print(f"\nThe {len(films)} films the model is least sure of (P(pneumonia) nearest 0.5)")
         path_spreads(predictor, films, lossy=False)
+        roughness(predictor, films)
+    if args.random:
+        from pneumoscan.data.imaging import list_input_files
+
+        files = list_input_files(args.data / "NORMAL") + list_input_files(args.data / "PNEUMONIA")
+        picked = np.random.default_rng(5).choice(len(files), args.random, replace=False)
+        print(f"\n{args.random} training films picked at random (seed 5): how often a film is caught")
+        path_spreads(predictor, [files[i] for i in sorted(picked)], lossy=False, quiet=True)
     if args.sweep:
         quality_sweep(predictor, args.data, args.sweep)
 
 
-def path_spreads(predictor, films: list[Path], *, lossy: bool) -> None:
-    """Each film's P(pneumonia) as its file and as every path of ``xray_variants``; the spread per
-    film, the largest and mean spread against the bound, each path's mean and largest move from the
-    file; with ``lossy``, the lossy re-encodings' largest moves and how many the guard flags."""
-    from pneumoscan.data.imaging import read_image
+def path_spreads(predictor, films: list[Path], *, lossy: bool, quiet: bool = False) -> None:
+    """Each film's P(pneumonia) and decision as its file and as every path of ``xray_variants``; the
+    spread per film (not with ``quiet``), the largest and mean spread against the bound, the films
+    whose decision depends on the path, each path's mean and largest move from the file; with
+    ``lossy``, the lossy re-encodings' largest moves and how many the guard flags."""
+    from pneumoscan.data.imaging import decode_bytes, read_image
     from pneumoscan.testing.variants import lossy_variants, xray_variants
 
-    spreads, moves, lossy_moves, lossy_flagged = [], {}, {}, {}
+    spreads, moves, lossy_moves, lossy_flagged, split = [], {}, {}, {}, []
     for film in films:
-        gray = read_image(film).gray
-        p = {"file": float(predictor.predict_paths([film], progress=False).p_pneumonia[0])}
-        for name, data in xray_variants(gray).items():
-            p[name] = predictor.predict_bytes(data, name=name).p_pneumonia
+        image = read_image(film)
+        answers = {"file": predictor.predict_image(image)}
+        for name, data in xray_variants(image.gray).items():
+            answers[name] = predictor.predict_image(decode_bytes(data, name=name))
+        p = {k: a.p_pneumonia for k, a in answers.items()}
+        for name in p.keys() - {"file"}:
             moves.setdefault(name, []).append(abs(p[name] - p["file"]))
         spread = max(p.values()) - min(p.values())
         spreads.append(spread)
-        print(f"{film.name[:28]:<28} spread {spread:.4f}  " + " ".join(f"{k}={v:.3f}" for k, v in p.items()))
-        for name, data in lossy_variants(gray).items() if lossy else ():
+        decisions = {a.decision for a in answers.values()}
+        if len(decisions) > 1:
+            split.append(film.name)
+        if not quiet:
+            print(
+                f"{film.name[:28]:<28} spread {spread:.4f}  {' / '.join(sorted(decisions))}  "
+                + " ".join(f"{k}={v:.3f}" for k, v in p.items())
+            )
+        for name, data in lossy_variants(image.gray).items() if lossy else ():
             answer = predictor.predict_bytes(data, name=name)
             lossy_moves[name] = max(lossy_moves.get(name, 0.0), abs(answer.p_pneumonia - p["file"]))
             lossy_flagged[name] = lossy_flagged.get(name, 0) + (not answer.in_scope)
@@ -103,7 +136,9 @@ def path_spreads(predictor, films: list[Path], *, lossy: bool) -> None:
         f"mean {np.mean(spreads):.4f}, "
         f"above 0.05 {sum(s > 0.05 for s in spreads)} of {len(films)} "
         f"(bound 0.05: {'PASS' if max(spreads) <= 0.05 else 'FAIL'}); "
-        f"farthest from its file: {widest} ({max(moves[widest]):.4f})"
+        f"farthest from its file: {widest} ({max(moves[widest]):.4f}); "
+        f"the same decision on every path: {len(films) - len(split)} of {len(films)} films"
+        + (f" (not: {', '.join(split)})" if split else "")
     )
     print(
         "move from the file per path, mean / largest: "
@@ -123,14 +158,53 @@ def path_spreads(predictor, films: list[Path], *, lossy: bool) -> None:
         )
 
 
-def least_sure(predictor, data: Path, n: int) -> list[Path]:
-    """The ``n`` training films whose P(pneumonia) is nearest 0.5 (smallest |logit|): where a path's
-    small change of the input moves the answer most, and where a new intake's films lie."""
+def score_training_films(predictor, data: Path) -> tuple[list[Path], np.ndarray]:
+    """Every training film and its P(pneumonia), as ``predict`` scores them."""
     from pneumoscan.data.imaging import list_input_files
 
     files = list_input_files(data / "NORMAL") + list_input_files(data / "PNEUMONIA")
-    p = np.clip(np.asarray(predictor.predict_paths(files, progress=False).p_pneumonia), 1e-6, 1 - 1e-6)
+    return files, np.asarray(predictor.predict_paths(files, progress=False).p_pneumonia)
+
+
+def least_sure(files: list[Path], p: np.ndarray, n: int) -> list[Path]:
+    """The ``n`` films whose P(pneumonia) is nearest 0.5 (smallest |logit|): where a path's small
+    change of the input moves the answer most, and where a new intake's films lie."""
+    p = np.clip(p, 1e-6, 1 - 1e-6)
     return [files[i] for i in np.argsort(np.abs(np.log(p / (1 - p))), kind="stable")[:n]]
+
+
+def roughness(predictor, films: list[Path], draws: int = 4, seed: int = 0) -> None:
+    """How far changes of the model input that no eye sees move P(pneumonia), and the spread over the
+    paths when test-time augmentation averages four views: the model's own roughness, not a path's."""
+    from pneumoscan.data.imaging import decode_bytes, preprocess, read_image
+    from pneumoscan.testing.variants import xray_variants
+
+    rng = np.random.default_rng(seed)
+    noise, shift, tta_spreads = [], [], []
+    for film in films:
+        image = read_image(film)
+        x = preprocess(image, predictor.image_size)
+        noisy = [np.clip(np.round(x + rng.normal(0, 0.5, x.shape)), 0, 255) for _ in range(draws)]
+        padded = np.pad(x, ((1, 0), (1, 0), (0, 0)), mode="edge")  # edge pixels repeated, nothing wraps
+        shifted = [padded[:-1, 1:], padded[1:, :-1]]
+        p = predictor.predict_proba(np.stack([x, *noisy, *shifted]).astype(np.uint8))
+        noise += list(np.abs(p[1 : 1 + draws] - p[0]))
+        shift += list(np.abs(p[1 + draws :] - p[0]))
+        paths = xray_variants(image.gray).items()
+        views = [x] + [preprocess(decode_bytes(data, name=k), predictor.image_size) for k, data in paths]
+        p_tta = predictor.predict_proba(np.stack(views), tta=True)
+        tta_spreads.append(float(p_tta.max() - p_tta.min()))
+    print(
+        f"the same {len(films)} films, the model input itself changed: Gaussian noise of SD 0.5 grey "
+        f"levels ({draws} seeded draws each) moves P(pneumonia) by mean {np.mean(noise):.4f}, "
+        f"largest {max(noise):.4f}; "
+        f"a shift by one pixel (down or right) by mean {np.mean(shift):.4f}, largest {max(shift):.4f}"
+    )
+    t = np.asarray(tta_spreads)
+    print(
+        f"with test-time augmentation (4 views averaged, 4x the cost), spread over the same paths: "
+        f"largest {t.max():.4f}, mean {t.mean():.4f}, above 0.05 {int((t > 0.05).sum())} of {len(t)}"
+    )
 
 
 def quality_sweep(predictor, data: Path, per_class: int, seed: int = 3) -> None:
