@@ -75,7 +75,10 @@ def collect(
             for view in VIEWS:
                 rows[key][view].append((source, float(row[view]["auc"])))
             if "paths" in row:  # runs since 2026-12-03: the held-out images' spread over file paths
-                rows[key]["paths"].append((source, row["paths"]))
+                # Since that afternoon on one calibrated scale (recipe_validation.on_one_scale), before
+                # in raw P: the two are kept apart.
+                scale = "paths" if "platt_slope" in row["paths"] else "paths (raw P)"
+                rows[key].setdefault(scale, []).append((source, row["paths"]))
     return found
 
 
@@ -112,15 +115,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    {view:<6} {describe(values)}")
                 if key in TEST_ROWS:
                     measured[view][TEST_ROWS[key]] = float(np.mean(values))
-            paths = [row for _, row in rows[key].get("paths", [])]
-            if paths:
+            for scale in ("paths", "paths (raw P)"):
+                paths = [row for _, row in rows[key].get(scale, [])]
+                if not paths:
+                    continue
                 print(
-                    "    paths  spread of P over the file paths per held-out image: mean "
+                    f"    {scale}  spread of P over the file paths per held-out image: mean "
                     + ", share above 0.05 ".join(
                         describe([r[k] for r in paths]) for k in ("mean", "over_0.05")
                     )
                     + "; mean where the clean P is 0.2..0.8 "
                     + describe([r["unsure_mean"] for r in paths])
+                    + (
+                        "; Platt slope " + describe([r["platt_slope"] for r in paths])
+                        if scale == "paths"
+                        else ""
+                    )
                 )
         for view in VIEWS:
             if len(measured[view]) > 2:

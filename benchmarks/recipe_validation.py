@@ -1,6 +1,7 @@
 """Which recipe holds on a new intake? Recipes ranked on a validation where the set-up gives nothing away.
 
-    python benchmarks/recipe_validation.py [--recipes frozen_lr,ensemble,single,reweighted]
+    python benchmarks/recipe_validation.py [--recipes frozen_lr,ensemble,single,reweighted,consistent]
+                                           [--consistency 0.1]
                                            [--seeds 1337,7,42] [--split setup|earliest|random]
                                            [--input model|as-decoded|percentile-stretch|blur2]
                                            [--image-size 224]
@@ -37,6 +38,10 @@ augmented view of every image, computed once):
   15 % patient split of the training part; one model per seed, and the mean of the seeds' models;
 - ``ensemble``: the last release's recipe -- 3 members, each on 2 of 3 patient folds, fixed epochs,
   their mean;
+- ``consistent``: ``single`` trained on pairs (a film's clean view, its augmented view), each
+  phase's loss their mean cross-entropy plus ``--consistency`` times the squared difference of
+  their logits: a penalty for answers that move when the film is changed a little (tried
+  2026-12-03 as a cure for the spread over file paths);
 - ``reweighted``: ``single`` with every image weighted so that, within the training part, the
   set-up (quintile of the border score) no longer predicts the label; and the mean of its seeds.
 
@@ -71,7 +76,11 @@ and a 2048-px JPEG, a colour JPEG of quality 95, a half-size copy; made by
 each model's row gets ``paths``: per held-out image the spread of P(pneumonia) over the clean view
 and the first three (issue 16's bound on one film is 0.05), its mean, 95th percentile, largest,
 share above 0.05, the same over the images whose clean P is 0.2..0.8, and the half-size copy's
-largest move. ``--augment resample`` tests a cure: the augmented view of every training image is
+largest move. Since 2026-12-03 (afternoon) these spreads and the ``jpeg50`` moves are
+measured after one Platt map per model (:func:`on_one_scale`), as the release's calibration would
+read them; the raw figures stay in ``paths_uncalibrated``. Earlier JSON files hold raw ones only.
+
+``--augment resample`` tests a cure: the augmented view of every training image is
 made from the film resampled to a random side of 112..2048 px (log-uniform, a random Lanczos,
 bicubic or bilinear filter; half of them saved as a JPEG of quality 85..95 on the way) and
 brought back to the model's side as any file is.
@@ -380,9 +389,12 @@ def fit_frozen_lr(c: Cache, train: np.ndarray, seed: int):
     return lambda view: model.predict_proba(view["gap"])[:, 1]
 
 
-def fit_finetuned(c: Cache, train: np.ndarray, seed: int, *, inner_val: bool, weights=None):
+def fit_finetuned(
+    c: Cache, train: np.ndarray, seed: int, *, inner_val: bool, weights=None, consistency: float = 0.0
+):
     """The single recipe's two phases on the cache; ``inner_val`` keeps each phase's best epoch on
-    15 % of the training part's patients (else fixed epochs on all of it)."""
+    15 % of the training part's patients (else fixed epochs on all of it). With ``consistency``,
+    each phase trains on (clean, augmented) pairs of views instead (:func:`paired`)."""
     import keras
 
     from pneumoscan.data.dataset import class_weights, fold_patients
@@ -404,6 +416,8 @@ def fit_finetuned(c: Cache, train: np.ndarray, seed: int, *, inner_val: bool, we
     pooled, cut = full.get_layer("avg_pool").output, full.get_layer(STEM_CUT).output
 
     def phase(model, x, xv, epochs, lr):
+        if consistency:
+            return paired_phase(model, x, xv, epochs, lr)
         model.compile(
             keras.optimizers.Adam(lr),
             keras.losses.BinaryCrossentropy(label_smoothing=0.05),
@@ -429,6 +443,38 @@ def fit_finetuned(c: Cache, train: np.ndarray, seed: int, *, inner_val: bool, we
         if best["w"] is not None:
             model.set_weights(best["w"])
 
+    def paired_phase(model, x, xv, epochs, lr):
+        """``phase`` on (clean, augmented) pairs, the best epoch kept by ``model``'s own ROC AUC."""
+        from sklearn.metrics import roc_auc_score
+
+        n = len(fit_idx)
+        pair = paired(model, consistency)
+        pair.compile(
+            keras.optimizers.Adam(lr),
+            [keras.losses.BinaryCrossentropy(label_smoothing=0.05)] * 2,
+            loss_weights=[0.5, 0.5],
+        )
+        best = {"auc": -1.0, "w": None}
+
+        class Keep(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if inner_val:
+                    auc = roc_auc_score(c.y[val_idx], model.predict(xv, batch_size=256, verbose=0).ravel())
+                    if auc > best["auc"]:
+                        best["auc"], best["w"] = auc, model.get_weights()
+
+        pair.fit(
+            [x[:n], x[n:]],
+            [y_fit[:n]] * 2,
+            sample_weight=[sw[:n]] * 2,
+            batch_size=32,
+            epochs=epochs,
+            callbacks=[Keep()],
+            verbose=0,
+        )
+        if best["w"] is not None:
+            model.set_weights(best["w"])
+
     head = keras.Model(pooled, full.output)
     gap = np.concatenate([c.gap["clean"][fit_idx], c.gap["aug1"][fit_idx]])
     phase(head, gap, c.gap["clean"][val_idx], 5, 1e-3)
@@ -437,6 +483,29 @@ def fit_finetuned(c: Cache, train: np.ndarray, seed: int, *, inner_val: bool, we
     stem = np.concatenate([c.stem["clean"][fit_idx], c.stem["aug1"][fit_idx]]).astype(np.float32)
     phase(top, stem, c.stem["clean"][val_idx].astype(np.float32), 3, 1e-4)
     return lambda view: top.predict(view["stem"].astype(np.float32), batch_size=256, verbose=0).reshape(-1)
+
+
+def paired(model, weight: float):
+    """A model of two inputs (a film's clean and augmented views) that shares ``model``'s layers:
+    its outputs are the two views' P(pneumonia), and it adds ``weight`` times the squared
+    difference of their logits to the loss."""
+    import keras
+    from keras import ops
+
+    shape = model.inputs[0].shape[1:]
+    clean, augmented = keras.Input(shape), keras.Input(shape)
+    p_clean, p_augmented = model(clean), model(augmented)
+
+    def logit(p):
+        p = ops.clip(p, 1e-6, 1 - 1e-6)
+        return ops.log(p) - ops.log(1 - p)
+
+    class Consistency(keras.layers.Layer):
+        def call(self, a, b):
+            self.add_loss(weight * ops.mean(ops.square(logit(a) - logit(b))))
+            return a
+
+    return keras.Model([clean, augmented], [Consistency()(p_clean, p_augmented), p_augmented])
 
 
 def scores(y: np.ndarray, p: np.ndarray) -> dict:
@@ -459,6 +528,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "proxy-cache")
     parser.add_argument("--recipes", default="frozen_lr,ensemble,single,reweighted")
     parser.add_argument("--seeds", default="1337,7,42")
+    parser.add_argument(
+        "--consistency", type=float, default=0.1, help="the consistent recipe's penalty weight"
+    )
     parser.add_argument("--split", choices=("setup", "earliest", "random"), default="setup")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument(
@@ -507,8 +579,9 @@ class Protocol:
     keeps every row (``out``, the JSON file) and the figures checked against the test table
     (``measured``)."""
 
-    def __init__(self, c: Cache, held: np.ndarray, views: dict, out: dict):
+    def __init__(self, c: Cache, held: np.ndarray, views: dict, out: dict, *, consistency: float = 0.1):
         self.c, self.train, self.y, self.views, self.out = c, ~held, c.y[held], views, out
+        self.consistency = consistency
         self.measured: dict[str, dict[str, float]] = {"clean": {}, "crop": {}}
 
     def predict_views(self, predict) -> dict[str, np.ndarray]:
@@ -516,13 +589,16 @@ class Protocol:
 
     def report(self, name: str, preds: dict[str, np.ndarray], secs: float) -> dict:
         row = {view: scores(self.y, p) for view, p in preds.items()}
+        raw_paths = path_spread(preds)
+        preds, slope = on_one_scale(self.y, preds)
         move = np.abs(preds[LOSSY_VIEW] - preds["clean"])
         row[LOSSY_VIEW] |= {
             "mean_move": round(float(move.mean()), 4),
             "p95_move": round(float(np.percentile(move, 95)), 4),
             "max_move": round(float(move.max()), 4),
         }
-        row["paths"] = path_spread(preds)
+        row["paths"] = path_spread(preds) | {"platt_slope": round(slope, 3)}
+        row["paths_uncalibrated"] = raw_paths
         print(json.dumps({"recipe": name, "secs": round(secs), **row}), flush=True)
         self.out[name] = row
         return row
@@ -555,27 +631,32 @@ class Protocol:
         self.record("ensemble", self.report("ensemble", self.mean_of(members), time.perf_counter() - t))
 
     def seeded(self, recipe: str, seeds: list[int], group: int) -> None:
-        """One model of ``recipe`` (``single``, ``reweighted``) per seed, their spread and mean, and
-        the means of ``group`` consecutive seeds' models."""
+        """One model of ``recipe`` (``single``, ``reweighted``, ``consistent``) per seed, their
+        spread and mean, and the means of ``group`` consecutive seeds' models."""
         from pneumoscan.evaluation.shortcuts import setup_balanced_weights
 
         c, weights = self.c, None
+        consistency = self.consistency if recipe == "consistent" else 0.0
         if recipe == "reweighted":
             weights = np.zeros(len(c.y))
             weights[self.train] = setup_balanced_weights(c.setup[self.train], c.y[self.train])
-        preds = []
+        preds, path_rows = [], []
         for seed in seeds:
             t = time.perf_counter()
             preds.append(
-                self.predict_views(fit_finetuned(c, self.train, seed, inner_val=True, weights=weights))
+                self.predict_views(
+                    fit_finetuned(
+                        c, self.train, seed, inner_val=True, weights=weights, consistency=consistency
+                    )
+                )
             )
-            self.report(f"{recipe} seed {seed}", preds[-1], time.perf_counter() - t)
+            row = self.report(f"{recipe} seed {seed}", preds[-1], time.perf_counter() - t)
+            path_rows.append(row["paths"])
         summary = {view: spread([scores(self.y, p[view])["auc"] for p in preds]) for view in self.views}
         print(
             f"  {recipe}: single models' ROC AUC over {len(seeds)} seeds: {json.dumps(summary)}", flush=True
         )
         self.out[f"{recipe} seeds"] = summary
-        path_rows = [path_spread(p) for p in preds]
         paths = {
             k: spread([r[k] for r in path_rows], extremes=False)
             for k in ("mean", "p95", "over_0.05", "unsure_mean")
@@ -603,6 +684,27 @@ class Protocol:
             for view in self.measured:
                 self.measured[view]["single (mean over seeds)"] = summary[view]["mean"]
             self.record("single, mean of the seeds' models", mean)
+
+
+def on_one_scale(y: np.ndarray, preds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    """Every view's P(pneumonia) through one Platt map (logistic regression on the logit) fitted to
+    the clean view's held-out predictions, and the map's slope.
+
+    Moves and spreads are compared on this scale. A model whose logits are merely shrunk (a penalty,
+    a blurrier input, weaker features) moves less in raw P, but the release calibrates its members
+    (Platt on held-out predictions), which stretches them back: in raw P such a model looks steadier
+    than it will be once shipped. The map is fitted on the held-out images themselves, which is fine
+    for putting models on one scale and says nothing of their calibration. ROC AUC and specificity
+    at a recall do not depend on it; they are computed before it.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    def logit(p):
+        p = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))[:, None]
+
+    platt = LogisticRegression(C=1e6, max_iter=1000).fit(logit(preds["clean"]), y)
+    return {view: platt.predict_proba(logit(p))[:, 1] for view, p in preds.items()}, float(platt.coef_[0][0])
 
 
 def path_spread(preds: dict[str, np.ndarray]) -> dict:
@@ -654,11 +756,12 @@ def main(argv: list[str] | None = None) -> None:
         "image_size": IMAGE_SIZE,
         "input": INPUT,
         "augment": AUGMENT,
+        "consistency": args.consistency if "consistent" in args.recipes.split(",") else None,
         "split": args.split,
         "held_out": int(held.sum()),
         "held_out_normal": int((y == 0).sum()),
     }
-    run = Protocol(c, held, held_out_views(args.cache, c, held), out)
+    run = Protocol(c, held, held_out_views(args.cache, c, held), out, consistency=args.consistency)
     seeds = [int(s) for s in args.seeds.split(",")]
     for recipe in args.recipes.split(","):
         if recipe == "frozen_lr":
