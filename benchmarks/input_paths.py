@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Paths that keep less of the film than the file: a half-size copy holds a quarter of its pixels.
 #: Issue 16's paths (a larger original, 16 bits, DICOM, MONOCHROME1) lose nothing; the spread is
 #: also given without these.
-LOSSY_SIZE = {"down_half_png"}
+SHRINKING_PATHS = {"down_half_png"}
 TRAIN = REPO.parent / "shared" / "data" / "chest_xray" / "train"
 
 
@@ -93,9 +93,7 @@ def main() -> None:
         path_spreads(predictor, films, lossy=False)
         roughness(predictor, films)
     if args.random:
-        from pneumoscan.data.imaging import list_input_files
-
-        files = list_input_files(args.data / "NORMAL") + list_input_files(args.data / "PNEUMONIA")
+        files = training_files(args.data)
         picked = np.random.default_rng(5).choice(len(files), args.random, replace=False)
         print(f"\n{args.random} training films picked at random (seed 5): how often a film is caught")
         path_spreads(predictor, [files[i] for i in sorted(picked)], lossy=False, quiet=True)
@@ -122,7 +120,7 @@ def path_spreads(predictor, films: list[Path], *, lossy: bool, quiet: bool = Fal
             moves.setdefault(name, []).append(abs(p[name] - p["file"]))
         spread = max(p.values()) - min(p.values())
         spreads.append(spread)
-        kept = [v for k, v in p.items() if k not in LOSSY_SIZE]
+        kept = [v for k, v in p.items() if k not in SHRINKING_PATHS]
         kept_spreads.append(max(kept) - min(kept))
         decisions = {a.decision for a in answers.values()}
         if len(decisions) > 1:
@@ -143,7 +141,7 @@ def path_spreads(predictor, films: list[Path], *, lossy: bool, quiet: bool = Fal
         f"above 0.05 {sum(s > 0.05 for s in spreads)} of {len(films)} "
         f"(bound 0.05: {'PASS' if max(spreads) <= 0.05 else 'FAIL'}); "
         f"farthest from its file: {widest} ({max(moves[widest]):.4f}); without "
-        f"{', '.join(sorted(LOSSY_SIZE))}: largest {max(kept_spreads):.4f}, "
+        f"{', '.join(sorted(SHRINKING_PATHS))}: largest {max(kept_spreads):.4f}, "
         f"mean {np.mean(kept_spreads):.4f}, "
         f"above 0.05 {sum(s > 0.05 for s in kept_spreads)} of {len(films)}; "
         f"the same decision on every path: {len(films) - len(split)} of {len(films)} films"
@@ -167,11 +165,16 @@ def path_spreads(predictor, films: list[Path], *, lossy: bool, quiet: bool = Fal
         )
 
 
-def score_training_films(predictor, data: Path) -> tuple[list[Path], np.ndarray]:
-    """Every training film and its P(pneumonia), as ``predict`` scores them."""
+def training_files(data: Path) -> list[Path]:
+    """Every film of the training folder, normals first."""
     from pneumoscan.data.imaging import list_input_files
 
-    files = list_input_files(data / "NORMAL") + list_input_files(data / "PNEUMONIA")
+    return list_input_files(data / "NORMAL") + list_input_files(data / "PNEUMONIA")
+
+
+def score_training_films(predictor, data: Path) -> tuple[list[Path], np.ndarray]:
+    """Every training film and its P(pneumonia), as ``predict`` scores them."""
+    files = training_files(data)
     return files, np.asarray(predictor.predict_paths(files, progress=False).p_pneumonia)
 
 
