@@ -41,7 +41,8 @@ augmented view of every image, computed once):
 - ``consistent``: ``single`` trained on pairs (a film's clean view, its augmented view), each
   phase's loss their mean cross-entropy plus ``--consistency`` times the squared difference of
   their logits: a penalty for answers that move when the film is changed a little (tried
-  2026-12-03 as a cure for the spread over file paths);
+  2026-12-03 as a cure for the spread over file paths); ``--consistency 0`` trains the same pairs
+  without the penalty, the control;
 - ``reweighted``: ``single`` with every image weighted so that, within the training part, the
   set-up (quintile of the border score) no longer predicts the label; and the mean of its seeds.
 
@@ -390,10 +391,10 @@ def fit_frozen_lr(c: Cache, train: np.ndarray, seed: int):
 
 
 def fit_finetuned(
-    c: Cache, train: np.ndarray, seed: int, *, inner_val: bool, weights=None, consistency: float = 0.0
+    c: Cache, train: np.ndarray, seed: int, *, inner_val: bool, weights=None, consistency: float | None = None
 ):
     """The single recipe's two phases on the cache; ``inner_val`` keeps each phase's best epoch on
-    15 % of the training part's patients (else fixed epochs on all of it). With ``consistency``,
+    15 % of the training part's patients (else fixed epochs on all of it). With a ``consistency`` (0 too),
     each phase trains on (clean, augmented) pairs of views instead (:func:`paired`)."""
     import keras
 
@@ -416,7 +417,7 @@ def fit_finetuned(
     pooled, cut = full.get_layer("avg_pool").output, full.get_layer(STEM_CUT).output
 
     def phase(model, x, xv, epochs, lr):
-        if consistency:
+        if consistency is not None:
             return paired_phase(model, x, xv, epochs, lr)
         model.compile(
             keras.optimizers.Adam(lr),
@@ -636,7 +637,7 @@ class Protocol:
         from pneumoscan.evaluation.shortcuts import setup_balanced_weights
 
         c, weights = self.c, None
-        consistency = self.consistency if recipe == "consistent" else 0.0
+        consistency = self.consistency if recipe == "consistent" else None
         if recipe == "reweighted":
             weights = np.zeros(len(c.y))
             weights[self.train] = setup_balanced_weights(c.setup[self.train], c.y[self.train])
