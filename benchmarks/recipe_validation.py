@@ -417,59 +417,57 @@ def fit_finetuned(
     pooled, cut = full.get_layer("avg_pool").output, full.get_layer(STEM_CUT).output
 
     def phase(model, x, xv, epochs, lr):
-        if consistency is not None:
-            return paired_phase(model, x, xv, epochs, lr)
-        model.compile(
-            keras.optimizers.Adam(lr),
-            keras.losses.BinaryCrossentropy(label_smoothing=0.05),
-            metrics=[keras.metrics.AUC(name="auc")],
-        )
-        best = {"auc": -1.0, "w": None}
+        """One phase; the best epoch by ROC AUC on the inner validation split is kept. Plainly, the
+        model fits ``x`` (clean views, then augmented ones) and Keras's AUC metric scores the
+        epoch; with a ``consistency``, a pair model (:func:`paired`) fits the two halves of ``x``
+        side by side and ``model`` itself is scored (the pair model has no single validation)."""
+        if consistency is None:
+            fitted, inputs, targets, weights = model, x, y_fit, sw
+            fitted.compile(
+                keras.optimizers.Adam(lr),
+                keras.losses.BinaryCrossentropy(label_smoothing=0.05),
+                metrics=[keras.metrics.AUC(name="auc")],
+            )
+            validation = (xv, c.y[val_idx]) if inner_val else None
 
-        class Keep(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if inner_val and logs["val_auc"] > best["auc"]:
-                    best["auc"], best["w"] = logs["val_auc"], self.model.get_weights()
+            def epoch_auc(logs):
+                return logs["val_auc"]
+        else:
+            from sklearn.metrics import roc_auc_score
 
-        model.fit(
-            x,
-            y_fit,
-            sample_weight=sw,
-            batch_size=32,
-            epochs=epochs,
-            validation_data=(xv, c.y[val_idx]) if inner_val else None,
-            callbacks=[Keep()],
-            verbose=0,
-        )
-        if best["w"] is not None:
-            model.set_weights(best["w"])
+            n = len(fit_idx)
+            fitted, inputs, targets, weights = (
+                paired(model, consistency),
+                [x[:n], x[n:]],
+                [y_fit[:n]] * 2,
+                [sw[:n]] * 2,
+            )
+            fitted.compile(
+                keras.optimizers.Adam(lr),
+                [keras.losses.BinaryCrossentropy(label_smoothing=0.05)] * 2,
+                loss_weights=[0.5, 0.5],
+            )
+            validation = None
 
-    def paired_phase(model, x, xv, epochs, lr):
-        """``phase`` on (clean, augmented) pairs, the best epoch kept by ``model``'s own ROC AUC."""
-        from sklearn.metrics import roc_auc_score
+            def epoch_auc(logs):
+                return roc_auc_score(c.y[val_idx], model.predict(xv, batch_size=256, verbose=0).ravel())
 
-        n = len(fit_idx)
-        pair = paired(model, consistency)
-        pair.compile(
-            keras.optimizers.Adam(lr),
-            [keras.losses.BinaryCrossentropy(label_smoothing=0.05)] * 2,
-            loss_weights=[0.5, 0.5],
-        )
         best = {"auc": -1.0, "w": None}
 
         class Keep(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 if inner_val:
-                    auc = roc_auc_score(c.y[val_idx], model.predict(xv, batch_size=256, verbose=0).ravel())
+                    auc = epoch_auc(logs)
                     if auc > best["auc"]:
                         best["auc"], best["w"] = auc, model.get_weights()
 
-        pair.fit(
-            [x[:n], x[n:]],
-            [y_fit[:n]] * 2,
-            sample_weight=[sw[:n]] * 2,
+        fitted.fit(
+            inputs,
+            targets,
+            sample_weight=weights,
             batch_size=32,
             epochs=epochs,
+            validation_data=validation,
             callbacks=[Keep()],
             verbose=0,
         )
@@ -580,7 +578,7 @@ class Protocol:
     keeps every row (``out``, the JSON file) and the figures checked against the test table
     (``measured``)."""
 
-    def __init__(self, c: Cache, held: np.ndarray, views: dict, out: dict, *, consistency: float = 0.1):
+    def __init__(self, c: Cache, held: np.ndarray, views: dict, out: dict, *, consistency: float):
         self.c, self.train, self.y, self.views, self.out = c, ~held, c.y[held], views, out
         self.consistency = consistency
         self.measured: dict[str, dict[str, float]] = {"clean": {}, "crop": {}}
