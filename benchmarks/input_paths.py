@@ -179,10 +179,9 @@ def score_training_films(predictor, data: Path) -> tuple[list[Path], np.ndarray]
 
 
 def least_sure(files: list[Path], p: np.ndarray, n: int) -> list[Path]:
-    """The ``n`` films whose P(pneumonia) is nearest 0.5 (smallest |logit|): where a path's small
-    change of the input moves the answer most, and where a new intake's films lie."""
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return [files[i] for i in np.argsort(np.abs(np.log(p / (1 - p))), kind="stable")[:n]]
+    """The ``n`` films whose P(pneumonia) is nearest 0.5 (smallest |logit|, the same order): where a
+    path's small change of the input moves the answer most, and where a new intake's films lie."""
+    return [files[i] for i in np.argsort(np.abs(np.asarray(p, np.float64) - 0.5), kind="stable")[:n]]
 
 
 def roughness(predictor, films: list[Path], draws: int = 4, seed: int = 0) -> None:
