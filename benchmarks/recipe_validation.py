@@ -1,6 +1,7 @@
 """Which recipe holds on a new intake? Recipes ranked on a validation where the set-up gives nothing away.
 
-    python benchmarks/recipe_validation.py [--recipes frozen_lr,ensemble,single,reweighted,consistent]
+    python benchmarks/recipe_validation.py [--recipes frozen_lr,ensemble,single,reweighted,consistent,
+                                                      path_consistent]
                                            [--consistency 0.1]
                                            [--seeds 1337,7,42] [--split setup|earliest|random]
                                            [--input model|as-decoded|percentile-stretch|blur2]
@@ -43,6 +44,10 @@ augmented view of every image, computed once):
   their logits: a penalty for answers that move when the film is changed a little (tried
   2026-12-03 as a cure for the spread over file paths); ``--consistency 0`` trains the same pairs
   without the penalty, the control;
+- ``path_consistent``: ``consistent``, but the penalty falls between the augmented view and the same
+  augmented view (the same draws) of the film resampled as ``--augment resample`` makes it, so it
+  asks only that the answer not move with the path a film came by (the clean and augmented views
+  keep their cross-entropy; tried 2026-12-03 evening, after ``consistent`` left the paths alone);
 - ``reweighted``: ``single`` with every image weighted so that, within the training part, the
   set-up (quintile of the border score) no longer predicts the label; and the mean of its seeds.
 
@@ -80,6 +85,8 @@ share above 0.05, the same over the images whose clean P is 0.2..0.8, and the ha
 largest move. Since 2026-12-03 (afternoon) these spreads and the ``jpeg50`` moves are
 measured after one Platt map per model (:func:`on_one_scale`), as the release's calibration would
 read them; the raw figures stay in ``paths_uncalibrated``. Earlier JSON files hold raw ones only.
+Since 2026-12-03 (evening) that map is the release's own fit (Platt's smoothed targets); the
+afternoon's files used a plain logistic regression, which gives slightly different figures.
 
 ``--augment resample`` tests a cure: the augmented view of every training image is
 made from the film resampled to a random side of 112..2048 px (log-uniform, a random Lanczos,
@@ -131,6 +138,9 @@ SPREAD_VIEWS = ("clean", *PATH_VIEWS[:3])
 #: the model's side (log-uniform), and the chance that the resampled film is saved as a JPEG of
 #: quality 85..95 on the way.
 RESAMPLE_SIDES, RESAMPLE_JPEG = (112, 2048), 0.5
+#: ``path_consistent``'s penalty partner: the augmented view of each film resampled as
+#: ``--augment resample`` makes it, with the same augmentation draws as the usual augmented view.
+PATH_PAIR_VIEW = "aug1-resample"
 
 #: ``--input percentile-stretch``: the film's grey levels at these percentiles go to 0 and 255 (not
 #: its min and max, which a thin bright mark sets and every resampling moves).
@@ -278,9 +288,10 @@ def cached_paths(cache: Path) -> list[str]:
     return [s[0] for s in json.loads((cache / "samples.json").read_text())]
 
 
-def build_cache(data_dir: Path, cache: Path) -> None:
-    """Decode every training image, run the frozen stem (clean, one augmented view), pool, and score
-    each image's acquisition set-up (the shortcut audit's border model)."""
+def build_cache(data_dir: Path, cache: Path, *, path_pairs: bool = False) -> None:
+    """Decode every training image, run the frozen stem (clean, one augmented view; with
+    ``path_pairs`` also the resampled view of ``--augment resample``), pool, and score each image's
+    acquisition set-up (the shortcut audit's border model)."""
 
     from pneumoscan.config import AugmentConfig
     from pneumoscan.data.augment import build_augmenter
@@ -299,19 +310,22 @@ def build_cache(data_dir: Path, cache: Path) -> None:
     x = np.load(cache / "x.npy")
     if not (cache / "stem_clean.npy").exists():
         np.save(cache / "stem_clean.npy", run_stem(x))
-    aug = aug_view()
-    if not (cache / f"stem_{aug}.npy").exists():
-        source = x  # the set-up score below must see the model input, never the re-encoded copies
-        if AUGMENT == "recompress":
-            paths = cached_paths(cache)
-            qualities = np.random.default_rng(1438).integers(
-                *RECOMPRESS_QUALITY, endpoint=True, size=len(paths)
-            )
-            source = as_jpeg(paths, qualities)
-        elif AUGMENT == "resample":
-            source = as_resampled(cached_paths(cache), seed=1438)
-        np.save(cache / f"stem_{aug}.npy", run_stem(source, build_augmenter(AugmentConfig(), seed=1438)))
-    for view in ("clean", aug):
+    views = [aug_view(), *([PATH_PAIR_VIEW] if path_pairs else [])]
+    for view in views:
+        if not (cache / f"stem_{view}.npy").exists():
+            source = x  # the set-up score below must see the model input, never the re-encoded copies
+            if view.endswith("recompress"):
+                paths = cached_paths(cache)
+                qualities = np.random.default_rng(1438).integers(
+                    *RECOMPRESS_QUALITY, endpoint=True, size=len(paths)
+                )
+                source = as_jpeg(paths, qualities)
+            elif view.endswith("resample"):
+                source = as_resampled(cached_paths(cache), seed=1438)
+            # One augmenter seed for every view: the same draws (rotation, shift, zoom, noise ...)
+            # in the same order, so two views of a film differ only in how it was made.
+            np.save(cache / f"stem_{view}.npy", run_stem(source, build_augmenter(AugmentConfig(), seed=1438)))
+    for view in ("clean", *views):
         if not (cache / f"gap_{view}.npy").exists():
             np.save(cache / f"gap_{view}.npy", pool(np.load(cache / f"stem_{view}.npy")))
     if not (cache / "setup_score.npy").exists():
@@ -378,6 +392,9 @@ class Cache:
             v: np.load(cache / f"stem_{f}.npy") for v, f in (("clean", "clean"), ("aug1", aug_view()))
         }
         self.gap = {v: np.load(cache / f"gap_{f}.npy") for v, f in (("clean", "clean"), ("aug1", aug_view()))}
+        if (cache / f"stem_{PATH_PAIR_VIEW}.npy").exists():  # path_consistent's partner view
+            self.stem["path"] = np.load(cache / f"stem_{PATH_PAIR_VIEW}.npy")
+            self.gap["path"] = np.load(cache / f"gap_{PATH_PAIR_VIEW}.npy")
         self.setup = np.load(cache / "setup_score.npy")
 
 
@@ -391,11 +408,20 @@ def fit_frozen_lr(c: Cache, train: np.ndarray, seed: int):
 
 
 def fit_finetuned(
-    c: Cache, train: np.ndarray, seed: int, *, inner_val: bool, weights=None, consistency: float | None = None
+    c: Cache,
+    train: np.ndarray,
+    seed: int,
+    *,
+    inner_val: bool,
+    weights=None,
+    consistency: float | None = None,
+    path_pairs: bool = False,
 ):
     """The single recipe's two phases on the cache; ``inner_val`` keeps each phase's best epoch on
     15 % of the training part's patients (else fixed epochs on all of it). With a ``consistency`` (0 too),
-    each phase trains on (clean, augmented) pairs of views instead (:func:`paired`)."""
+    each phase trains on (clean, augmented) pairs of views instead (:func:`paired`); with
+    ``path_pairs`` too, the penalty falls between the augmented view and the same augmented view of
+    the film resampled (:data:`PATH_PAIR_VIEW`), not between the clean and augmented views."""
     import keras
 
     from pneumoscan.data.dataset import class_weights, fold_patients
@@ -416,11 +442,12 @@ def fit_finetuned(
     full = build_mobilenetv2(IMAGE_SIZE)
     pooled, cut = full.get_layer("avg_pool").output, full.get_layer(STEM_CUT).output
 
-    def phase(model, x, xv, epochs, lr):
+    def phase(model, x, xv, epochs, lr, x_path=None):
         """One phase; the best epoch by ROC AUC on the inner validation split is kept. Plainly, the
         model fits ``x`` (clean views, then augmented ones) and Keras's AUC metric scores the
         epoch; with a ``consistency``, a pair model (:func:`paired`) fits the two halves of ``x``
-        side by side and ``model`` itself is scored (the pair model has no single validation)."""
+        side by side (and ``x_path``, the penalty's partner of the second half, with
+        ``path_pairs``) and ``model`` itself is scored (the pair model has no single validation)."""
         if consistency is None:
             fitted, inputs, targets, weights = model, x, y_fit, sw
             fitted.compile(
@@ -437,8 +464,8 @@ def fit_finetuned(
 
             n = len(fit_idx)
             fitted, inputs, targets, weights = (
-                paired(model, consistency),
-                [x[:n], x[n:]],
+                paired(model, consistency, path_pairs=path_pairs),
+                [x[:n], x[n:], *([x_path] if path_pairs else [])],
                 [y_fit[:n]] * 2,
                 [sw[:n]] * 2,
             )
@@ -476,24 +503,27 @@ def fit_finetuned(
 
     head = keras.Model(pooled, full.output)
     gap = np.concatenate([c.gap["clean"][fit_idx], c.gap["aug1"][fit_idx]])
-    phase(head, gap, c.gap["clean"][val_idx], 5, 1e-3)
+    gap_path = c.gap["path"][fit_idx] if path_pairs else None
+    phase(head, gap, c.gap["clean"][val_idx], 5, 1e-3, gap_path)
     set_finetune_trainable(full, STEM_CUT)
     top = keras.Model(cut, full.output)
     stem = np.concatenate([c.stem["clean"][fit_idx], c.stem["aug1"][fit_idx]]).astype(np.float32)
-    phase(top, stem, c.stem["clean"][val_idx].astype(np.float32), 3, 1e-4)
+    stem_path = c.stem["path"][fit_idx].astype(np.float32) if path_pairs else None
+    phase(top, stem, c.stem["clean"][val_idx].astype(np.float32), 3, 1e-4, stem_path)
     return lambda view: top.predict(view["stem"].astype(np.float32), batch_size=256, verbose=0).reshape(-1)
 
 
-def paired(model, weight: float):
+def paired(model, weight: float, *, path_pairs: bool = False):
     """A model of two inputs (a film's clean and augmented views) that shares ``model``'s layers:
     its outputs are the two views' P(pneumonia), and it adds ``weight`` times the squared
-    difference of their logits to the loss."""
+    difference of their logits to the loss. With ``path_pairs`` a third input, the augmented view
+    of the film resampled, is the penalty's partner of the augmented view (no loss of its own)."""
     import keras
     from keras import ops
 
     shape = model.inputs[0].shape[1:]
-    clean, augmented = keras.Input(shape), keras.Input(shape)
-    p_clean, p_augmented = model(clean), model(augmented)
+    views = [keras.Input(shape) for _ in range(3 if path_pairs else 2)]
+    p_clean, p_augmented, *p_path = [model(v) for v in views]
 
     def logit(p):
         p = ops.clip(p, 1e-6, 1 - 1e-6)
@@ -504,7 +534,9 @@ def paired(model, weight: float):
             self.add_loss(weight * ops.mean(ops.square(logit(a) - logit(b))))
             return a
 
-    return keras.Model([clean, augmented], [Consistency()(p_clean, p_augmented), p_augmented])
+    if path_pairs:
+        return keras.Model(views, [p_clean, Consistency()(p_augmented, p_path[0])])
+    return keras.Model(views, [Consistency()(p_clean, p_augmented), p_augmented])
 
 
 def scores(y: np.ndarray, p: np.ndarray) -> dict:
@@ -635,7 +667,7 @@ class Protocol:
         from pneumoscan.evaluation.shortcuts import setup_balanced_weights
 
         c, weights = self.c, None
-        consistency = self.consistency if recipe == "consistent" else None
+        consistency = self.consistency if recipe in ("consistent", "path_consistent") else None
         if recipe == "reweighted":
             weights = np.zeros(len(c.y))
             weights[self.train] = setup_balanced_weights(c.setup[self.train], c.y[self.train])
@@ -645,7 +677,13 @@ class Protocol:
             preds.append(
                 self.predict_views(
                     fit_finetuned(
-                        c, self.train, seed, inner_val=True, weights=weights, consistency=consistency
+                        c,
+                        self.train,
+                        seed,
+                        inner_val=True,
+                        weights=weights,
+                        consistency=consistency,
+                        path_pairs=recipe == "path_consistent",
                     )
                 )
             )
@@ -686,24 +724,21 @@ class Protocol:
 
 
 def on_one_scale(y: np.ndarray, preds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
-    """Every view's P(pneumonia) through one Platt map (logistic regression on the logit) fitted to
-    the clean view's held-out predictions, and the map's slope.
+    """Every view's P(pneumonia) through one Platt map fitted to the clean view's held-out
+    predictions, and the map's slope.
 
     Moves and spreads are compared on this scale. A model whose logits are merely shrunk (a penalty,
     a blurrier input, weaker features) moves less in raw P, but the release calibrates its members
     (Platt on held-out predictions), which stretches them back: in raw P such a model looks steadier
-    than it will be once shipped. The map is fitted on the held-out images themselves, which is fine
-    for putting models on one scale and says nothing of their calibration. ROC AUC and specificity
-    at a recall do not depend on it; they are computed before it.
+    than it will be once shipped. The map is the release's own (:meth:`PlattCalibrator.fit`, with
+    Platt's smoothed targets), fitted here on the held-out images themselves, which is fine for
+    putting models on one scale and says nothing of their calibration. ROC AUC and specificity at a
+    recall do not depend on it; they are computed before it.
     """
-    from sklearn.linear_model import LogisticRegression
+    from pneumoscan.models.calibration import PlattCalibrator
 
-    def logit(p):
-        p = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
-        return np.log(p / (1 - p))[:, None]
-
-    platt = LogisticRegression(C=1e6, max_iter=1000).fit(logit(preds["clean"]), y)
-    return {view: platt.predict_proba(logit(p))[:, 1] for view, p in preds.items()}, float(platt.coef_[0][0])
+    platt = PlattCalibrator.fit(y, preds["clean"])
+    return {view: platt.transform(p) for view, p in preds.items()}, platt.a
 
 
 def path_spread(preds: dict[str, np.ndarray]) -> dict:
@@ -738,7 +773,12 @@ def spread(aucs: list[float], *, extremes: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
-    build_cache(args.data, args.cache)
+    recipes = args.recipes.split(",")
+    if "path_consistent" in recipes and AUGMENT != "standard":
+        raise SystemExit(
+            "path_consistent pairs the usual augmented view with its resampled twin: drop --augment"
+        )
+    build_cache(args.data, args.cache, path_pairs="path_consistent" in recipes)
     c = Cache(args.cache)
     print(f"cache ready in {time.perf_counter() - start:.0f} s", flush=True)
     held = held_out_mask(args.split, c)
@@ -755,14 +795,14 @@ def main(argv: list[str] | None = None) -> None:
         "image_size": IMAGE_SIZE,
         "input": INPUT,
         "augment": AUGMENT,
-        "consistency": args.consistency if "consistent" in args.recipes.split(",") else None,
+        "consistency": args.consistency if {"consistent", "path_consistent"} & set(recipes) else None,
         "split": args.split,
         "held_out": int(held.sum()),
         "held_out_normal": int((y == 0).sum()),
     }
     run = Protocol(c, held, held_out_views(args.cache, c, held), out, consistency=args.consistency)
     seeds = [int(s) for s in args.seeds.split(",")]
-    for recipe in args.recipes.split(","):
+    for recipe in recipes:
         if recipe == "frozen_lr":
             run.frozen_lr()
         elif recipe == "ensemble":
