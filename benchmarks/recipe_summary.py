@@ -9,10 +9,11 @@ groups the rows by split (``--split``), input (``--input``), training view (``--
 size and recipe, and prints, for each view:
 
 - ``frozen_lr``: its ROC AUC (deterministic; every run that has it should print the same);
-- a fine-tuned recipe's single models (``single``, ``reweighted``): mean ± SD [min, max] over
-  every seed found, and how many;
-- the mean of three single models (a run's "mean of the seeds' models" over exactly three seeds,
-  and its "ensemble of seeds [...]" rows): mean ± SD over the groups found;
+- a fine-tuned recipe's single models (``single``, ``reweighted``, ``consistent`` and
+  ``path_consistent``, these two per penalty weight): mean ± SD [min, max] over every seed found,
+  and how many;
+- the mean of three models of one recipe (a run's "mean of the seeds' models" over exactly three
+  seeds, and the single recipe's "ensemble of seeds [...]" rows): mean ± SD over the groups found;
 - the cross-fitted ensemble: mean ± SD over the runs that trained one (one seed each);
 
 and, for runs that scored the held-out images as other files of the same film (since
@@ -38,8 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ground_truth import agreement, report  # noqa: E402  (one definition of the check)
 
 VIEWS = ("clean", "crop")
-SEED_ROW = re.compile(r"^(single|reweighted) seed (\d+)$")
+SEED_ROW = re.compile(r"^(single|reweighted|consistent|path_consistent) seed (\d+)$")
+MEAN_ROW = re.compile(r"^(\w+), mean of the seeds' models$")
+#: Recipes whose models differ with the penalty weight (``--consistency``): summarised per weight.
+WEIGHTED = ("consistent", "path_consistent")
 GROUP_ROW = re.compile(r"^single, ensemble of seeds \[([\d, ]+)\]$")
+
+
+def recipe_label(recipe: str, weight: float | None) -> str:
+    """A recipe's name in the summary; the penalised ones (:data:`WEIGHTED`) with their weight."""
+    return f"{recipe} (penalty {weight})" if recipe in WEIGHTED else recipe
 
 
 def collect(
@@ -55,19 +64,25 @@ def collect(
         run = json.loads(path.read_text())
         kind = (run.get("split", "setup"), run.get("input", "model"), run.get("augment", "standard"))
         rows = found[(*kind, int(run.get("image_size", 224)))]
-        singles = sum(bool(SEED_ROW.match(n)) and n.startswith("single") for n in run)
+        seeds_of = defaultdict(int)  # recipe -> how many seeds' models this run trained
+        for name in run:
+            if seed := SEED_ROW.match(name):
+                seeds_of[seed.group(1)] += 1
+        weight = run.get("consistency")
         for name, row in run.items():
             if not isinstance(row, dict) or not all(v in row for v in VIEWS):
                 continue
-            seed, group = SEED_ROW.match(name), GROUP_ROW.match(name)
+            seed, group, mean = SEED_ROW.match(name), GROUP_ROW.match(name), MEAN_ROW.match(name)
             if name == "frozen_lr":
                 key, source = "frozen_lr", path.name
             elif seed:
-                key, source = f"{seed.group(1)}: single models", f"{path.name} seed {seed.group(2)}"
+                key = f"{recipe_label(seed.group(1), weight)}: single models"
+                source = f"{path.name} seed {seed.group(2)}"
             elif group and len(group.group(1).split(",")) == 3:
                 key, source = "single: mean of 3 models", f"{path.name} seeds [{group.group(1)}]"
-            elif name == "single, mean of the seeds' models" and singles == 3:
-                key, source = "single: mean of 3 models", f"{path.name} (its 3 seeds)"
+            elif mean and seeds_of[mean.group(1)] == 3:
+                key = f"{recipe_label(mean.group(1), weight)}: mean of 3 models"
+                source = f"{path.name} (its 3 seeds)"
             elif name == "ensemble":
                 key, source = "ensemble (cross-fitted)", path.name
             else:
