@@ -1,4 +1,4 @@
-"""The recipe validation's summaries over several runs: what the README's recipe table prints.
+"""The recipe validation's summaries over several runs: what the recipe table of docs/recipe_search.md prints.
 
     python benchmarks/recipe_summary.py runs/recipe_validation_*.json
 
