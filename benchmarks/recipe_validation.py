@@ -2,7 +2,7 @@
 
     python benchmarks/recipe_validation.py [--recipes frozen_lr,ensemble,single,reweighted,consistent,
                                                       path_consistent]
-                                           [--consistency 0.1]
+                                           [--consistency 0.1] [--pair augmented|clean]
                                            [--seeds 1337,7,42] [--split setup|earliest|random]
                                            [--input model|as-decoded|percentile-stretch|blur2]
                                            [--image-size 224]
@@ -48,6 +48,7 @@ augmented view of every image, computed once):
   augmented view (the same draws) of the film resampled as ``--augment resample`` makes it, so it
   asks only that the answer not move with the path a film came by (the clean and augmented views
   keep their cross-entropy; tried 2026-12-03 evening, after ``consistent`` left the paths alone);
+  ``--pair clean`` puts the penalty between the clean view and the film resampled, not augmented;
 - ``reweighted``: ``single`` with every image weighted so that, within the training part, the
   set-up (quintile of the border score) no longer predicts the label; and the mean of its seeds.
 
@@ -138,9 +139,12 @@ SPREAD_VIEWS = ("clean", *PATH_VIEWS[:3])
 #: the model's side (log-uniform), and the chance that the resampled film is saved as a JPEG of
 #: quality 85..95 on the way.
 RESAMPLE_SIDES, RESAMPLE_JPEG = (112, 2048), 0.5
-#: ``path_consistent``'s penalty partner: the augmented view of each film resampled as
-#: ``--augment resample`` makes it, with the same augmentation draws as the usual augmented view.
-PATH_PAIR_VIEW = "aug1-resample"
+#: ``path_consistent``'s penalty pairs (``--pair``): the augmented view and the augmented view of the
+#: film resampled as ``--augment resample`` makes it, with the same augmentation draws; or the clean
+#: view and the film resampled, not augmented (the cache file of each partner view).
+PATH_PAIR_VIEWS = {"augmented": "aug1-resample", "clean": "clean-resample"}
+#: Which of :data:`PATH_PAIR_VIEWS` ``path_consistent`` pairs; ``--pair`` changes it.
+PATH_PAIR = "augmented"
 
 #: ``--input percentile-stretch``: the film's grey levels at these percentiles go to 0 and 255 (not
 #: its min and max, which a thin bright mark sets and every resampling moves).
@@ -310,7 +314,7 @@ def build_cache(data_dir: Path, cache: Path, *, path_pairs: bool = False) -> Non
     x = np.load(cache / "x.npy")
     if not (cache / "stem_clean.npy").exists():
         np.save(cache / "stem_clean.npy", run_stem(x))
-    views = [aug_view(), *([PATH_PAIR_VIEW] if path_pairs else [])]
+    views = [aug_view(), *([PATH_PAIR_VIEWS[PATH_PAIR]] if path_pairs else [])]
     for view in views:
         if not (cache / f"stem_{view}.npy").exists():
             source = x  # the set-up score below must see the model input, never the re-encoded copies
@@ -324,7 +328,8 @@ def build_cache(data_dir: Path, cache: Path, *, path_pairs: bool = False) -> Non
                 source = as_resampled(cached_paths(cache), seed=1438)
             # One augmenter seed for every view: the same draws (rotation, shift, zoom, noise ...)
             # in the same order, so two views of a film differ only in how it was made.
-            np.save(cache / f"stem_{view}.npy", run_stem(source, build_augmenter(AugmentConfig(), seed=1438)))
+            augmenter = None if view.startswith("clean") else build_augmenter(AugmentConfig(), seed=1438)
+            np.save(cache / f"stem_{view}.npy", run_stem(source, augmenter))
     for view in ("clean", *views):
         if not (cache / f"gap_{view}.npy").exists():
             np.save(cache / f"gap_{view}.npy", pool(np.load(cache / f"stem_{view}.npy")))
@@ -392,9 +397,10 @@ class Cache:
             v: np.load(cache / f"stem_{f}.npy") for v, f in (("clean", "clean"), ("aug1", aug_view()))
         }
         self.gap = {v: np.load(cache / f"gap_{f}.npy") for v, f in (("clean", "clean"), ("aug1", aug_view()))}
-        if (cache / f"stem_{PATH_PAIR_VIEW}.npy").exists():  # path_consistent's partner view
-            self.stem["path"] = np.load(cache / f"stem_{PATH_PAIR_VIEW}.npy")
-            self.gap["path"] = np.load(cache / f"gap_{PATH_PAIR_VIEW}.npy")
+        partner = PATH_PAIR_VIEWS[PATH_PAIR]
+        if (cache / f"stem_{partner}.npy").exists():  # path_consistent's partner view
+            self.stem["path"] = np.load(cache / f"stem_{partner}.npy")
+            self.gap["path"] = np.load(cache / f"gap_{partner}.npy")
         self.setup = np.load(cache / "setup_score.npy")
 
 
@@ -420,8 +426,8 @@ def fit_finetuned(
     """The single recipe's two phases on the cache; ``inner_val`` keeps each phase's best epoch on
     15 % of the training part's patients (else fixed epochs on all of it). With a ``consistency`` (0 too),
     each phase trains on (clean, augmented) pairs of views instead (:func:`paired`); with
-    ``path_pairs`` too, the penalty falls between the augmented view and the same augmented view of
-    the film resampled (:data:`PATH_PAIR_VIEW`), not between the clean and augmented views."""
+    ``path_pairs`` too, the penalty falls between a view and its resampled twin
+    (:data:`PATH_PAIR`), not between the clean and augmented views."""
     import keras
 
     from pneumoscan.data.dataset import class_weights, fold_patients
@@ -516,8 +522,9 @@ def fit_finetuned(
 def paired(model, weight: float, *, path_pairs: bool = False):
     """A model of two inputs (a film's clean and augmented views) that shares ``model``'s layers:
     its outputs are the two views' P(pneumonia), and it adds ``weight`` times the squared
-    difference of their logits to the loss. With ``path_pairs`` a third input, the augmented view
-    of the film resampled, is the penalty's partner of the augmented view (no loss of its own)."""
+    difference of their logits to the loss. With ``path_pairs`` a third input, the film resampled,
+    is the penalty's partner of the augmented view (``--pair augmented``: resampled and augmented
+    with the same draws) or of the clean one (``--pair clean``), and has no loss of its own."""
     import keras
     from keras import ops
 
@@ -534,6 +541,8 @@ def paired(model, weight: float, *, path_pairs: bool = False):
             self.add_loss(weight * ops.mean(ops.square(logit(a) - logit(b))))
             return a
 
+    if path_pairs and PATH_PAIR == "clean":
+        return keras.Model(views, [Consistency()(p_clean, p_path[0]), p_augmented])
     if path_pairs:
         return keras.Model(views, [p_clean, Consistency()(p_augmented, p_path[0])])
     return keras.Model(views, [Consistency()(p_clean, p_augmented), p_augmented])
@@ -583,9 +592,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the augmented training view: the usual augmentation, or it after a random JPEG re-encoding "
         "(recompress) or a random resampling round trip (resample)",
     )
+    parser.add_argument(
+        "--pair",
+        choices=tuple(PATH_PAIR_VIEWS),
+        default="augmented",
+        help="path_consistent's penalty pairs: the augmented view and its resampled twin (same draws), "
+        "or the clean view and the film resampled",
+    )
     args = parser.parse_args(argv)
-    global IMAGE_SIZE, INPUT, AUGMENT
-    IMAGE_SIZE, INPUT, AUGMENT = args.image_size, args.input, args.augment
+    global IMAGE_SIZE, INPUT, AUGMENT, PATH_PAIR
+    IMAGE_SIZE, INPUT, AUGMENT, PATH_PAIR = args.image_size, args.input, args.augment, args.pair
     if IMAGE_SIZE != 224:
         args.cache = args.cache.with_name(f"{args.cache.name}-{IMAGE_SIZE}")
     if INPUT != "model":
@@ -796,6 +812,7 @@ def main(argv: list[str] | None = None) -> None:
         "input": INPUT,
         "augment": AUGMENT,
         "consistency": args.consistency if {"consistent", "path_consistent"} & set(recipes) else None,
+        "pair": PATH_PAIR if "path_consistent" in recipes else None,
         "split": args.split,
         "held_out": int(held.sum()),
         "held_out_normal": int((y == 0).sum()),
