@@ -46,12 +46,16 @@ WEIGHTED = ("consistent", "path_consistent")
 GROUP_ROW = re.compile(r"^single, ensemble of seeds \[([\d, ]+)\]$")
 
 
-def recipe_label(recipe: str, weight: float | None, pair: str | None = None) -> str:
-    """A recipe's name in the summary; the penalised ones (:data:`WEIGHTED`) with their weight, and
-    ``path_consistent`` with the views its penalty pairs (``--pair``; runs before it: augmented)."""
+def recipe_label(recipe: str, run: dict) -> str:
+    """A recipe's name in the summary; the penalised ones (:data:`WEIGHTED`) with their weight
+    (``relative`` with ``--relative``), and ``path_consistent`` with the views its penalty pairs
+    (``--pair``; runs before it: augmented)."""
+    if recipe not in WEIGHTED:
+        return recipe
+    penalty = f"penalty {run.get('consistency')}{' relative' if run.get('relative_penalty') else ''}"
     if recipe == "path_consistent":
-        return f"{recipe} (penalty {weight}, pair {pair or 'augmented'})"
-    return f"{recipe} (penalty {weight})" if recipe in WEIGHTED else recipe
+        return f"{recipe} ({penalty}, pair {run.get('pair') or 'augmented'})"
+    return f"{recipe} ({penalty})"
 
 
 def collect(
@@ -71,7 +75,6 @@ def collect(
         for name in run:
             if seed := SEED_ROW.match(name):
                 seeds_of[seed.group(1)] += 1
-        weight, pair = run.get("consistency"), run.get("pair")
         for name, row in run.items():
             if not isinstance(row, dict) or not all(v in row for v in VIEWS):
                 continue
@@ -79,12 +82,12 @@ def collect(
             if name == "frozen_lr":
                 key, source = "frozen_lr", path.name
             elif seed:
-                key = f"{recipe_label(seed.group(1), weight, pair)}: single models"
+                key = f"{recipe_label(seed.group(1), run)}: single models"
                 source = f"{path.name} seed {seed.group(2)}"
             elif group and len(group.group(1).split(",")) == 3:
                 key, source = "single: mean of 3 models", f"{path.name} seeds [{group.group(1)}]"
             elif mean and seeds_of[mean.group(1)] == 3:
-                key = f"{recipe_label(mean.group(1), weight, pair)}: mean of 3 models"
+                key = f"{recipe_label(mean.group(1), run)}: mean of 3 models"
                 source = f"{path.name} (its 3 seeds)"
             elif name == "ensemble":
                 key, source = "ensemble (cross-fitted)", path.name

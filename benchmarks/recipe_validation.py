@@ -2,7 +2,7 @@
 
     python benchmarks/recipe_validation.py [--recipes frozen_lr,ensemble,single,reweighted,consistent,
                                                       path_consistent]
-                                           [--consistency 0.1] [--pair augmented|clean]
+                                           [--consistency 0.1] [--pair augmented|clean] [--relative]
                                            [--seeds 1337,7,42] [--split setup|earliest|random]
                                            [--input model|as-decoded|percentile-stretch|blur2]
                                            [--image-size 224]
@@ -49,6 +49,8 @@ augmented view of every image, computed once):
   asks only that the answer not move with the path a film came by (the clean and augmented views
   keep their cross-entropy; tried 2026-12-03 evening, after ``consistent`` left the paths alone);
   ``--pair clean`` puts the penalty between the clean view and the film resampled, not augmented;
+  ``--relative`` divides either penalty by the variance of the logits in the batch, so that
+  shrinking every logit (which calibration stretches back) no longer lowers it;
 - ``reweighted``: ``single`` with every image weighted so that, within the training part, the
   set-up (quintile of the border score) no longer predicts the label; and the mean of its seeds.
 
@@ -145,6 +147,10 @@ RESAMPLE_SIDES, RESAMPLE_JPEG = (112, 2048), 0.5
 PATH_PAIR_VIEWS = {"augmented": "aug1-resample", "clean": "clean-resample"}
 #: Which of :data:`PATH_PAIR_VIEWS` ``path_consistent`` pairs; ``--pair`` changes it.
 PATH_PAIR = "augmented"
+#: ``--relative``: the consistency penalty divided by the variance of the logits in the batch. The
+#: plain penalty is lowered by shrinking every logit, which calibration then stretches back (Platt
+#: slopes of 6-8 with ``--pair clean`` at weight 1): steadier in raw P, no steadier once calibrated.
+RELATIVE_PENALTY = False
 
 #: ``--input percentile-stretch``: the film's grey levels at these percentiles go to 0 and 255 (not
 #: its min and max, which a thin bright mark sets and every resampling moves).
@@ -294,8 +300,8 @@ def cached_paths(cache: Path) -> list[str]:
 
 def build_cache(data_dir: Path, cache: Path, *, path_pairs: bool = False) -> None:
     """Decode every training image, run the frozen stem (clean, one augmented view; with
-    ``path_pairs`` also the resampled view of ``--augment resample``), pool, and score each image's
-    acquisition set-up (the shortcut audit's border model)."""
+    ``path_pairs`` also the resampled partner view of :data:`PATH_PAIR`), pool, and score each
+    image's acquisition set-up (the shortcut audit's border model)."""
 
     from pneumoscan.config import AugmentConfig
     from pneumoscan.data.augment import build_augmenter
@@ -522,7 +528,8 @@ def fit_finetuned(
 def paired(model, weight: float, *, path_pairs: bool = False):
     """A model of two inputs (a film's clean and augmented views) that shares ``model``'s layers:
     its outputs are the two views' P(pneumonia), and it adds ``weight`` times the squared
-    difference of their logits to the loss. With ``path_pairs`` a third input, the film resampled,
+    difference of their logits to the loss (with :data:`RELATIVE_PENALTY`, divided by the variance
+    of the first view's logits in the batch). With ``path_pairs`` a third input, the film resampled,
     is the penalty's partner of the augmented view (``--pair augmented``: resampled and augmented
     with the same draws) or of the clean one (``--pair clean``), and has no loss of its own."""
     import keras
@@ -538,7 +545,11 @@ def paired(model, weight: float, *, path_pairs: bool = False):
 
     class Consistency(keras.layers.Layer):
         def call(self, a, b):
-            self.add_loss(weight * ops.mean(ops.square(logit(a) - logit(b))))
+            za, zb = logit(a), logit(b)
+            penalty = ops.mean(ops.square(za - zb))
+            if RELATIVE_PENALTY:  # scale-free: shrinking every logit no longer lowers it
+                penalty = penalty / (ops.var(za) + 1e-3)
+            self.add_loss(weight * penalty)
             return a
 
     if path_pairs and PATH_PAIR == "clean":
@@ -599,9 +610,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="path_consistent's penalty pairs: the augmented view and its resampled twin (same draws), "
         "or the clean view and the film resampled",
     )
+    parser.add_argument(
+        "--relative",
+        action="store_true",
+        help="divide the consistency penalty by the variance of the logits in the batch (scale-free)",
+    )
     args = parser.parse_args(argv)
-    global IMAGE_SIZE, INPUT, AUGMENT, PATH_PAIR
+    global IMAGE_SIZE, INPUT, AUGMENT, PATH_PAIR, RELATIVE_PENALTY
     IMAGE_SIZE, INPUT, AUGMENT, PATH_PAIR = args.image_size, args.input, args.augment, args.pair
+    RELATIVE_PENALTY = args.relative
     if IMAGE_SIZE != 224:
         args.cache = args.cache.with_name(f"{args.cache.name}-{IMAGE_SIZE}")
     if INPUT != "model":
@@ -813,6 +830,7 @@ def main(argv: list[str] | None = None) -> None:
         "augment": AUGMENT,
         "consistency": args.consistency if {"consistent", "path_consistent"} & set(recipes) else None,
         "pair": PATH_PAIR if "path_consistent" in recipes else None,
+        "relative_penalty": RELATIVE_PENALTY,
         "split": args.split,
         "held_out": int(held.sum()),
         "held_out_normal": int((y == 0).sum()),
