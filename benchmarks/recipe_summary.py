@@ -41,6 +41,8 @@ from ground_truth import agreement, report  # noqa: E402  (one definition of the
 VIEWS = ("clean", "crop")
 SEED_ROW = re.compile(r"^(single|reweighted|consistent|path_consistent) seed (\d+)$")
 MEAN_ROW = re.compile(r"^(\w+), mean of the seeds' models$")
+#: The stem cut of every run before ``--stem-cut`` (the release's members fine-tune after it).
+RELEASED_CUT = "block_13_project_BN"
 #: Recipes whose models differ with the penalty weight (``--consistency``): summarised per weight.
 WEIGHTED = ("consistent", "path_consistent")
 GROUP_ROW = re.compile(r"^single, ensemble of seeds \[([\d, ]+)\]$")
@@ -60,17 +62,17 @@ def recipe_label(recipe: str, run: dict) -> str:
 
 def collect(
     paths: list[Path],
-) -> dict[tuple[str, str, str, int], dict[str, dict[str, list[tuple[str, float]]]]]:
-    """``{(split, input, augment, image size): {summary row: {view: [(source, auc), ...]}}}`` from
-    every file.
+) -> dict[tuple[str, str, str, int, str], dict[str, dict[str, list[tuple[str, float]]]]]:
+    """``{(split, input, augment, image size, stem cut): {summary row: {view: [(source, auc), ...]}}}``
+    from every file.
 
-    Runs of different splits hold out different images, runs on different inputs or training views
-    train different models: they are never summarised together."""
+    Runs of different splits hold out different images, runs on different inputs, training views or
+    stem cuts train different models: they are never summarised together."""
     found: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for path in paths:
         run = json.loads(path.read_text())
         kind = (run.get("split", "setup"), run.get("input", "model"), run.get("augment", "standard"))
-        rows = found[(*kind, int(run.get("image_size", 224)))]
+        rows = found[(*kind, int(run.get("image_size", 224)), run.get("stem_cut", RELEASED_CUT))]
         seeds_of = defaultdict(int)  # recipe -> how many seeds' models this run trained
         for name in run:
             if seed := SEED_ROW.match(name):
@@ -123,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", type=Path, help="JSON files of recipe_validation.py --json")
     args = parser.parse_args(argv)
-    for (split, kind, augment, size), rows in sorted(collect(args.runs).items()):
+    for (split, kind, augment, size, cut), rows in sorted(collect(args.runs).items()):
+        tuned = "" if cut == RELEASED_CUT else f", fine-tuned after {cut}"
         print(
-            f"== {split} split, {kind} input, {augment} training view, {size} px: "
+            f"== {split} split, {kind} input, {augment} training view, {size} px{tuned}: "
             "held-out ROC AUC, mean ± SD [min, max] (n)"
         )
         measured: dict[str, dict[str, float]] = {view: {} for view in VIEWS}

@@ -5,7 +5,7 @@
                                            [--consistency 0.1] [--pair augmented|clean] [--relative]
                                            [--seeds 1337,7,42] [--split setup|earliest|random]
                                            [--input model|as-decoded|percentile-stretch|blur2]
-                                           [--image-size 224]
+                                           [--image-size 224] [--stem-cut block_13_project_BN]
                                            [--augment standard|recompress|resample]
                                            [--cache runs/proxy-cache] [--json OUT]
 
@@ -119,6 +119,8 @@ SHARED = REPO.parent / "shared"
 if (SHARED / "keras" / "models").is_dir():
     os.environ.setdefault("KERAS_HOME", str(SHARED / "keras"))
 
+#: Where the cached frozen stem ends and the fine-tuned top begins (the release's members: after
+#: ``block_13``); ``--stem-cut`` moves it (a cache of its own).
 STEM_CUT = "block_13_project_BN"
 
 #: The protocol's input side; ``--image-size`` changes it (set once, before anything is built).
@@ -615,10 +617,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="divide the consistency penalty by the variance of the logits in the batch (scale-free)",
     )
+    parser.add_argument(
+        "--stem-cut",
+        default=STEM_CUT,
+        help=f"the last frozen layer; every layer after it is fine-tuned (default {STEM_CUT}; "
+        "block_10_project_BN fine-tunes three blocks more)",
+    )
     args = parser.parse_args(argv)
-    global IMAGE_SIZE, INPUT, AUGMENT, PATH_PAIR, RELATIVE_PENALTY
+    global IMAGE_SIZE, INPUT, AUGMENT, PATH_PAIR, RELATIVE_PENALTY, STEM_CUT
     IMAGE_SIZE, INPUT, AUGMENT, PATH_PAIR = args.image_size, args.input, args.augment, args.pair
     RELATIVE_PENALTY = args.relative
+    if args.stem_cut != STEM_CUT:
+        STEM_CUT = args.stem_cut
+        args.cache = args.cache.with_name(f"{args.cache.name}-{STEM_CUT}")
     if IMAGE_SIZE != 224:
         args.cache = args.cache.with_name(f"{args.cache.name}-{IMAGE_SIZE}")
     if INPUT != "model":
@@ -831,6 +842,7 @@ def main(argv: list[str] | None = None) -> None:
         "consistency": args.consistency if {"consistent", "path_consistent"} & set(recipes) else None,
         "pair": PATH_PAIR if "path_consistent" in recipes else None,
         "relative_penalty": RELATIVE_PENALTY,
+        "stem_cut": STEM_CUT,
         "split": args.split,
         "held_out": int(held.sum()),
         "held_out_normal": int((y == 0).sum()),
