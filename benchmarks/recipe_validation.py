@@ -574,6 +574,7 @@ def scores(y: np.ndarray, p: np.ndarray) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; sets the protocol's input side and kind, and names the cache after them."""
+    global IMAGE_SIZE, INPUT, AUGMENT, PATH_PAIR, RELATIVE_PENALTY, STEM_CUT
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -624,7 +625,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "block_10_project_BN fine-tunes three blocks more)",
     )
     args = parser.parse_args(argv)
-    global IMAGE_SIZE, INPUT, AUGMENT, PATH_PAIR, RELATIVE_PENALTY, STEM_CUT
     IMAGE_SIZE, INPUT, AUGMENT, PATH_PAIR = args.image_size, args.input, args.augment, args.pair
     RELATIVE_PENALTY = args.relative
     if args.stem_cut != STEM_CUT:
