@@ -266,6 +266,11 @@ def aug_view() -> str:
     return "aug1" if AUGMENT == "standard" else f"aug1-{AUGMENT}"
 
 
+def partner_view() -> str:
+    """The cache's name for ``path_consistent``'s penalty partner of :data:`PATH_PAIR`."""
+    return PATH_PAIR_VIEWS[PATH_PAIR]
+
+
 def run_stem(x: np.ndarray, augmenter=None) -> np.ndarray:
     """MobileNetV2 (ImageNet) features after ``block_13``: (n, s, s, 1) -> (n, s/32, s/32, 160) float16."""
     import keras
@@ -322,7 +327,7 @@ def build_cache(data_dir: Path, cache: Path, *, path_pairs: bool = False) -> Non
     x = np.load(cache / "x.npy")
     if not (cache / "stem_clean.npy").exists():
         np.save(cache / "stem_clean.npy", run_stem(x))
-    views = [aug_view(), *([PATH_PAIR_VIEWS[PATH_PAIR]] if path_pairs else [])]
+    views = [aug_view(), *([partner_view()] if path_pairs else [])]
     for view in views:
         if not (cache / f"stem_{view}.npy").exists():
             source = x  # the set-up score below must see the model input, never the re-encoded copies
@@ -397,7 +402,7 @@ def held_out_views(cache: Path, c: Cache, held: np.ndarray) -> dict[str, dict[st
 
 
 class Cache:
-    def __init__(self, cache: Path):
+    def __init__(self, cache: Path, *, path_pairs: bool = False):
         self.y = np.load(cache / "y.npy")
         self.patients = np.array([s[1] for s in json.loads((cache / "samples.json").read_text())])
         # "aug1" is the training view of --augment, whichever it is.
@@ -405,10 +410,9 @@ class Cache:
             v: np.load(cache / f"stem_{f}.npy") for v, f in (("clean", "clean"), ("aug1", aug_view()))
         }
         self.gap = {v: np.load(cache / f"gap_{f}.npy") for v, f in (("clean", "clean"), ("aug1", aug_view()))}
-        partner = PATH_PAIR_VIEWS[PATH_PAIR]
-        if (cache / f"stem_{partner}.npy").exists():  # path_consistent's partner view
-            self.stem["path"] = np.load(cache / f"stem_{partner}.npy")
-            self.gap["path"] = np.load(cache / f"gap_{partner}.npy")
+        if path_pairs:  # path_consistent's penalty partner; read only when a run trains it
+            self.stem["path"] = np.load(cache / f"stem_{partner_view()}.npy")
+            self.gap["path"] = np.load(cache / f"gap_{partner_view()}.npy")
         self.setup = np.load(cache / "setup_score.npy")
 
 
@@ -822,8 +826,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(
             "path_consistent pairs the usual augmented view with its resampled twin: drop --augment"
         )
-    build_cache(args.data, args.cache, path_pairs="path_consistent" in recipes)
-    c = Cache(args.cache)
+    path_pairs = "path_consistent" in recipes
+    build_cache(args.data, args.cache, path_pairs=path_pairs)
+    c = Cache(args.cache, path_pairs=path_pairs)
     print(f"cache ready in {time.perf_counter() - start:.0f} s", flush=True)
     held = held_out_mask(args.split, c)
     y = c.y[held]
