@@ -38,7 +38,7 @@ Images for speed: ``--n`` (default 600) real training JPEGs (``../shared/data/ch
 Every figure is printed with the machine (lscpu's model name, AVX2/AVX-512) and the load average;
 timings on shared cores are contended. ``--json FILE`` writes every figure.
 
-Run: ``python benchmarks/inference.py [--n 600] [--reps 100] [--exports none,float16,int8]
+Run: ``python benchmarks/inference.py [--n 600] [--reps 100] [--exports none,float16,int8,int8-stem]
 [--check-images K] [--model M] [--json FILE]``.
 """
 
@@ -137,7 +137,7 @@ def fresh_exports(keras_predictor, modes: list[str], args, ood: Path | None, tmp
     """Each mode exported by :func:`export_tflite` (its own check), then timed in process; a mode
     refused by its check is converted without it and timed anyway, marked refused."""
     from pneumoscan.inference.predictor import Predictor
-    from pneumoscan.training.export import convert_keras_model, export_tflite
+    from pneumoscan.training.export import CALIBRATED_MODES, convert_keras_model, export_tflite
 
     out = {}
     for mode in modes:
@@ -158,7 +158,7 @@ def fresh_exports(keras_predictor, modes: list[str], args, ood: Path | None, tmp
         except ValueError as exc:
             check = {"passed": False, "error": str(exc)}
             representative = None
-            if mode == "int8":
+            if mode in CALIBRATED_MODES:
                 from pneumoscan.data.imaging import load_image
 
                 representative = np.stack([load_image(p, keras_predictor.image_size) for p in files[:100]])

@@ -1,9 +1,11 @@
-"""LiteRT export: float, float16, dynamic-range and int8 pass their check against Keras; the check runs
+"""LiteRT export: float, float16, dynamic-range and int8 pass their check (int8-stem quantizes only a
+nested-top model's stem) against Keras; the check runs
 on images the model never trained on (held out, shifted views, out-of-scope) and fails a broken export;
 a failed check leaves nothing behind; no data, no export."""
 
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 
@@ -159,6 +161,64 @@ def test_int8_is_refused_when_it_moves_probabilities_past_the_gate(predictor, tm
     x = fixed_inputs()
     p_keras, p_lite = predictor.predict_proba(x), Predictor(out).predict_proba(x)
     np.testing.assert_allclose(p_lite, p_keras, atol=0.25)
+
+
+def tiny_two_top_ensemble():
+    """A stem of two named layers and two nested member tops on it, put together by the release's
+    own :func:`build_ensemble` (small enough to convert in seconds)."""
+    import keras
+    from keras import layers
+
+    from pneumoscan.models.architectures import build_ensemble
+
+    keras.utils.set_random_seed(3)
+    image = keras.Input((32, 32, 1), name="image")
+    cut = layers.ReLU(name="stem_relu")(layers.Conv2D(8, 3, strides=2, name="stem_conv")(image / 255.0))
+    stem_source = keras.Model(image, cut)
+    members = []
+    for k in range(2):
+        features = keras.Input(cut.shape[1:])
+        x = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, activation="relu", name="top_conv")(features))
+        p = layers.Dense(1, activation="sigmoid", name="pred")(x)
+        members.append(keras.Model(features, p, name=f"member_{k}"))
+    return build_ensemble(stem_source, "stem_relu", members)
+
+
+def test_int8_stem_quantizes_the_stem_and_keeps_the_tops_float():
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = tiny_two_top_ensemble()
+    assert export.float_layer_names(model)[:2] == ("member_0", "member_1")
+    rng = np.random.default_rng(0)
+    representative = rng.uniform(0, 255, (24, 32, 32, 1)).astype("float32")
+    interpreter = Interpreter(
+        model_content=convert_keras_model(model, quantize="int8-stem", representative=representative)
+    )
+    interpreter.allocate_tensors()
+    dtypes = collections.defaultdict(set)  # the weights and outputs of each layer's ops
+    for t in interpreter.get_tensor_details():
+        for key in ("stem_conv", "member_0_1/top_conv", "member_1_1/top_conv", "pred_1/MatMul", "embedding"):
+            if key in t["name"]:
+                dtypes[key].add(np.dtype(t["dtype"]).name)
+    assert dtypes["stem_conv"] == {"int8"}  # the stem's convolution runs in int8
+    # The tops' convolutions and dense layers, and the embedding, stay float. (The converter still
+    # rounds each sigmoid's output to int8's fixed 1/256 steps and back: not asserted either way.)
+    for key in ("member_0_1/top_conv", "member_1_1/top_conv", "pred_1/MatMul", "embedding"):
+        assert dtypes[key] == {"float32"}, key
+    # And it still computes the same model, within int8's error on the stem alone.
+    x = rng.uniform(0, 255, (6, 32, 32, 1)).astype("float32")
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    lite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(lite, np.asarray(model(x)), atol=0.02)
+
+
+def test_int8_stem_refuses_a_model_without_nested_tops(predictor, tmp_path):
+    with pytest.raises(ValueError, match="int8-stem needs a model whose tops are nested models"):
+        export_tflite(predictor, out=tmp_path / "m.tflite", quantize="int8-stem", progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_check_leaves_nothing_and_keeps_an_older_export(predictor, tmp_path, monkeypatch):

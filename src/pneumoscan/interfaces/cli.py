@@ -281,7 +281,8 @@ def add_export_parser(sub) -> None:
         default="none",
         help="none: float32; float16: half-size weights, float arithmetic (what ships); dynamic: int8 "
         "weights, activations quantized per call; int8: weights and activations, calibrated on training "
-        "images. Any mode is written only if it passes the check (default: %(default)s)",
+        "images; int8-stem: the same for the shared stem only, the tops float (an ensemble or student). "
+        "Any mode is written only if it passes the check (default: %(default)s)",
     )
     p.add_argument(
         "--data",

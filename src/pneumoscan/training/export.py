@@ -15,6 +15,10 @@ Quantization modes:
 - ``"int8"``: full-integer weights and activations, calibrated on up to
   :data:`REPRESENTATIVE_IMAGES` *training* images of the model's own patient-level split (the split
   is recovered from the sidecar's ``data_dir`` and ``split`` entries); input and output stay float32.
+- ``"int8-stem"``: the same calibration, but only the shared stem in int8 (every layer before the
+  first nested top: an ensemble's members or a student's top); the tops, their mean and the
+  embedding stay float32 (:func:`float_layer_names`). For models whose tops are finer-tuned than
+  their frozen ImageNet stem; a model without nested tops is refused.
 
 The check (:func:`check_images`, :func:`parity`) runs the Keras model and the new file through the
 Predictor on images the model never trained on: ``held_out``, the images every ensemble member held
@@ -73,8 +77,11 @@ log = logging.getLogger(__name__)
 
 #: ``none``: float32; ``float16``: float16 weights, float32 arithmetic; ``dynamic``: int8 weights,
 #: activations quantized at run time per call (no calibration images); ``int8``: weights and
-#: activations int8, activation ranges calibrated on training images.
-QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
+#: activations int8, activation ranges calibrated on training images; ``int8-stem``: the same for the
+#: shared stem only, the tops float32.
+QUANTIZE_MODES = ("none", "float16", "dynamic", "int8", "int8-stem")
+#: The modes that calibrate activation ranges on representative training images.
+CALIBRATED_MODES = ("int8", "int8-stem")
 #: Least share of check images whose three-outcome decision must be the same for Keras and LiteRT.
 MIN_AGREEMENT = 0.99
 #: Largest allowed |calibrated P(pneumonia), Keras - LiteRT| on any check image.
@@ -126,15 +133,16 @@ def convert_keras_model(model, *, quantize: str = "none", representative: np.nda
     ``tf.lite.TFLiteConverter.from_saved_model``; the batch dimension stays dynamic.
 
     ``model``: ``(n, size, size, 1)`` input in 0..255; ``quantize``: one of :data:`QUANTIZE_MODES`;
-    ``representative``: calibration images ``(m, size, size, 1)`` in 0..255, required for ``"int8"``.
-    Returns the ``.tflite`` file, with float32 input and output in every mode.
+    ``representative``: calibration images ``(m, size, size, 1)`` in 0..255, required for
+    :data:`CALIBRATED_MODES`. Returns the ``.tflite`` file, with float32 input and output in every mode.
     """
     import tensorflow as tf
 
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
-    if quantize == "int8" and (representative is None or len(representative) == 0):
-        raise ValueError("int8 quantization needs representative images (training images, 0..255)")
+    if quantize in CALIBRATED_MODES and (representative is None or len(representative) == 0):
+        raise ValueError(f"{quantize} quantization needs representative images (training images, 0..255)")
+    float_layers = float_layer_names(model) if quantize == "int8-stem" else ()
     with tempfile.TemporaryDirectory(prefix="pneumoscan-export-") as tmp:
         saved = Path(tmp) / "saved_model"
         model.export(str(saved), format="tf_saved_model", verbose=False)
@@ -145,7 +153,7 @@ def convert_keras_model(model, *, quantize: str = "none", representative: np.nda
         elif quantize == "dynamic":
             # Dynamic-range quantization: DEFAULT with no representative data and no target type.
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        elif quantize == "int8":
+        elif quantize in CALIBRATED_MODES:
             images = np.asarray(representative, dtype=np.float32)
 
             def representative_dataset():
@@ -154,10 +162,56 @@ def convert_keras_model(model, *, quantize: str = "none", representative: np.nda
 
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = representative_dataset
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = tf.float32
             converter.inference_output_type = tf.float32
+            if quantize == "int8-stem":
+                return _quantize_all_but(converter, representative_dataset, float_layers)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         return converter.convert()
+
+
+def float_layer_names(model) -> tuple[str, ...]:
+    """The layers ``int8-stem`` keeps float: the first nested model (a member's or student's top)
+    and every layer after it in the model's (topological) layer order; the layers before it are the
+    stem. Raises ValueError for a model with no nested top."""
+    import keras
+
+    nested = [i for i, layer in enumerate(model.layers) if isinstance(layer, keras.Model)]
+    if not nested:
+        raise ValueError(
+            f"int8-stem needs a model whose tops are nested models (an ensemble or a student); "
+            f"{model.name} has none: use int8 to quantize it whole"
+        )
+    return tuple(layer.name for layer in model.layers[nested[0] :])
+
+
+def _quantize_all_but(converter, representative_dataset, float_layers: tuple[str, ...]) -> bytes:
+    """Calibrate and quantize, leaving float every op whose output belongs to ``float_layers``.
+
+    Uses TensorFlow Lite's selective quantization (``QuantizationDebugger`` with
+    ``denylisted_nodes``: op output names). A converted op's name joins the names of the ops fused
+    into it with ``;``, each ``<model>/<layer>/...`` with Keras's export suffix ``_1`` on both. The
+    converter still rounds a float sigmoid's output to int8's fixed steps of 1/256 and back."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    debugging = tf.lite.experimental
+    probe = debugging.QuantizationDebugger(converter=converter, debug_dataset=representative_dataset)
+    calibrated = Interpreter(model_content=probe.calibrated_model)
+    names = [t["name"] for t in calibrated.get_tensor_details()]
+    # The model's output op (the concatenation of the tops' answers) is named after the signature.
+    outputs = {t["name"] for t in calibrated.get_output_details()}
+    wanted = {n for layer in float_layers for n in (layer, f"{layer}_1")}
+
+    def is_float(name: str) -> bool:
+        parts = [p.split("/") for p in name.split(";")]
+        return name in outputs or any(len(p) > 1 and p[1] in wanted for p in parts)
+
+    options = debugging.QuantizationDebugOptions(denylisted_nodes=[n for n in names if is_float(n)])
+    debugger = debugging.QuantizationDebugger(
+        converter=converter, debug_dataset=representative_dataset, debug_options=options
+    )
+    return debugger.get_nondebug_quantized_model()
 
 
 def model_split(metadata: ModelMetadata, data_dir: str | Path) -> tuple[list[Sample], list[Sample]]:
@@ -194,7 +248,7 @@ def export_tflite(
     out : path
         The ``.tflite`` file to write; its sidecar ``<stem>.meta.json`` is written beside it.
         Existing files are replaced only when the new export passes its check.
-    quantize : {"none", "float16", "dynamic", "int8"}, default="none"
+    quantize : {"none", "float16", "dynamic", "int8", "int8-stem"}, default="none"
     data_dir : path, optional
         Training data (split folder or root with ``train/``). Default: the sidecar's ``data_dir``.
     progress : bool, default=True
@@ -228,7 +282,7 @@ def export_tflite(
     train_s, _ = model_split(meta, data_dir)
     seed = _check_seed(meta)
     representative, calibration_paths = None, set()
-    if quantize == "int8":
+    if quantize in CALIBRATED_MODES:
         representative, calibration_paths = _representative_images(
             train_s, predictor.image_size, data_dir, seed=seed, progress=progress
         )
