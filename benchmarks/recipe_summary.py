@@ -63,16 +63,20 @@ def recipe_label(recipe: str, run: dict) -> str:
 def collect(
     paths: list[Path],
 ) -> dict[tuple[str, str, str, int, str], dict[str, dict[str, list[tuple[str, float]]]]]:
-    """``{(split, input, augment, image size, stem cut): {summary row: {view: [(source, auc), ...]}}}``
-    from every file.
+    """``{(split, input, augment, image size, stem cut[, feature noise]): {summary row: {view:
+    [(source, auc), ...]}}}`` from every file.
 
-    Runs of different splits hold out different images, runs on different inputs, training views or
-    stem cuts train different models: they are never summarised together."""
+    Runs of different splits hold out different images, runs on different inputs, training views,
+    stem cuts or feature noise (``--feature-noise``) train different models: they are never
+    summarised together."""
     found: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for path in paths:
         run = json.loads(path.read_text())
         kind = (run.get("split", "setup"), run.get("input", "model"), run.get("augment", "standard"))
-        rows = found[(*kind, int(run.get("image_size", 224)), run.get("stem_cut", RELEASED_CUT))]
+        tuning = run.get("stem_cut", RELEASED_CUT)
+        if run.get("feature_noise"):
+            tuning = f"{tuning}, feature noise {run['feature_noise']}"
+        rows = found[(*kind, int(run.get("image_size", 224)), tuning)]
         seeds_of = defaultdict(int)  # recipe -> how many seeds' models this run trained
         for name in run:
             if seed := SEED_ROW.match(name):
@@ -105,11 +109,14 @@ def collect(
     return found
 
 
-def describe(values: list[float]) -> str:
+def describe(values: list[float], digits: int = 4) -> str:
     if len(values) == 1:
-        return f"{values[0]:.4f} (1 run)"
-    v = np.asarray(values)
-    return f"{v.mean():.4f} ± {v.std(ddof=1):.4f} [{v.min():.4f}, {v.max():.4f}] (n {len(v)})"
+        return f"{values[0]:.{digits}f} (1 run)"
+    v = np.asarray(values, dtype=float)
+    return (
+        f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f} "
+        f"[{v.min():.{digits}f}, {v.max():.{digits}f}] (n {len(v)})"
+    )
 
 
 #: Which summary row stands for which row of the independently measured test table.
@@ -127,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for (split, kind, augment, size, cut), rows in sorted(collect(args.runs).items()):
         tuned = "" if cut == RELEASED_CUT else f", fine-tuned after {cut}"
+        if cut.startswith(f"{RELEASED_CUT}, "):  # the released cut, trained under feature noise
+            tuned = cut.removeprefix(RELEASED_CUT)
         print(
             f"== {split} split, {kind} input, {augment} training view, {size} px{tuned}: "
             "held-out ROC AUC, mean ± SD [min, max] (n)"
@@ -148,8 +157,12 @@ def main(argv: list[str] | None = None) -> int:
                     + ", share above 0.05 ".join(
                         describe([r[k] for r in paths]) for k in ("mean", "over_0.05")
                     )
-                    + "; mean where the clean P is 0.2..0.8 "
+                    + "; where the clean P is 0.2..0.8: images "
+                    + describe([r["unsure_n"] for r in paths], digits=1)
+                    + ", mean "
                     + describe([r["unsure_mean"] for r in paths])
+                    + ", share above 0.05 "
+                    + describe([r["unsure_over_0.05"] for r in paths])
                     + (
                         "; Platt slope " + describe([r["platt_slope"] for r in paths])
                         if scale == "paths"

@@ -96,6 +96,10 @@ made from the film resampled to a random side of 112..2048 px (log-uniform, a ra
 bicubic or bilinear filter; half of them saved as a JPEG of quality 85..95 on the way) and
 brought back to the model's side as any file is.
 
+``--feature-noise F`` trains every fine-tuned recipe's top with Gaussian noise of SD ``F`` times the
+stem features' SD added to its input (:data:`FEATURE_NOISE`; the head phase on pooled features is
+unchanged): a top that must give one answer for nearby features.
+
 Cost on 2 CPU cores: about 4 min to build the cache once, 10 s per ``frozen_lr``, 1-3 min per
 fine-tuned model (at 224 px). Needs ``../shared`` (training images, ImageNet weights).
 """
@@ -153,6 +157,11 @@ PATH_PAIR = "augmented"
 #: plain penalty is lowered by shrinking every logit, which calibration then stretches back (Platt
 #: slopes of 6-8 with ``--pair clean`` at weight 1): steadier in raw P, no steadier once calibrated.
 RELATIVE_PENALTY = False
+#: ``--feature-noise``: while a fine-tuned recipe trains its top, Gaussian noise of this fraction of
+#: the stem features' SD is added to them (0: none). Tried 2026-12-03 (late): quantizing the frozen
+#: stem to int8 moved the release's answers as far as full int8 did (docs/speed.md), so the tops,
+#: not the stem's precision, are what is rough; a top trained under feature noise might not be.
+FEATURE_NOISE = 0.0
 
 #: ``--input percentile-stretch``: the film's grey levels at these percentiles go to 0 and 255 (not
 #: its min and max, which a thin bright mark sets and every resampling moves).
@@ -527,7 +536,17 @@ def fit_finetuned(
     top = keras.Model(cut, full.output)
     stem = np.concatenate([c.stem["clean"][fit_idx], c.stem["aug1"][fit_idx]]).astype(np.float32)
     stem_path = c.stem["path"][fit_idx].astype(np.float32) if path_pairs else None
-    phase(top, stem, c.stem["clean"][val_idx].astype(np.float32), 3, 1e-4, stem_path)
+    trained = top
+    if FEATURE_NOISE:
+        # Noise on the stem's output while the top trains (Keras's GaussianNoise is off at
+        # inference), SD a fraction of the features' own: a top that must answer alike for
+        # features a little apart, as an int8 stem or another path to the same film leaves them.
+        # (GaussianNoise takes an SD of at most 1: the noise is added in units of the features' SD.)
+        sd = float(stem.std())
+        features = keras.Input(top.input.shape[1:])
+        noisy = keras.layers.GaussianNoise(FEATURE_NOISE, seed=seed)(keras.layers.Rescaling(1 / sd)(features))
+        trained = keras.Model(features, top(keras.layers.Rescaling(sd)(noisy)))
+    phase(trained, stem, c.stem["clean"][val_idx].astype(np.float32), 3, 1e-4, stem_path)
     return lambda view: top.predict(view["stem"].astype(np.float32), batch_size=256, verbose=0).reshape(-1)
 
 
@@ -578,7 +597,7 @@ def scores(y: np.ndarray, p: np.ndarray) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; sets the protocol's input side and kind, and names the cache after them."""
-    global IMAGE_SIZE, INPUT, AUGMENT, PATH_PAIR, RELATIVE_PENALTY, STEM_CUT
+    global IMAGE_SIZE, INPUT, AUGMENT, PATH_PAIR, RELATIVE_PENALTY, STEM_CUT, FEATURE_NOISE
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -628,8 +647,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"the last frozen layer; every layer after it is fine-tuned (default {STEM_CUT}; "
         "block_10_project_BN fine-tunes three blocks more)",
     )
+    parser.add_argument(
+        "--feature-noise",
+        type=float,
+        default=0.0,
+        help="Gaussian noise on the stem's output while the fine-tuned recipes train their top, SD this "
+        "fraction of the features' SD (default 0: none)",
+    )
     args = parser.parse_args(argv)
+    if not 0 <= args.feature_noise <= 1:
+        parser.error("--feature-noise must be in 0..1")
     IMAGE_SIZE, INPUT, AUGMENT, PATH_PAIR = args.image_size, args.input, args.augment, args.pair
+    FEATURE_NOISE = args.feature_noise
     RELATIVE_PENALTY = args.relative
     if args.stem_cut != STEM_CUT:
         STEM_CUT = args.stem_cut
@@ -848,6 +877,7 @@ def main(argv: list[str] | None = None) -> None:
         "pair": PATH_PAIR if "path_consistent" in recipes else None,
         "relative_penalty": RELATIVE_PENALTY,
         "stem_cut": STEM_CUT,
+        "feature_noise": FEATURE_NOISE,
         "split": args.split,
         "held_out": int(held.sum()),
         "held_out_normal": int((y == 0).sum()),
