@@ -215,6 +215,14 @@ def test_int8_stem_quantizes_the_stem_and_keeps_the_tops_float():
     np.testing.assert_allclose(lite, np.asarray(model(x)), atol=0.02)
 
 
+def test_int8_stem_refuses_when_it_cannot_find_the_tops_ops(monkeypatch):
+    # Were the converter to name ops otherwise, nothing would be left float: refused, not int8 whole.
+    monkeypatch.setattr(export, "float_layer_names", lambda model: ("no_such_layer",))
+    representative = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 1)).astype("float32")
+    with pytest.raises(ValueError, match="int8-stem found none of the ops of no_such_layer"):
+        convert_keras_model(tiny_two_top_ensemble(), quantize="int8-stem", representative=representative)
+
+
 def test_int8_stem_refuses_a_model_without_nested_tops(predictor, tmp_path):
     with pytest.raises(ValueError, match="int8-stem needs a model whose tops are nested models"):
         export_tflite(predictor, out=tmp_path / "m.tflite", quantize="int8-stem", progress=False)

@@ -17,8 +17,8 @@ Quantization modes:
   is recovered from the sidecar's ``data_dir`` and ``split`` entries); input and output stay float32.
 - ``"int8-stem"``: the same calibration, but only the shared stem in int8 (every layer before the
   first nested top: an ensemble's members or a student's top); the tops, their mean and the
-  embedding stay float32 (:func:`float_layer_names`). For models whose tops are finer-tuned than
-  their frozen ImageNet stem; a model without nested tops is refused.
+  embedding stay float32 (:func:`float_layer_names`). Meant for a frozen ImageNet stem under
+  fine-tuned tops; a model without nested tops is refused.
 
 The check (:func:`check_images`, :func:`parity`) runs the Keras model and the new file through the
 Predictor on images the model never trained on: ``held_out``, the images every ensemble member held
@@ -207,7 +207,13 @@ def _quantize_all_but(converter, representative_dataset, float_layers: tuple[str
         parts = [p.split("/") for p in name.split(";")]
         return name in outputs or any(len(p) > 1 and p[1] in wanted for p in parts)
 
-    options = debugging.QuantizationDebugOptions(denylisted_nodes=[n for n in names if is_float(n)])
+    denied = [n for n in names if is_float(n)]
+    if len(denied) <= len(outputs):  # the naming changed: nothing would stay float but the output
+        raise ValueError(
+            f"int8-stem found none of the ops of {', '.join(float_layers[:3])}... in the converted graph "
+            "(TensorFlow's op naming may have changed); use int8 to quantize the whole model"
+        )
+    options = debugging.QuantizationDebugOptions(denylisted_nodes=denied)
     debugger = debugging.QuantizationDebugger(
         converter=converter, debug_dataset=representative_dataset, debug_options=options
     )
