@@ -298,6 +298,24 @@ def run_stem(x: np.ndarray, augmenter=None) -> np.ndarray:
     return np.concatenate([f(x[i : i + 64]).numpy().astype(np.float16) for i in range(0, len(x), 64)])
 
 
+def check_stem_cut() -> None:
+    """Exit with a clear message unless the network after :data:`STEM_CUT` reads nothing but its
+    output (a cut inside a residual block leaves the block's skip input behind)."""
+    import keras
+
+    from pneumoscan.models.architectures import build_mobilenetv2
+
+    model = build_mobilenetv2(IMAGE_SIZE)
+    try:
+        keras.Model(model.get_layer(STEM_CUT).output, model.get_layer("avg_pool").output)
+    except ValueError as exc:  # no such layer, or the rest of the network is not fed by it alone
+        raise SystemExit(
+            f"--stem-cut {STEM_CUT}: the layers after it cannot run on its output alone ({exc}); cut at "
+            "a block's last layer, its '_add' where it has one (block_5_add, block_12_add) and its "
+            "'_project_BN' where not (block_10_project_BN, block_13_project_BN)"
+        ) from exc
+
+
 def pool(stem: np.ndarray) -> np.ndarray:
     """Stem features -> the frozen ImageNet top's pooled ``out_relu`` features (frozen + LR's input)."""
     import keras
@@ -856,6 +874,7 @@ def main(argv: list[str] | None = None) -> None:
             "path_consistent pairs the usual augmented view with its resampled twin: drop --augment"
         )
     path_pairs = "path_consistent" in recipes
+    check_stem_cut()
     build_cache(args.data, args.cache, path_pairs=path_pairs)
     c = Cache(args.cache, path_pairs=path_pairs)
     print(f"cache ready in {time.perf_counter() - start:.0f} s", flush=True)
