@@ -213,11 +213,9 @@ def _quantize_all_but(converter, representative_dataset, float_layers: tuple[str
             f"int8-stem found none of the ops of {', '.join(float_layers[:3])}... in the converted graph "
             "(TensorFlow's op naming may have changed); use int8 to quantize the whole model"
         )
-    options = debugging.QuantizationDebugOptions(denylisted_nodes=denied)
-    debugger = debugging.QuantizationDebugger(
-        converter=converter, debug_dataset=representative_dataset, debug_options=options
-    )
-    return debugger.get_nondebug_quantized_model()
+    # New options on the same debugger re-quantize its calibrated model: no second calibration.
+    probe.options = debugging.QuantizationDebugOptions(denylisted_nodes=denied)
+    return probe.get_nondebug_quantized_model()
 
 
 def model_split(metadata: ModelMetadata, data_dir: str | Path) -> tuple[list[Sample], list[Sample]]:
@@ -541,6 +539,8 @@ def _check_arguments(predictor: Predictor, out, quantize: str, max_check_images:
         )
     if max_check_images is not None and max_check_images < 4:
         raise ValueError(f"max_check_images must be at least 4, got {max_check_images}")
+    if quantize == "int8-stem":
+        float_layer_names(predictor.model)  # a model without nested tops is refused before any decoding
 
 
 def _training_data(predictor: Predictor, data_dir: str | Path | None) -> Path:
