@@ -62,8 +62,8 @@ def recipe_label(recipe: str, run: dict) -> str:
 
 def collect(
     paths: list[Path],
-) -> dict[tuple[str, str, str, int, str], dict[str, dict[str, list[tuple[str, float]]]]]:
-    """``{(split, input, augment, image size, stem cut[, feature noise]): {summary row: {view:
+) -> dict[tuple[str, str, str, int, str, float], dict[str, dict[str, list[tuple[str, float]]]]]:
+    """``{(split, input, augment, image size, stem cut, feature noise): {summary row: {view:
     [(source, auc), ...]}}}`` from every file.
 
     Runs of different splits hold out different images, runs on different inputs, training views,
@@ -73,10 +73,8 @@ def collect(
     for path in paths:
         run = json.loads(path.read_text())
         kind = (run.get("split", "setup"), run.get("input", "model"), run.get("augment", "standard"))
-        tuning = run.get("stem_cut", RELEASED_CUT)
-        if run.get("feature_noise"):
-            tuning = f"{tuning}, feature noise {run['feature_noise']}"
-        rows = found[(*kind, int(run.get("image_size", 224)), tuning)]
+        tuning = (run.get("stem_cut", RELEASED_CUT), float(run.get("feature_noise") or 0.0))
+        rows = found[(*kind, int(run.get("image_size", 224)), *tuning)]
         seeds_of = defaultdict(int)  # recipe -> how many seeds' models this run trained
         for name in run:
             if seed := SEED_ROW.match(name):
@@ -132,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", type=Path, help="JSON files of recipe_validation.py --json")
     args = parser.parse_args(argv)
-    for (split, kind, augment, size, cut), rows in sorted(collect(args.runs).items()):
-        tuned = "" if cut == RELEASED_CUT else f", fine-tuned after {cut}"
-        if cut.startswith(f"{RELEASED_CUT}, "):  # the released cut, trained under feature noise
-            tuned = cut.removeprefix(RELEASED_CUT)
+    for (split, kind, augment, size, cut, noise), rows in sorted(collect(args.runs).items()):
+        tuned = ("" if cut == RELEASED_CUT else f", fine-tuned after {cut}") + (
+            f", feature noise {noise}" if noise else ""
+        )
         print(
             f"== {split} split, {kind} input, {augment} training view, {size} px{tuned}: "
             "held-out ROC AUC, mean ± SD [min, max] (n)"

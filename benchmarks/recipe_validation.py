@@ -298,16 +298,17 @@ def run_stem(x: np.ndarray, augmenter=None) -> np.ndarray:
     return np.concatenate([f(x[i : i + 64]).numpy().astype(np.float16) for i in range(0, len(x), 64)])
 
 
-def check_stem_cut() -> None:
-    """Exit with a clear message unless the network after :data:`STEM_CUT` reads nothing but its
-    output (a cut inside a residual block leaves the block's skip input behind)."""
+def frozen_top():
+    """The frozen ImageNet network from :data:`STEM_CUT` to the pooled ``out_relu`` features. Exits
+    with a clear message unless the layers after the cut read nothing but its output (a cut inside a
+    residual block leaves the block's skip input behind): :func:`main` builds it before the cache."""
     import keras
 
     from pneumoscan.models.architectures import build_mobilenetv2
 
     model = build_mobilenetv2(IMAGE_SIZE)
     try:
-        keras.Model(model.get_layer(STEM_CUT).output, model.get_layer("avg_pool").output)
+        return keras.Model(model.get_layer(STEM_CUT).output, model.get_layer("avg_pool").output)
     except ValueError as exc:  # no such layer, or the rest of the network is not fed by it alone
         raise SystemExit(
             f"--stem-cut {STEM_CUT}: the layers after it cannot run on its output alone ({exc}); cut at "
@@ -318,13 +319,7 @@ def check_stem_cut() -> None:
 
 def pool(stem: np.ndarray) -> np.ndarray:
     """Stem features -> the frozen ImageNet top's pooled ``out_relu`` features (frozen + LR's input)."""
-    import keras
-
-    from pneumoscan.models.architectures import build_mobilenetv2
-
-    model = build_mobilenetv2(IMAGE_SIZE)
-    top = keras.Model(model.get_layer(STEM_CUT).output, model.get_layer("avg_pool").output)
-    return top.predict(stem.astype(np.float32), batch_size=256, verbose=0)
+    return frozen_top().predict(stem.astype(np.float32), batch_size=256, verbose=0)
 
 
 def cached_paths(cache: Path) -> list[str]:
@@ -874,7 +869,7 @@ def main(argv: list[str] | None = None) -> None:
             "path_consistent pairs the usual augmented view with its resampled twin: drop --augment"
         )
     path_pairs = "path_consistent" in recipes
-    check_stem_cut()
+    frozen_top()  # a bad --stem-cut fails here, before minutes of cache building
     build_cache(args.data, args.cache, path_pairs=path_pairs)
     c = Cache(args.cache, path_pairs=path_pairs)
     print(f"cache ready in {time.perf_counter() - start:.0f} s", flush=True)
