@@ -33,47 +33,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference_parts import machine, machine_words  # noqa: E402
 
 
-def session(model: Path, threads: int, batch: int):
-    """A function running ``(batch, ...)`` float32 arrays through one interpreter of ``threads``."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(model), num_threads=threads)
-    source = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(source["index"], [batch, *source["shape"][1:]])
-    interpreter.allocate_tensors()
-    sink = interpreter.get_output_details()[0]["index"]
-
-    def run(x: np.ndarray) -> np.ndarray:
-        interpreter.set_tensor(source["index"], x)
-        interpreter.invoke()
-        return interpreter.get_tensor(sink).copy()
-
-    return run
-
-
 def modes(model: Path, batch: int, cores: int) -> dict:
-    """The four ways to run a batch (module docstring), each a function of the batch."""
+    """The four ways to run a batch (module docstring), each a function of the batch: the first and
+    last are the backend itself (a batch, and one image at a time), the others its sessions
+    (:class:`~pneumoscan.inference.backends._LiteRTSession`) used the other ways."""
+    from pneumoscan.inference.backends import LiteRTBackend, _LiteRTSession
+
+    backend = LiteRTBackend(model, cores)
     pool = concurrent.futures.ThreadPoolExecutor(cores)
-    singles = [session(model, 1, 1) for _ in range(cores)]
     shares = np.array_split(np.arange(batch), cores)
-    sized = [session(model, 1, len(share)) for share in shares]
-    whole, one = session(model, cores, batch), session(model, cores, 1)
-
-    def per_image_per_core(x):
-        def part(k):
-            return np.concatenate([singles[k](x[i : i + 1]) for i in shares[k]])
-
-        return np.concatenate(list(pool.map(part, range(cores))))
+    sized = [_LiteRTSession(model, 1) for _ in shares]
+    whole = _LiteRTSession(model, cores)
 
     def share_per_core(x):
-        return np.concatenate(list(pool.map(lambda k: sized[k](x[shares[k]]), range(cores))))
+        return np.concatenate(list(pool.map(lambda k: sized[k].run(x[shares[k]]), range(cores))))
 
     return {
-        "per image, 1-thread interpreter per core (the backend)": per_image_per_core,
+        "per image, 1-thread interpreter per core (the backend)": backend.run,
         "half-batch per call, 1-thread interpreter per core": share_per_core,
-        "whole batch per call, one interpreter of all cores": whole,
+        "whole batch per call, one interpreter of all cores": whole.run,
         "per image, one interpreter of all cores": lambda x: np.concatenate(
-            [one(x[i : i + 1]) for i in range(len(x))]
+            [backend.run(x[i : i + 1]) for i in range(len(x))]
         ),
     }
 

@@ -105,9 +105,9 @@ class LiteRTBackend:
         # One image at a time runs fastest on one interpreter using every core...
         self._session = _LiteRTSession(model_path, self.num_threads)
         # ...many images on one single-threaded interpreter per core, each taking whole images:
-        # 1.2 times the rate of one 2-thread interpreter given the whole batch, and of single-thread
-        # interpreters given half a batch per call (`benchmarks/litert_batching.py`, the bundled
-        # export, 2 cores; docs/speed.md has the run).
+        # 1.1-1.2 times the rate of one 2-thread interpreter given the whole batch, and of
+        # single-thread interpreters given half a batch per call (`benchmarks/litert_batching.py`,
+        # the bundled export, 2 cores; docs/speed.md has the runs).
         self._workers: queue.SimpleQueue[_LiteRTSession] | None = None
         self._pool = None
 
