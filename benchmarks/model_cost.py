@@ -1,11 +1,14 @@
 """What the model costs by input side and member count, against the stock MobileNetV2 yardstick.
 
-    python benchmarks/model_cost.py [--sizes 224,160,128] [--members 3] [--rounds 30] [--json FILE]
+    python benchmarks/model_cost.py [--sizes 224,160,128] [--members 3] [--unfreeze-blocks 3]
+                                    [--rounds 30] [--json FILE]
 
 Issue 18's targets leave the model about half a stock MobileNetV2 (README, "Inference"). This
 script measures, model only, which shapes of this project's network fit: for each input side,
 the single model (one MobileNetV2 with the project's head, 1 grey channel in) and an ensemble of
-``--members`` tops on one frozen stem cut after ``block_13`` (the released layout,
+``--members`` tops on one frozen stem cut below the top ``--unfreeze-blocks`` blocks (3, the
+released layout, cuts after ``block_13``; 11, what ``pneumoscan train --unfreeze-blocks 11`` trains,
+after ``block_5``; a comma list measures each cut;
 :func:`~pneumoscan.models.architectures.build_ensemble`), each converted to float32 LiteRT and run
 on an interpreter of 2 threads, one image at a time, beside the yardstick (stock MobileNetV2, 224 x
 224 x 3, float32, 2 threads; :func:`inference_parts.yardstick_interpreter`).
@@ -40,24 +43,28 @@ def interpreter_of(model):
     return interpreter
 
 
-def candidates(sizes: list[int], members: int) -> dict:
-    """``{name: keras model}``: the single model and the ensemble at each side (random weights)."""
+def candidates(sizes: list[int], members: int, unfreeze: list[int] | None = None) -> dict:
+    """``{name: keras model}``: the single model and, per cut (top blocks fine-tuned), the ensemble
+    at each side (random weights)."""
     import keras
 
     from pneumoscan.models.architectures import build_ensemble, build_mobilenetv2, mobilenet_cut_layer
 
+    unfreeze = unfreeze or [3]
     out = {}
     for size in sizes:
         single = build_mobilenetv2(size, weights=None)
-        cut = mobilenet_cut_layer(single, 3)
-        tops = []
-        for k in range(members):
-            source = build_mobilenetv2(size, weights=None)
-            tops.append(keras.Model(source.get_layer(cut).output, source.output, name=f"member_{k}"))
         out[f"{size} px, single model"] = single
-        out[f"{size} px, {members} tops on one stem"] = build_ensemble(
-            build_mobilenetv2(size, weights=None), cut, tops
-        )
+        for blocks in unfreeze:
+            cut = mobilenet_cut_layer(single, blocks)
+            tops = []
+            for k in range(members):
+                source = build_mobilenetv2(size, weights=None)
+                tops.append(keras.Model(source.get_layer(cut).output, source.output, name=f"member_{k}"))
+            name = f"{size} px, {members} tops on one stem"
+            if unfreeze != [3]:  # the released layout keeps the name earlier runs printed
+                name += f", top {blocks} blocks"
+            out[name] = build_ensemble(build_mobilenetv2(size, weights=None), cut, tops)
     return out
 
 
@@ -87,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="224,160,128")
     parser.add_argument("--members", type=int, default=3)
+    parser.add_argument(
+        "--unfreeze-blocks",
+        default="3",
+        help="top blocks each member owns, a comma list (default: 3, as released)",
+    )
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--json", type=Path)
@@ -94,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     measured_on = machine()
     print(f"machine: {machine_words(measured_on)}", flush=True)
     interpreters = {"yardstick": yardstick_interpreter()}
-    for name, model in candidates([int(s) for s in args.sizes.split(",")], args.members).items():
+    sizes = [int(s) for s in args.sizes.split(",")]
+    unfreeze = [int(b) for b in args.unfreeze_blocks.split(",")]
+    for name, model in candidates(sizes, args.members, unfreeze).items():
         interpreters[name] = interpreter_of(model)
     times = time_interleaved(interpreters, args.rounds, args.per_round)
     base = ms(times["yardstick"])
@@ -102,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nmodel only, float32 LiteRT, {YARDSTICK_THREADS} threads, one image;"
         f" {args.rounds} interleaved rounds"
     )
-    print(f"{'':<32}{'p50 ms':>9}{'p95 ms':>9}{'x yardstick':>13}")
+    print(f"{'':<44}{'p50 ms':>9}{'p95 ms':>9}{'x yardstick':>13}")
     rows = {}
     for name, t in times.items():
         rows[name] = {
@@ -111,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_to_yardstick": ms(t) / base,
             "calls": len(t),
         }
-        print(f"{name:<32}{ms(t):>9.2f}{ms(t, 95):>9.2f}{ms(t) / base:>12.2f}x")
+        print(f"{name:<44}{ms(t):>9.2f}{ms(t, 95):>9.2f}{ms(t) / base:>12.2f}x")
     print(
         "\nA shape fits when its p50 is at most 1.3x the yardstick's p50 less what everything but the"
         " model takes (benchmarks/inference.py: one image end to end minus model only, on this machine)."
