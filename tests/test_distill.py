@@ -1,7 +1,8 @@
 """Distillation (``pneumoscan distill``) works: a tiny ensemble of random MobileNetV2 tops is
 distilled on a tiny tree into a student whose output the Predictor reads through its sidecar
 (calibrated probability, spread as uncertainty, the teacher's embedding and guard), from the
-``.keras`` file and from a LiteRT export; the gate refuses a broken student and writes nothing.
+``.keras`` file and from a LiteRT export; the gate refuses a broken student, writes no model and
+keeps its report.
 
 These tests check that distillation *works*, not how well: the released student's figures come
 from ``pneumoscan distill`` on the real data and ``benchmarks/distill.py``.
@@ -143,7 +144,7 @@ def test_distilled_student_keeps_probability_spread_embedding_and_guard(teacher,
 
 
 @pytest.mark.slow
-def test_the_gate_refuses_a_broken_student_and_writes_nothing(teacher, tree, tmp_path, monkeypatch):
+def test_the_gate_refuses_a_broken_student_and_writes_only_its_report(teacher, tree, tmp_path, monkeypatch):
     from pneumoscan.training import distill as distill_module
 
     real_fit = distill_module.fit_student
@@ -158,11 +159,15 @@ def test_the_gate_refuses_a_broken_student_and_writes_nothing(teacher, tree, tmp
     monkeypatch.setattr(distill_module, "fit_student", broken_fit)
     out = tmp_path / "student"
     with pytest.raises(
-        distill_module.GateError, match=r"nothing written: .*more than the 0.005 allowed"
+        distill_module.GateError, match=r"no model written .*distill-refused.json.*more than the 0.005"
     ) as refused:
         distill_module.distill(teacher, tree, out, cfg=quick_config(), export=False, progress=False)
     assert not refused.value.report["passed"]
     assert not (out / "model.keras").exists() and not list(out.glob("*.meta.json"))
+    assert not (out / "distill.json").exists()
+    kept = json.loads((out / "distill-refused.json").read_text())
+    assert kept["gate"]["passed"] is False and kept["gate"]["misses"] == refused.value.report["misses"]
+    assert kept["teacher"]["sha256"] and kept["timings_s"]["student training"] > 0
 
 
 def test_gate_says_what_failed_and_by_how_much():

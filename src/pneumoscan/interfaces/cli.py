@@ -308,7 +308,7 @@ def add_distill_parser(sub) -> None:
         "student is written only if it matches the teacher's ROC AUC there and on shifted views "
         "within --max-auc-diff and its decisions agree on at least --min-agreement of the images no "
         "member trained on. Writes OUT/model.keras, its sidecar, OUT/model-litert.tflite (float16) "
-        "and OUT/distill.json.",
+        "and OUT/distill.json; a refused student leaves only its report, OUT/distill-refused.json.",
     )
     p.add_argument(
         "--teacher", type=Path, required=True, help="the ensemble's .keras file (with its sidecar)"

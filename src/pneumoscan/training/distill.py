@@ -84,6 +84,9 @@ log = logging.getLogger(__name__)
 
 #: File names in the output folder.
 MODEL_FILE, LITERT_FILE, REPORT_FILE = "model.keras", "model-litert.tflite", "distill.json"
+#: What a student that fails the gate leaves behind instead of a model: its report, so the figures
+#: of a run of many minutes are not only in a terminal's scrollback.
+REFUSED_FILE = "distill-refused.json"
 
 
 class GateError(ValueError):
@@ -405,8 +408,9 @@ def distill(
     progress: bool = True,
 ) -> dict:
     """Distil ``teacher_path`` on ``data_dir`` into ``out_dir`` (module docstring); returns the
-    report written to ``distill.json``. Raises :class:`GateError` (nothing written) when the
-    student fails the gate, FileExistsError when ``out_dir`` already holds a student."""
+    report written to ``distill.json``. Raises :class:`GateError` when the student fails the gate
+    (no model written; the report goes to ``distill-refused.json``), FileExistsError when
+    ``out_dir`` already holds a student."""
 
     cfg = cfg or DistillConfig()
     out_dir, timings = Path(out_dir), {}
@@ -456,8 +460,12 @@ def distill(
         )
         meta.write(tmp / MODEL_FILE)
         if not report["passed"]:
+            refused = _full_report(report, distilled_on, training, timings, cfg, teacher)
+            (out_dir / REFUSED_FILE).write_text(json.dumps(refused, indent=2) + "\n")
             raise GateError(
-                "the student fails the gate, nothing written: " + "; ".join(report["misses"]), report
+                f"the student fails the gate, no model written (its report: {out_dir / REFUSED_FILE}): "
+                + "; ".join(report["misses"]),
+                report,
             )
         report["serving_check"] = serving_check(
             teacher.path, tmp / MODEL_FILE, sets, _first_held_out(held_s, teacher.metadata.image_size)
@@ -469,10 +477,17 @@ def distill(
     if export:
         with _timed(timings, "float16 LiteRT export and its check"):
             report["export"] = _export(out_dir, data_dir, progress=progress)
+    full = _full_report(report, distilled_on, training, timings, cfg, teacher)
+    (out_dir / REPORT_FILE).write_text(json.dumps(full, indent=2) + "\n")
+    (out_dir / REFUSED_FILE).unlink(missing_ok=True)  # an earlier refusal in this folder is stale now
+    return full
+
+
+def _full_report(report, distilled_on, training, timings, cfg, teacher) -> dict:
+    """Everything a run measured: the gate, the data, the training, the time of each stage."""
     full = {"gate": report, "distilled_on": distilled_on, "training": training, "timings_s": timings}
     full["config"] = dataclasses.asdict(cfg)
     full["teacher"] = {"path": str(teacher.path), "sha256": teacher.sha256}
-    (out_dir / REPORT_FILE).write_text(json.dumps(full, indent=2) + "\n")
     return full
 
 
