@@ -29,7 +29,7 @@ out, and the out-of-scope set when given. The student must be within
 views, and its three-outcome decisions must agree with the teacher's on at least
 :attr:`DistillConfig.min_agreement` of the images no member trained on (shifted views, images every
 member held out, out-of-scope radiographs). A student that fails is not written; the error says by
-how much it missed.
+how much it missed, and the run's report is kept as ``distill-refused.json``.
 
 The output folder: ``model.keras`` (:func:`~pneumoscan.models.artifacts.save_model`), its sidecar
 (the teacher's, plus a ``student`` section: output columns, teacher file and sha256, what was
