@@ -6,7 +6,8 @@ Each run of :mod:`recipe_validation` writes one JSON file (``--json``): one row 
 trained, each scored on the held-out images clean and under a tight crop. A summary over seeds
 needs several runs (a recipe's seeds are spread over them), so this script reads every file given,
 groups the rows by split (``--split``), input (``--input``), training view (``--augment``), input
-size and recipe, and prints, for each view:
+size and recipe, and prints, for each view (clean, the tight crop, and, where a run has them, the
+JPEG of quality 50 and the other files of the same film):
 
 - ``frozen_lr``: its ROC AUC (deterministic; every run that has it should print the same);
 - a fine-tuned recipe's single models (``single``, ``reweighted``, ``consistent`` and
@@ -39,6 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ground_truth import agreement, report  # noqa: E402  (one definition of the check)
 
 VIEWS = ("clean", "crop")
+#: The other views a run may hold (runs since 2026-12-03: the JPEG of quality 50 and the other files
+#: of the same film, :data:`recipe_validation.PATH_VIEWS`): summarised and checked where present.
+OTHER_VIEWS = ("jpeg50", "up1024_png", "up2048_jpeg90", "rgb_jpeg95", "down_half_png")
 SEED_ROW = re.compile(r"^(single|reweighted|consistent|path_consistent) seed (\d+)$")
 MEAN_ROW = re.compile(r"^(\w+), mean of the seeds' models$")
 #: The stem cut of every run before ``--stem-cut`` (the release's members fine-tune after it).
@@ -97,8 +101,9 @@ def collect(
                 key, source = "ensemble (cross-fitted)", path.name
             else:
                 continue
-            for view in VIEWS:
-                rows[key][view].append((source, float(row[view]["auc"])))
+            for view in (*VIEWS, *OTHER_VIEWS):
+                if view in row:
+                    rows[key][view].append((source, float(row[view]["auc"])))
             if "paths" in row:  # runs since 2026-12-03: the held-out images' spread over file paths
                 # Since that afternoon on one calibrated scale (recipe_validation.on_one_scale), before
                 # in raw P: the two are kept apart.
@@ -138,12 +143,15 @@ def main(argv: list[str] | None = None) -> int:
             f"== {split} split, {kind} input, {augment} training view, {size} px{tuned}: "
             "held-out ROC AUC, mean ± SD [min, max] (n)"
         )
-        measured: dict[str, dict[str, float]] = {view: {} for view in VIEWS}
+        views = [v for v in (*VIEWS, *OTHER_VIEWS) if any(rows[key].get(v) for key in rows)]
+        measured: dict[str, dict[str, float]] = {view: {} for view in views}
         for key in sorted(rows):
             print(f"  {key}")
-            for view in VIEWS:
-                values = [auc for _, auc in rows[key][view]]
-                print(f"    {view:<6} {describe(values)}")
+            for view in views:
+                values = [auc for _, auc in rows[key].get(view, [])]
+                if not values:
+                    continue
+                print(f"    {view:<13} {describe(values)}")
                 if key in TEST_ROWS:
                     measured[view][TEST_ROWS[key]] = float(np.mean(values))
             for scale in ("paths", "paths (raw P)"):
@@ -167,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                         else ""
                     )
                 )
-        for view in VIEWS:
+        for view in views:
             if len(measured[view]) > 2:
                 found = agreement(measured[view])
                 print(f"  agreement with the test split ({view}): {json.dumps(found)}")
