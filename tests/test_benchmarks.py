@@ -3,11 +3,13 @@
 Benchmarks are run by hand, so nothing else in the suite runs them; a script that no longer
 compiles (a ``global`` after its name is read is a SyntaxError that a linter does not report) would
 stay unnoticed until someone needs its figures. Helper modules without a command line (imported by
-a script) must at least compile.
+a script) must at least compile. One script is also checked on what it computes: the recipe
+summary's agreement with the test table, per view, on a run file written here.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +44,42 @@ def test_every_benchmark_answers_help(path):
     )
     assert done.returncode == 0, f"{path.name} --help failed:\n{done.stderr[-2000:]}"
     assert done.stdout.startswith("usage:"), f"{path.name} --help printed no usage:\n{done.stdout[:500]}"
+
+
+def test_recipe_summary_checks_every_view_against_the_test_table(tmp_path, capsys):
+    """A view that ranks recipes as the test split does is reported as agreeing, one that does not
+    as disagreeing: the check runs per view, the texture views included, not only clean and crop."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import recipe_summary
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    # clean: the training folder's order (ensemble first); down_half_png: the test split's order
+    # (mean of three > frozen + LR > the single seeds' mean > ensemble, issue 16's table)
+    def scored(clean: float, half: float) -> dict:
+        return {"clean": {"auc": clean}, "crop": {"auc": clean - 0.01}, "down_half_png": {"auc": half}}
+
+    run = {
+        "split": "setup",
+        "frozen_lr": scored(0.988, 0.960),
+        "single seed 1337": scored(0.994, 0.955),
+        "single seed 7": scored(0.993, 0.950),
+        "single seed 42": scored(0.992, 0.949),
+        "single, mean of the seeds' models": scored(0.9945, 0.970),
+        "ensemble": scored(0.995, 0.940),
+    }
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    assert recipe_summary.main([str(path)]) == 0
+    printed = capsys.readouterr().out
+    lines = {
+        view: next(line for line in printed.splitlines() if f"test split ({view})" in line)
+        for view in ("clean", "crop", "down_half_png")
+    }
+    half = json.loads(lines["down_half_png"].split(": ", 1)[1])
+    assert half["spearman_rho"] == pytest.approx(1.0)
+    assert half["pairs_agreeing"] == "6 of 6"
+    clean = json.loads(lines["clean"].split(": ", 1)[1])
+    assert clean["pairs_agreeing"] != "6 of 6"
+    assert clean["spearman_rho"] < 0.5
