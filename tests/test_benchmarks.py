@@ -46,14 +46,11 @@ def test_every_benchmark_answers_help(path):
     assert done.stdout.startswith("usage:"), f"{path.name} --help printed no usage:\n{done.stdout[:500]}"
 
 
-def test_recipe_summary_checks_every_view_against_the_test_table(tmp_path, capsys):
+def test_recipe_summary_checks_every_view_against_the_test_table(tmp_path, capsys, monkeypatch):
     """A view that ranks recipes as the test split does is reported as agreeing, one that does not
     as disagreeing: the check runs per view, the texture views included, not only clean and crop."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import recipe_summary
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # restored after the test
+    import recipe_summary
 
     # clean: the training folder's order (ensemble first); down_half_png: the test split's order
     # (mean of three > frozen + LR > the single seeds' mean > ensemble, issue 16's table)
