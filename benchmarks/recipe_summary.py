@@ -39,10 +39,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ground_truth import agreement, report  # noqa: E402  (one definition of the check)
 
+#: The views every run holds. Any other entry of a row that has a ROC AUC is a view too (runs since
+#: 2026-12-03: the JPEG of quality 50 and the other files of the same film), read from the file, so
+#: that a view :mod:`recipe_validation` adds is summarised and checked without a list kept here.
 VIEWS = ("clean", "crop")
-#: The other views a run may hold (runs since 2026-12-03: the JPEG of quality 50 and the other files
-#: of the same film, :data:`recipe_validation.PATH_VIEWS`): summarised and checked where present.
-OTHER_VIEWS = ("jpeg50", "up1024_png", "up2048_jpeg90", "rgb_jpeg95", "down_half_png")
+#: A row's spread of P over file paths, per scale: summarised apart from the views.
+SPREADS = ("paths", "paths (raw P)")
 SEED_ROW = re.compile(r"^(single|reweighted|consistent|path_consistent) seed (\d+)$")
 MEAN_ROW = re.compile(r"^(\w+), mean of the seeds' models$")
 #: The stem cut of every run before ``--stem-cut`` (the release's members fine-tune after it).
@@ -101,13 +103,13 @@ def collect(
                 key, source = "ensemble (cross-fitted)", path.name
             else:
                 continue
-            for view in (*VIEWS, *OTHER_VIEWS):
-                if view in row:
-                    rows[key][view].append((source, float(row[view]["auc"])))
+            for view, scored in row.items():
+                if isinstance(scored, dict) and "auc" in scored:
+                    rows[key][view].append((source, float(scored["auc"])))
             if "paths" in row:  # runs since 2026-12-03: the held-out images' spread over file paths
                 # Since that afternoon on one calibrated scale (recipe_validation.on_one_scale), before
                 # in raw P: the two are kept apart.
-                scale = "paths" if "platt_slope" in row["paths"] else "paths (raw P)"
+                scale = SPREADS[0] if "platt_slope" in row["paths"] else SPREADS[1]
                 rows[key].setdefault(scale, []).append((source, row["paths"]))
     return found
 
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             f"== {split} split, {kind} input, {augment} training view, {size} px{tuned}: "
             "held-out ROC AUC, mean ± SD [min, max] (n)"
         )
-        views = [v for v in (*VIEWS, *OTHER_VIEWS) if any(rows[key].get(v) for key in rows)]
+        views = [*VIEWS, *dict.fromkeys(v for k in rows for v in rows[k] if v not in (*VIEWS, *SPREADS))]
         measured: dict[str, dict[str, float]] = {view: {} for view in views}
         for key in sorted(rows):
             print(f"  {key}")
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    {view:<13} {describe(values)}")
                 if key in TEST_ROWS:
                     measured[view][TEST_ROWS[key]] = float(np.mean(values))
-            for scale in ("paths", "paths (raw P)"):
+            for scale in SPREADS:
                 paths = [row for _, row in rows[key].get(scale, [])]
                 if not paths:
                     continue
