@@ -80,3 +80,25 @@ def test_recipe_summary_checks_every_view_against_the_test_table(tmp_path, capsy
     clean = json.loads(lines["clean"].split(": ", 1)[1])
     assert clean["pairs_agreeing"] != "6 of 6"
     assert clean["spearman_rho"] < 0.5
+
+
+@pytest.mark.parametrize("shape", [(224, 224), (1858, 2090), (480, 311)])
+def test_zoom_window_cuts_a_collimated_look_inside_the_film(shape, monkeypatch):
+    """``--augment zoom-window``'s windows: inside the film, 60-85 % of each side, and low enough
+    that the top of the film (head and neck of a wide-field film) is always cut away."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import numpy as np
+    import recipe_validation
+
+    height, width = shape
+    rng = np.random.default_rng(0)
+    windows = np.array([recipe_validation.zoom_window(height, width, rng) for _ in range(2000)])
+    top, left, bottom, right = windows.T
+    assert (top >= 0).all() and (left >= 0).all() and (bottom <= height).all() and (right <= width).all()
+    low, high = recipe_validation.ZOOM_WINDOW
+    for side, full in ((bottom - top, height), (right - left, width)):
+        assert side.min() >= np.floor(low * full) and side.max() <= np.ceil(high * full)
+        assert side.max() - side.min() > 0.15 * full  # the fractions are drawn, not fixed
+    # at least half the room above the window is cut: 7.5 % of the film at the largest window
+    assert (top >= np.floor(0.5 * (height - (bottom - top)))).all()
+    assert top.min() >= np.floor(0.5 * (1 - high) * height)
