@@ -177,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
                         else ""
                     )
                 )
+        if augment != "standard" or tuned:
+            # The test table measured the recipes as they train by default (one row, frozen + LR
+            # with zoomed copies, aside): these models were trained otherwise, so the figures
+            # below say how this setting would rank recipes, not how these models would test.
+            print("  (trained otherwise than the test table's recipes; the check below uses their figures)")
         for view in views:
             if len(measured[view]) > 2:
                 found = agreement(measured[view])
