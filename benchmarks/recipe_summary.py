@@ -10,8 +10,8 @@ size and recipe, and prints, for each view (clean, the tight crop, and, where a 
 JPEG of quality 50 and the other files of the same film):
 
 - ``frozen_lr``: its ROC AUC (deterministic; every run that has it should print the same);
-- a fine-tuned recipe's single models (``single``, ``reweighted``, ``consistent`` and
-  ``path_consistent``, these two per penalty weight): mean ± SD [min, max] over every seed found,
+- a fine-tuned recipe's single models (``single``, ``reweighted``, ``adversarial``, ``consistent``
+  and ``path_consistent``, these two per penalty weight): mean ± SD [min, max] over every seed found,
   and how many;
 - the mean of three models of one recipe (a run's "mean of the seeds' models" over exactly three
   seeds, and the single recipe's "ensemble of seeds [...]" rows): mean ± SD over the groups found;
@@ -45,7 +45,7 @@ from ground_truth import agreement, report  # noqa: E402  (one definition of the
 VIEWS = ("clean", "crop")
 #: A row's spread of P over file paths, per scale: summarised apart from the views.
 SPREADS = ("paths", "paths (raw P)")
-SEED_ROW = re.compile(r"^(single|reweighted|consistent|path_consistent) seed (\d+)$")
+SEED_ROW = re.compile(r"^(single|reweighted|consistent|path_consistent|adversarial) seed (\d+)$")
 MEAN_ROW = re.compile(r"^(\w+), mean of the seeds' models$")
 #: The stem cut of every run before ``--stem-cut`` (the release's members fine-tune after it).
 RELEASED_CUT = "block_13_project_BN"
@@ -57,7 +57,9 @@ GROUP_ROW = re.compile(r"^single, ensemble of seeds \[([\d, ]+)\]$")
 def recipe_label(recipe: str, run: dict) -> str:
     """A recipe's name in the summary; the penalised ones (:data:`WEIGHTED`) with their weight
     (``relative`` with ``--relative``), and ``path_consistent`` with the views its penalty pairs
-    (``--pair``; runs before it: augmented)."""
+    (``--pair``; runs before it: augmented); ``adversarial`` with its reversal weight."""
+    if recipe == "adversarial":
+        return f"{recipe} (weight {run.get('adversary')})"
     if recipe not in WEIGHTED:
         return recipe
     penalty = f"penalty {run.get('consistency')}{' relative' if run.get('relative_penalty') else ''}"

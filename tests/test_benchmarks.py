@@ -102,3 +102,37 @@ def test_zoom_window_cuts_a_collimated_look_inside_the_film(shape, monkeypatch):
     # at least half the room above the window is cut: 7.5 % of the film at the largest window
     assert (top >= np.floor(0.5 * (height - (bottom - top)))).all()
     assert top.min() >= np.floor(0.5 * (1 - high) * height)
+
+
+def test_set_up_adversary_reverses_only_the_gradient_into_the_features(monkeypatch):
+    """The ``adversarial`` recipe's gradient reversal: P(pneumonia) is the top's own, and the
+    adversary's gradient reaches the top's weights multiplied by ``-ADVERSARY``."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import keras
+    import numpy as np
+    import recipe_validation
+    import tensorflow as tf
+
+    monkeypatch.setattr(recipe_validation, "ADVERSARY", 0.3)
+    keras.utils.set_random_seed(0)
+    stem = keras.Input((7, 7, 16))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 1, activation="relu")(stem))
+    top = keras.Model(stem, [keras.layers.Dense(1, activation="sigmoid")(pooled), pooled])
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 32)
+    model = recipe_validation.with_adversary(top, rng.random((32, 8)).astype("float32"), y, rng.random(32))
+    x = tf.constant(rng.random((4, 7, 7, 16)).astype("float32"))
+    label = tf.constant(y[:4, None].astype("float32"))
+    p, _ = model([x, label])
+    np.testing.assert_allclose(p.numpy(), top(x)[0].numpy(), rtol=1e-6)
+    adversary = model.layers[-1]
+    assert isinstance(adversary, keras.Model)
+    conv = top.trainable_variables[0]  # the top's own weights, upstream of the pooled features
+    with tf.GradientTape() as tape:
+        reversed_guess = tf.reduce_sum(model([x, label])[1])
+    with tf.GradientTape() as tape_plain:
+        plain_guess = tf.reduce_sum(adversary([top(x)[1], label]))
+    np.testing.assert_allclose(reversed_guess.numpy(), plain_guess.numpy(), rtol=1e-5)
+    reversed_grad, plain_grad = tape.gradient(reversed_guess, conv), tape_plain.gradient(plain_guess, conv)
+    assert float(tf.norm(plain_grad)) > 0
+    np.testing.assert_allclose(reversed_grad.numpy(), -0.3 * plain_grad.numpy(), rtol=1e-4, atol=1e-7)
