@@ -101,6 +101,10 @@ read them; the raw figures stay in ``paths_uncalibrated``. Earlier JSON files ho
 Since 2026-12-03 (evening) that map is the release's own fit (Platt's smoothed targets); the
 afternoon's files used a plain logistic regression, which gives slightly different figures.
 
+Every held-out image is also scored with test-time augmentation (``tta``: the mean raw P of the
+clean view and the three 92 % crops of ``pneumoscan predict --tta``, added 2026-12-04; issue 16
+lists it among the places to look), a view like the others, checked against the test table too.
+
 ``--augment resample`` tests a cure: the augmented view of every training image is
 made from the film resampled to a random side of 112..2048 px (log-uniform, a random Lanczos,
 bicubic or bilinear filter; half of them saved as a JPEG of quality 85..95 on the way) and
@@ -448,10 +452,12 @@ def setup_input(path, size: int) -> np.ndarray:
 STRESS_SHIFT = "tight crop (85 %)"
 
 
-def held_out_views(cache: Path, c: Cache, held: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+def held_out_views(cache: Path, c: Cache, held: np.ndarray) -> dict[str, dict]:
     """Stem and pooled features of the held-out images, clean, under :data:`STRESS_SHIFT`, as JPEGs
-    of :data:`LOSSY_QUALITY` and as the files of :data:`PATH_VIEWS` (computed once per split and kept
-    in the cache)."""
+    of :data:`LOSSY_QUALITY` and as the files of :data:`PATH_VIEWS`; and, under ``"tta"``, the
+    ``parts`` that test-time augmentation averages with the clean view (the three crops of
+    :func:`pneumoscan.inference.predictor.tta_views`, as ``pneumoscan predict --tta`` makes them).
+    Computed once per split and kept in the cache."""
 
     from pneumoscan.evaluation.robustness import SHIFTS
 
@@ -472,6 +478,17 @@ def held_out_views(cache: Path, c: Cache, held: np.ndarray) -> dict[str, dict[st
             np.savez(path, stem=stem, gap=pool(stem))
         saved = np.load(path)
         views[view] = {"stem": saved["stem"], "gap": saved["gap"]}
+    path = cache / f"held_{key}_tta.npz"
+    if not path.exists():
+        from pneumoscan.inference.predictor import tta_views
+
+        crops = tta_views(np.ascontiguousarray(np.load(cache / "x.npy", mmap_mode="r")[held]))[1:]
+        stems = [run_stem(x) for x in crops]
+        np.savez(path, stem=np.stack(stems), gap=np.stack([pool(s) for s in stems]))
+    saved = np.load(path)
+    views["tta"] = {
+        "parts": [{"stem": s, "gap": g} for s, g in zip(saved["stem"], saved["gap"], strict=True)]
+    }
     return views
 
 
@@ -830,7 +847,13 @@ class Protocol:
         self.measured: dict[str, dict[str, float]] = {view: {} for view in views}
 
     def predict_views(self, predict) -> dict[str, np.ndarray]:
-        return {name: predict(view) for name, view in self.views.items()}
+        """Every view's P(pneumonia); ``"tta"`` is the mean of the clean view's and its crops' raw
+        P, as the Predictor's test-time augmentation averages them before calibrating."""
+        preds = {name: predict(view) for name, view in self.views.items() if name != "tta"}
+        if "tta" in self.views:
+            parts = [preds["clean"], *(predict(part) for part in self.views["tta"]["parts"])]
+            preds["tta"] = np.mean(parts, axis=0)
+        return preds
 
     def report(self, name: str, preds: dict[str, np.ndarray], secs: float) -> dict:
         row = {view: scores(self.y, p) for view, p in preds.items()}
