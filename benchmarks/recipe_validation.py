@@ -564,7 +564,6 @@ def fit_finetuned(
         if adversarial is not None:
             from sklearn.metrics import roc_auc_score
 
-            setup_fit = np.tile(c.setup[fit_idx], 2)
             fitted, inputs, targets, weights = (
                 adversarial,
                 [x, y_fit[:, None].astype(np.float32)],
@@ -650,14 +649,9 @@ def fit_finetuned(
         features = keras.Input(top.input.shape[1:])
         noisy = keras.layers.GaussianNoise(FEATURE_NOISE, seed=seed)(keras.layers.Rescaling(1 / sd)(features))
         trained = keras.Model(features, top(keras.layers.Rescaling(sd)(noisy)))
-    adversarial = None
+    adversarial, setup_fit = None, np.tile(c.setup[fit_idx], 2)  # the adversary's target, as y_fit
     if adversary:
-        adversarial = with_adversary(
-            keras.Model(cut, [full.output, pooled]),
-            gap,
-            np.tile(c.y[fit_idx], 2),
-            np.tile(c.setup[fit_idx], 2),
-        )
+        adversarial = with_adversary(keras.Model(cut, [full.output, pooled]), gap, y_fit, setup_fit)
     phase(trained, stem, c.stem["clean"][val_idx].astype(np.float32), 3, 1e-4, stem_path, adversarial)
     return lambda view: top.predict(view["stem"].astype(np.float32), batch_size=256, verbose=0).reshape(-1)
 
