@@ -170,6 +170,85 @@ def test_the_gate_refuses_a_broken_student_and_writes_only_its_report(teacher, t
     assert kept["teacher"]["sha256"] and kept["timings_s"]["student training"] > 0
 
 
+def test_shared_body_of_identical_members_reproduces_the_ensemble_and_its_heads_are_the_models_own(teacher):
+    """The shared-body layout gives the ensemble's output row: with members whose bodies are equal
+    the averaged body is theirs, so every column matches the ensemble's; ``member_tops`` reads
+    either layout, and setting a head's weights through it changes the model (``adapt`` relies
+    on that)."""
+    import keras
+
+    from pneumoscan.models.architectures import (
+        build_shared_ensemble,
+        member_head,
+        member_tops,
+        mobilenet_cut_layer,
+        shared_body,
+    )
+
+    model = keras.saving.load_model(teacher, safe_mode=True, compile=False)
+    members = member_tops(model, 3)
+    assert [m.name for m in members] == ["member_0", "member_1", "member_2"]
+    body_weights = [w for layer in members[0].layers[:-3] for w in layer.get_weights()]
+    for member in members[1:]:  # give every member member 0's body, keep their own heads
+        for layer, source in zip(member.layers[:-3], members[0].layers[:-3], strict=True):
+            layer.set_weights(source.get_weights())
+    cut = mobilenet_cut_layer(model, 3)
+    body = shared_body(members)
+    averaged = [w for layer in body.layers for w in layer.get_weights()]
+    assert len(averaged) == len(body_weights)
+    for mean, own in zip(averaged, body_weights, strict=True):
+        np.testing.assert_allclose(mean, own, rtol=1e-6, atol=1e-7)
+    heads = [member_head(m, name=f"member_{k}_head") for k, m in enumerate(members)]
+    shared = build_shared_ensemble(model, cut, body, heads)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(4, SIZE, SIZE, 1)).astype(np.float32)
+    ensemble_row, shared_row = np.asarray(model(x)), np.asarray(shared(x))
+    assert shared_row.shape == ensemble_row.shape == (4, 1 + 3 + 160)
+    np.testing.assert_allclose(shared_row, ensemble_row, atol=1e-5)
+    assert len({tuple(np.round(shared_row[:, k], 4)) for k in (1, 2, 3)}) == 3  # heads differ
+
+    tops = member_tops(shared, 3)
+    cut_features = keras.Model(shared.input, shared.get_layer(cut).output)(x)
+    np.testing.assert_allclose(np.asarray(tops[2](cut_features))[:, 0], shared_row[:, 3], atol=1e-5)
+    pred = tops[1].get_layer("member_1_head").get_layer("pred")
+    kernel, bias = pred.get_weights()
+    pred.set_weights([kernel, bias + 5.0])
+    assert (np.asarray(shared(x))[:, 2] > shared_row[:, 2]).all()
+
+
+@pytest.mark.slow
+def test_shared_body_distillation_writes_an_ensemble_the_predictor_reads_unchanged(teacher, tree, tmp_path):
+    from pneumoscan.inference.predictor import Predictor
+    from pneumoscan.training.distill import distill
+
+    out = tmp_path / "shared"
+    report = distill(
+        teacher,
+        tree,
+        out,
+        cfg=quick_config(kind="shared-body", max_auc_diff=1.0, min_agreement=0.0),
+        export=False,
+        progress=False,
+    )
+    assert report["gate"]["passed"] and report["gate"]["serving_check"]["passed"]
+    assert report["training"]["kind"] == "shared-body" and len(report["training"]["finetune_loss"]) == 1
+    meta, teacher_meta = ModelMetadata.read(out / "model.keras"), ModelMetadata.read(teacher)
+    assert meta.student is None and meta.ensemble.members == 3
+    shared = meta.ensemble.extra["shared_body"]
+    assert shared["teacher"]["file"] == "teacher.keras" and len(shared["teacher"]["sha256"]) == 64
+    assert shared["gate"]["passed"] and shared["seed"] == 7
+    assert meta.threshold == teacher_meta.threshold and meta.calibration == teacher_meta.calibration
+    assert meta.scope == teacher_meta.scope
+
+    x = np.stack([np.full((SIZE, SIZE, 1), v, np.uint8) for v in (40, 120, 200)])
+    x[:, 10:30, 20:40] = 255
+    reference = Predictor(teacher).predict_details(x)
+    details = Predictor(out / "model.keras").predict_details(x)
+    assert details.members.shape == (3, 3) and (details.spread >= 0).all()
+    np.testing.assert_allclose(details.p_pneumonia, details.members.mean(axis=1), atol=1e-6)
+    np.testing.assert_allclose(details.embedding, reference.embedding, atol=1e-3)
+
+
 def test_gate_says_what_failed_and_by_how_much():
     from pneumoscan.training.distill_gate import GateSet, gate
 
@@ -233,3 +312,8 @@ def test_distill_command_parses():
         ["distill", "--teacher", "t.keras", "--data", ".", "--out", "o", "--holdout-fraction", "0.2"]
     )
     assert args.holdout_fraction == 0.2 and args.func.__name__ == "cmd_distill"
+    assert args.kind == "student"
+    parsed = build_parser().parse_args(
+        ["distill", "--teacher", "t", "--data", ".", "--out", "o", "--kind", "shared-body"]
+    )
+    assert parsed.kind == "shared-body"

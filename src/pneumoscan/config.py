@@ -228,6 +228,10 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+#: What ``pneumoscan distill`` can make (:attr:`DistillConfig.kind`).
+DISTILL_KINDS = ("student", "shared-body")
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     """Options of ``pneumoscan distill``; every random choice is seeded with ``seed``.
@@ -251,6 +255,10 @@ class DistillConfig:
         Use at most this many images of the folder (smoke runs and tests).
     max_auc_diff, min_agreement : float
         The gate (module docstring).
+    kind : str
+        What is distilled: ``"student"``, one top on the stem with a spread unit, or
+        ``"shared-body"``, the members' averaged body with their own heads (the teacher's output row
+        at the cost of one network; :func:`pneumoscan.training.distill.fit_shared`).
     keep_cache : bool
         Keep the stem features, the teacher's answers and the gate sets in ``OUT/.cache`` so that
         a rerun with other training options (same teacher, data, hold-out, views, seed) skips them.
@@ -269,9 +277,12 @@ class DistillConfig:
     seed: int = 1337
     max_auc_diff: float = 0.005
     min_agreement: float = 0.99
+    kind: str = "student"
     keep_cache: bool = False
 
     def __post_init__(self):
+        if self.kind not in DISTILL_KINDS:
+            raise ValueError(f"kind must be one of {DISTILL_KINDS}, got {self.kind!r}")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if self.augmented_views < 0 or self.head_epochs < 0 or self.finetune_epochs < 0:

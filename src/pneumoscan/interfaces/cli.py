@@ -296,7 +296,7 @@ def add_export_parser(sub) -> None:
 
 
 def add_distill_parser(sub) -> None:
-    from pneumoscan.config import DistillConfig
+    from pneumoscan.config import DISTILL_KINDS, DistillConfig
 
     d = DistillConfig()
     p = sub.add_parser(
@@ -326,6 +326,14 @@ def add_distill_parser(sub) -> None:
     p.add_argument("--augmented-views", type=int, default=d.augmented_views, help="default: %(default)s")
     p.add_argument("--head-epochs", type=int, default=d.head_epochs, help="default: %(default)s")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="default: %(default)s")
+    p.add_argument(
+        "--kind",
+        choices=DISTILL_KINDS,
+        default=d.kind,
+        help="student: one top on the stem that also predicts the members' spread; shared-body: the "
+        "members' weight-averaged body with their own heads, trained to match each member (the "
+        "teacher's output row, calibration and spread at the cost of one network). Default: %(default)s",
+    )
     p.add_argument(
         "--init-member", type=int, help="start from this member (default: the closest to the teacher)"
     )

@@ -314,6 +314,7 @@ def cmd_distill(args) -> int:
         max_auc_diff=args.max_auc_diff,
         min_agreement=args.min_agreement,
         keep_cache=args.keep_cache,
+        kind=args.kind,
     )
     ood = args.ood
     if ood is None and (Path(args.data).parent / "ood").is_dir():
@@ -332,7 +333,7 @@ def cmd_distill(args) -> int:
         print(json.dumps({k: exc.report[k] for k in ("sets", "never_trained", "misses")}, indent=2))
         raise CommandError(str(exc)) from exc
     print(json.dumps(report["gate"], indent=2))
-    print(f"student written to {args.out}")
+    print(f"{'shared-body ensemble' if cfg.kind == 'shared-body' else 'student'} written to {args.out}")
     return 0
 
 

@@ -6,7 +6,11 @@ one sigmoid unit, the probability of PNEUMONIA; scaling lives inside the model s
 - :func:`build_regularized_cnn`: smaller, with dropout and global pooling (step 3; augmentation is
   applied by the input pipeline).
 - :func:`build_mobilenetv2`: ImageNet MobileNetV2 with a small head (step 4).
-- :func:`build_ensemble`: K MobileNetV2 tops on one frozen stem, in one model (the released model).
+- :func:`build_ensemble`: K MobileNetV2 tops on one frozen stem, in one model.
+- :func:`shared_body` and :func:`build_shared_ensemble`: the same K members sharing ONE body, the
+  average of their fine-tuned blocks' weights, each keeping its own head: the same output row at
+  the cost of one network (the released model). :func:`member_tops` gives each member's
+  ``cut features -> P`` whichever of the two layouts a model has.
 - :func:`student_top` and :func:`build_student`: one top on the same stem that predicts what the
   ensemble says (its calibrated probability and its members' spread), distilled from it
   (:mod:`pneumoscan.training.distill`).
@@ -279,6 +283,107 @@ def build_ensemble(stem_source: keras.Model, cut_layer: str, members) -> keras.M
     # The row models.artifacts.OutputLayout reads: mean, members, embedding.
     output = layers.Concatenate(name="ensemble_output")([mean, *probabilities, embedding])
     return keras.Model(stem_source.input, output, name="pneumoscan_ensemble")
+
+
+#: Layers of a member top that are its own head (the rest, from the cut to ``avg_pool``, is its body).
+MEMBER_HEAD_LAYERS = ("head_dense", "top_dropout", "pred")
+
+
+def shared_body(members, *, name: str = "shared_body") -> keras.Model:
+    """ONE body for K member tops: ``cut features -> pooled features``, every weight the mean of
+    the members' (their fine-tuned blocks and ``Conv_1``; the BatchNorm statistics too, which the
+    members share as ImageNet's when BatchNorm stayed frozen), BatchNorm frozen.
+
+    Averaging the weights of networks fine-tuned from the same ImageNet start (a "model soup",
+    Wortsman et al. 2022) keeps them in one basin; whether the members' own heads still read the
+    averaged body as they read their own is measured, not assumed
+    (:mod:`pneumoscan.training.distill`'s gate).
+
+    Parameters
+    ----------
+    members : sequence of keras.Model
+        Member tops with the same layers (:func:`mobilenet_member`), ``(n, h, w, c) -> (n, 1)``.
+    """
+    import keras
+    import numpy as np
+    from keras import layers
+
+    first = members[0]
+    copy = keras.models.clone_model(first)
+    for layer in copy.layers:
+        if not layer.weights:
+            continue
+        weights = [m.get_layer(layer.name).get_weights() for m in members]
+        layer.set_weights([np.mean([w[i] for w in weights], axis=0) for i in range(len(weights[0]))])
+    body = keras.Model(copy.input, copy.get_layer("avg_pool").output, name=name)
+    for layer in body.layers:
+        layer.trainable = not isinstance(layer, layers.BatchNormalization)
+    return body
+
+
+def member_head(member: keras.Model, *, name: str) -> keras.Model:
+    """A member top's own head as a model, ``pooled features -> P(pneumonia)``, with its weights
+    (layers named as in the member, so :mod:`pneumoscan.training.adapt` finds ``head_dense`` and
+    ``pred``)."""
+    import keras
+
+    pooled = keras.Input(member.get_layer("avg_pool").output.shape[1:], name="pooled")
+    x = pooled
+    for layer_name in MEMBER_HEAD_LAYERS:
+        source = member.get_layer(layer_name)
+        layer = source.__class__.from_config(source.get_config())
+        x = layer(x)
+        layer.set_weights(source.get_weights())
+    return keras.Model(pooled, x, name=name)
+
+
+def build_shared_ensemble(stem_source: keras.Model, cut_layer: str, body: keras.Model, heads) -> keras.Model:
+    """One model: the frozen stem up to ``cut_layer``, ONE :func:`shared_body`, K member heads.
+
+    The output row is :func:`build_ensemble`'s (mean, each member's probability, the stem's pooled
+    features), so the Predictor, the calibration, the band and the guard read it unchanged; the
+    members differ only in their heads, and an image costs one network plus K small heads.
+
+    Parameters
+    ----------
+    stem_source : keras.Model
+        A model whose layers up to ``cut_layer`` are the frozen stem.
+    cut_layer : str
+    body : keras.Model
+        :func:`shared_body`.
+    heads : sequence of keras.Model
+        :func:`member_head`, named ``member_{k}_head``.
+    """
+    import keras
+    from keras import layers
+
+    for layer in stem_source.layers:
+        layer.trainable = False
+    cut = stem_source.get_layer(cut_layer).output
+    pooled = body(cut)
+    probabilities = [head(pooled) for head in heads]
+    mean = layers.Average(name="ensemble_mean")(probabilities)
+    embedding = layers.GlobalAveragePooling2D(name="embedding")(cut)
+    output = layers.Concatenate(name="ensemble_output")([mean, *probabilities, embedding])
+    return keras.Model(stem_source.input, output, name="pneumoscan_shared_ensemble")
+
+
+def member_tops(model: keras.Model, members: int) -> list:
+    """Each member's ``cut features -> P(pneumonia)`` model, for either ensemble layout: the
+    ``member_{k}`` tops of :func:`build_ensemble`, or ``shared_body`` then ``member_{k}_head`` of
+    :func:`build_shared_ensemble` (the layers are the model's own, not copies: setting a head's
+    weights sets the model's)."""
+    import keras
+
+    names = {layer.name for layer in model.layers}
+    if "member_0" in names:
+        return [model.get_layer(f"member_{k}") for k in range(members)]
+    body = model.get_layer("shared_body")
+    tops = []
+    for k in range(members):
+        cut = keras.Input(body.input.shape[1:], name=f"member_{k}_cut")
+        tops.append(keras.Model(cut, model.get_layer(f"member_{k}_head")(body(cut)), name=f"member_{k}"))
+    return tops
 
 
 #: Layer names of a student top's two sigmoid outputs.

@@ -104,9 +104,11 @@ def check_site_sample(samples: Sequence[Sample], *, where: str = "the site sampl
 
 def _tops(model, metadata: ModelMetadata) -> list:
     """The sub-models whose ``pred`` layer is refitted: each member of an ensemble, else the model."""
+    from pneumoscan.models.architectures import member_tops
+
     members = metadata.ensemble.members if metadata.ensemble is not None else 0
     if members:
-        return [model.get_layer(f"member_{k}") for k in range(members)]
+        return member_tops(model, members)
     return [model]
 
 

@@ -65,8 +65,12 @@ from pneumoscan.data.dataset import (
 )
 from pneumoscan.models.architectures import (
     STUDENT_COLUMNS,
+    build_shared_ensemble,
     build_student,
+    member_head,
+    member_tops,
     mobilenet_cut_layer,
+    shared_body,
     student_top,
 )
 from pneumoscan.models.artifacts import ModelMetadata, save_model
@@ -136,7 +140,7 @@ class Teacher:
             )
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
         cut = mobilenet_cut_layer(model, meta.ensemble.unfreeze_blocks)
-        tops = [model.get_layer(f"member_{k}") for k in range(meta.ensemble.members)]
+        tops = member_tops(model, meta.ensemble.members)
         return cls(path, meta, model, cut, tops, hashlib.sha256(path.read_bytes()).hexdigest())
 
     def stem(self) -> keras.Model:
@@ -345,6 +349,94 @@ def fit_student(
     return serving, record
 
 
+def _fold_platt(head: keras.Model, calibration, *, inverse: bool = False) -> None:
+    """Fold the teacher's Platt map into ``head``'s ``pred`` unit (its sigmoid then gives the
+    calibrated probability), or take it out again (``inverse``); nothing for other calibrations."""
+    from pneumoscan.models.calibration import PlattCalibrator
+
+    if not isinstance(calibration, PlattCalibrator):
+        return
+    pred = head.get_layer("pred")
+    kernel, bias = pred.get_weights()
+    a, b = calibration.a, calibration.b
+    pred.set_weights([kernel / a, (bias - b) / a] if inverse else [kernel * a, bias * a + b])
+
+
+def fit_shared(
+    teacher: Teacher, features: np.ndarray, members: np.ndarray, cfg: DistillConfig, *, progress: bool
+) -> tuple[keras.Model, list, dict]:
+    """The ``shared-body`` kind: ONE body, the mean of the teacher members' fine-tuned blocks
+    (:func:`~pneumoscan.models.architectures.shared_body`), and each member's own head, trained on
+    cached ``features`` so that head ``k``'s calibrated probability matches member ``k``'s
+    (``members[:, k]``, binary cross-entropy with soft targets; the Platt map is folded into each
+    ``pred`` unit while training and taken out after, so the sidecar's calibration still applies).
+    Phase one trains the heads on the body's pooled features, phase two the body (BatchNorm frozen)
+    and the heads together. Returns the body, the heads (never compiled) and what happened."""
+    from keras import layers
+
+    keras.utils.set_random_seed(cfg.seed)
+    body = shared_body(teacher.tops)
+    heads = [member_head(top, name=f"member_{k}_head") for k, top in enumerate(teacher.tops)]
+    calibration = teacher.metadata.calibration
+    for head in heads:
+        _fold_platt(head, calibration)
+    # Dropout would make the heads disagree with members that answer without it.
+    rates = {}
+    for head in heads:
+        dropout = head.get_layer("top_dropout")
+        rates[head.name], dropout.rate = dropout.rate, 0.0
+    targets = members.astype(np.float32)
+    record: dict = {"kind": "shared-body", "init": "the mean of the members' body weights, their own heads"}
+
+    def fit(model, x, epochs, learning_rate, name):
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy")
+        history = model.fit(
+            x, targets, batch_size=cfg.batch_size, epochs=epochs, shuffle=True, verbose=2 if progress else 0
+        )
+        record[name] = [round(float(v), 6) for v in history.history["loss"]]
+
+    if cfg.head_epochs:
+        pooled = np.concatenate(
+            [np.asarray(body(features[i : i + 256].astype(np.float32))) for i in range(0, len(features), 256)]
+        )
+        pooled_in = keras.Input(pooled.shape[1:])
+        model = keras.Model(pooled_in, layers.Concatenate()([h(pooled_in) for h in heads]))
+        fit(model, pooled, cfg.head_epochs, cfg.head_learning_rate, "head_loss")
+    if cfg.finetune_epochs:
+        cut_in = keras.Input(features.shape[1:])
+        pooled_t = body(cut_in)
+        model = keras.Model(cut_in, layers.Concatenate()([h(pooled_t) for h in heads]))
+        fit(
+            model,
+            features.astype(np.float32),
+            cfg.finetune_epochs,
+            cfg.finetune_learning_rate,
+            "finetune_loss",
+        )
+    for head in heads:
+        _fold_platt(head, calibration, inverse=True)
+        head.get_layer("top_dropout").rate = rates[head.name]
+    # Fresh, never-compiled copies: no optimizer state in the file.
+    serving_body = shared_body([body])
+    serving_heads = []
+    for head in heads:
+        copy = keras.models.clone_model(head)
+        copy.set_weights(head.get_weights())
+        serving_heads.append(copy)
+    return serving_body, serving_heads, record
+
+
+def score_shared(model: keras.Model, metadata: ModelMetadata, sets: list[GateSet]) -> None:
+    """Fill in each gate set's ``student_p`` and ``student_spread`` for a shared-body ensemble
+    from its cached cut features: the mean and spread of its members' calibrated probabilities,
+    as the Predictor combines them."""
+    tops = member_tops(model, metadata.ensemble.members)
+    for gate_set in sets:
+        raw = np.stack([_predict(top, gate_set.features) for top in tops], axis=1)
+        calibrated = np.asarray(metadata.calibration.transform(raw), dtype=np.float64)
+        gate_set.student_p, gate_set.student_spread = calibrated.mean(axis=1), calibrated.std(axis=1)
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -397,6 +489,42 @@ def student_metadata(
     )
 
 
+def shared_metadata(
+    teacher: Teacher, *, dim: int, distilled_on: dict, training: dict, report: dict, cfg
+) -> ModelMetadata:
+    """A shared-body ensemble's sidecar: the teacher's (threshold, calibration, band, guard, its
+    ``ensemble`` section), without its export, with ``ensemble.shared_body`` saying where the body
+    and heads came from and how they were gated. ``dim`` is unused (the layout is the teacher's)."""
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    shared = {
+        "what": (
+            "the members share ONE body (block_14 .. Conv_1), the mean of the teacher members' "
+            "fine-tuned weights, then trained with their own heads so that each member's calibrated "
+            "probability matches the teacher member's; the output row is the teacher's"
+        ),
+        "validation": (
+            "the sidecar's threshold, calibration, band and validation figures are the teacher's, "
+            "where they were chosen; the gate below checks that they still hold"
+        ),
+        "teacher": {
+            "file": teacher.path.name,
+            "sha256": teacher.sha256,
+            "members": len(teacher.tops),
+            "created": teacher.metadata.created,
+        },
+        **training,
+        "seed": cfg.seed,
+        "config": dataclasses.asdict(cfg),
+        "distilled_on": distilled_on,
+        "gate": report,
+        "created": now,
+    }
+    ensemble = {**teacher.metadata.ensemble.to_dict(), "shared_body": shared}
+    return teacher.metadata.updated(
+        ensemble=ensemble, export=None, released_from=None, created=now, pneumoscan_version=__version__
+    )
+
+
 def distill(
     teacher_path: str | Path,
     data_dir: str | Path,
@@ -423,7 +551,12 @@ def distill(
     )
     features, members, kept, sets = cached
     with _timed(timings, "student training"):
-        top, training = fit_student(teacher, features, members, cfg, n_clean=len(kept), progress=progress)
+        if cfg.kind == "shared-body":
+            body, heads, training = fit_shared(teacher, features, members, cfg, progress=progress)
+            model = build_shared_ensemble(teacher.model, teacher.cut, body, heads)
+        else:
+            top, training = fit_student(teacher, features, members, cfg, n_clean=len(kept), progress=progress)
+            model = build_student(teacher.model, teacher.cut, top)
     del features
     distil = DecodedSet(np.zeros((0,)), np.zeros(0), kept, [])
     distilled_on = {
@@ -443,14 +576,18 @@ def distill(
     tmp.mkdir()
     try:
         with _timed(timings, "save, reload, gate"):
-            model = build_student(teacher.model, teacher.cut, top)
             save_model(model, tmp / MODEL_FILE)
             saved = keras.saving.load_model(tmp / MODEL_FILE, safe_mode=True, compile=False)
-            score_student(saved.get_layer("student"), sets)  # the weights as saved (float16 kernels)
+            # The weights as saved (float16 kernels).
+            if cfg.kind == "shared-body":
+                score_shared(saved, teacher.metadata, sets)
+            else:
+                score_student(saved.get_layer("student"), sets)
             report = gate(
                 sets, teacher.metadata, max_auc_diff=cfg.max_auc_diff, min_agreement=cfg.min_agreement
             )
-        meta = student_metadata(
+        describe = shared_metadata if cfg.kind == "shared-body" else student_metadata
+        meta = describe(
             teacher,
             dim=int(model.output.shape[-1]) - 2,
             distilled_on=distilled_on,
