@@ -453,6 +453,25 @@ def _timed(timings: dict, name: str):
     return timer()
 
 
+def _provenance(teacher: Teacher, *, distilled_on: dict, training: dict, report: dict, cfg, now: str) -> dict:
+    """What every distilled sidecar records of its making: the teacher file, the training, the
+    seed and options, the data, the gate's figures and the time."""
+    return {
+        "teacher": {
+            "file": teacher.path.name,
+            "sha256": teacher.sha256,
+            "members": len(teacher.tops),
+            "created": teacher.metadata.created,
+        },
+        **training,
+        "seed": cfg.seed,
+        "config": dataclasses.asdict(cfg),
+        "distilled_on": distilled_on,
+        "gate": report,
+        "created": now,
+    }
+
+
 def student_metadata(
     teacher: Teacher, *, dim: int, distilled_on: dict, training: dict, report: dict, cfg
 ) -> ModelMetadata:
@@ -471,18 +490,7 @@ def student_metadata(
         "validation": (
             "the sidecar's validation figures are the teacher's, where its threshold and band were chosen"
         ),
-        "teacher": {
-            "file": teacher.path.name,
-            "sha256": teacher.sha256,
-            "members": len(teacher.tops),
-            "created": teacher.metadata.created,
-        },
-        **training,
-        "seed": cfg.seed,
-        "config": dataclasses.asdict(cfg),
-        "distilled_on": distilled_on,
-        "gate": report,
-        "created": now,
+        **_provenance(teacher, distilled_on=distilled_on, training=training, report=report, cfg=cfg, now=now),
     }
     return teacher.metadata.updated(
         student=student, export=None, released_from=None, created=now, pneumoscan_version=__version__
@@ -506,18 +514,7 @@ def shared_metadata(
             "the sidecar's threshold, calibration, band and validation figures are the teacher's, "
             "where they were chosen; the gate below checks that they still hold"
         ),
-        "teacher": {
-            "file": teacher.path.name,
-            "sha256": teacher.sha256,
-            "members": len(teacher.tops),
-            "created": teacher.metadata.created,
-        },
-        **training,
-        "seed": cfg.seed,
-        "config": dataclasses.asdict(cfg),
-        "distilled_on": distilled_on,
-        "gate": report,
-        "created": now,
+        **_provenance(teacher, distilled_on=distilled_on, training=training, report=report, cfg=cfg, now=now),
     }
     ensemble = {**teacher.metadata.ensemble.to_dict(), "shared_body": shared}
     return teacher.metadata.updated(
