@@ -6,10 +6,11 @@ one sigmoid unit, the probability of PNEUMONIA; scaling lives inside the model s
 - :func:`build_regularized_cnn`: smaller, with dropout and global pooling (step 3; augmentation is
   applied by the input pipeline).
 - :func:`build_mobilenetv2`: ImageNet MobileNetV2 with a small head (step 4).
-- :func:`build_ensemble`: K MobileNetV2 tops on one frozen stem, in one model.
+- :func:`build_ensemble`: K MobileNetV2 tops on one frozen stem, in one model (the released model).
 - :func:`shared_body` and :func:`build_shared_ensemble`: the same K members sharing ONE body, the
   average of their fine-tuned blocks' weights, each keeping its own head: the same output row at
-  the cost of one network (the released model). :func:`member_tops` gives each member's
+  the cost of one network (``pneumoscan distill --kind shared-body``; not released: it has not
+  passed the gate). :func:`member_tops` gives each member's
   ``cut features -> P`` whichever of the two layouts a model has.
 - :func:`student_top` and :func:`build_student`: one top on the same stem that predicts what the
   ensemble says (its calibrated probability and its members' spread), distilled from it

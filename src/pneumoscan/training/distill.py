@@ -148,13 +148,26 @@ class Teacher:
 
     def members(self, features: np.ndarray) -> np.ndarray:
         """Each member's *calibrated* probability from cached cut features, shape ``(n, K)``."""
-        raw = np.stack([_predict(top, features) for top in self.tops], axis=1)
-        return np.asarray(self.metadata.calibration.transform(raw), dtype=np.float64)
+        return calibrated_members(self.tops, self.metadata, features)
 
     def targets(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The teacher's answer: calibrated mean probability and spread, each shape ``(n,)``."""
         members = self.members(features)
         return members.mean(axis=1), members.std(axis=1)
+
+
+def calibrated_members(tops: list, metadata: ModelMetadata, features: np.ndarray) -> np.ndarray:
+    """Each member top's probability on cached cut ``features``, calibrated one by one with the
+    sidecar's map as the Predictor does, shape ``(n, K)``."""
+    raw = np.stack([_predict(top, features) for top in tops], axis=1)
+    return np.asarray(metadata.calibration.transform(raw), dtype=np.float64)
+
+
+def _batched(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """``model`` over ``x`` in batches, its one output as it is."""
+    return np.concatenate(
+        [np.asarray(model(x[i : i + batch_size].astype(np.float32))) for i in range(0, len(x), batch_size)]
+    )
 
 
 def _predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -262,14 +275,8 @@ def init_student(teacher: Teacher, member: int, mean_spread: float) -> keras.Mod
     unit starting at ``mean_spread``."""
     from scipy.special import logit
 
-    from pneumoscan.models.calibration import PlattCalibrator
-
     top = student_top(teacher.tops[member])
-    calibration = teacher.metadata.calibration
-    if isinstance(calibration, PlattCalibrator):
-        pred = top.get_layer("pred")
-        kernel, bias = pred.get_weights()
-        pred.set_weights([kernel * calibration.a, bias * calibration.a + calibration.b])
+    _fold_platt(top, teacher.metadata.calibration)
     spread = top.get_layer("spread")
     kernel, bias = spread.get_weights()
     spread.set_weights([kernel, np.full_like(bias, logit(np.clip(mean_spread, 1e-3, 0.5)))])
@@ -316,12 +323,7 @@ def fit_student(
     if cfg.head_epochs:
         pooled_at = top.get_layer("avg_pool").output
         frozen = keras.Model(top.input, pooled_at)  # the member's blocks, as they are in this phase
-        pooled = np.concatenate(
-            [
-                np.asarray(frozen(features[i : i + 256].astype(np.float32)))
-                for i in range(0, len(features), 256)
-            ]
-        )
+        pooled = _batched(frozen, features)
         head = keras.Model(pooled_at, top.outputs, name="student_head")
         record["head_loss"] = _fit(
             head,
@@ -396,9 +398,7 @@ def fit_shared(
         record[name] = [round(float(v), 6) for v in history.history["loss"]]
 
     if cfg.head_epochs:
-        pooled = np.concatenate(
-            [np.asarray(body(features[i : i + 256].astype(np.float32))) for i in range(0, len(features), 256)]
-        )
+        pooled = _batched(body, features)
         pooled_in = keras.Input(pooled.shape[1:])
         model = keras.Model(pooled_in, layers.Concatenate()([h(pooled_in) for h in heads]))
         fit(model, pooled, cfg.head_epochs, cfg.head_learning_rate, "head_loss")
@@ -432,8 +432,7 @@ def score_shared(model: keras.Model, metadata: ModelMetadata, sets: list[GateSet
     as the Predictor combines them."""
     tops = member_tops(model, metadata.ensemble.members)
     for gate_set in sets:
-        raw = np.stack([_predict(top, gate_set.features) for top in tops], axis=1)
-        calibrated = np.asarray(metadata.calibration.transform(raw), dtype=np.float64)
+        calibrated = calibrated_members(tops, metadata, gate_set.features)
         gate_set.student_p, gate_set.student_spread = calibrated.mean(axis=1), calibrated.std(axis=1)
 
 
