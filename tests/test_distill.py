@@ -226,12 +226,13 @@ def test_shared_body_distillation_writes_an_ensemble_the_predictor_reads_unchang
         teacher,
         tree,
         out,
-        cfg=quick_config(kind="shared-body", max_auc_diff=1.0, min_agreement=0.0),
+        cfg=quick_config(kind="shared-body", mixup_views=1, max_auc_diff=1.0, min_agreement=0.0),
         export=False,
         progress=False,
     )
     assert report["gate"]["passed"] and report["gate"]["serving_check"]["passed"]
     assert report["training"]["kind"] == "shared-body" and len(report["training"]["finetune_loss"]) == 1
+    assert report["distilled_on"]["mixed_views_per_image"] == 1
     meta, teacher_meta = ModelMetadata.read(out / "model.keras"), ModelMetadata.read(teacher)
     assert meta.student is None and meta.ensemble.members == 3
     shared = meta.ensemble.extra["shared_body"]
@@ -305,6 +306,32 @@ def test_student_sidecar_round_trips_and_is_checked():
             ModelMetadata(image_size=64, threshold=0.5, student=bad)
 
 
+def test_mixed_views_lie_between_two_distillation_views_and_carry_the_teachers_answers_there(teacher):
+    from pneumoscan.training.distill import DistillConfig, Teacher, mixed_views
+
+    loaded = Teacher.load(teacher)
+    shape = tuple(loaded.tops[0].input.shape[1:])
+    n = 6
+    # Row i is the i-th basis vector: a mixture's non-zero entries name the two rows it mixes.
+    features = np.zeros((n, int(np.prod(shape))), np.float32)
+    features[np.arange(n), np.arange(n)] = 1.0
+    features = features.reshape((n,) + shape)
+    members = loaded.members(features)
+    cfg = DistillConfig(mixup_views=2, seed=3)
+    x, targets = mixed_views(loaded, features, members, cfg)
+    assert x.shape == (3 * n,) + shape and targets.shape == (3 * n, 3)
+    np.testing.assert_array_equal(x[:n], features)
+    np.testing.assert_array_equal(targets[:n], members)
+    weights = x[n:].reshape(2 * n, -1)[:, :n]
+    assert (weights >= 0).all() and np.allclose(weights.sum(axis=1), 1.0, atol=1e-6)
+    assert (weights[np.arange(2 * n), np.tile(np.arange(n), 2)] > 0).all()  # each row mixes itself in
+    assert not np.allclose(x[n : 2 * n], x[2 * n :])  # two views, two draws
+    np.testing.assert_allclose(targets[n:], loaded.members(x[n:]), atol=1e-6)
+    again, _ = mixed_views(loaded, features, members, cfg)
+    np.testing.assert_array_equal(again, x)  # seeded
+    assert mixed_views(loaded, features, members, DistillConfig())[0] is features
+
+
 def test_distill_command_parses():
     from pneumoscan.interfaces.cli import build_parser
 
@@ -316,4 +343,8 @@ def test_distill_command_parses():
     parsed = build_parser().parse_args(
         ["distill", "--teacher", "t", "--data", ".", "--out", "o", "--kind", "shared-body"]
     )
-    assert parsed.kind == "shared-body"
+    assert parsed.kind == "shared-body" and parsed.mixup_views == 0
+    mixed = build_parser().parse_args(
+        ["distill", "--teacher", "t", "--data", ".", "--out", "o", "--mixup-views", "2"]
+    )
+    assert mixed.mixup_views == 2

@@ -242,6 +242,12 @@ class DistillConfig:
         Share of the training folder's images (by patient, per class) kept back for the gate.
     augmented_views : int
         Augmented copies of each distillation image besides the clean one.
+    mixup_views : int
+        Mixed views added on top of those: each a random pair of distillation views mixed in the
+        stem's feature space with a weight drawn uniformly from [0, 1], labelled by the teacher's
+        members on the mixture (:func:`pneumoscan.training.distill.mixed_views`). They put
+        training points between the classes, where the teacher's answers cross the band's edges,
+        which the training films, confidently one class or the other, hardly visit.
     head_epochs, finetune_epochs : int
         Epochs of the head phase (on pooled features) and of the top-blocks phase.
     head_learning_rate, finetune_learning_rate : float
@@ -266,6 +272,7 @@ class DistillConfig:
 
     holdout_fraction: float = 0.15
     augmented_views: int = 1
+    mixup_views: int = 0
     head_epochs: int = 8
     finetune_epochs: int = 1
     head_learning_rate: float = 1e-3
@@ -285,7 +292,7 @@ class DistillConfig:
             raise ValueError(f"kind must be one of {DISTILL_KINDS}, got {self.kind!r}")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        if self.augmented_views < 0 or self.head_epochs < 0 or self.finetune_epochs < 0:
-            raise ValueError("augmented_views, head_epochs and finetune_epochs must be >= 0")
+        if min(self.augmented_views, self.mixup_views, self.head_epochs, self.finetune_epochs) < 0:
+            raise ValueError("augmented_views, mixup_views, head_epochs and finetune_epochs must be >= 0")
         if self.head_epochs + self.finetune_epochs == 0:
             raise ValueError("head_epochs + finetune_epochs must be at least 1")

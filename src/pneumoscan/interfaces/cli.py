@@ -324,6 +324,13 @@ def add_distill_parser(sub) -> None:
     )
     p.add_argument("--holdout-fraction", type=float, default=d.holdout_fraction, help="default: %(default)s")
     p.add_argument("--augmented-views", type=int, default=d.augmented_views, help="default: %(default)s")
+    p.add_argument(
+        "--mixup-views",
+        type=int,
+        default=d.mixup_views,
+        help="mixed views per distillation view: random pairs mixed in the stem's feature space, "
+        "labelled by the teacher on the mixture (default: %(default)s)",
+    )
     p.add_argument("--head-epochs", type=int, default=d.head_epochs, help="default: %(default)s")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="default: %(default)s")
     p.add_argument(

@@ -306,6 +306,7 @@ def cmd_distill(args) -> int:
     cfg = DistillConfig(
         holdout_fraction=args.holdout_fraction,
         augmented_views=args.augmented_views,
+        mixup_views=args.mixup_views,
         head_epochs=args.head_epochs,
         finetune_epochs=args.finetune_epochs,
         init_member=args.init_member,

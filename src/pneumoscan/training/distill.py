@@ -219,6 +219,27 @@ def distillation_split(
 # --------------------------------------------------------------------------- features
 
 
+def mixed_views(
+    teacher: Teacher, features: np.ndarray, members: np.ndarray, cfg: DistillConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """``features`` and ``members`` with :attr:`DistillConfig.mixup_views` mixed views appended:
+    each view pairs every row with a random other (seeded), mixes the two cut features with a
+    weight drawn uniformly from [0, 1] and takes the teacher members' calibrated answers on the
+    mixture as its targets. The teacher and the model share the stem, so a mixture of cut
+    features is a point both can be asked about, and the targets are the teacher's own there."""
+    if not cfg.mixup_views:
+        return features, members
+    rng = np.random.default_rng(cfg.seed + 7919)
+    xs, targets = [features], [members]
+    for _ in range(cfg.mixup_views):
+        partner = rng.permutation(len(features))
+        weight = rng.uniform(size=(len(features),) + (1,) * (features.ndim - 1)).astype(np.float32)
+        mixed = weight * features + (1.0 - weight) * features[partner]
+        xs.append(mixed)
+        targets.append(teacher.members(mixed))
+    return np.concatenate(xs), np.concatenate(targets)
+
+
 def distillation_features(engine, stem, x: np.ndarray, cfg: DistillConfig) -> np.ndarray:
     """Stem features of ``x`` clean, then of ``cfg.augmented_views`` augmented copies, stacked
     (the training engine's :meth:`~pneumoscan.training.engine.Trainer.stem_features`)."""
@@ -546,6 +567,8 @@ def distill(
         teacher, data_dir, out_dir, distil_s, held_s, never, ood_dir, cfg, timings, progress
     )
     features, members, kept, sets = cached
+    with _timed(timings, "mixed views"):
+        features, members = mixed_views(teacher, features, members, cfg)
     with _timed(timings, "student training"):
         if cfg.kind == "shared-body":
             body, heads, training = fit_shared(teacher, features, members, cfg, progress=progress)
@@ -561,6 +584,7 @@ def distill(
         "images": len(distil.samples),
         "patients": len({s.patient_id for s in distil.samples}),
         "views_per_image": 1 + cfg.augmented_views,
+        "mixed_views_per_image": cfg.mixup_views,
         "augmentation": "the training augmentation (pneumoscan.config.AugmentConfig defaults)",
         "held_out_images": len(sets[0].y),
         "held_out_by_every_member": int(sets[0].never.sum()),
