@@ -86,13 +86,14 @@ def off_manifold_views(x: np.ndarray, seed: int) -> np.ndarray:
     return views
 
 
-def run_one(teacher, args, seed: int, recipe: str) -> dict:
-    """One recipe on one seed: its gate figures, as :func:`gate` gives them, in short."""
+def run_one(args, seed: int, recipe: str) -> dict:
+    """One recipe on one seed: its gate figures, as :func:`gate` gives them, in short. The teacher
+    is loaded afresh each time: building the shared ensemble freezes the teacher's layers."""
     from pneumoscan.config import DistillConfig
     from pneumoscan.data.dataset import decode_samples
     from pneumoscan.models.architectures import build_shared_ensemble
     from pneumoscan.training.distill import (
-        _batched,
+        Teacher,
         distillation_split,
         fit_shared,
         mixed_views,
@@ -102,6 +103,7 @@ def run_one(teacher, args, seed: int, recipe: str) -> dict:
     from pneumoscan.training.distill_gate import gate
 
     started = time.perf_counter()
+    teacher = Teacher.load(args.teacher)
     cfg = DistillConfig(
         seed=seed,
         kind="shared-body",
@@ -119,7 +121,15 @@ def run_one(teacher, args, seed: int, recipe: str) -> dict:
     features, members = mixed_views(teacher, features, members, cfg)
     if recipe == "off-manifold":
         x = decode_samples(kept, teacher.metadata.image_size, progress=False).x
-        extra = _batched(teacher.stem(), off_manifold_views(x, seed + 4242)).astype(features.dtype)
+        views, stem = off_manifold_views(x, seed + 4242), teacher.stem()
+        # Batches of 64 as distill's stem features: a 224-px MobileNetV2 stem holds about 5 MB of
+        # activations per image, so larger eager batches cost gigabytes.
+        extra = np.concatenate(
+            [
+                np.asarray(stem(views[i : i + 64].astype(np.float32), training=False))
+                for i in range(0, len(views), 64)
+            ]
+        ).astype(features.dtype)
         features = np.concatenate([features, extra])
         members = np.concatenate([members, teacher.members(extra)])
     body, heads, _ = fit_shared(teacher, features, members, cfg, progress=False)
@@ -134,6 +144,7 @@ def run_one(teacher, args, seed: int, recipe: str) -> dict:
         "recipe": recipe,
         "training_views": n_views,
         "agreement": never_trained["decision_agreement"],
+        "needed": int(np.ceil(cfg.min_agreement * never_trained["n"])),
         "n": never_trained["n"],
         "agreement_by_set": {k: v["decision_agreement"] for k, v in report["sets"].items()},
         "max_abs_p_diff": never_trained["max_abs_p_diff"],
@@ -164,19 +175,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown recipes {unknown}; choose from {', '.join(RECIPES)}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
 
-    from pneumoscan.training.distill import Teacher
-
     machine = parts.machine()
-    print(f"machine: {parts.machine_words(machine)}")
-    teacher = Teacher.load(args.teacher)
+    print(f"machine: {parts.machine_words(machine)}", flush=True)
     rows = []
     for seed in seeds:
         for recipe in recipes:
-            row = run_one(teacher, args, seed, recipe)
+            row = run_one(args, seed, recipe)
             rows.append(row)
             by_set = ", ".join(f"{k} {v:.2%}" for k, v in row["agreement_by_set"].items())
             print(
-                f"seed {seed:>5} {recipe:<13} decisions agree {row['agreement']:.2%} of {row['n']} "
+                f"seed {seed:>5} {recipe:<13} decisions agree {row['agreement']:.2%}, "
+                f"{round(row['agreement'] * row['n'])} of {row['n']}, {row['needed']} needed "
                 f"({'PASS' if row['passed'] else 'fail'}; {by_set}; max |dp| {row['max_abs_p_diff']:.3f}; "
                 f"{row['minutes']} min)",
                 flush=True,

@@ -306,6 +306,21 @@ def test_student_sidecar_round_trips_and_is_checked():
             ModelMetadata(image_size=64, threshold=0.5, student=bad)
 
 
+def test_member_heads_are_trainable_after_the_teacher_was_frozen(teacher):
+    # build_shared_ensemble freezes its stem source (the teacher's model, members included); heads
+    # copied from it afterwards (a second distillation in one process) must still train.
+    from pneumoscan.models.architectures import build_shared_ensemble, member_head, shared_body
+    from pneumoscan.training.distill import Teacher
+
+    loaded = Teacher.load(teacher)
+    heads = [member_head(top, name=f"member_{k}_head") for k, top in enumerate(loaded.tops)]
+    build_shared_ensemble(loaded.model, loaded.cut, shared_body(loaded.tops), heads)
+    assert not loaded.tops[0].get_layer("pred").trainable
+    again = member_head(loaded.tops[0], name="member_0_head")
+    assert len(again.trainable_weights) == 4  # head_dense and pred, kernel and bias each
+    assert shared_body(loaded.tops).trainable_weights
+
+
 def test_mixed_views_lie_between_two_distillation_views_and_carry_the_teachers_answers_there(teacher):
     from pneumoscan.training.distill import DistillConfig, Teacher, mixed_views
 

@@ -332,7 +332,9 @@ def member_head(member: keras.Model, *, name: str) -> keras.Model:
     x = pooled
     for layer_name in MEMBER_HEAD_LAYERS:
         source = member.get_layer(layer_name)
-        layer = source.__class__.from_config(source.get_config())
+        # Trainable whatever the source is: build_shared_ensemble freezes its stem source's layers,
+        # members included, and a frozen copy would silently skip the heads' training.
+        layer = source.__class__.from_config({**source.get_config(), "trainable": True})
         x = layer(x)
         layer.set_weights(source.get_weights())
     return keras.Model(pooled, x, name=name)

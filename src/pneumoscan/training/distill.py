@@ -17,7 +17,9 @@ views the teacher scores:
 What it learns from: a patient-level part of the training folder (all but ``holdout_fraction`` of
 the patients, seeded; images that every member held out are always kept back), each image clean
 and under ``augmented_views`` draws of the training augmentation
-(:meth:`~pneumoscan.training.engine.Trainer.stem_features`, cached once). Training runs in two
+(:meth:`~pneumoscan.training.engine.Trainer.stem_features`, cached once), plus
+``mixup_views`` mixtures of those views in the stem's feature space (:func:`mixed_views`, none by
+default). Training runs in two
 phases like the engine's: the head on the pooled features of the copied member's frozen blocks,
 then the blocks and head together.
 
