@@ -1,7 +1,7 @@
 """What the model costs by input side and member count, against the stock MobileNetV2 yardstick.
 
     python benchmarks/model_cost.py [--sizes 224,160,128] [--members 3] [--unfreeze-blocks 3]
-                                    [--rounds 30] [--json FILE]
+                                    [--shared-body] [--rounds 30] [--json FILE]
 
 Issue 18's targets leave the model about half a stock MobileNetV2 (README, "Inference"). This
 script measures, model only, which shapes of this project's network fit: for each input side,
@@ -9,7 +9,9 @@ the single model (one MobileNetV2 with the project's head, 1 grey channel in) an
 ``--members`` tops on one frozen stem cut below the top ``--unfreeze-blocks`` blocks (3, the
 released layout, cuts after ``block_13``; 11, what ``pneumoscan train --unfreeze-blocks 11`` trains,
 after ``block_5``; a comma list measures each cut;
-:func:`~pneumoscan.models.architectures.build_ensemble`), each converted to float32 LiteRT and run
+:func:`~pneumoscan.models.architectures.build_ensemble`), with ``--shared-body`` also the layout of
+``pneumoscan distill --kind shared-body`` (ONE body above the cut, ``--members`` heads on it;
+:func:`~pneumoscan.models.architectures.build_shared_ensemble`), each converted to float32 LiteRT and run
 on an interpreter of 2 threads, one image at a time, beside the yardstick (stock MobileNetV2, 224 x
 224 x 3, float32, 2 threads; :func:`inference_parts.yardstick_interpreter`).
 
@@ -43,12 +45,21 @@ def interpreter_of(model):
     return interpreter
 
 
-def candidates(sizes: list[int], members: int, unfreeze: list[int] | None = None) -> dict:
+def candidates(
+    sizes: list[int], members: int, unfreeze: list[int] | None = None, *, shared: bool = False
+) -> dict:
     """``{name: keras model}``: the single model and, per cut (top blocks fine-tuned), the ensemble
-    at each side (random weights)."""
+    at each side, and with ``shared`` the shared-body layout on the same cut (random weights)."""
     import keras
 
-    from pneumoscan.models.architectures import build_ensemble, build_mobilenetv2, mobilenet_cut_layer
+    from pneumoscan.models.architectures import (
+        build_ensemble,
+        build_mobilenetv2,
+        build_shared_ensemble,
+        member_head,
+        mobilenet_cut_layer,
+        shared_body,
+    )
 
     unfreeze = unfreeze or [3]
     out = {}
@@ -65,6 +76,12 @@ def candidates(sizes: list[int], members: int, unfreeze: list[int] | None = None
             if unfreeze != [3]:  # the released layout keeps the name earlier runs printed
                 name += f", top {blocks} blocks"
             out[name] = build_ensemble(build_mobilenetv2(size, weights=None), cut, tops)
+            if shared:
+                heads = [member_head(top, name=f"member_{k}_head") for k, top in enumerate(tops)]
+                body = shared_body(tops)
+                out[f"{size} px, one shared body, {members} heads"] = build_shared_ensemble(
+                    build_mobilenetv2(size, weights=None), cut, body, heads
+                )
     return out
 
 
@@ -99,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         default="3",
         help="top blocks each member owns, a comma list (default: 3, as released)",
     )
+    parser.add_argument(
+        "--shared-body",
+        action="store_true",
+        help="also measure one shared body with --members heads (distill --kind shared-body)",
+    )
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--json", type=Path)
@@ -108,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     interpreters = {"yardstick": yardstick_interpreter()}
     sizes = [int(s) for s in args.sizes.split(",")]
     unfreeze = [int(b) for b in args.unfreeze_blocks.split(",")]
-    for name, model in candidates(sizes, args.members, unfreeze).items():
+    for name, model in candidates(sizes, args.members, unfreeze, shared=args.shared_body).items():
         interpreters[name] = interpreter_of(model)
     times = time_interleaved(interpreters, args.rounds, args.per_round)
     base = ms(times["yardstick"])
