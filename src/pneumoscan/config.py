@@ -247,7 +247,8 @@ class DistillConfig:
         stem's feature space with a weight drawn uniformly from [0, 1], labelled by the teacher's
         members on the mixture (:func:`pneumoscan.training.distill.mixed_views`). They put
         training points between the classes, where the teacher's answers cross the band's edges,
-        which the training films, confidently one class or the other, hardly visit.
+        which the training films, confidently one class or the other, hardly visit. On the release
+        they did not help the shared body (``benchmarks/shared_body.py``, docs/speed.md).
     head_epochs, finetune_epochs : int
         Epochs of the head phase (on pooled features) and of the top-blocks phase.
     head_learning_rate, finetune_learning_rate : float
