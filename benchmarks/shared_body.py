@@ -94,6 +94,7 @@ def run_one(args, seed: int, recipe: str) -> dict:
     from pneumoscan.models.architectures import build_shared_ensemble
     from pneumoscan.training.distill import (
         Teacher,
+        _batched,
         distillation_split,
         fit_shared,
         mixed_views,
@@ -121,15 +122,11 @@ def run_one(args, seed: int, recipe: str) -> dict:
     features, members = mixed_views(teacher, features, members, cfg)
     if recipe == "off-manifold":
         x = decode_samples(kept, teacher.metadata.image_size, progress=False).x
-        views, stem = off_manifold_views(x, seed + 4242), teacher.stem()
-        # Batches of 64 as distill's stem features: a 224-px MobileNetV2 stem holds about 5 MB of
-        # activations per image, so larger eager batches cost gigabytes.
-        extra = np.concatenate(
-            [
-                np.asarray(stem(views[i : i + 64].astype(np.float32), training=False))
-                for i in range(0, len(views), 64)
-            ]
-        ).astype(features.dtype)
+        # Batches of 64 as distill's stem features: a 224-px MobileNetV2 stem holds megabytes of
+        # activations per image. 256 at a time had taken 23 GB of 24 when a first version was
+        # stopped; with 64 the whole run peaked near 13 GB (2026-12-05).
+        views = off_manifold_views(x, seed + 4242)
+        extra = _batched(teacher.stem(), views, batch_size=64).astype(features.dtype)
         features = np.concatenate([features, extra])
         members = np.concatenate([members, teacher.members(extra)])
     body, heads, _ = fit_shared(teacher, features, members, cfg, progress=False)
@@ -197,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         passed = sum(r["passed"] for r in rows if r["recipe"] == recipe)
         sd = values.std(ddof=1) if len(values) > 1 else float("nan")
         summary[recipe] = {"mean": float(values.mean()), "sd": float(sd), "passed": passed}
-        print(f"{recipe:<15} {values.mean():.2%} ± {sd:.2%}{'':>33}{passed} of {len(values)}")
+        spread = f"± {sd:.2%}" if len(values) > 1 else "(one seed)"
+        print(f"{recipe:<15} {values.mean():.2%} {spread:<10}{'':>31}{passed} of {len(values)}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
