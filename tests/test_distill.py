@@ -16,61 +16,9 @@ import numpy as np
 import pytest
 
 from pneumoscan.models.artifacts import ModelMetadata
-from pneumoscan.testing.models import TINY_NAMES
+from pneumoscan.testing.models import TINY_NAMES, make_tiny_ensemble
 
 SIZE = 64
-
-
-def make_tiny_ensemble(folder, *, seed: int = 0):
-    """A three-member ensemble on a random-weight MobileNetV2 stem (no ImageNet weights needed),
-    saved like the release with a sidecar: Platt calibration, band, guard, ``ensemble`` section."""
-    import keras
-
-    from pneumoscan.config import TrainConfig
-    from pneumoscan.inference.scope import ScopeGuard
-    from pneumoscan.models.architectures import (
-        build_ensemble,
-        build_mobilenetv2,
-        mobilenet_cut_layer,
-        mobilenet_member,
-    )
-    from pneumoscan.models.artifacts import save_model
-    from pneumoscan.models.calibration import PlattCalibrator
-
-    keras.utils.set_random_seed(seed)
-    cfg = TrainConfig(image_size=SIZE, dense_units=16)
-    base = build_mobilenetv2(SIZE, dense_units=16, weights=None)
-    cut = mobilenet_cut_layer(base, 3)
-    members = [mobilenet_member(cfg, cut, name=f"member_{k}", weights=None)[1] for k in range(3)]
-    for k, member in enumerate(members):  # members that disagree, as trained ones do a little
-        pred = member.get_layer("pred")
-        kernel, bias = pred.get_weights()
-        pred.set_weights([kernel * (2.0 + k), bias + 0.3 * (k - 1)])
-    model = build_ensemble(base, cut, members)
-    path = folder / "teacher.keras"
-    save_model(model, path)
-    rng = np.random.default_rng(seed)
-    embeddings = rng.normal(size=(60, 160))
-    guard = ScopeGuard.fit(embeddings, groups=list(range(60)), seed=seed, dims=4)
-    ModelMetadata(
-        image_size=SIZE,
-        threshold=0.55,
-        calibration=PlattCalibrator(1.2, 0.1),
-        arch="mobilenetv2",
-        decision={"band": {"low": 0.4, "high": 0.6}},
-        scope=guard.to_dict(),
-        ensemble={
-            "members": 3,
-            "embedding_dim": 160,
-            "member_split": "validation",
-            "val_fraction": 0.3,
-            "fold_seed": 7,
-            "limit": None,
-            "unfreeze_blocks": 3,
-        },
-        pneumoscan_version="test",
-    ).write(path)
-    return path
 
 
 @pytest.fixture(scope="module")

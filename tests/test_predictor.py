@@ -194,7 +194,9 @@ def test_bundled_litert_export_answers_like_the_bundled_keras_model(shared_data)
 
     files = [sorted((shared_data / "train" / c).glob("*.jpeg"))[::97][:24] for c in ("NORMAL", "PNEUMONIA")]
     files = files[0] + files[1]
-    keras_model, lite_model = Predictor(DEFAULT_KERAS_MODEL_PATH), Predictor(DEFAULT_LITERT_MODEL_PATH)
+    # The export itself, without its fast path (tests/test_fast_path.py checks the pair).
+    keras_model = Predictor(DEFAULT_KERAS_MODEL_PATH)
+    lite_model = Predictor(DEFAULT_LITERT_MODEL_PATH, fast_path=False)
     assert lite_model.backend == "litert" and lite_model.threshold == keras_model.threshold
     p_keras = keras_model.predict_paths(files, progress=False).p_pneumonia
     p_lite = lite_model.predict_paths(files, progress=False).p_pneumonia

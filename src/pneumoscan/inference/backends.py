@@ -8,7 +8,9 @@ sidecar's business (:class:`~pneumoscan.models.artifacts.OutputLayout`).
 - :class:`KerasBackend`: a ``.keras`` file loaded in Keras safe mode, called through a traced
   function (several times faster than ``model.predict`` for small batches);
 - :class:`LiteRTBackend`: a ``.tflite`` export run by the LiteRT runtime, one image on one
-  interpreter with every core, a batch shared out among single-threaded interpreters.
+  interpreter with every core, a batch shared out among single-threaded interpreters;
+- :class:`CascadeBackend`: two runtimes of one model, a fast approximation that answers and the
+  model itself, which answers again the rows a rule given by the Predictor marks.
 
 :func:`load_backend` picks one by the file's suffix.
 """
@@ -139,6 +141,44 @@ class LiteRTBackend:
 
         parts = np.array_split(x, min(self.num_threads, len(x)))
         return np.concatenate(list(self._pool.map(run_part, parts)))
+
+
+class CascadeBackend:
+    """A fast approximation of a model that answers first, and the model itself, whose answer is
+    mixed in wherever ``weight`` says the fast one is not good enough (near a decision edge).
+
+    Each row is the fast runtime's, ``fast + w * (full - fast)`` where the weight ``w`` of the row
+    is above 0, and ``full``'s own where it is 1: so the caller reads the rows as either's, and a
+    weight that changes smoothly with the input makes the answer change smoothly too. ``full``
+    runs only for the rows with a weight above 0. ``rows`` and ``full_rows`` count what it
+    answered and how much of it went to ``full`` (approximate under concurrent calls).
+
+    Parameters
+    ----------
+    fast, full : Backend
+        Runtimes with the same input and output row.
+    weight : callable
+        ``(n, width)`` raw rows of ``fast`` -> ``(n,)`` weights of ``full`` in [0, 1].
+    """
+
+    def __init__(self, fast: Backend, full: Backend, weight):
+        self.fast, self.full, self.weight = fast, full, weight
+        self.name = full.name
+        self.model = full.model
+        self.rows = 0
+        self.full_rows = 0
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        rows = np.array(self.fast.run(x), dtype=np.float32)
+        w = np.clip(np.asarray(self.weight(rows), dtype=np.float64), 0.0, 1.0)
+        again = w > 0
+        if again.any():
+            full = np.asarray(self.full.run(x[again]), dtype=np.float64)
+            fast, wa = rows[again].astype(np.float64), w[again, None]
+            rows[again] = np.where(wa >= 1.0, full, fast + wa * (full - fast))
+        self.rows += len(x)
+        self.full_rows += int(again.sum())
+        return rows
 
 
 def load_backend(model_path: Path, *, num_threads: int) -> Backend:

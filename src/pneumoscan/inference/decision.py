@@ -247,6 +247,31 @@ def decide_many(
     return out
 
 
+def edge_distance(
+    p_pneumonia: np.ndarray,
+    *,
+    threshold: float,
+    band: UncertaintyBand,
+    spread: np.ndarray | None = None,
+) -> np.ndarray:
+    """How far each answer lies from changing: the distance of P(pneumonia) to the nearest of the
+    band's edges and the threshold (the label's edge), and of the spread to the band's
+    ``max_spread`` when it has one. An answer that moves by less than this changes neither its
+    outcome nor its label; the fast path (:class:`~pneumoscan.inference.predictor.FastPath`) lets
+    the whole ensemble answer again where it is small.
+
+    Returns
+    -------
+    ndarray of shape (n,), float64
+    """
+    p = np.asarray(p_pneumonia, dtype=np.float64)
+    edges = np.array([band.low, threshold, band.high], dtype=np.float64)
+    distance = np.min(np.abs(p[:, None] - edges[None, :]), axis=1)
+    if spread is not None and band.max_spread is not None:
+        distance = np.minimum(distance, np.abs(np.asarray(spread, dtype=np.float64) - band.max_spread))
+    return distance
+
+
 def fit_uncertainty_band(
     p_oof: np.ndarray,
     y: np.ndarray,

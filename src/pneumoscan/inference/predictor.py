@@ -29,8 +29,8 @@ from pneumoscan.data.imaging import (
     preprocess,
     read_image,
 )
-from pneumoscan.inference.backends import Backend, load_backend
-from pneumoscan.inference.decision import UncertaintyBand
+from pneumoscan.inference.backends import Backend, CascadeBackend, load_backend
+from pneumoscan.inference.decision import UncertaintyBand, edge_distance
 from pneumoscan.inference.results import Prediction, make_prediction
 from pneumoscan.inference.scope import IN_SCOPE, ScopeCheck, ScopeGuard, check_image, combine
 from pneumoscan.models.artifacts import ModelMetadata, OutputLayout
@@ -56,6 +56,47 @@ def source_keras_model(model_path: str | Path, metadata: ModelMetadata) -> Path 
         if candidate.suffix.lower() == ".keras" and candidate.is_file():
             return candidate
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class FastPath:
+    """An ensemble export's fast path, as ``pneumoscan export --fast-path`` records it in the
+    sidecar (``export.fast_path``): the averaged-body model that answers first (``file``), and how
+    much of the ensemble's own answer is mixed in by the fast answer's distance to a decision
+    edge (:func:`~pneumoscan.inference.decision.edge_distance`): all of it below ``delta``, none
+    from ``blend`` on, linearly in between, so that the answer has no jump where the rule hands
+    over (the same film brought in by two paths may lie on either side). ``check`` is the check
+    that let it ship."""
+
+    file: Path
+    delta: float
+    blend: float
+    check: dict
+
+    def __post_init__(self):
+        if not 0.0 <= self.delta <= self.blend < 0.5:
+            raise ValueError(f"fast path: need 0 <= delta <= blend < 0.5, got {self.delta} and {self.blend}")
+
+    def weight(self, distance: np.ndarray) -> np.ndarray:
+        """The ensemble's weight in the answer, by the fast answer's distance to a decision edge."""
+        distance = np.asarray(distance, dtype=np.float64)
+        if self.blend == self.delta:
+            return (distance < self.delta).astype(np.float64)
+        return np.clip((self.blend - distance) / (self.blend - self.delta), 0.0, 1.0)
+
+    @classmethod
+    def of(cls, metadata: ModelMetadata, model_path: Path) -> FastPath | None:
+        """The sidecar's fast path, with ``file`` beside ``model_path``; None without one."""
+        record = metadata.export.extra.get("fast_path") if metadata.export is not None else None
+        if not record:
+            return None
+        delta = float(record["delta"])
+        return cls(
+            model_path.parent / Path(str(record["file"])).name,
+            delta,
+            float(record.get("blend", delta)),
+            dict(record.get("check", {})),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +208,12 @@ class Predictor:
         training population. ``False`` skips both: every image is scored and reported in scope,
         whatever it is. Meant for measuring what the guard costs (``benchmarks/inference.py``
         times the two side by side); an answer given without the guard says nothing about scope.
+    fast_path : bool, default=True
+        Where the sidecar names a fast path (:class:`FastPath`; a LiteRT ensemble exported with
+        ``--fast-path``), answer with it, and let the ensemble answer again every image whose
+        probability lies near a decision edge (the band's edges, the threshold): alone within the
+        fast path's ``delta``, mixed in up to its ``blend``. ``False``: the ensemble answers every
+        image (the reference the fast path is checked against).
 
     Thread safety: one instance may serve several threads (the app shares one); each LiteRT
     interpreter is used by one thread at a time.
@@ -179,6 +226,7 @@ class Predictor:
         threshold: float | None = None,
         num_threads: int | None = None,
         scope_guard: bool = True,
+        fast_path: bool = True,
     ):
         self.model_path = Path(model_path) if model_path is not None else default_keras_model_path()
         if not self.model_path.is_file():
@@ -221,7 +269,20 @@ class Predictor:
         self.embedding_dim = self.layout.embedding_dim
         self.disclaimer = DISCLAIMER
         #: The runtime that turns a float batch into raw output rows (:mod:`~pneumoscan.inference.backends`).
-        self.runtime: Backend = load_backend(self.model_path, num_threads=num_threads or available_cpus())
+        threads = num_threads or available_cpus()
+        self.runtime: Backend = load_backend(self.model_path, num_threads=threads)
+        #: The fast path in use (:class:`FastPath`), or None: the model answers every image.
+        self.fast_path = FastPath.of(self.metadata, self.model_path) if fast_path else None
+        if self.fast_path is not None and not self.fast_path.file.is_file():
+            log.warning(
+                "%s: its fast path %s is missing; the whole model answers every image (slower, same answers)",
+                self.model_path,
+                self.fast_path.file,
+            )
+            self.fast_path = None
+        if self.fast_path is not None:
+            fast = load_backend(self.fast_path.file, num_threads=threads)
+            self.runtime = CascadeBackend(fast, self.runtime, self._ensemble_weight)
         #: ``"keras"`` or ``"litert"``.
         self.backend = self.runtime.name
         #: The Keras model (export and Grad-CAM need it), or None for a LiteRT export.
@@ -277,6 +338,11 @@ class Predictor:
             outputs = np.mean([self.predict_outputs(v, batch_size=batch_size) for v in views], axis=0)
         else:
             outputs = self.predict_outputs(x, batch_size=batch_size)
+        return self.details_of(outputs)
+
+    def details_of(self, outputs: np.ndarray) -> Details:
+        """:class:`Details` of raw output rows (:meth:`predict_outputs`)."""
+        outputs = np.asarray(outputs, dtype=np.float64)
         layout = self.layout
         embedding = (
             outputs[:, layout.embedding : layout.embedding + layout.embedding_dim].astype(np.float32)
@@ -294,6 +360,16 @@ class Predictor:
         # side of caution, never of overconfidence.
         members = np.asarray(self.calibrator.transform(outputs[:, layout.member_columns]), dtype=np.float64)
         return Details(members.mean(axis=1), members, members.std(axis=1), embedding)
+
+    def _ensemble_weight(self, rows: np.ndarray) -> np.ndarray:
+        """The ensemble's weight in the answer to each raw row of the fast path
+        (:meth:`FastPath.weight` of :func:`~pneumoscan.inference.decision.edge_distance`, with this
+        Predictor's threshold and band)."""
+        details = self.details_of(rows)
+        distance = edge_distance(
+            details.p_pneumonia, threshold=self.threshold, band=self.band, spread=details.spread
+        )
+        return self.fast_path.weight(distance)
 
     def predict_proba(self, x: np.ndarray, *, tta: bool = False, batch_size: int = 64) -> np.ndarray:
         """Calibrated probability of PNEUMONIA, shape ``(n,)``; ``tta`` averages :func:`tta_views`."""

@@ -23,6 +23,8 @@ class CommandError(Exception):
 def _load_predictor(args, **kwargs):
     from pneumoscan.inference.predictor import Predictor
 
+    if getattr(args, "no_fast_path", False):
+        kwargs.setdefault("fast_path", False)
     try:
         return Predictor(args.model, **kwargs)
     except (FileNotFoundError, ValueError) as exc:
@@ -199,6 +201,12 @@ def cmd_predict(args) -> int:
         f"\n{len(rows) - failed} predicted, {failed} failed; "
         f"threshold {predictor.threshold:.3f} on P(pneumonia)"
     )
+    if predictor.fast_path is not None and predictor.runtime.rows:
+        runtime = predictor.runtime
+        print(
+            f"Fast path: the averaged body answered first; the ensemble answered {runtime.full_rows} of "
+            f"{runtime.rows} images near a decision edge (--no-fast-path: the ensemble answers all)"
+        )
     if predictor.guard is not None and len(rows) > 1:
         from pneumoscan.inference.drift import batch_drift
 
@@ -291,7 +299,12 @@ def cmd_export(args) -> int:
     predictor = _load_predictor(args)
     export = EXPORT_FORMATS[args.format]
     report = export(
-        predictor, out=args.out, quantize=args.quantize, data_dir=args.data, progress=not args.quiet
+        predictor,
+        out=args.out,
+        quantize=args.quantize,
+        data_dir=args.data,
+        progress=not args.quiet,
+        fast_path=args.fast_path,
     )
     print(json.dumps(report, indent=2))
     return 0

@@ -371,6 +371,21 @@ def build_shared_ensemble(stem_source: keras.Model, cut_layer: str, body: keras.
     return keras.Model(stem_source.input, output, name="pneumoscan_shared_ensemble")
 
 
+def soup_ensemble(ensemble: keras.Model, cut_layer: str, members: int) -> keras.Model:
+    """An ensemble's fast path: its own stem, ONE body whose every weight is the mean of its
+    members' (:func:`shared_body`) and each member's own head, untrained
+    (:func:`build_shared_ensemble`); the same output row at about one network's cost.
+
+    It answers close to the ensemble, not as it: :class:`~pneumoscan.inference.backends.CascadeBackend`
+    hands the images it places near a decision edge to the ensemble itself, and ``pneumoscan export
+    --fast-path`` measures the pair against the ensemble before it writes it. ``ensemble``'s layers
+    are set non-trainable (the stem is shared, not copied).
+    """
+    tops = member_tops(ensemble, members)
+    heads = [member_head(top, name=f"member_{k}_head") for k, top in enumerate(tops)]
+    return build_shared_ensemble(ensemble, cut_layer, shared_body(tops), heads)
+
+
 def member_tops(model: keras.Model, members: int) -> list:
     """Each member's ``cut features -> P(pneumonia)`` model, for either ensemble layout: the
     ``member_{k}`` tops of :func:`build_ensemble`, or ``shared_body`` then ``member_{k}_head`` of

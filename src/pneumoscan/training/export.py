@@ -33,6 +33,18 @@ calibrated P(pneumonia) moves by more than :data:`MAX_ABS_PROB_DIFF`; else nothi
 ValueError gives the numbers. ROC AUC is recorded, not gated on. The sidecar's ``export.check``
 says which images were used (``n_check``, ``kinds``, ``sources``) and what the check found. Without
 data there is no check, so there is no export.
+
+``--fast-path`` (an ensemble only) also writes ``<out>-fast.tflite``: the ensemble's stem, ONE body
+averaged from its members' weights and each member's own head, untrained
+(:func:`~pneumoscan.models.architectures.soup_ensemble`), at about one network's cost instead of
+one stem and K tops. The Predictor answers with it and lets the ensemble answer instead every image
+whose probability lies within :data:`FAST_PATH_DELTA` of a decision edge, mixing the two answers
+up to :data:`FAST_PATH_BLEND` (:class:`~pneumoscan.inference.predictor.FastPath`). The pair is a
+student of the ensemble, not a copy of it, so it is judged as one on the same check images:
+decisions agree on at least :data:`MIN_AGREEMENT`, ROC AUC within :data:`FAST_PATH_MAX_AUC_DIFF`;
+|dp| is recorded, not gated (an image far from every edge may move further without changing its
+decision). It is recorded in the sidecar's ``export.fast_path`` only when it passes; the export
+itself stands either way.
 """
 
 from __future__ import annotations
@@ -86,6 +98,18 @@ CALIBRATED_MODES = ("int8", "int8-stem")
 MIN_AGREEMENT = 0.99
 #: Largest allowed |calibrated P(pneumonia), Keras - LiteRT| on any check image.
 MAX_ABS_PROB_DIFF = 0.05
+#: Distance to a decision edge under which the ensemble answers alone on the fast path; set
+#: before any figure was seen (the |dp| of the export gate), then measured over three hold-outs
+#: (benchmarks/fast_path.py).
+FAST_PATH_DELTA = 0.05
+#: Distance from which the fast path answers alone; in between the two answers are mixed, so the
+#: answer has no jump where the rule hands over (the same film by two paths may fall either side).
+FAST_PATH_BLEND = 0.10
+#: Largest allowed |ROC AUC, ensemble - fast path| on the labelled check images (issue 18's
+#: tolerance for a student).
+FAST_PATH_MAX_AUC_DIFF = 0.005
+#: What the fast path's file is called beside the export: ``<stem>-fast.tflite``.
+FAST_PATH_SUFFIX = "-fast"
 #: Fewest check images a check may rest on.
 MIN_CHECK_IMAGES = 10
 #: Training images fed to the int8 calibration (the representative dataset).
@@ -242,6 +266,7 @@ def export_tflite(
     progress: bool = True,
     max_check_images: int | None = None,
     ood_dir: str | Path | None = AUTO,
+    fast_path: bool = False,
 ) -> dict:
     """Export the predictor's Keras model to LiteRT and check it against the Keras model.
 
@@ -280,6 +305,8 @@ def export_tflite(
         ``data_dir`` or a given ``ood_dir`` does not exist.
     """
     _check_arguments(predictor, out, quantize, max_check_images)
+    if fast_path and (predictor.metadata.ensemble is None or predictor.metadata.student is not None):
+        raise ValueError(f"--fast-path needs an ensemble; {predictor.model_path} is not one")
     out = Path(out)
     meta = predictor.metadata
     data_dir = _training_data(predictor, data_dir)
@@ -312,7 +339,82 @@ def export_tflite(
         n_representative=n_representative,
     )
     log.info("exported %s (%d bytes): %s", out, report["size_bytes"], json.dumps(check_record))
+    if fast_path:
+        report["fast_path"] = write_fast_path(predictor, out, check, quantize=quantize)
     return report
+
+
+def fast_path_parity(reference: Predictor, cascade: Predictor, check: CheckSet) -> dict:
+    """How a Predictor on its fast path (``cascade``) answers like the Keras ensemble (``reference``)
+    on ``check``: :func:`parity`'s figures, ``auc_fast_path`` for its ``auc_tflite``, the share of
+    images the ensemble answered again (``answered_by_the_ensemble``, wholly or in part), and a
+    ``passed`` gated as a student is: decisions agree on at least :data:`MIN_AGREEMENT`, ROC AUC
+    within :data:`FAST_PATH_MAX_AUC_DIFF`; |dp| is recorded, not gated."""
+    if cascade.fast_path is None:
+        raise ValueError(f"{cascade.model_path} answers without a fast path: nothing to check")
+    runtime = cascade.runtime
+    before_rows, before_full = runtime.rows, runtime.full_rows
+    found = parity(reference, cascade, check)
+    found.pop("passed")
+    found["auc_fast_path"] = found.pop("auc_tflite")
+    found["answered_by_the_ensemble"] = (runtime.full_rows - before_full) / max(runtime.rows - before_rows, 1)
+    auc_diff = None if found["auc_keras"] is None else abs(found["auc_fast_path"] - found["auc_keras"])
+    auc_held = auc_diff is None or auc_diff <= FAST_PATH_MAX_AUC_DIFF
+    found["gate"] = {
+        "min_agreement": MIN_AGREEMENT,
+        "max_auc_diff": FAST_PATH_MAX_AUC_DIFF,
+        "on": "three-outcome decisions and ROC AUC of images the model never trained on; |dp| is "
+        "recorded, not gated",
+    }
+    found["passed"] = bool(found["agreement"] >= MIN_AGREEMENT and auc_held)
+    return found
+
+
+def write_fast_path(predictor: Predictor, out: Path, check: CheckSet, *, quantize: str) -> dict:
+    """Write the fast path of the ensemble ``predictor`` beside its export ``out``, check the pair
+    against the Keras ensemble on ``check`` and record it in ``out``'s sidecar; returns the record.
+    On a failed check the fast file is removed, the sidecar keeps no fast path, and a ValueError
+    gives the figures."""
+    from pneumoscan.models.architectures import mobilenet_cut_layer, soup_ensemble
+
+    meta = predictor.metadata
+    cut = mobilenet_cut_layer(predictor.model, meta.ensemble.unfreeze_blocks)
+    soup = soup_ensemble(predictor.model, cut, meta.ensemble.members)
+    fast_file = out.with_name(out.stem + FAST_PATH_SUFFIX + out.suffix)
+    fast_file.write_bytes(convert_keras_model(soup, quantize=quantize))
+    exported = ModelMetadata.read(out)
+    export_record = exported.export.to_dict()
+    record = {
+        "file": fast_file.name,
+        "delta": FAST_PATH_DELTA,
+        "blend": FAST_PATH_BLEND,
+        "what": (
+            "the ensemble's stem, ONE body averaged from its members' weights, each member's own head "
+            "(untrained); where its P(pneumonia) lies within delta of the band's edges or the "
+            "threshold the ensemble answers instead, and up to blend the two answers are mixed"
+        ),
+        "quantize": quantize,
+        "size_bytes": fast_file.stat().st_size,
+    }
+    try:
+        exported.updated(export={**export_record, "fast_path": record}).write(out)
+        found = fast_path_parity(predictor, Predictor(out, threshold=predictor.threshold), check)
+        record["check"] = found
+        if not found["passed"]:
+            raise ValueError(
+                f"the fast path of {predictor.model_path} failed its check on {found['n_check']} images the "
+                f"model never trained on: decision agreement {found['agreement']:.2%} "
+                f"({found['decisions_changed']} changed; needs >= {MIN_AGREEMENT:.0%}), ROC AUC "
+                f"{found['auc_fast_path']} against {found['auc_keras']} (allowed difference "
+                f"{FAST_PATH_MAX_AUC_DIFF}); {fast_file} was removed, {out} answers without it"
+            )
+        exported.updated(export={**export_record, "fast_path": record}).write(out)
+    except BaseException:
+        fast_file.unlink(missing_ok=True)
+        exported.write(out)
+        raise
+    log.info("fast path %s: %s", fast_file, json.dumps(record["check"]["agreement"]))
+    return record
 
 
 @dataclasses.dataclass
