@@ -21,6 +21,7 @@ BUNDLED = {
     "pneumoscan-mobilenetv2.meta.json",
     "pneumoscan-mobilenetv2-litert.tflite",
     "pneumoscan-mobilenetv2-litert.meta.json",
+    "pneumoscan-mobilenetv2-litert-fast.tflite",
     "MODEL_CARD.md",
 }
 
