@@ -121,16 +121,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_shipped(keras_predictor, shipped, data_dir: Path | None, ood: Path | None, limit) -> dict:
-    """The shipped file against its Keras source on images the model never trained on."""
-    from pneumoscan.training.export import check_images, parity
+def check_shipped(keras_predictor, shipped_path: Path, data_dir: Path | None, ood: Path | None, limit):
+    """On images the model never trained on: the shipped file, its fast path off, against its Keras
+    source (the export's gate), and, when it has one, the fast path against the same source (a
+    student's gate: decisions and ROC AUC). Returns the two reports (the second None without a
+    fast path)."""
+    from pneumoscan.inference.predictor import Predictor
+    from pneumoscan.training.export import check_images, fast_path_parity, parity
 
     if data_dir is None:
-        return {"passed": False, "error": "no training data: the parity check could not run"}
-    if shipped.model_path == keras_predictor.model_path:
-        return {"passed": True, "note": "what ships is the Keras model itself: nothing to compare"}
+        return {"passed": False, "error": "no training data: the parity check could not run"}, None
+    if shipped_path == keras_predictor.model_path:
+        return {"passed": True, "note": "what ships is the Keras model itself: nothing to compare"}, None
     check = check_images(keras_predictor, data_dir, ood_dir=ood, max_images=limit)
-    return parity(keras_predictor, shipped, check)
+    export = parity(keras_predictor, Predictor(shipped_path, fast_path=False), check)
+    cascade = Predictor(shipped_path)
+    return export, (fast_path_parity(keras_predictor, cascade, check) if cascade.fast_path else None)
+
+
+def without_fast_path(shipped_path: Path, tmp: Path) -> Path:
+    """A copy of the shipped export whose sidecar names no fast path: the ensemble answering every
+    image, for ``pneumoscan predict --model`` to time beside what ships."""
+    from pneumoscan.models.artifacts import ModelMetadata
+
+    folder = tmp / "ensemble-alone"
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / shipped_path.name
+    shutil.copyfile(shipped_path, copy)
+    meta = ModelMetadata.read(shipped_path)
+    export = {k: v for k, v in meta.export.to_dict().items() if k != "fast_path"}
+    meta.updated(export=export).write(copy)
+    return copy
 
 
 def fresh_exports(keras_predictor, modes: list[str], args, ood: Path | None, tmp: Path, files, reps) -> dict:
@@ -197,6 +218,14 @@ def measure(args, ood: Path | None, tmp: Path) -> dict:
     r["shipped"] = parts.predictor_figures(shipped, files, reps)
     print(f"shipped path: `pneumoscan predict` over {len(files)} files in a new process ...", flush=True)
     r["shipped"]["cli"] = parts.cli_job(files, tmp, args.model)
+    r["fast_path"] = None if shipped.fast_path is None else {"file": str(shipped.fast_path.file)}
+    if shipped.fast_path is not None:
+        print("the same export with its fast path off (the ensemble answers every image) ...", flush=True)
+        alone = without_fast_path(Path(shipped_path), tmp)
+        r["ensemble_alone"] = parts.predictor_figures(Predictor(alone), files, reps)
+        r["ensemble_alone"]["cli"] = parts.cli_job(files, tmp / "ensemble-alone", alone)
+        runtime = shipped.runtime
+        r["fast_path"]["answered_by_the_ensemble_while_timed"] = runtime.full_rows / max(runtime.rows, 1)
     after = parts.time_yardstick(interpreter, max(reps, 100))
     best = min((before, after), key=lambda y: y["p50_ms"])
     r["yardstick"] = {**best, "before": before, "after": after, "taken": "the faster of before/after"}
@@ -204,7 +233,9 @@ def measure(args, ood: Path | None, tmp: Path) -> dict:
     r["baseline"] = parts.traced_keras(keras_path, files, reps)
     keras_predictor = Predictor(keras_path)
     print("parity: the shipped file against its Keras source ...", flush=True)
-    r["parity_shipped"] = check_shipped(keras_predictor, shipped, data_dir, ood, args.check_images)
+    r["parity_shipped"], r["fast_path_check"] = check_shipped(
+        keras_predictor, Path(shipped_path), data_dir, ood, args.check_images
+    )
     modes = [m.strip() for m in args.exports.split(",") if m.strip()]
     r["exports"] = fresh_exports(keras_predictor, modes, args, ood, tmp, files, reps) if data_dir else {}
     print("out-of-scope guard: with and without, alternating ...", flush=True)
@@ -230,7 +261,10 @@ def verdicts(r: dict) -> dict:
             "target": f">= {TARGET_JOB_RATIO}",
             "met": job_ratio >= TARGET_JOB_RATIO,
         },
-        "parity": {"met": bool(r["parity_shipped"].get("passed"))},
+        "parity": {
+            "met": bool(r["parity_shipped"].get("passed"))
+            and (r.get("fast_path_check") is None or bool(r["fast_path_check"]["passed"]))
+        },
         "guard": {"met": True if guard is None else bool(guard["met"])},
     }
 
@@ -275,6 +309,16 @@ def print_figures(r: dict) -> None:
         f"  secondary: `pneumoscan predict` of one file {one['seconds']:.1f} s (the job's fixed cost); "
         f"predict_paths in process {s['in_process_images_per_s']:.1f} img/s"
     )
+    if r.get("ensemble_alone"):
+        a, share = r["ensemble_alone"], r["fast_path"]["answered_by_the_ensemble_while_timed"]
+        alone_rate = a["cli"]["job"]["images_per_s"]
+        print(f"  its fast path answered first; the ensemble answered {share:.1%} of the images timed again")
+        print(
+            f"THE SAME EXPORT, FAST PATH OFF (the ensemble answers every image): one image p50 "
+            f"{a['e2e_p50_ms']:.2f} ms (model {a['model_p50_ms']:.2f} ms), `pneumoscan predict` "
+            f"{alone_rate:.1f} img/s; what ships is {a['e2e_p50_ms'] / s['e2e_p50_ms']:.2f}x as fast one "
+            f"image at a time, {job['images_per_s'] / alone_rate:.2f}x the job rate"
+        )
     print(
         f"YARDSTICK (stock MobileNetV2, float32 LiteRT, 2 threads, model only): p50 {y['p50_ms']:.2f} ms, "
         f"{y['images_per_s']:.1f} img/s (p50 before {y['before']['p50_ms']:.2f}, after "
@@ -308,7 +352,16 @@ def print_verdicts(r: dict, v: dict) -> None:
         f"  `pneumoscan predict` img/s / yardstick img/s = {j['ratio']:.2f}x "
         f"(target {j['target']}): {mark(j['met'])}"
     )
-    print_parity("parity of the shipped file with its Keras source", r["parity_shipped"])
+    print_parity("parity of the shipped file (fast path off) with its Keras source", r["parity_shipped"])
+    if r.get("fast_path_check"):
+        c = r["fast_path_check"]
+        print(
+            f"  the fast path against the Keras ensemble: {'PASS' if c['passed'] else 'FAIL'} on "
+            f"{c['n_check']} images never trained on: decisions agree {c['agreement']:.2%} "
+            f"({c['decisions_changed']} changed; >= 99 %), ROC AUC {c['auc_fast_path']:.4f} vs "
+            f"{c['auc_keras']:.4f} (within 0.005), max |dp| {c['max_abs_prob_diff']:.4f} (recorded, not "
+            f"gated), {c['answered_by_the_ensemble']:.1%} answered by the ensemble"
+        )
     if g is None:
         print("  out-of-scope guard: the model has no embedding guard; not compared")
     else:

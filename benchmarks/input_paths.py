@@ -1,7 +1,7 @@
 """One film, one answer? P(pneumonia) of the same training films brought in by 19 paths, and 3 lossy ones.
 
     python benchmarks/input_paths.py [--model M] [--per-class 6] [--least-sure 24] [--random 120]
-                                     [--sweep N]
+                                     [--sweep N] [--no-fast-path]
 
 Each film (the first ``--per-class`` files of each class of the training folder, sorted by name) is
 scored as its file and as the 18 files of :func:`pneumoscan.testing.variants.xray_variants` (8- and
@@ -13,14 +13,15 @@ mean spread, how many films exceed issue 16's bound of 0.05, and each path's mea
 from the file.
 
 Then the same for the ``--least-sure`` films the model is least sure of (all training films scored,
-those with P(pneumonia) nearest 0.5 kept). The first films of each class are mostly scored near 0
-or 1, where the model's answer hardly moves whatever the input does: their spread flatters. A new
-intake's films are not so sure (the issue's example film scored 0.39), and there the same change of
-the input moves P(pneumonia) several times as far. For them it also prints how far changes of the
-model input that no path makes and no eye sees move the answer (Gaussian noise of SD 0.5 grey levels,
-a shift by one pixel), and the spread over the paths again with test-time augmentation (``tta``: the
-image and three 92 % crops averaged, four times the cost): how much of the spread is the model's own
-roughness near 0.5 rather than any path's doing.
+those with P(pneumonia) nearest 0.5 kept; scored by the ensemble with any fast path off, so that a
+run with ``--no-fast-path`` and one without score the same films). The first films of each class are
+mostly scored near 0 or 1, where the model's answer hardly moves whatever the input does: their
+spread flatters. A new intake's films are not so sure (the issue's example film scored 0.39), and
+there the same change of the input moves P(pneumonia) several times as far. For them it also prints
+how far changes of the model input that no path makes and no eye sees move the answer (Gaussian
+noise of SD 0.5 grey levels, a shift by one pixel), and the spread over the paths again with
+test-time augmentation (``tta``: the image and three 92 % crops averaged, four times the cost): how
+much of the spread is the model's own roughness near 0.5 rather than any path's doing.
 
 Every film also says whether its *decision* (no pneumonia / uncertain / pneumonia suspected, the
 stored band) is the same on every path. Films near 0.5 lie inside the band, where every path says
@@ -74,20 +75,32 @@ def main() -> None:
         "--random", type=int, default=120, help="a seeded random sample of training films (0: skip that part)"
     )
     parser.add_argument("--sweep", type=int, default=0, help="films per class for the quality sweep")
+    parser.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="the ensemble answers every image, even where the sidecar names a fast path",
+    )
     args = parser.parse_args()
 
     from pneumoscan.config import DEFAULT_LITERT_MODEL_PATH
     from pneumoscan.inference.predictor import Predictor
 
-    predictor = Predictor(args.model or DEFAULT_LITERT_MODEL_PATH)
-    print(f"model: {predictor.model_path}")
+    predictor = Predictor(args.model or DEFAULT_LITERT_MODEL_PATH, fast_path=not args.no_fast_path)
+    fast = predictor.fast_path
+    described = f"{fast.file.name} (delta {fast.delta}, blend {fast.blend})" if fast else "none"
+    print(f"model: {predictor.model_path}, fast path: {described}")
     films = []
     for cls in ("NORMAL", "PNEUMONIA"):
         films += sorted((args.data / cls).iterdir())[: args.per_class]
     print(f"\nThe first {args.per_class} films of each class, by name")
     path_spreads(predictor, films, lossy=True)
     if args.least_sure:
-        files, p = score_training_films(predictor, args.data)
+        # Chosen by the ensemble's own answer (its fast path off), so that runs with and without
+        # the fast path score the same films.
+        chooser = (
+            predictor if predictor.fast_path is None else Predictor(predictor.model_path, fast_path=False)
+        )
+        files, p = score_training_films(chooser, args.data)
         films = least_sure(files, p, args.least_sure)
         print(f"\nThe {len(films)} films the model is least sure of (P(pneumonia) nearest 0.5)")
         path_spreads(predictor, films, lossy=False)

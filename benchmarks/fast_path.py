@@ -1,0 +1,173 @@
+"""Does the release's fast path give the release's answers, over several hold-outs?
+
+    python benchmarks/fast_path.py [--seeds 1337,7,42] [--deltas 0.05:0.10,0.05:0.05,0:0]
+        [--cache runs/shared_body] [--json runs/fast_path.json]
+
+Why (issue 18, tracker #21): ``pneumoscan export --fast-path`` ships one averaged body with the
+members' own heads (:func:`pneumoscan.models.architectures.soup_ensemble`, untrained) that answers
+first, at about one network's cost, and the ensemble, which answers instead wherever the fast
+answer lies within ``delta`` of a decision edge (the band's edges, the threshold) and is mixed in up
+to ``blend`` (:class:`pneumoscan.inference.predictor.FastPath`). The export checks the pair on the
+1,239 images of its own check; this runs the same rule on ``pneumoscan distill``'s gate images of
+several distill seeds (each seed draws its own patient-level hold-out: shifted views of the
+held-out films, films every member held out, the 632 out-of-scope radiographs), and judges it by
+distill's gate, unchanged (ROC AUC within 0.005; three-outcome decisions agreeing on at least
+99 % of the images no member trained on).
+
+Each ``--deltas`` entry is ``delta:blend``; ``0:0`` is the averaged body alone (nothing handed to
+the ensemble), ``d:d`` a hard hand-over. The export's own values (0.05 and 0.10) were set before
+any figure here was seen: 0.05 is the export gate's |dp|, 0.10 twice it. The fast path's rows are
+computed in Keras float32 on the gate's cached stem features, mixed as
+:class:`~pneumoscan.inference.backends.CascadeBackend` mixes them (raw member probabilities, then
+calibrated one by one), so figures may differ by an image or two from the float16 LiteRT files.
+
+Also printed: the share of images the ensemble answered (wholly or in part), i.e. the fast path's
+extra cost. Stem features are cached per seed in ``--cache`` (``distill``'s own cache, shared with
+``benchmarks/shared_body.py``: about 3 minutes a seed to build on 2 cores). Needs ``../shared``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import inference_parts as parts  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def raw_members(tops: list, features: np.ndarray) -> np.ndarray:
+    """Each member top's raw probability on cached stem features, ``(n, K)``."""
+    from pneumoscan.training.distill import _predict
+
+    return np.stack([_predict(top, features) for top in tops], axis=1)
+
+
+def run_seed(args, seed: int, rules: list[tuple[float, float]]) -> list[dict]:
+    """Every rule on one distill seed's gate images."""
+    import keras
+
+    from pneumoscan.config import DistillConfig
+    from pneumoscan.inference.decision import UncertaintyBand, edge_distance
+    from pneumoscan.inference.predictor import FastPath
+    from pneumoscan.models.architectures import member_head, shared_body
+    from pneumoscan.training.distill import Teacher, distillation_split, prepare_views
+    from pneumoscan.training.distill_gate import gate
+
+    teacher = Teacher.load(args.teacher)
+    meta = teacher.metadata
+    cfg = DistillConfig(seed=seed, kind="shared-body", keep_cache=True)
+    distil, held, never = distillation_split(args.data, meta, cfg)
+    _, _, _, sets = prepare_views(
+        teacher, args.data, args.cache / f"seed{seed}", distil, held, never, args.ood, cfg, {}, False
+    )
+    body = shared_body(teacher.tops)
+    heads = [member_head(top, name=f"member_{k}_head") for k, top in enumerate(teacher.tops)]
+    soup_tops = []
+    for head in heads:
+        cut = keras.Input(sets[0].features.shape[1:])
+        soup_tops.append(keras.Model(cut, head(body(cut))))
+    band = UncertaintyBand.from_dict(meta.decision["band"])
+    calibrate = meta.calibration.transform
+    raw = {s.name: (raw_members(soup_tops, s.features), raw_members(teacher.tops, s.features)) for s in sets}
+    out = []
+    for delta, blend in rules:
+        rule = FastPath(Path("-"), delta, blend, {})
+        answered = []
+        for s in sets:
+            fast, full = raw[s.name]
+            calibrated = np.asarray(calibrate(fast), dtype=np.float64)
+            distance = edge_distance(
+                calibrated.mean(axis=1), threshold=meta.threshold, band=band, spread=calibrated.std(axis=1)
+            )
+            w = rule.weight(distance)[:, None]
+            mixed = np.asarray(calibrate(np.where(w >= 1, full, fast + w * (full - fast))), dtype=np.float64)
+            s.student_p, s.student_spread = mixed.mean(axis=1), mixed.std(axis=1)
+            answered.append((w[:, 0] > 0)[s.never])
+        report = gate(sets, meta, max_auc_diff=cfg.max_auc_diff, min_agreement=cfg.min_agreement)
+        nt = report["never_trained"]
+        out.append(
+            {
+                "seed": seed,
+                "delta": delta,
+                "blend": blend,
+                "passed": report["passed"],
+                "agreement": nt["decision_agreement"],
+                "n": nt["n"],
+                "agreeing": int(round(nt["decision_agreement"] * nt["n"])),
+                "answered_by_the_ensemble": float(np.concatenate(answered).mean()),
+                "max_abs_p_diff": nt["max_abs_p_diff"],
+                "roc_auc_diff_held_out": report["sets"]["held out"]["roc_auc_diff"],
+                "roc_auc_diff_shifted": report["held_out_shifted"]["roc_auc_diff"],
+                "per_set": {k: v["decision_agreement"] for k, v in report["sets"].items()},
+            }
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--teacher", type=Path, default=REPO / "models" / "pneumoscan-mobilenetv2.keras")
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "chest_xray" / "train")
+    parser.add_argument("--ood", type=Path, default=SHARED / "data" / "ood")
+    parser.add_argument("--seeds", default="1337,7,42")
+    parser.add_argument("--deltas", default="0.05:0.10,0.05:0.05,0:0", help="delta:blend, comma-separated")
+    parser.add_argument("--cache", type=Path, default=REPO / "runs" / "shared_body")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        print(f"no training data at {args.data}: this benchmark needs ../shared", file=sys.stderr)
+        return 2
+    rules = [tuple(float(v) for v in item.split(":")) for item in args.deltas.split(",") if item]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    print(f"machine: {parts.machine_words(parts.machine())}", flush=True)
+    rows, t0 = [], time.perf_counter()
+    for seed in seeds:
+        for row in run_seed(args, seed, rules):
+            rows.append(row)
+            print(
+                f"seed {seed}, delta {row['delta']}, blend {row['blend']}: decisions agree "
+                f"{row['agreement']:.2%} ({row['agreeing']} of {row['n']}), "
+                f"{'PASS' if row['passed'] else 'FAIL'}; the ensemble answered "
+                f"{row['answered_by_the_ensemble']:.1%}; max |dp| {row['max_abs_p_diff']:.3f}; per set "
+                + ", ".join(f"{k} {v:.2%}" for k, v in row["per_set"].items()),
+                flush=True,
+            )
+    print("\nper rule, over the seeds (mean ± SD):")
+    summary = []
+    for delta, blend in rules:
+        chosen = [r for r in rows if (r["delta"], r["blend"]) == (delta, blend)]
+        agree = np.array([r["agreement"] for r in chosen])
+        share = np.array([r["answered_by_the_ensemble"] for r in chosen])
+        sd = agree.std(ddof=1) if len(agree) > 1 else float("nan")
+        summary.append(
+            {
+                "delta": delta,
+                "blend": blend,
+                "mean": agree.mean(),
+                "sd": sd,
+                "passed": sum(r["passed"] for r in chosen),
+            }
+        )
+        print(
+            f"  delta {delta}, blend {blend}: decisions agree {agree.mean():.2%} ± {sd:.2%}, passed "
+            f"{summary[-1]['passed']} of {len(chosen)}; the ensemble answered {share.mean():.1%}"
+        )
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
