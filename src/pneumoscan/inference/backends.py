@@ -145,7 +145,7 @@ class LiteRTBackend:
 
 class CascadeBackend:
     """A fast approximation of a model that answers first, and the model itself, whose answer is
-    mixed in wherever ``weight`` says the fast one is not good enough (near a decision edge).
+    mixed in wherever ``weight`` says the fast one is not good enough (in or near the uncertain band).
 
     Each row is the fast runtime's, ``fast + w * (full - fast)`` where the weight ``w`` of the row
     is above 0, and ``full``'s own where it is 1: so the caller reads the rows as either's, and a

@@ -247,28 +247,28 @@ def decide_many(
     return out
 
 
-def edge_distance(
+def band_distance(
     p_pneumonia: np.ndarray,
     *,
-    threshold: float,
     band: UncertaintyBand,
     spread: np.ndarray | None = None,
 ) -> np.ndarray:
-    """How far each answer lies from changing: the distance of P(pneumonia) to the nearest of the
-    band's edges and the threshold (the label's edge), and of the spread to the band's
-    ``max_spread`` when it has one. An answer that moves by less than this changes neither its
-    outcome nor its label; the fast path (:class:`~pneumoscan.inference.predictor.FastPath`) lets
-    the whole ensemble answer again where it is small.
+    """How far each answer lies from the uncertain band: 0 inside it (``low <= p < high``, which
+    holds the threshold, so the label's edge too), else the distance of P(pneumonia) to its nearer
+    edge; and 0 where the spread is above the band's ``max_spread``, else at most the spread's
+    distance below it (when the band has one). An answer that moves by less than this cannot
+    leave a stated outcome. The fast path (:class:`~pneumoscan.inference.predictor.FastPath`)
+    lets the whole ensemble answer where it is small.
 
     Returns
     -------
     ndarray of shape (n,), float64
     """
     p = np.asarray(p_pneumonia, dtype=np.float64)
-    edges = np.array([band.low, threshold, band.high], dtype=np.float64)
-    distance = np.min(np.abs(p[:, None] - edges[None, :]), axis=1)
+    distance = np.where(p < band.low, band.low - p, np.where(p >= band.high, p - band.high, 0.0))
     if spread is not None and band.max_spread is not None:
-        distance = np.minimum(distance, np.abs(np.asarray(spread, dtype=np.float64) - band.max_spread))
+        below = band.max_spread - np.asarray(spread, dtype=np.float64)
+        distance = np.minimum(distance, np.maximum(below, 0.0))
     return distance
 
 

@@ -30,7 +30,7 @@ from pneumoscan.data.imaging import (
     read_image,
 )
 from pneumoscan.inference.backends import Backend, CascadeBackend, load_backend
-from pneumoscan.inference.decision import UncertaintyBand, edge_distance
+from pneumoscan.inference.decision import UncertaintyBand, band_distance
 from pneumoscan.inference.results import Prediction, make_prediction
 from pneumoscan.inference.scope import IN_SCOPE, ScopeCheck, ScopeGuard, check_image, combine
 from pneumoscan.models.artifacts import ModelMetadata, OutputLayout
@@ -62,11 +62,12 @@ def source_keras_model(model_path: str | Path, metadata: ModelMetadata) -> Path 
 class FastPath:
     """An ensemble export's fast path, as ``pneumoscan export --fast-path`` records it in the
     sidecar (``export.fast_path``): the averaged-body model that answers first (``file``), and how
-    much of the ensemble's own answer is mixed in by the fast answer's distance to a decision
-    edge (:func:`~pneumoscan.inference.decision.edge_distance`): all of it below ``delta``, none
-    from ``blend`` on, linearly in between, so that the answer has no jump where the rule hands
-    over (the same film brought in by two paths may lie on either side). ``check`` is the check
-    that let it ship."""
+    much of the ensemble's own answer is mixed in by the fast answer's distance to the uncertain
+    band (:func:`~pneumoscan.inference.decision.band_distance`; 0 inside it): all of it below
+    ``delta``, none from ``blend`` on, linearly in between, so that the answer has no jump where
+    the rule hands over (the same film brought in by two paths may lie on either side). So the
+    fast path states only clear answers; every uncertain one is the ensemble's. ``check`` is the
+    check that let it ship."""
 
     file: Path
     delta: float
@@ -210,9 +211,9 @@ class Predictor:
         times the two side by side); an answer given without the guard says nothing about scope.
     fast_path : bool, default=True
         Where the sidecar names a fast path (:class:`FastPath`; a LiteRT ensemble exported with
-        ``--fast-path``), answer with it, and let the ensemble answer again every image whose
-        probability lies near a decision edge (the band's edges, the threshold): alone within the
-        fast path's ``delta``, mixed in up to its ``blend``. ``False``: the ensemble answers every
+        ``--fast-path``), answer with it, and let the ensemble answer every image whose fast
+        answer lies in the uncertain band or near it: alone within the fast path's ``delta`` of
+        the band, mixed in up to its ``blend``. ``False``: the ensemble answers every
         image (the reference the fast path is checked against).
 
     Thread safety: one instance may serve several threads (the app shares one); each LiteRT
@@ -363,12 +364,10 @@ class Predictor:
 
     def _ensemble_weight(self, rows: np.ndarray) -> np.ndarray:
         """The ensemble's weight in the answer to each raw row of the fast path
-        (:meth:`FastPath.weight` of :func:`~pneumoscan.inference.decision.edge_distance`, with this
-        Predictor's threshold and band)."""
+        (:meth:`FastPath.weight` of :func:`~pneumoscan.inference.decision.band_distance`, with this
+        Predictor's band)."""
         details = self.details_of(rows)
-        distance = edge_distance(
-            details.p_pneumonia, threshold=self.threshold, band=self.band, spread=details.spread
-        )
+        distance = band_distance(details.p_pneumonia, band=self.band, spread=details.spread)
         return self.fast_path.weight(distance)
 
     def predict_proba(self, x: np.ndarray, *, tta: bool = False, batch_size: int = 64) -> np.ndarray:

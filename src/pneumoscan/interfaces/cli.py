@@ -83,8 +83,8 @@ def _prediction_args(parser: argparse.ArgumentParser, *bundled: str) -> None:
         "--no-fast-path",
         action="store_true",
         help="let the ensemble answer every image, even where the model's sidecar names a fast path "
-        "(the bundled LiteRT export does: one averaged body answers first, the ensemble near a "
-        "decision edge; README, Speed)",
+        "(the bundled LiteRT export does: one averaged body answers clear cases, the ensemble the "
+        "rest; README, Developing)",
     )
 
 
@@ -302,7 +302,7 @@ def add_export_parser(sub) -> None:
         "--fast-path",
         action="store_true",
         help="an ensemble only: also write OUT-fast.tflite, one averaged body with the members' own heads "
-        "at about one network's cost; the ensemble answers again every image near a decision edge. "
+        "at about one network's cost; the ensemble answers every image in or near the uncertain band. "
         "Recorded in the sidecar only if decisions agree on >= 99%% of the check images and ROC AUC "
         "stays within 0.005",
     )

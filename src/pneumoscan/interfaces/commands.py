@@ -205,7 +205,7 @@ def cmd_predict(args) -> int:
         runtime = predictor.runtime
         print(
             f"Fast path: the averaged body answered first; the ensemble answered {runtime.full_rows} of "
-            f"{runtime.rows} images near a decision edge (--no-fast-path: the ensemble answers all)"
+            f"{runtime.rows} images, those in or near the uncertain band (--no-fast-path: all)"
         )
     if predictor.guard is not None and len(rows) > 1:
         from pneumoscan.inference.drift import batch_drift

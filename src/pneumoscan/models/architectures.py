@@ -377,7 +377,7 @@ def soup_ensemble(ensemble: keras.Model, cut_layer: str, members: int) -> keras.
     (:func:`build_shared_ensemble`); the same output row at about one network's cost.
 
     It answers close to the ensemble, not as it: :class:`~pneumoscan.inference.backends.CascadeBackend`
-    hands the images it places near a decision edge to the ensemble itself, and ``pneumoscan export
+    hands the images it places in or near the uncertain band to the ensemble itself, and ``pneumoscan export
     --fast-path`` measures the pair against the ensemble before it writes it. ``ensemble``'s layers
     are set non-trainable (the stem is shared, not copied).
     """

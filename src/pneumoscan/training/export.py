@@ -38,8 +38,8 @@ data there is no check, so there is no export.
 averaged from its members' weights and each member's own head, untrained
 (:func:`~pneumoscan.models.architectures.soup_ensemble`), at about one network's cost instead of
 one stem and K tops. The Predictor answers with it and lets the ensemble answer instead every image
-whose probability lies within :data:`FAST_PATH_DELTA` of a decision edge, mixing the two answers
-up to :data:`FAST_PATH_BLEND` (:class:`~pneumoscan.inference.predictor.FastPath`). The pair is a
+whose fast answer lies in the uncertain band or within :data:`FAST_PATH_DELTA` of it, mixing the
+two answers up to :data:`FAST_PATH_BLEND` (:class:`~pneumoscan.inference.predictor.FastPath`). The pair is a
 student of the ensemble, not a copy of it, so it is judged as one on the same check images:
 decisions agree on at least :data:`MIN_AGREEMENT`, ROC AUC within :data:`FAST_PATH_MAX_AUC_DIFF`;
 |dp| is recorded, not gated (an image far from every edge may move further without changing its
@@ -98,13 +98,14 @@ CALIBRATED_MODES = ("int8", "int8-stem")
 MIN_AGREEMENT = 0.99
 #: Largest allowed |calibrated P(pneumonia), Keras - LiteRT| on any check image.
 MAX_ABS_PROB_DIFF = 0.05
-#: Distance to a decision edge under which the ensemble answers alone on the fast path; set
-#: before any figure was seen (the |dp| of the export gate), then measured over three hold-outs
-#: (benchmarks/fast_path.py).
-FAST_PATH_DELTA = 0.05
+#: Distance to the uncertain band under which the ensemble answers alone on the fast path (0 in
+#: the band). Chosen on the training folder (docs/speed.md: with 0.05 the averaged body stated an
+#: outcome for 12 of the ensemble's 68 uncertain training films, with 0.10 for 3), then measured
+#: over three distill hold-outs (benchmarks/fast_path.py).
+FAST_PATH_DELTA = 0.10
 #: Distance from which the fast path answers alone; in between the two answers are mixed, so the
 #: answer has no jump where the rule hands over (the same film by two paths may fall either side).
-FAST_PATH_BLEND = 0.10
+FAST_PATH_BLEND = 0.15
 #: Largest allowed |ROC AUC, ensemble - fast path| on the labelled check images (issue 18's
 #: tolerance for a student).
 FAST_PATH_MAX_AUC_DIFF = 0.005
@@ -390,8 +391,8 @@ def write_fast_path(predictor: Predictor, out: Path, check: CheckSet, *, quantiz
         "blend": FAST_PATH_BLEND,
         "what": (
             "the ensemble's stem, ONE body averaged from its members' weights, each member's own head "
-            "(untrained); where its P(pneumonia) lies within delta of the band's edges or the "
-            "threshold the ensemble answers instead, and up to blend the two answers are mixed"
+            "(untrained); where its P(pneumonia) lies in the uncertain band or within delta of it the "
+            "ensemble answers instead, and up to blend the two answers are mixed"
         ),
         "quantize": quantize,
         "size_bytes": fast_file.stat().st_size,
