@@ -63,6 +63,7 @@ def run_seed(args, seed: int, rules: list[tuple[float, float]]) -> list[dict]:
     import keras
 
     from pneumoscan.config import DistillConfig
+    from pneumoscan.inference.backends import mix_rows
     from pneumoscan.inference.decision import UNCERTAIN, UncertaintyBand, band_distance
     from pneumoscan.inference.predictor import FastPath
     from pneumoscan.models.architectures import member_head, shared_body
@@ -93,10 +94,10 @@ def run_seed(args, seed: int, rules: list[tuple[float, float]]) -> list[dict]:
             fast, full = raw[s.name]
             calibrated = np.asarray(calibrate(fast), dtype=np.float64)
             distance = band_distance(calibrated.mean(axis=1), band=band, spread=calibrated.std(axis=1))
-            w = rule.weight(distance)[:, None]
-            mixed = np.asarray(calibrate(np.where(w >= 1, full, fast + w * (full - fast))), dtype=np.float64)
+            w = rule.weight(distance)
+            mixed = np.asarray(calibrate(mix_rows(fast, full, w)), dtype=np.float64)
             s.student_p, s.student_spread = mixed.mean(axis=1), mixed.std(axis=1)
-            answered.append((w[:, 0] > 0)[s.never])
+            answered.append((w > 0)[s.never])
         report = gate(sets, meta, max_auc_diff=cfg.max_auc_diff, min_agreement=cfg.min_agreement)
         nt = report["never_trained"]
         decide = decider(meta)

@@ -143,6 +143,13 @@ class LiteRTBackend:
         return np.concatenate(list(self._pool.map(run_part, parts)))
 
 
+def mix_rows(fast: np.ndarray, full: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``fast + w * (full - fast)`` row by row, and ``full`` exactly where ``w`` is 1 (float64)."""
+    fast, full = np.asarray(fast, dtype=np.float64), np.asarray(full, dtype=np.float64)
+    w = np.asarray(weight, dtype=np.float64).reshape(-1, 1)
+    return np.where(w >= 1.0, full, fast + w * (full - fast))
+
+
 class CascadeBackend:
     """A fast approximation of a model that answers first, and the model itself, whose answer is
     mixed in wherever ``weight`` says the fast one is not good enough (in or near the uncertain band).
@@ -173,9 +180,7 @@ class CascadeBackend:
         w = np.clip(np.asarray(self.weight(rows), dtype=np.float64), 0.0, 1.0)
         again = w > 0
         if again.any():
-            full = np.asarray(self.full.run(x[again]), dtype=np.float64)
-            fast, wa = rows[again].astype(np.float64), w[again, None]
-            rows[again] = np.where(wa >= 1.0, full, fast + wa * (full - fast))
+            rows[again] = mix_rows(rows[again], self.full.run(x[again]), w[again])
         self.rows += len(x)
         self.full_rows += int(again.sum())
         return rows
