@@ -28,7 +28,7 @@ its parity check against its Keras source; the out-of-scope guard must add <= 15
 p50. A missed target is printed as MISSED and the exit status is 1.
 
 **Parity**, every check on images the model never trained on
-(:func:`pneumoscan.training.export.check_images`: images held out by every member, shifted views of
+(:func:`pneumoscan.training.export_check.check_images`: images held out by every member, shifted views of
 held-out films, the out-of-scope set ``../shared/data/ood`` when present), gated on three-outcome
 decision agreement >= 99 % and max |dp| <= 0.05: the shipped file against its Keras source, and
 each fresh export of ``--exports`` (timed in process as secondary backends).
@@ -127,7 +127,7 @@ def check_shipped(keras_predictor, shipped_path: Path, data_dir: Path | None, oo
     student's gate: decisions and ROC AUC). Returns the two reports (the second None without a
     fast path)."""
     from pneumoscan.inference.predictor import Predictor
-    from pneumoscan.training.export import check_images, fast_path_parity, parity
+    from pneumoscan.training.export_check import check_images, fast_path_parity, parity
 
     if data_dir is None:
         return {"passed": False, "error": "no training data: the parity check could not run"}, None

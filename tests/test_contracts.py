@@ -348,7 +348,7 @@ def test_registry_feeds_the_cli_the_app_and_the_default():
 
 def test_one_split_for_training_and_export(make_tree):
     from pneumoscan.data.dataset import discover_split, train_val_split
-    from pneumoscan.training.export import model_split
+    from pneumoscan.training.export_check import model_split
 
     data = make_tree() / "train"
     cfg = TrainConfig(arch="baseline", val_fraction=0.3, seed=5)

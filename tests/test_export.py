@@ -16,12 +16,11 @@ from PIL import Image
 from pneumoscan.inference.predictor import Predictor
 from pneumoscan.models.artifacts import ModelMetadata, metadata_path
 from pneumoscan.testing.models import export_tiny_litert, make_tiny_model
-from pneumoscan.training import export
-from pneumoscan.training.export import (
+from pneumoscan.training import export, export_check
+from pneumoscan.training.export import convert_keras_model, export_tflite
+from pneumoscan.training.export_check import (
     CHECK_SHIFTS,
     check_images,
-    convert_keras_model,
-    export_tflite,
     held_out_samples,
     model_split,
     parity,
@@ -152,7 +151,7 @@ def test_int8_is_refused_when_it_moves_probabilities_past_the_gate(predictor, tm
         export_tflite(predictor, out=out, quantize="int8", progress=False)
     assert list(tmp_path.iterdir()) == []
     # With the limit raised the same export is written, calibrated on the training side only.
-    monkeypatch.setattr(export, "MAX_ABS_PROB_DIFF", 0.25)
+    monkeypatch.setattr(export_check, "MAX_ABS_PROB_DIFF", 0.25)
     report = export_tflite(predictor, out=out, quantize="int8", progress=False)
     train, _ = model_split(predictor.metadata, predictor.metadata.data_dir)
     assert report["passed"] and report["n_representative"] == len(train)
@@ -232,7 +231,7 @@ def test_int8_stem_refuses_a_model_without_nested_tops(predictor, tmp_path):
 def test_failed_check_leaves_nothing_and_keeps_an_older_export(predictor, tmp_path, monkeypatch):
     out = tmp_path / "m.tflite"
     out.write_bytes(b"an older export")
-    monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)  # impossible: the check must fail
+    monkeypatch.setattr(export_check, "MIN_AGREEMENT", 1.01)  # impossible: the check must fail
     with pytest.raises(ValueError, match=r"failed its check on \d+ images the model never trained on"):
         export_tflite(predictor, out=out, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]

@@ -19,7 +19,7 @@ from pneumoscan.inference.backends import CascadeBackend, load_backend
 from pneumoscan.inference.predictor import FastPath, Predictor
 from pneumoscan.models.artifacts import ModelMetadata
 from pneumoscan.testing.models import TINY_NAMES, make_tiny_ensemble
-from pneumoscan.training import export
+from pneumoscan.training import export, export_check
 
 SIZE = 64
 
@@ -97,9 +97,9 @@ def exported(ensemble, make_tree, tmp_path, monkeypatch):
     """The tiny ensemble exported with its fast path. Its random heads are no trained ensemble, so
     the gate is opened here; the refusal test holds it."""
     tree = make_tree(TINY_NAMES, size=(80, 72)) / "train"
-    monkeypatch.setattr(export, "MIN_AGREEMENT", 0.0)
-    monkeypatch.setattr(export, "MAX_ABS_PROB_DIFF", 1.0)
-    monkeypatch.setattr(export, "FAST_PATH_MAX_AUC_DIFF", 1.0)
+    monkeypatch.setattr(export_check, "MIN_AGREEMENT", 0.0)
+    monkeypatch.setattr(export_check, "MAX_ABS_PROB_DIFF", 1.0)
+    monkeypatch.setattr(export_check, "FAST_PATH_MAX_AUC_DIFF", 1.0)
     out = tmp_path / "out" / "tiny-litert.tflite"
     report = export.export_tflite(Predictor(ensemble), out=out, data_dir=tree, progress=False, fast_path=True)
     return out, report
@@ -151,17 +151,17 @@ def test_a_fast_path_that_fails_its_check_is_removed_and_the_export_stands(
     ensemble, make_tree, tmp_path, monkeypatch
 ):
     tree = make_tree(TINY_NAMES, size=(80, 72)) / "train"
-    monkeypatch.setattr(export, "MAX_ABS_PROB_DIFF", 1.0)  # the export itself passes...
-    monkeypatch.setattr(export, "MIN_AGREEMENT", 0.0)
-    real_parity = export.parity
+    monkeypatch.setattr(export_check, "MAX_ABS_PROB_DIFF", 1.0)  # the export itself passes...
+    monkeypatch.setattr(export_check, "MIN_AGREEMENT", 0.0)
+    real_parity = export_check.parity
 
     def parity(reference, candidate, check):  # ...its fast path can never pass
         found = real_parity(reference, candidate, check)
         if candidate.fast_path is not None:
-            monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)
+            monkeypatch.setattr(export_check, "MIN_AGREEMENT", 1.01)
         return found
 
-    monkeypatch.setattr(export, "parity", parity)
+    monkeypatch.setattr(export_check, "parity", parity)
     out = tmp_path / "tiny-litert.tflite"
     with pytest.raises(ValueError, match=r"fast path .* failed its check .* was removed"):
         export.export_tflite(Predictor(ensemble), out=out, data_dir=tree, progress=False, fast_path=True)

@@ -12,7 +12,8 @@ Submodules, in the order data flows through them:
 - :mod:`pneumoscan.evaluation.figures`    matplotlib figures
 - :mod:`pneumoscan.inference.predictor`  :class:`Predictor`, the one inference path
 - :mod:`pneumoscan.inference.explain`    Grad-CAM
-- :mod:`pneumoscan.training.export`     LiteRT export with a parity check
+- :mod:`pneumoscan.training.export`     LiteRT export (and its fast path)
+- :mod:`pneumoscan.training.export_check`     the images an export is checked on, and the check
 - :mod:`pneumoscan.interfaces.cli`, :mod:`pneumoscan.interfaces.commands`  CLI parsers, subcommands
 - :mod:`pneumoscan.interfaces.app`     the Streamlit app
 
