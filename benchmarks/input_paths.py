@@ -87,7 +87,12 @@ def main() -> None:
 
     predictor = Predictor(args.model or DEFAULT_LITERT_MODEL_PATH, fast_path=not args.no_fast_path)
     fast = predictor.fast_path
-    described = f"{fast.file.name} (delta {fast.delta}, blend {fast.blend})" if fast else "none"
+    described = (
+        f"{fast.file.name} (delta {fast.delta}, blend {fast.blend}; above the band {fast.delta_above}, "
+        f"{fast.blend_above})"
+        if fast
+        else "none"
+    )
     print(f"model: {predictor.model_path}, fast path: {described}")
     films = []
     for cls in ("NORMAL", "PNEUMONIA"):

@@ -79,6 +79,20 @@ def test_the_ensembles_weight_falls_from_one_to_zero_between_delta_and_blend(tmp
         FastPath(tmp_path / "f.tflite", 0.1, 0.05, {})
 
 
+def test_above_the_band_the_fast_path_hands_over_by_its_own_pair(tmp_path):
+    """The averaged body errs upwards near the band, so above it the ensemble keeps a wider stretch;
+    below it, and for a sidecar that names no pair above, the first pair holds."""
+    rule = FastPath(tmp_path / "f.tflite", 0.10, 0.15, {}, 0.20, 0.25)
+    distance = np.array([0.05, 0.125, 0.175, 0.225, 0.30])
+    np.testing.assert_allclose(rule.weight(distance, above=np.zeros(5, bool)), [1, 0.5, 0, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(rule.weight(distance, above=np.ones(5, bool)), [1, 1, 1, 0.5, 0], atol=1e-9)
+    np.testing.assert_allclose(rule.weight(distance), [1, 0.5, 0, 0, 0], atol=1e-9)
+    old = FastPath(tmp_path / "f.tflite", 0.10, 0.15, {})
+    assert (old.delta_above, old.blend_above) == (0.10, 0.15)
+    with pytest.raises(ValueError, match="delta_above <= blend_above"):
+        FastPath(tmp_path / "f.tflite", 0.10, 0.15, {}, 0.30, 0.20)
+
+
 def test_cascade_mixes_the_rows_by_weight_and_runs_the_full_model_only_where_it_counts():
     fast, full = _Rows(np.zeros((4, 2))), _Rows(np.ones((4, 2)) * 10)
     cascade = CascadeBackend(fast, full, lambda rows: np.array([0.0, 0.25, 1.0, 0.0]))
@@ -119,6 +133,10 @@ def test_export_writes_the_fast_path_and_the_predictor_answers_with_it(exported)
     assert fast_file.is_file() and report["fast_path"]["file"] == fast_file.name
     record = ModelMetadata.read(out).export.extra["fast_path"]
     assert (record["delta"], record["blend"]) == (export.FAST_PATH_DELTA, export.FAST_PATH_BLEND)
+    above = (export.FAST_PATH_DELTA_ABOVE, export.FAST_PATH_BLEND_ABOVE)
+    assert (record["delta_above"], record["blend_above"]) == above
+    rule = Predictor(out).fast_path
+    assert (rule.delta_above, rule.blend_above) == above
     assert record["check"]["passed"] is True
     assert record["check"]["n_check"] == report["n_check"]  # the export's own images
     assert 0.0 <= record["check"]["answered_by_the_ensemble"] <= 1.0
@@ -201,8 +219,9 @@ def test_export_cli_takes_fast_path():
 @pytest.mark.required
 def test_the_bundled_fast_path_hands_every_uncertain_film_to_the_ensemble(shared_data):
     """On real films and the released files: where the averaged body's answer lies in the
-    uncertain band or within delta of it the answer is the ensemble's, beyond blend it is the
-    body's own, the scope guard reads the same embedding, and the sidecar records a passed check."""
+    uncertain band or within delta of it (delta_above above it) the answer is the ensemble's,
+    beyond blend (blend_above) it is the body's own, the scope guard reads the same embedding, and
+    the sidecar records a passed check."""
     from pneumoscan.config import DEFAULT_LITERT_MODEL_PATH
     from pneumoscan.data.imaging import load_image
     from pneumoscan.inference.decision import band_distance
@@ -218,7 +237,7 @@ def test_the_bundled_fast_path_hands_every_uncertain_film_to_the_ensemble(shared
     x = np.stack([load_image(f, cascade.image_size) for f in files[0] + files[1]])
     fast = cascade.details_of(load_backend(cascade.fast_path.file, num_threads=1).run(x.astype(np.float32)))
     distance = band_distance(fast.p_pneumonia, band=cascade.band, spread=fast.spread)
-    weight = cascade.fast_path.weight(distance)
+    weight = cascade.fast_path.weight(distance, above=fast.p_pneumonia >= cascade.band.high)
     shipped, ensemble = cascade.predict_details(x), full.predict_details(x)
     alone, none = weight >= 1, weight == 0
     assert none.sum() >= len(x) // 2, "most training films lie far from the band"

@@ -65,25 +65,38 @@ class FastPath:
     much of the ensemble's own answer is mixed in by the fast answer's distance to the uncertain
     band (:func:`~pneumoscan.inference.decision.band_distance`; 0 inside it): all of it below
     ``delta``, none from ``blend`` on, linearly in between, so that the answer has no jump where
-    the rule hands over (the same film brought in by two paths may lie on either side). So the
-    fast path states only clear answers; every uncertain one is the ensemble's. ``check`` is the
-    check that let it ship."""
+    the rule hands over (the same film brought in by two paths may lie on either side). Above the
+    band ``delta_above`` and ``blend_above`` take their place (the same as below when a sidecar
+    names none): the averaged body errs upwards near the band, so it is trusted later there. So
+    the fast path states only clear answers; every uncertain one is the ensemble's. ``check`` is
+    the check that let it ship."""
 
     file: Path
     delta: float
     blend: float
     check: dict
+    delta_above: float | None = None
+    blend_above: float | None = None
 
     def __post_init__(self):
-        if not 0.0 <= self.delta <= self.blend < 0.5:
-            raise ValueError(f"fast path: need 0 <= delta <= blend < 0.5, got {self.delta} and {self.blend}")
+        if self.delta_above is None:
+            object.__setattr__(self, "delta_above", self.delta)
+        if self.blend_above is None:
+            object.__setattr__(self, "blend_above", max(self.blend, self.delta_above))
+        pairs = ((self.delta, self.blend, ""), (self.delta_above, self.blend_above, "_above"))
+        for low, high, side in pairs:
+            if not 0.0 <= low <= high < 0.5:
+                raise ValueError(f"fast path: need 0 <= delta{side} <= blend{side} < 0.5, got {low}, {high}")
 
-    def weight(self, distance: np.ndarray) -> np.ndarray:
-        """The ensemble's weight in the answer, by the fast answer's distance to a decision edge."""
+    def weight(self, distance: np.ndarray, above: np.ndarray | None = None) -> np.ndarray:
+        """The ensemble's weight in the answer, by the fast answer's distance to a decision edge;
+        ``above`` (bool, same shape) marks the answers above the band, which use ``delta_above``
+        and ``blend_above``."""
         distance = np.asarray(distance, dtype=np.float64)
-        if self.blend == self.delta:
-            return (distance < self.delta).astype(np.float64)
-        return np.clip((self.blend - distance) / (self.blend - self.delta), 0.0, 1.0)
+        below_w = _ramp(distance, self.delta, self.blend)
+        if above is None:
+            return below_w
+        return np.where(np.asarray(above, bool), _ramp(distance, self.delta_above, self.blend_above), below_w)
 
     @classmethod
     def of(cls, metadata: ModelMetadata, model_path: Path) -> FastPath | None:
@@ -92,12 +105,23 @@ class FastPath:
         if not record:
             return None
         delta = float(record["delta"])
+        blend = float(record.get("blend", delta))
+        delta_above = float(record.get("delta_above", delta))
         return cls(
             model_path.parent / Path(str(record["file"])).name,
             delta,
-            float(record.get("blend", delta)),
+            blend,
             dict(record.get("check", {})),
+            delta_above,
+            float(record.get("blend_above", max(blend, delta_above))),
         )
+
+
+def _ramp(distance: np.ndarray, delta: float, blend: float) -> np.ndarray:
+    """1 below ``delta``, 0 from ``blend`` on, linear in between (a step when they are equal)."""
+    if blend == delta:
+        return (distance < delta).astype(np.float64)
+    return np.clip((blend - distance) / (blend - delta), 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,7 +392,7 @@ class Predictor:
         Predictor's band)."""
         details = self.details_of(rows)
         distance = band_distance(details.p_pneumonia, band=self.band, spread=details.spread)
-        return self.fast_path.weight(distance)
+        return self.fast_path.weight(distance, above=details.p_pneumonia >= self.band.high)
 
     def predict_proba(self, x: np.ndarray, *, tta: bool = False, batch_size: int = 64) -> np.ndarray:
         """Calibrated probability of PNEUMONIA, shape ``(n,)``; ``tta`` averages :func:`tta_views`."""

@@ -33,8 +33,9 @@ and what the check found. Without data there is no check, so there is no export.
 averaged from its members' weights and each member's own head, untrained
 (:func:`~pneumoscan.models.architectures.soup_ensemble`), at about one network's cost instead of
 one stem and K tops. The Predictor answers with it and lets the ensemble answer instead every image
-whose fast answer lies in the uncertain band or within :data:`FAST_PATH_DELTA` of it, mixing the
-two answers up to :data:`FAST_PATH_BLEND` (:class:`~pneumoscan.inference.predictor.FastPath`). The pair is a
+whose fast answer lies in the uncertain band or within :data:`FAST_PATH_DELTA` of it
+(:data:`FAST_PATH_DELTA_ABOVE` above it), mixing the two answers up to :data:`FAST_PATH_BLEND`
+(:data:`FAST_PATH_BLEND_ABOVE`) (:class:`~pneumoscan.inference.predictor.FastPath`). The pair is a
 student of the ensemble, not a copy of it, so it is judged as one on the same check images
 (:func:`~pneumoscan.training.export_check.fast_path_parity`). It is recorded in the sidecar's
 ``export.fast_path`` only when it passes; the export itself stands either way.
@@ -82,6 +83,13 @@ FAST_PATH_DELTA = 0.10
 #: Distance from which the fast path answers alone; in between the two answers are mixed, so the
 #: answer has no jump where the rule hands over (the same film by two paths may fall either side).
 FAST_PATH_BLEND = 0.15
+#: The same two above the band, where the averaged body errs upwards (up to 0.3 near 0.5): with
+#: 0.10 and 0.15 there, 3 of the ensemble's 24 least-sure training films got a decision that
+#: depended on the file's path; from 0.20 and 0.25 none did, and the largest spread over 19 paths of
+#: 120 random films fell from 0.228 to the ensemble's own 0.094 (docs/speed.md; chosen on the
+#: training folder among 0.10-0.30, then measured over three distill hold-outs).
+FAST_PATH_DELTA_ABOVE = 0.20
+FAST_PATH_BLEND_ABOVE = 0.25
 #: What the fast path's file is called beside the export: ``<stem>-fast.tflite``.
 FAST_PATH_SUFFIX = "-fast"
 #: Training images fed to the int8 calibration (the representative dataset).
@@ -285,10 +293,13 @@ def write_fast_path(predictor: Predictor, out: Path, check: CheckSet, *, quantiz
         "file": fast_file.name,
         "delta": FAST_PATH_DELTA,
         "blend": FAST_PATH_BLEND,
+        "delta_above": FAST_PATH_DELTA_ABOVE,
+        "blend_above": FAST_PATH_BLEND_ABOVE,
         "what": (
             "the ensemble's stem, ONE body averaged from its members' weights, each member's own head "
-            "(untrained); where its P(pneumonia) lies in the uncertain band or within delta of it the "
-            "ensemble answers instead, and up to blend the two answers are mixed"
+            "(untrained); where its P(pneumonia) lies in the uncertain band or within delta of it "
+            "(delta_above above it) the ensemble answers instead, and up to blend (blend_above) the "
+            "two answers are mixed"
         ),
         "quantize": quantize,
         "size_bytes": fast_file.stat().st_size,
