@@ -311,6 +311,11 @@ def test_an_adapted_model_goes_through_every_command(site, adapted, tmp_path):
     lite_file = Path(adapted["files"]["litert"])
     assert keras_file.name == MODEL_FILE and lite_file.name == LITERT_FILE
     assert keras_file.stat().st_size + lite_file.stat().st_size < 40e6
+    from pneumoscan.models.artifacts import ModelMetadata
+
+    check = ModelMetadata.read(lite_file).export.check  # the export's own gate, on the site images
+    assert check["passed"] and check["kinds"]["site"] == check["n_check"] > 0
+    assert check["agreement"] >= check["gate"]["min_agreement"]
     images = sorted((site["B"] / "NORMAL").iterdir())[:3] + sorted((site["B"] / "PNEUMONIA").iterdir())[:3]
     csv = tmp_path / "p.csv"
     assert main(["predict", *map(str, images), "--model", str(lite_file), "--csv", str(csv), "-q"]) == 0

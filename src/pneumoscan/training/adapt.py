@@ -58,9 +58,6 @@ MIN_PATIENTS_PER_CLASS = 20
 #: keeps the weights and refits the bias only.
 PRIOR_STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 1e4)
 SITE_FOLDS = 5
-#: Parity gate of the LiteRT export against the Keras model on the site images.
-EXPORT_MAX_ABS_DIFF = 0.05
-EXPORT_MIN_AGREEMENT = 0.99
 #: File names inside the adapted model's folder.
 MODEL_FILE = "model.keras"
 LITERT_FILE = "model-litert.tflite"
@@ -518,13 +515,13 @@ def _site_section(fit: SiteFit, report: dict, keras_path: Path, kept, counts, ta
 def export_site_model(keras_path: Path, x: np.ndarray, out: Path) -> Path:
     """Write the float16 LiteRT export of an adapted model; checked on the site images.
 
-    The check compares the calibrated probability and the three-outcome decision of the two files on
-    every site image; the export is removed and an error raised when they differ by more than
-    :data:`EXPORT_MAX_ABS_DIFF` or agree on fewer than :data:`EXPORT_MIN_AGREEMENT` of the images.
+    The check is the export's own (:func:`pneumoscan.training.export_check.parity`, its gates:
+    three-outcome decisions agree on at least 99 %, no calibrated P(pneumonia) moves by more than
+    0.05) on every site image; the export is removed and an error raised when it fails.
     """
-    from pneumoscan.inference.decision import decide_many
     from pneumoscan.inference.predictor import Predictor
     from pneumoscan.training.export import convert_keras_model
+    from pneumoscan.training.export_check import CheckSet, parity
 
     keras_predictor = Predictor(keras_path, scope_guard=False)
     out.write_bytes(convert_keras_model(keras_predictor.model, quantize="float16"))
@@ -532,24 +529,20 @@ def export_site_model(keras_path: Path, x: np.ndarray, out: Path) -> Path:
         export={"source": keras_path.name, "format": "tflite", "quantize": "float16"}
     )
     meta.write(out)
-    litert = Predictor(out, scope_guard=False)
-    a = keras_predictor.predict_details(x)
-    b = litert.predict_details(x)
-    band = keras_predictor.band
-    t = keras_predictor.threshold
-    da = decide_many(a.p_pneumonia, threshold=t, band=band, spread=a.spread)
-    db = decide_many(b.p_pneumonia, threshold=t, band=band, spread=b.spread)
-    agreement = float(np.mean(da == db))
-    max_diff = float(np.max(np.abs(a.p_pneumonia - b.p_pneumonia)))
-    check = {
-        "n_check": len(x),
-        "images": "the site sample",
-        "decision_agreement": agreement,
-        "max_abs_prob_diff": max_diff,
-        "passed": agreement >= EXPORT_MIN_AGREEMENT and max_diff <= EXPORT_MAX_ABS_DIFF,
-    }
+    site = CheckSet(
+        x=x,
+        kind=np.full(len(x), "site"),
+        y=np.full(len(x), -1),
+        sources={"site": "the site sample the model was adapted on"},
+    )
+    check = parity(keras_predictor, Predictor(out, scope_guard=False), site)
     if not check["passed"]:
         out.unlink(missing_ok=True)
-        raise ValueError(f"the LiteRT export of {keras_path} failed its check on the site images: {check}")
+        raise ValueError(
+            f"the LiteRT export of {keras_path} failed its check on {check['n_check']} site images: "
+            f"decisions agree {check['agreement']:.2%} (needs >= {check['gate']['min_agreement']:.0%}), "
+            f"max |P(pneumonia) diff| {check['max_abs_prob_diff']:.4f} (allowed "
+            f"{check['gate']['max_abs_prob_diff']}); {out} was removed"
+        )
     meta.updated(export={**meta.export.to_dict(), "check": check}).write(out)
     return out

@@ -115,8 +115,13 @@ class CheckSet:
 
     def describe(self) -> dict:
         """``n_check``, ``kinds`` (images per kind) and ``sources``: what the sidecar records."""
-        kinds = {k: int((self.kind == k).sum()) for k in CHECK_KINDS}
-        return {"n_check": len(self.kind), "kinds": kinds, "sources": self.sources}
+        return {"n_check": len(self.kind), "kinds": self.counts(), "sources": self.sources}
+
+    def counts(self) -> dict:
+        """Images per kind: every :data:`CHECK_KINDS` entry (0 when absent), then any other kind
+        (a site's images, for :func:`pneumoscan.training.adapt.export_site_model`)."""
+        others = sorted(set(self.kind.tolist()) - set(CHECK_KINDS))
+        return {k: int((self.kind == k).sum()) for k in (*CHECK_KINDS, *others)}
 
 
 def check_seed(metadata: ModelMetadata) -> int:
@@ -302,7 +307,7 @@ def parity(reference: Predictor, candidate: Predictor, check: CheckSet) -> dict:
             "agreement": float(same[m].mean()),
             "max_abs_prob_diff": float(diff[m].max()),
         }
-        for k in CHECK_KINDS
+        for k in check.counts()
         if (m := check.kind == k).any()
     }
     labelled = check.y >= 0
