@@ -88,7 +88,7 @@ def run_seed(args, seed: int, rules: list) -> list[dict]:
 
     from pneumoscan.config import DistillConfig
     from pneumoscan.inference.backends import mix_rows
-    from pneumoscan.inference.decision import UNCERTAIN, UncertaintyBand, band_distance
+    from pneumoscan.inference.decision import UNCERTAIN, UncertaintyBand
     from pneumoscan.models.architectures import member_head, shared_body
     from pneumoscan.training.distill import Teacher, distillation_split, prepare_views
     from pneumoscan.training.distill_gate import decider, gate
@@ -115,9 +115,7 @@ def run_seed(args, seed: int, rules: list) -> list[dict]:
         for s in sets:
             fast, full = raw[s.name]
             calibrated = np.asarray(calibrate(fast), dtype=np.float64)
-            p = calibrated.mean(axis=1)
-            distance = band_distance(p, band=band, spread=calibrated.std(axis=1))
-            w = rule.weight(distance, above=p >= band.high)
+            w = rule.ensemble_weight(calibrated.mean(axis=1), band=band, spread=calibrated.std(axis=1))
             mixed = np.asarray(calibrate(mix_rows(fast, full, w)), dtype=np.float64)
             s.student_p, s.student_spread = mixed.mean(axis=1), mixed.std(axis=1)
             answered.append((w > 0)[s.never])

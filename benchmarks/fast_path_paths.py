@@ -37,32 +37,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fast_path import parse_rule, rule_fields, rule_words  # noqa: E402
-from input_paths import least_sure, training_files  # noqa: E402
+from input_paths import film_views, least_sure, training_files  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO.parent / "shared" / "data" / "chest_xray" / "train"
 
 
-def path_views(films: list[Path], size: int) -> np.ndarray:
-    """``(films, 19, size, size, 1)``: each film as its file and as every ``xray_variants`` path."""
-    from pneumoscan.data.imaging import decode_bytes, preprocess, read_image
-    from pneumoscan.testing.variants import xray_variants
-
-    out = []
-    for film in films:
-        image = read_image(film)
-        paths = xray_variants(image.gray).items()
-        out.append(
-            np.stack(
-                [preprocess(image, size)] + [preprocess(decode_bytes(d, name=k), size) for k, d in paths]
-            )
-        )
-    return np.stack(out)
-
-
 def raw_rows(predictor, data: Path, n_least: int, n_random: int) -> dict:
     """Fast and full raw rows of every training film and of the chosen films' paths."""
-    from pneumoscan.data.imaging import load_image
+    from pneumoscan.data.imaging import load_image, read_image
 
     fast, full, size = predictor.runtime.fast, predictor.runtime.full, predictor.image_size
     files = training_files(data)
@@ -74,7 +57,7 @@ def raw_rows(predictor, data: Path, n_least: int, n_random: int) -> dict:
         ("least_sure", least_sure(files, p, n_least)),
         ("random", [files[i] for i in sorted(picked)]),
     ):
-        views = path_views(films, size)
+        views = np.stack([film_views(read_image(film), size) for film in films])
         flat = views.reshape(-1, *views.shape[2:])
         rows[f"{name}_fast"], rows[f"{name}_full"] = fast.run(flat), full.run(flat)
         rows[f"{name}_paths"] = np.array(views.shape[1])
@@ -86,15 +69,14 @@ def answers(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """P(pneumonia), decision and the ensemble's weight under ``rule`` (None: the ensemble alone)."""
     from pneumoscan.inference.backends import mix_rows
-    from pneumoscan.inference.decision import band_distance, decide_many
+    from pneumoscan.inference.decision import decide_many
 
     band = predictor.band
     if rule is None:
         w = np.ones(len(full_rows))
     else:
         fast = predictor.details_of(fast_rows)
-        distance = band_distance(fast.p_pneumonia, band=band, spread=fast.spread)
-        w = rule.weight(distance, above=fast.p_pneumonia >= band.high)
+        w = rule.ensemble_weight(fast.p_pneumonia, band=band, spread=fast.spread)
     details = predictor.details_of(mix_rows(fast_rows, full_rows, w))
     decisions = decide_many(
         details.p_pneumonia, threshold=predictor.threshold, band=band, spread=details.spread

@@ -202,11 +202,22 @@ def least_sure(files: list[Path], p: np.ndarray, n: int) -> list[Path]:
     return [files[i] for i in np.argsort(np.abs(np.asarray(p, np.float64) - 0.5), kind="stable")[:n]]
 
 
+def film_views(image, size: int) -> np.ndarray:
+    """``(19, size, size, 1)``: a decoded film as the model sees it from its file and from each
+    path of :func:`~pneumoscan.testing.variants.xray_variants`, each decoded from bytes."""
+    from pneumoscan.data.imaging import decode_bytes, preprocess
+    from pneumoscan.testing.variants import xray_variants
+
+    paths = xray_variants(image.gray).items()
+    return np.stack(
+        [preprocess(image, size)] + [preprocess(decode_bytes(data, name=k), size) for k, data in paths]
+    )
+
+
 def roughness(predictor, films: list[Path], draws: int = 4, seed: int = 0) -> None:
     """How far changes of the model input that no eye sees move P(pneumonia), and the spread over the
     paths when test-time augmentation averages four views: the model's own roughness, not a path's."""
-    from pneumoscan.data.imaging import decode_bytes, preprocess, read_image
-    from pneumoscan.testing.variants import xray_variants
+    from pneumoscan.data.imaging import preprocess, read_image
 
     rng = np.random.default_rng(seed)
     noise, shift, tta_spreads = [], [], []
@@ -219,9 +230,7 @@ def roughness(predictor, films: list[Path], draws: int = 4, seed: int = 0) -> No
         p = predictor.predict_proba(np.stack([x, *noisy, *shifted]).astype(np.uint8))
         noise += list(np.abs(p[1 : 1 + draws] - p[0]))
         shift += list(np.abs(p[1 + draws :] - p[0]))
-        paths = xray_variants(image.gray).items()
-        views = [x] + [preprocess(decode_bytes(data, name=k), predictor.image_size) for k, data in paths]
-        p_tta = predictor.predict_proba(np.stack(views), tta=True)
+        p_tta = predictor.predict_proba(film_views(image, predictor.image_size), tta=True)
         tta_spreads.append(float(p_tta.max() - p_tta.min()))
     print(
         f"the same {len(films)} films, the model input itself changed: Gaussian noise of SD 0.5 grey "

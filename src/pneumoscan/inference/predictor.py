@@ -98,6 +98,15 @@ class FastPath:
             return below_w
         return np.where(np.asarray(above, bool), _ramp(distance, self.delta_above, self.blend_above), below_w)
 
+    def ensemble_weight(
+        self, p_pneumonia: np.ndarray, *, band: UncertaintyBand, spread: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The ensemble's weight for fast answers ``p_pneumonia`` (calibrated, with their member
+        ``spread``): :meth:`weight` of their :func:`~pneumoscan.inference.decision.band_distance`,
+        the answers at or above ``band.high`` counted as above the band."""
+        p = np.asarray(p_pneumonia, dtype=np.float64)
+        return self.weight(band_distance(p, band=band, spread=spread), above=p >= band.high)
+
     @classmethod
     def of(cls, metadata: ModelMetadata, model_path: Path) -> FastPath | None:
         """The sidecar's fast path, with ``file`` beside ``model_path``; None without one."""
@@ -105,15 +114,13 @@ class FastPath:
         if not record:
             return None
         delta = float(record["delta"])
-        blend = float(record.get("blend", delta))
-        delta_above = float(record.get("delta_above", delta))
+        above = [None if record.get(k) is None else float(record[k]) for k in ("delta_above", "blend_above")]
         return cls(
             model_path.parent / Path(str(record["file"])).name,
             delta,
-            blend,
+            float(record.get("blend", delta)),
             dict(record.get("check", {})),
-            delta_above,
-            float(record.get("blend_above", max(blend, delta_above))),
+            *above,
         )
 
 
@@ -391,8 +398,7 @@ class Predictor:
         (:meth:`FastPath.weight` of :func:`~pneumoscan.inference.decision.band_distance`, with this
         Predictor's band)."""
         details = self.details_of(rows)
-        distance = band_distance(details.p_pneumonia, band=self.band, spread=details.spread)
-        return self.fast_path.weight(distance, above=details.p_pneumonia >= self.band.high)
+        return self.fast_path.ensemble_weight(details.p_pneumonia, band=self.band, spread=details.spread)
 
     def predict_proba(self, x: np.ndarray, *, tta: bool = False, batch_size: int = 64) -> np.ndarray:
         """Calibrated probability of PNEUMONIA, shape ``(n,)``; ``tta`` averages :func:`tta_views`."""
